@@ -1,0 +1,91 @@
+"""tfx: make deep networks smaller and faster with tensor factorizations.
+
+A drop-in for the TensorLy-Torch (tltorch 0.5) API: factorized and tensorized
+tensors (Dense, CP, Tucker, TT, BlockTT and their complex variants), their
+initialisers and :func:`get_tensorized_shape`.
+
+Example:
+    >>> import torch, tfx
+    >>> w = tfx.TensorizedTensor.from_matrix(torch.randn(64, 48), (4, 4, 4), (4, 4, 3), rank=0.3, factorization="blocktt")
+    >>> w.to_matrix().shape
+    torch.Size([64, 48])
+"""
+
+from . import tensors
+from ._errors import (
+    BudgetError,
+    OptionError,
+    PlanMismatchError,
+    RankError,
+    ShapeError,
+    TfxError,
+    TfxWarning,
+    TraceError,
+    UnsupportedSiteError,
+)
+from .tensors import (
+    BlockTT,
+    ComplexBlockTT,
+    ComplexCPTensor,
+    ComplexCPTensorized,
+    ComplexDenseTensor,
+    ComplexDenseTensorized,
+    ComplexTTTensor,
+    ComplexTuckerTensor,
+    ComplexTuckerTensorized,
+    CPTensor,
+    CPTensorized,
+    DenseTensor,
+    DenseTensorized,
+    FactorizedTensor,
+    TensorizedTensor,
+    TTTensor,
+    TuckerTensor,
+    TuckerTensorized,
+    block_tt_init,
+    cp_init,
+    tensor_init,
+    tt_init,
+    tucker_init,
+)
+from .utils import get_tensorized_shape
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "tensors",
+    "FactorizedTensor",
+    "TensorizedTensor",
+    "DenseTensor",
+    "CPTensor",
+    "TuckerTensor",
+    "TTTensor",
+    "DenseTensorized",
+    "CPTensorized",
+    "TuckerTensorized",
+    "BlockTT",
+    "ComplexDenseTensor",
+    "ComplexCPTensor",
+    "ComplexTuckerTensor",
+    "ComplexTTTensor",
+    "ComplexDenseTensorized",
+    "ComplexCPTensorized",
+    "ComplexTuckerTensorized",
+    "ComplexBlockTT",
+    "tensor_init",
+    "cp_init",
+    "tucker_init",
+    "tt_init",
+    "block_tt_init",
+    "get_tensorized_shape",
+    "TfxError",
+    "TraceError",
+    "UnsupportedSiteError",
+    "ShapeError",
+    "RankError",
+    "BudgetError",
+    "OptionError",
+    "PlanMismatchError",
+    "TfxWarning",
+]

@@ -1,0 +1,3 @@
+"""tfx.cost (see the issues that build it)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""tfx.functional (see the issues that build it)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""tfx.nn (see the issues that build it)."""
+
+__all__: list[str] = []

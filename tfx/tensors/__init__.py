@@ -1,0 +1,50 @@
+"""The factorized tensor core: tltorch-compatible factorized and tensorized tensors."""
+
+from ._base import FactorizedTensor, TensorizedTensor, available, register
+from ._blocktt import BlockTT
+from ._complex import (
+    ComplexBlockTT,
+    ComplexCPTensor,
+    ComplexCPTensorized,
+    ComplexDenseTensor,
+    ComplexDenseTensorized,
+    ComplexTTTensor,
+    ComplexTuckerTensor,
+    ComplexTuckerTensorized,
+)
+from ._contract import ContractionPlan, plan_einsum
+from ._cp import CPTensor, CPTensorized
+from ._dense import DenseTensor, DenseTensorized
+from ._init import block_tt_init, cp_init, tensor_init, tt_init, tucker_init
+from ._tt import TTTensor
+from ._tucker import TuckerTensor, TuckerTensorized
+
+__all__ = [
+    "FactorizedTensor",
+    "TensorizedTensor",
+    "DenseTensor",
+    "CPTensor",
+    "TuckerTensor",
+    "TTTensor",
+    "DenseTensorized",
+    "CPTensorized",
+    "TuckerTensorized",
+    "BlockTT",
+    "ComplexDenseTensor",
+    "ComplexCPTensor",
+    "ComplexTuckerTensor",
+    "ComplexTTTensor",
+    "ComplexDenseTensorized",
+    "ComplexCPTensorized",
+    "ComplexTuckerTensorized",
+    "ComplexBlockTT",
+    "tensor_init",
+    "cp_init",
+    "tucker_init",
+    "tt_init",
+    "block_tt_init",
+    "register",
+    "available",
+    "ContractionPlan",
+    "plan_einsum",
+]

@@ -1,0 +1,167 @@
+"""Tensor-train (matrix product state) tensors: a chain of 3-way cores."""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import _decompose, _rank
+from ._base import FactorizedTensor, check_shape, decomposition_input, mode_length, new_parameter, to_storage
+from ._contract import plan_einsum
+from ._factor_list import FactorList
+from ._forms_common import Storage
+
+__all__ = ["TTTensor", "tt_equation", "tt_init_std"]
+
+
+def tt_equation(order: int) -> str:
+    """Equation of a TT reconstruction with squeezed boundary cores, e.g. ``'Ab,bBc,cC->ABC'``."""
+    modes, bonds = string.ascii_uppercase[:order], string.ascii_lowercase[: order + 1]
+    if order == 1:
+        return "A->A"
+    terms = [f"{modes[0]}{bonds[1]}"]
+    terms += [f"{bonds[k]}{modes[k]}{bonds[k + 1]}" for k in range(1, order - 1)]
+    terms.append(f"{bonds[order - 1]}{modes[order - 1]}")
+    return ",".join(terms) + "->" + modes
+
+
+def tt_init_std(std: float, rank: Sequence[int]) -> float:
+    """Std of each core entry so a TT reconstruction has std ``std``.
+
+    An entry is a sum over prod(inner ranks) paths of products of N core
+    entries, so its variance is prod(inner ranks) * s**(2N).
+    """
+    order = len(rank) - 1
+    paths = math.prod(rank[1:-1])
+    return (std**2 / paths) ** (1.0 / (2 * order))
+
+
+class TTTensor(Storage, FactorizedTensor, name="TT"):
+    """Tensor-train factorization: cores of shape ``(rank[k], shape[k], rank[k + 1])``.
+
+    Example:
+        >>> import torch, tfx
+        >>> t = tfx.TTTensor.from_tensor(torch.randn(4, 5, 6), rank=(1, 3, 3, 1))
+        >>> [tuple(f.shape) for f in t.factors]
+        [(1, 4, 3), (3, 5, 3), (3, 6, 1)]
+    """
+
+    def __init__(
+        self, factors: Sequence[Any], shape: Sequence[int] | None = None, rank: Sequence[int] | None = None
+    ) -> None:
+        super().__init__()
+        self.shape = tuple(shape) if shape is not None else tuple(int(f.shape[1]) for f in factors)
+        if rank is None:
+            rank = (*(int(f.shape[0]) for f in factors), 1)
+        self.rank = tuple(rank)
+        self.factors = FactorList(factors)
+        self._build()
+
+    def _build(self) -> None:
+        self.order = len(self.shape)
+        n, r = self.shape, self.rank
+        if self.order == 1:
+            shapes: list[tuple[int, ...]] = [(n[0],)]
+        else:
+            shapes = [(n[0], r[1])]
+            shapes += [(r[k], n[k], r[k + 1]) for k in range(1, self.order - 1)]
+            shapes.append((r[-2], n[-1]))
+        self._plan = plan_einsum(tt_equation(self.order), *shapes)
+
+    @classmethod
+    def new(  # type: ignore[override]
+        cls,
+        shape: Sequence[int],
+        rank: Any = "same",
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> TTTensor:
+        """A new TT tensor, initialised (std 1 reconstruction by default)."""
+        shape = check_shape(shape, "TTTensor.new")
+        rank = _rank.tt_rank(shape, rank)
+        factors = [
+            new_parameter((rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex)
+            for k, s in enumerate(shape)
+        ]
+        return cls(factors, shape, rank).normal_(0, 1)
+
+    @classmethod
+    def from_tensor(cls, tensor: torch.Tensor, rank: Any = "same", **kwargs: Any) -> TTTensor:  # type: ignore[override]
+        """Decompose ``tensor`` by TT-SVD. Keeps dtype and device."""
+        tensor = decomposition_input(tensor, cls._complex)
+        shape = tuple(tensor.shape)
+        rank = _rank.tt_rank(shape, rank)
+        factors = _decompose.tt_svd(tensor, rank, **kwargs)
+        return cls([to_storage(f, cls._complex) for f in factors], shape, rank)
+
+    def init_from_tensor(self, tensor: torch.Tensor, **kwargs: Any) -> TTTensor:
+        """Decompose ``tensor`` at this rank, in place (TT-SVD)."""
+        tensor = decomposition_input(tensor, self._complex).reshape(self.shape)
+        device, _ = self._param_device_dtype()
+        factors = _decompose.tt_svd(tensor, self.rank, **kwargs)
+        self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
+        return self
+
+    @property
+    def decomposition(self) -> list[torch.Tensor]:
+        """The cores, complex views for complex forms."""
+        return [self._v(f) for f in self.factors]
+
+    def to_tensor(self) -> torch.Tensor:
+        """Reconstruct the full tensor."""
+        cores = [self._v(f) for f in self.factors]
+        if self.order == 1:
+            return self._plan(cores[0][0, :, 0])
+        return self._plan(cores[0][0], *cores[1:-1], cores[-1][..., 0])
+
+    @torch.no_grad()
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> TTTensor:
+        """Cores N(0, s) with s chosen so the reconstruction has std ``std``."""
+        self._check_mean(mean)
+        s = tt_init_std(std, self.rank) / (math.sqrt(2) if self._complex else 1.0)
+        for factor in self.factors:
+            factor.data.normal_(0, s)
+        return self
+
+    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TTTensor:
+        """Insert a mode of size ``new_dim`` at ``mode``: an identity core, replicating the tensor."""
+        device, dtype = self._param_device_dtype()
+        bond = self.rank[mode]
+        if new_factor is None:
+            eye = torch.eye(bond, device=device, dtype=dtype)
+            new_factor = eye.unsqueeze(1).expand(bond, new_dim, bond)
+        factors = list(self.factors)
+        factors.insert(mode, to_storage(new_factor.to(device), self._complex))
+        self.factors = FactorList(factors)
+        self.shape = (*self.shape[:mode], new_dim, *self.shape[mode:])
+        self.rank = (*self.rank[: mode + 1], *self.rank[mode:])
+        self._build()
+        return self
+
+    def _index(self, modes: list[Any]) -> Any:
+        cores: list[torch.Tensor] = []
+        shape: list[int] = []
+        rank = [1]
+        pending = None  # a (rank[-1], r) matrix waiting to be absorbed into the next kept core
+        for k, (index, factor) in enumerate(zip(modes, self.factors)):
+            core = self._v(factor)
+            if pending is not None:
+                core = torch.tensordot(pending, core, dims=([1], [0]))
+            if isinstance(index, int):
+                pending = core[:, index, :]
+                continue
+            pending = None
+            cores.append(core[:, index.to(core.device) if isinstance(index, torch.Tensor) else index, :])
+            shape.append(mode_length(index, self.shape[k]))  # type: ignore[arg-type]
+            rank.append(self.rank[k + 1])
+        if not cores:
+            return pending[0, 0]  # type: ignore[index]
+        if pending is not None:
+            cores[-1] = torch.tensordot(cores[-1], pending, dims=([2], [0]))
+            rank[-1] = 1
+        return TTTensor(cores, tuple(shape), tuple(rank))
