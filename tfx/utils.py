@@ -51,6 +51,9 @@ _FIX_FEATURES: Final = "pass the layer's size, e.g. get_tensorized_shape(768, 30
 _FIX_ORDER: Final = "pass order=None (tltorch's automatic order) or an order >= 1, e.g. order=3"
 _FIX_MIN_DIM: Final = "pass min_dim >= 1; the default is min_dim=2"
 
+# How many sizes above an unsplittable one to try before suggesting a round one.
+_PAD_WINDOW: Final = 4096
+
 
 def _as_int(name: str, value: object, what: str, minimum: int, fix: str) -> int:
     """Return ``value`` as an ``int`` >= ``minimum`` or raise :class:`ShapeError`."""
@@ -324,21 +327,36 @@ def _why_not(name: str, n: int, order: int, min_dim: int) -> str:
 
 
 def _pad_size(n: int, order: int, min_dim: int) -> int:
-    """A size above ``n`` that splits into ``order`` factors >= ``min_dim``.
+    """A size above ``n`` that splits into ``order`` balanced factors >= ``min_dim``.
 
-    Prefers the smallest one whose factors all stay within twice the balanced
-    factor ``m ** (1 / order)``, so the suggestion is worth padding to.
+    The smallest one, within a bounded window, whose factors all stay within
+    twice ``m ** (1 / order)``; else ``b x ... x b x q`` with ``b`` the rounded-up
+    balanced factor, which is in that window's criterion by construction.
     """
-    # Nothing below min_dim**order splits, so start there at the earliest.
-    start = max(n + 1, min_dim**order)
-    for m in range(start, 2 * start):
-        if _splits(m, order, min_dim, int(2 * m ** (1 / order))):
+    target: int = max(n + 1, min_dim**order)  # nothing below min_dim**order splits
+    b = max(min_dim, round(math.pow(target, 1 / order)))
+    while b**order < target:  # float roots can be off by one either way
+        b += 1
+    while b > min_dim and (b - 1) ** order >= target:
+        b -= 1
+    base: int = b ** (order - 1)
+    fallback = base * max(min_dim, -(-target // base))
+    for m in range(target, min(fallback, target + _PAD_WINDOW)):
+        hi = int(2 * math.pow(m, 1 / order))
+        # Cheap filter first: m needs every prime factor <= hi.
+        if _is_smooth(m, hi) and _splits(m, order, min_dim, hi):
             return m
-    # min_dim**(order-1) * max(min_dim, ceil(start / min_dim**(order-1))) always
-    # splits, which bounds this search.
-    base = min_dim ** (order - 1)
-    bound = base * max(min_dim, -(-start // base))
-    return next((m for m in range(start, bound) if _splittable(m, order, min_dim)), bound)
+    return fallback
+
+
+def _is_smooth(n: int, bound: int) -> bool:
+    """Whether every prime factor of ``n`` is at most ``bound``."""
+    for p in range(2, bound + 1):
+        if p * p > n:
+            return n <= bound  # what is left is 1 or a prime
+        while n % p == 0:
+            n //= p
+    return n == 1
 
 
 def _warn_cannot_split(
@@ -396,10 +414,11 @@ def get_tensorized_shape(
 
     Where a size cannot be split into ``order`` factors >= ``min_dim`` (a prime,
     say), tltorch silently lowers the order; tfx returns the same shapes but
-    warns. Where tltorch's greedy split misses a valid split (rare, only for
-    ``min_dim >= 6``, e.g. ``1000 = 10 x 10 x 10`` with ``min_dim=6``), tfx
+    warns. Where tltorch's greedy split misses a valid split (rare: with
+    ``min_dim=6`` it splits 1000 as ``(8, 125)``, missing ``(10, 10, 10)``), tfx
     returns a split at the highest order both sizes allow (tltorch's merge of
     its greedy split where that is long enough, else the most balanced one).
+    With ``min_dim=1``, where tltorch never returns, missing factors are 1.
 
     Args:
         in_features: size of the layer's input, >= 1.
@@ -441,8 +460,9 @@ def get_tensorized_shape(
         if len(shape[0]) == 1:
             _warn_cannot_split(sizes, None, min_dim, shape, as_tltorch=True)
     elif len(shape[0]) != order or min(shape[0] + shape[1]) < min_dim:
-        # The highest order both sizes allow; tltorch's greedy split reaches it
-        # except in rare cases with min_dim >= 6 (1000 = 10 x 10 x 10).
+        # The highest order both sizes allow. tltorch's greedy split reaches it
+        # except in rare cases (min_dim=6 splits 1000 as 8 x 125, not 10 x 10 x 10)
+        # and for min_dim=1, where tltorch recurses forever.
         reachable = max(1, min(_max_order(n, order, min_dim) for n in sizes.values()))
         as_tltorch = len(shape[0]) == reachable
         if not as_tltorch:

@@ -9,6 +9,7 @@ from ._complex import (
     ComplexDenseTensor,
     ComplexDenseTensorized,
     ComplexTTTensor,
+    ComplexTTTensorized,
     ComplexTuckerTensor,
     ComplexTuckerTensorized,
 )
@@ -16,7 +17,7 @@ from ._contract import ContractionPlan, plan_einsum
 from ._cp import CPTensor, CPTensorized
 from ._dense import DenseTensor, DenseTensorized
 from ._init import block_tt_init, cp_init, tensor_init, tt_init, tucker_init
-from ._tt import TTTensor
+from ._tt import TTTensor, TTTensorized
 from ._tucker import TuckerTensor, TuckerTensorized
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "CPTensor",
     "TuckerTensor",
     "TTTensor",
+    "TTTensorized",
     "DenseTensorized",
     "CPTensorized",
     "TuckerTensorized",
@@ -34,6 +36,7 @@ __all__ = [
     "ComplexCPTensor",
     "ComplexTuckerTensor",
     "ComplexTTTensor",
+    "ComplexTTTensorized",
     "ComplexDenseTensorized",
     "ComplexCPTensorized",
     "ComplexTuckerTensorized",

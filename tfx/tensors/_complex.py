@@ -11,7 +11,7 @@ from __future__ import annotations
 from ._blocktt import BlockTT
 from ._cp import CPTensor, CPTensorized
 from ._dense import DenseTensor, DenseTensorized
-from ._tt import TTTensor
+from ._tt import TTTensor, TTTensorized
 from ._tucker import TuckerTensor, TuckerTensorized
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ComplexCPTensorized",
     "ComplexTuckerTensorized",
     "ComplexBlockTT",
+    "ComplexTTTensorized",
 ]
 
 
@@ -70,5 +71,11 @@ class ComplexTuckerTensorized(TuckerTensorized, name="ComplexTucker"):
 
 class ComplexBlockTT(BlockTT, name="ComplexBlockTT"):
     """Complex block tensor-train factorization with real storage."""
+
+    _complex = True
+
+
+class ComplexTTTensorized(TTTensorized, name="ComplexTT"):
+    """Complex tensorized tensor-train factorization with real storage."""
 
     _complex = True

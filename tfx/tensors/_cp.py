@@ -133,9 +133,13 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         """``(weights, factors)``, complex views for complex forms."""
         return self._v(self.weights), [self._v(f) for f in self.factors]
 
+    def contraction(self) -> tuple[str, list[torch.Tensor]]:
+        """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
+        return self._plan.equation, [self._v(self.weights), *(self._v(f) for f in self.factors)]
+
     def to_tensor(self) -> torch.Tensor:
         """Reconstruct the full tensor (no Khatri-Rao product larger than the result)."""
-        return self._plan(self._v(self.weights), *(self._v(f) for f in self.factors))
+        return self._plan(*self.contraction()[1])
 
     @torch.no_grad()
     def normal_(self, mean: float = 0.0, std: float = 1.0) -> CPTensor:

@@ -81,6 +81,11 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
         """The tensor itself."""
         return self._v(self.tensor)
 
+    def contraction(self) -> tuple[str, list[torch.Tensor]]:
+        """The reconstruction as ``(einsum equation, operands)``: the identity on the tensor."""
+        letters = "abcdefghijklmnopqrstuvwxy"[: len(self._stored_shape())]
+        return f"{letters}->{letters}", [self._v(self.tensor)]
+
     def to_tensor(self) -> torch.Tensor:
         """The tensor itself."""
         return self._v(self.tensor)

@@ -10,12 +10,24 @@ from typing import Any
 import torch
 
 from . import _decompose, _rank
-from ._base import FactorizedTensor, check_shape, decomposition_input, mode_length, new_parameter, to_storage
+from ._base import (
+    FactorizedTensor,
+    TensorizedTensor,
+    check_shape,
+    decomposition_input,
+    matrix_shape_of,
+    mode_length,
+    new_parameter,
+    parse_tensorized_shape,
+    tensor_shape_of,
+    to_storage,
+    unravel,
+)
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
 
-__all__ = ["TTTensor", "tt_equation", "tt_init_std"]
+__all__ = ["TTTensor", "TTTensorized", "tt_equation", "tt_init_std"]
 
 
 def tt_equation(order: int) -> str:
@@ -112,12 +124,16 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         """The cores, complex views for complex forms."""
         return [self._v(f) for f in self.factors]
 
+    def contraction(self) -> tuple[str, list[torch.Tensor]]:
+        """The reconstruction as ``(einsum equation, operands)``; output modes are the tensor's."""
+        cores = [self._v(f) for f in self.factors]
+        if len(cores) == 1:
+            return self._plan.equation, [cores[0][0, :, 0]]
+        return self._plan.equation, [cores[0][0], *cores[1:-1], cores[-1][..., 0]]
+
     def to_tensor(self) -> torch.Tensor:
         """Reconstruct the full tensor."""
-        cores = [self._v(f) for f in self.factors]
-        if self.order == 1:
-            return self._plan(cores[0][0, :, 0])
-        return self._plan(cores[0][0], *cores[1:-1], cores[-1][..., 0])
+        return self._plan(*self.contraction()[1])
 
     @torch.no_grad()
     def normal_(self, mean: float = 0.0, std: float = 1.0) -> TTTensor:
@@ -165,3 +181,108 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
             cores[-1] = torch.tensordot(cores[-1], pending, dims=([2], [0]))
             rank[-1] = 1
         return TTTensor(cores, tuple(shape), tuple(rank))
+
+
+class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
+    """Tensor-train factorization of a tensorized matrix, over the modes of ``tensor_shape``.
+
+    The chain runs through the batch modes, then the row modes, then the
+    column modes, so the bond between the last row mode and the first
+    column mode is the rank of the matrix itself.
+
+    Example:
+        >>> import tfx
+        >>> w = tfx.TensorizedTensor.new(((4, 3, 2), (5, 3, 2)), rank=0.5, factorization="tt")
+        >>> w.to_matrix().shape
+        torch.Size([24, 30])
+    """
+
+    def __init__(self, factors: Sequence[Any], tensorized_shape: Sequence[Any], rank: Sequence[int] | None = None) -> None:
+        self.tensorized_shape = parse_tensorized_shape(tensorized_shape)
+        self.tensor_shape = tensor_shape_of(self.tensorized_shape)
+        super().__init__(factors, self.tensor_shape, rank)
+        self.shape = matrix_shape_of(self.tensorized_shape)
+
+    def _build(self) -> None:
+        # The TT chain runs over tensor_shape, not over the matrix shape.
+        shape, self.shape = self.shape, self.tensor_shape
+        try:
+            super()._build()
+        finally:
+            self.shape = shape
+
+    @classmethod
+    def new(  # type: ignore[override]
+        cls,
+        tensorized_shape: Sequence[Any],
+        rank: Any = "same",
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> TTTensorized:
+        """A new tensorized TT tensor, initialised."""
+        tshape = parse_tensorized_shape(tensorized_shape)
+        full = tensor_shape_of(tshape)
+        rank = _rank.tt_rank(full, rank)
+        factors = [
+            new_parameter((rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex)
+            for k, s in enumerate(full)
+        ]
+        return cls(factors, tshape, rank).normal_(0, 1)
+
+    @classmethod
+    def from_tensor(  # type: ignore[override]
+        cls, tensor: torch.Tensor, tensorized_shape: Sequence[Any], rank: Any = "same", **kwargs: Any
+    ) -> TTTensorized:
+        """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) by TT-SVD."""
+        tshape = parse_tensorized_shape(tensorized_shape)
+        full = tensor_shape_of(tshape)
+        tensor = decomposition_input(tensor, cls._complex).reshape(full)
+        rank = _rank.tt_rank(full, rank)
+        factors = _decompose.tt_svd(tensor, rank, **kwargs)
+        return cls([to_storage(f, cls._complex) for f in factors], tshape, rank)
+
+    def init_from_tensor(self, tensor: torch.Tensor, **kwargs: Any) -> TTTensorized:
+        """Decompose ``tensor`` at this rank, in place (TT-SVD)."""
+        tensor = decomposition_input(tensor, self._complex).reshape(self.tensor_shape)
+        device, _ = self._param_device_dtype()
+        factors = _decompose.tt_svd(tensor, self.rank, **kwargs)
+        self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
+        return self
+
+    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TTTensorized:
+        """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
+        position = len(tensor_shape_of(self.tensorized_shape[:mode]))
+        tshape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
+        self.shape = self.tensor_shape
+        super().transduct(new_dim, position, new_factor)
+        self.tensorized_shape = tshape
+        self.tensor_shape = tensor_shape_of(tshape)
+        self.shape = matrix_shape_of(tshape)
+        return self
+
+    def _index(self, modes: list[Any]) -> Any:
+        flat: list[Any] = []
+        tshape: list[Any] = []
+        for index, entry in zip(modes, self.tensorized_shape):
+            if not isinstance(entry, tuple):
+                flat.append(index)
+                if not isinstance(index, int):
+                    tshape.append(mode_length(index, entry))
+            elif index == slice(None):
+                flat.extend([slice(None)] * len(entry))
+                tshape.append(entry)
+            elif isinstance(index, int):
+                flat.extend(int(i) for i in unravel(index, entry, None))
+            else:
+                # Several rows of a tensorized mode: no TT structure survives.
+                value = self.to_matrix()
+                return value[tuple(i.to(value.device) if isinstance(i, torch.Tensor) else i for i in modes)]
+        shape, self.shape = self.shape, self.tensor_shape
+        try:
+            result = TTTensor._index(self, flat)
+        finally:
+            self.shape = shape
+        if not isinstance(result, TTTensor) or not any(isinstance(e, tuple) for e in tshape):
+            return result
+        return TTTensorized(list(result.factors), tuple(tshape), result.rank)

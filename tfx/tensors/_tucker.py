@@ -160,9 +160,13 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         """``(core, factors)``, complex views for complex forms."""
         return self._v(self.core), [self._v(f) for f in self.factors]
 
+    def contraction(self) -> tuple[str, list[torch.Tensor]]:
+        """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
+        return self._plan.equation, [self._v(self.core), *(self._v(f) for f in self.factors)]
+
     def to_tensor(self) -> torch.Tensor:
         """Reconstruct the full tensor."""
-        return self._plan(self._v(self.core), *(self._v(f) for f in self.factors))
+        return self._plan(*self.contraction()[1])
 
     @torch.no_grad()
     def normal_(self, mean: float = 0.0, std: float = 1.0) -> TuckerTensor:
