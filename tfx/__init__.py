@@ -11,13 +11,14 @@ Example:
     torch.Size([64, 48])
 """
 
-from . import tensors
+from . import functional, nn, tensors
 from ._errors import (
     BudgetError,
     OptionError,
     PlanMismatchError,
     RankError,
     ShapeError,
+    TensorError,
     TfxError,
     TfxWarning,
     TraceError,
@@ -50,6 +51,19 @@ from .tensors import (
     tt_init,
     tucker_init,
 )
+from .nn import (
+    TCL,
+    TRL,
+    FactorizedConv,
+    FactorizedEmbedding,
+    FactorizedLinear,
+    TensorDropout,
+    TensorLasso,
+    remove_tensor_dropout,
+    remove_tensor_lasso,
+    tensor_dropout,
+    tensor_lasso,
+)
 from .utils import get_tensorized_shape
 
 __version__ = "0.1.0"
@@ -57,6 +71,19 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "tensors",
+    "functional",
+    "nn",
+    "FactorizedLinear",
+    "FactorizedConv",
+    "FactorizedEmbedding",
+    "TRL",
+    "TCL",
+    "TensorDropout",
+    "tensor_dropout",
+    "remove_tensor_dropout",
+    "TensorLasso",
+    "tensor_lasso",
+    "remove_tensor_lasso",
     "FactorizedTensor",
     "TensorizedTensor",
     "DenseTensor",
@@ -91,5 +118,6 @@ __all__ = [
     "BudgetError",
     "OptionError",
     "PlanMismatchError",
+    "TensorError",
     "TfxWarning",
 ]

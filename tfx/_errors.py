@@ -10,6 +10,7 @@ exception, so existing ``except ValueError`` blocks keep working::
     ├─ RankError(TfxError, ValueError)           rank invalid for shape
     ├─ BudgetError(TfxError, ValueError)         budget malformed or unreachable
     ├─ OptionError(TfxError, ValueError)         unknown factorization/strategy name or keyword
+    ├─ TensorError(TfxError, ValueError)         values that cannot be factorized (int dtype, NaN/Inf)
     └─ PlanMismatchError(TfxError, RuntimeError) plan does not fit this graph
     TfxWarning(UserWarning)
 
@@ -31,6 +32,7 @@ __all__ = [
     "BudgetError",
     "OptionError",
     "PlanMismatchError",
+    "TensorError",
     "TfxWarning",
     "unknown_option",
 ]
@@ -62,6 +64,10 @@ class BudgetError(TfxError, ValueError):
 
 class OptionError(TfxError, ValueError):
     """An unknown option name: factorization, strategy, implementation, keyword."""
+
+
+class TensorError(TfxError, ValueError):
+    """A tensor's values or dtype cannot be factorized: integer dtype, NaN/Inf, complex into a real form."""
 
 
 class PlanMismatchError(TfxError, RuntimeError):

@@ -1,3 +1,28 @@
-"""tfx.nn (see the issues that build it)."""
+"""Factorized layers (tltorch-compatible) and tensor hooks."""
 
-__all__: list[str] = []
+from ._conv import FactorizedConv
+from ._embedding import FactorizedEmbedding
+from ._hooks import (
+    TensorDropout,
+    TensorLasso,
+    remove_tensor_dropout,
+    remove_tensor_lasso,
+    tensor_dropout,
+    tensor_lasso,
+)
+from ._linear import FactorizedLinear
+from ._regression import TCL, TRL
+
+__all__ = [
+    "FactorizedLinear",
+    "FactorizedConv",
+    "FactorizedEmbedding",
+    "TRL",
+    "TCL",
+    "TensorDropout",
+    "tensor_dropout",
+    "remove_tensor_dropout",
+    "TensorLasso",
+    "tensor_lasso",
+    "remove_tensor_lasso",
+]

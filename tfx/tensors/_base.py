@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._errors import OptionError, ShapeError, TfxError, unknown_option
+from .._errors import OptionError, ShapeError, TensorError, TfxError, unknown_option
 
 __all__ = [
     "FactorizedTensor",
@@ -79,7 +79,7 @@ class FactorizedTensor(nn.Module):
     def new(
         cls, shape: Sequence[int], rank: Any = "same", factorization: str = "Tucker", **kwargs: Any
     ) -> FactorizedTensor:
-        """A new factorized tensor of ``shape``, initialised so its entries have std 0.02... per form.
+        """A new factorized tensor of ``shape``, initialised so its reconstruction is N(0, 1).
 
         Args:
             shape: the full tensor's shape.
@@ -161,9 +161,26 @@ class FactorizedTensor(nn.Module):
         """Number of stored scalars (a complex entry counts as two)."""
         return sum(p.numel() for p in self.parameters())
 
+    @torch.no_grad()
+    def _match_std(self, std: float) -> None:
+        """Rescale so the reconstruction's (zero-mean) std is exactly ``std``.
+
+        A random factorized tensor's sample std fluctuates around the std its
+        factor variances target (low-rank entries are correlated); measuring it
+        through the factors and rescaling removes that draw-to-draw spread.
+        """
+        n = math.prod(getattr(self, "tensor_shape", self.shape))
+        actual = math.sqrt(float(squared_norm(self)) / n)
+        if actual > 0 and math.isfinite(actual):
+            self._scale_(std / actual)
+
+    def _scale_(self, factor: float) -> None:
+        """Multiply the reconstruction by ``factor`` in place (per form)."""
+        raise NotImplementedError
+
     def _check_mean(self, mean: float) -> None:
         if mean != 0:
-            raise TfxError(
+            raise OptionError(
                 f"normal_(mean={mean}) is only exact for dense tensors: a {self._name} "
                 "reconstruction is a sum of products of factors, so its mean is 0.\n"
                 "Fix: use mean=0, or add a constant bias outside the factorized weight."
@@ -475,28 +492,54 @@ def to_storage(tensor: torch.Tensor, complex_form: bool) -> nn.Parameter:
     if complex_form:
         if not tensor.is_complex():
             tensor = torch.complex(tensor, torch.zeros_like(tensor))
-        tensor = torch.view_as_real(tensor)
+        tensor = torch.view_as_real(tensor.resolve_conj())
     return nn.Parameter(tensor.contiguous())
 
 
 def decomposition_input(tensor: torch.Tensor, complex_form: bool) -> torch.Tensor:
     """Validate a tensor to decompose: floating (or complex), finite."""
     if not (tensor.is_floating_point() or tensor.is_complex()):
-        raise TfxError(
+        raise TensorError(
             f"cannot decompose a tensor of dtype {tensor.dtype}: factorizations need floating "
             "point values.\nFix: tensor.float() (or .double()) first."
         )
     if tensor.is_complex() and not complex_form:
-        raise TfxError(
+        raise TensorError(
             f"cannot decompose a complex tensor ({tensor.dtype}) into a real form.\n"
             "Fix: use a complex form, e.g. factorization='ComplexCP'."
         )
     if not bool(torch.isfinite(tensor).all()):
-        raise TfxError(
+        raise TensorError(
             "cannot decompose a tensor containing NaN or Inf values.\n"
             "Fix: check where the tensor comes from (torch.isfinite(tensor).all())."
         )
     return tensor.detach()
+
+
+_EINSUM_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def squared_norm(tensor: FactorizedTensor) -> torch.Tensor:
+    """``||T||_F^2`` of a factorized tensor, contracted through two copies of its factors.
+
+    The reconstruction is never built: the modes of both copies are shared
+    and the bonds renamed, and the contraction is planned like any other.
+    """
+    from ._contract import plan_einsum
+
+    equation, operands = tensor.contraction()  # type: ignore[attr-defined]
+    shapes = tensor._plan.shapes  # type: ignore[attr-defined]
+    lhs, out = equation.split("->")
+    bonds = sorted(set(lhs) - set(out) - {","})
+    free = [c for c in _EINSUM_LETTERS if c not in lhs]
+    if len(free) < len(bonds):  # more than 52 letters: rebuild instead (rare, tiny bonds)
+        full = tensor.to_tensor()
+        return (full.abs() ** 2).sum() if full.is_complex() else (full * full).sum()
+    rename = dict(zip(bonds, free))
+    twin = "".join(rename.get(c, c) for c in lhs)
+    plan = plan_einsum(f"{lhs},{twin}->", *shapes, *shapes)
+    value = plan(*operands, *[o.conj() for o in operands])
+    return value.real if value.is_complex() else value
 
 
 def unravel(index: Any, shape: Sequence[int], device: Any) -> list[Any]:

@@ -57,6 +57,11 @@ def _split(tensorized_shape: tuple[Any, ...]) -> tuple[tuple[int, ...], tuple[tu
     return batch, entries
 
 
+def _what(tensorized_shape: tuple[Any, ...]) -> str:
+    sizes = BlockTT._core_sizes(_split(tensorized_shape)[1])
+    return f"BlockTT of tensorized shape {tensorized_shape} (cores of merged sizes {sizes})"
+
+
 def _equation(n_batch: int, n_entries: int, d: int) -> str:
     letters = iter(string.ascii_letters)
     batch = "".join(next(letters) for _ in range(n_batch))
@@ -117,7 +122,7 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         """A new BlockTT, initialised (std 1 reconstruction by default)."""
         tshape = parse_tensorized_shape(tensorized_shape)
         batch, entries = _split(tshape)
-        rank = _rank.tt_rank(cls._core_sizes(entries), rank)
+        rank = _rank.tt_rank(cls._core_sizes(entries), rank, what=_what(tshape))
         factors = [
             new_parameter(
                 (*batch, rank[k], *(e[k] for e in entries), rank[k + 1]),
@@ -137,7 +142,7 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         tshape = parse_tensorized_shape(tensorized_shape)
         batch, entries = _split(tshape)
         tensor = decomposition_input(tensor, cls._complex)
-        rank = _rank.tt_rank(cls._core_sizes(entries), rank)
+        rank = _rank.tt_rank(cls._core_sizes(entries), rank, what=_what(tshape))
         cores = _decompose_batched(tensor, batch, entries, rank, **kwargs)
         return cls([to_storage(c, cls._complex) for c in cores], tshape, rank)
 
@@ -169,7 +174,13 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         s = tt_init_std(std, self.rank) / (math.sqrt(2) if self._complex else 1.0)
         for factor in self.factors:
             factor.data.normal_(0, s)
+        self._match_std(std)
         return self
+
+    def _scale_(self, factor: float) -> None:
+        per_core = abs(factor) ** (1.0 / len(self.factors))
+        for i, core in enumerate(self.factors):
+            core.data.mul_(per_core if i or factor >= 0 else -per_core)
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> BlockTT:
         """Insert a batch mode of size ``new_dim`` at ``mode`` (<= number of batch modes)."""

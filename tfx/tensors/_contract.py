@@ -31,10 +31,13 @@ class ContractionPlan:
         flops: opt_einsum's estimate of the floating point operations.
     """
 
-    __slots__ = ("equation", "steps", "flops")
+    __slots__ = ("equation", "shapes", "steps", "flops")
 
-    def __init__(self, equation: str, steps: tuple[Step, ...], flops: int) -> None:
+    def __init__(
+        self, equation: str, shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...], flops: int
+    ) -> None:
         self.equation = equation
+        self.shapes = shapes
         self.steps = steps
         self.flops = flops
 
@@ -46,20 +49,22 @@ class ContractionPlan:
             stack.append(torch.einsum(equation, *picked))
         return stack[0]
 
-    def __getstate__(self) -> tuple[str, tuple[Step, ...], int]:
-        return self.equation, self.steps, self.flops
+    def __getstate__(self) -> tuple[object, ...]:
+        return self.equation, self.shapes, self.steps, self.flops
 
-    def __setstate__(self, state: tuple[str, tuple[Step, ...], int]) -> None:
-        self.equation, self.steps, self.flops = state
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.equation, self.shapes, self.steps, self.flops = state  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"ContractionPlan({self.equation!r}, steps={len(self.steps)}, flops={self.flops})"
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(equation: str, shapes: tuple[tuple[int, ...], ...], memory_limit: int | None) -> ContractionPlan:
+def _search(
+    equation: str, shapes: tuple[tuple[int, ...], ...], memory_limit: int | None
+) -> tuple[tuple[Step, ...], int]:
     if len(shapes) == 1:
-        return ContractionPlan(equation, (((0,), equation),), math.prod(shapes[0]))
+        return (((0,), equation),), math.prod(shapes[0])
     optimize = "optimal" if len(shapes) <= 5 else "dp" if len(shapes) <= 12 else "greedy"
     try:
         _, info = opt_einsum.contract_path(
@@ -72,7 +77,7 @@ def _plan(equation: str, shapes: tuple[tuple[int, ...], ...], memory_limit: int 
             equation, *shapes, shapes=True, optimize="greedy", memory_limit=memory_limit
         )
     steps = tuple((tuple(c[0]), c[2]) for c in info.contraction_list)
-    return ContractionPlan(equation, steps, int(info.opt_cost))
+    return steps, int(info.opt_cost)
 
 
 def plan_einsum(
@@ -96,14 +101,25 @@ def plan_einsum(
         >>> plan(torch.ones(4), torch.ones(8, 4), torch.ones(6, 4)).shape
         torch.Size([8, 6])
     """
+    shapes_t, steps, flops = _constant_plan(equation, shapes, memory_limit)
+    return ContractionPlan(equation, shapes_t, steps, flops)
+
+
+@torch._dynamo.assume_constant_result
+def _constant_plan(
+    equation: str, shapes: Sequence[Sequence[int]], memory_limit: int | str | None
+) -> tuple[tuple[tuple[int, ...], ...], tuple[Step, ...], int]:
+    # Pure in its (constant, shape-only) arguments: torch.compile runs it at trace
+    # time and bakes the result into the graph instead of tracing opt_einsum.
     shapes_t = tuple(tuple(int(s) for s in shape) for shape in shapes)
     if memory_limit == "max_io":
         inputs, output = equation.split("->")
-        sizes = {}
+        sizes: dict[str, int] = {}
         for term, shape in zip(inputs.split(","), shapes_t):
             sizes.update(zip(term, shape))
         out_size = math.prod(sizes[c] for c in output)
         limit: int | None = max([out_size, *(math.prod(s) for s in shapes_t)])
     else:
         limit = memory_limit  # type: ignore[assignment]
-    return _plan(equation, shapes_t, limit)
+    steps, flops = _search(equation, shapes_t, limit)
+    return shapes_t, steps, flops

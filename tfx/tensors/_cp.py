@@ -44,7 +44,7 @@ def _cp_decompose(tensor: torch.Tensor, rank: int, **kwargs: Any) -> tuple[torch
     if tensor.ndim == 2 and rank <= min(tensor.shape) and not kwargs:
         # A CP decomposition of a matrix is its truncated SVD: exact and optimal.
         u, s, vh = _decompose.truncated_svd(tensor, rank)
-        return s, [u, vh.transpose(0, 1).conj()]
+        return s, [u, vh.transpose(0, 1)]  # M = U S Vh: the second factor is Vh^T (no conj)
     weights, factors, fit = _decompose.cp_als(tensor, rank, **kwargs)
     logger.info("CP rank %d of a %s tensor: fit %.4f", rank, tuple(tensor.shape), fit)
     return weights, list(factors)
@@ -56,7 +56,8 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
     Args:
         weights: the ``(rank,)`` weights.
         factors: one ``(shape[k], rank)`` factor per mode.
-        shape, rank: optional, inferred from the factors.
+        shape: optional, inferred from the factors.
+        rank: optional, inferred from the factors.
 
     Example:
         >>> import torch, tfx
@@ -135,7 +136,7 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
         """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
-        return self._plan.equation, [self._v(self.weights), *(self._v(f) for f in self.factors)]
+        return self._plan.equation, [self._v(self.weights), *[self._v(f) for f in self.factors]]
 
     def to_tensor(self) -> torch.Tensor:
         """Reconstruct the full tensor (no Khatri-Rao product larger than the result)."""
@@ -150,7 +151,11 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         (self.weights.data.select(-1, 0) if self._complex else self.weights.data).fill_(1)
         for factor in self.factors:
             factor.data.normal_(0, factor_std / (math.sqrt(2) if self._complex else 1))
+        self._match_std(std)
         return self
+
+    def _scale_(self, factor: float) -> None:
+        self.weights.data.mul_(factor)
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> CPTensor:
         """Insert a mode of size ``new_dim`` at ``mode``; the tensor is replicated along it."""

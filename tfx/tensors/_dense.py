@@ -20,6 +20,7 @@ from ._base import (
     tensor_shape_of,
     to_storage,
 )
+from ._contract import plan_einsum
 from ._forms_common import Storage
 
 __all__ = ["DenseTensor", "DenseTensorized"]
@@ -45,7 +46,13 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
         self.shape = tuple(shape) if shape is not None else stored
         self.rank = None
         self._store("tensor", tensor)
+        self._build()
+
+    def _build(self) -> None:
         self.order = len(self.shape)
+        shape = self._stored_shape()
+        letters = "abcdefghijklmnopqrstuvwxy"[: len(shape)]
+        self._plan = plan_einsum(f"{letters}->{letters}", shape)
 
     @classmethod
     def new(  # type: ignore[override]
@@ -83,8 +90,7 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
         """The reconstruction as ``(einsum equation, operands)``: the identity on the tensor."""
-        letters = "abcdefghijklmnopqrstuvwxy"[: len(self._stored_shape())]
-        return f"{letters}->{letters}", [self._v(self.tensor)]
+        return self._plan.equation, [self._v(self.tensor)]
 
     def to_tensor(self) -> torch.Tensor:
         """The tensor itself."""
@@ -107,7 +113,7 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
         expand[mode] = new_dim
         self._store("tensor", torch.nn.Parameter(data.expand(*expand).contiguous()))
         self.shape = (*self.shape[:mode], new_dim, *self.shape[mode:])
-        self.order = len(self.shape)
+        self._build()
         return self
 
     def _index(self, modes: list[Any]) -> Any:
@@ -169,6 +175,7 @@ class DenseTensorized(DenseTensor, TensorizedTensor, name="Dense"):
         self.tensorized_shape = tshape
         self.tensor_shape = tensor_shape_of(tshape)
         self.shape = matrix_shape_of(tshape)
+        self._build()
         return self
 
     def _index(self, modes: list[Any]) -> Any:

@@ -30,7 +30,7 @@ def tensor_init(tensor: T, std: float = 0.02) -> T:
     Example:
         >>> import tfx
         >>> w = tfx.tensor_init(tfx.FactorizedTensor.new((64, 64, 64), 0.1, "tt"), std=0.02)
-        >>> round(float(w.to_tensor().std()), 2)
+        >>> round(float(w.to_tensor().detach().std()), 2)
         0.02
     """
     if isinstance(tensor, FactorizedTensor):

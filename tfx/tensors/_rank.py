@@ -6,11 +6,14 @@ parameter count). It is normalised once, at construction, with the same
 integer results as tltorch 0.5 / tensorly for the same inputs, except that
 a rank the shape cannot hold is never returned:
 
-* an explicit int or tuple above the largest valid rank raises
+* one int for a TT is the largest bond rank: each bond takes
+  ``min(rank, its bound)``;
+* an explicit tuple (or a Tucker int) above the largest valid rank raises
   :class:`~tfx.RankError` naming that largest rank;
-* a fraction is solved for first, then bounded by the largest valid rank (a
-  fraction asks for a size, not for particular ranks; the bounded rank then
-  uses fewer parameters than the fraction, never more).
+* a fraction is solved for first, with tltorch's formulas (whose rounding can
+  land a little above or below the fraction), then bounded by the largest
+  valid rank: a fraction asks for a size, not for particular ranks, so a
+  bounded rank is the faithful answer, never an error.
 """
 
 from __future__ import annotations
@@ -183,7 +186,7 @@ def _tt_fraction(shape: Sequence[int], fraction: float) -> tuple[int, ...]:
     return (1, *(max(int(round(d * solution)), 1) for d in avg), 1)
 
 
-def tt_rank(shape: Sequence[int], rank: RankSpec) -> tuple[int, ...]:
+def tt_rank(shape: Sequence[int], rank: RankSpec, *, what: str | None = None) -> tuple[int, ...]:
     """Normalise a TT rank spec: a tuple of ``len(shape) + 1`` ranks with boundary 1s.
 
     Example:
@@ -191,14 +194,17 @@ def tt_rank(shape: Sequence[int], rank: RankSpec) -> tuple[int, ...]:
         (1, 2, 2, 1)
     """
     shape = tuple(shape)
-    what = f"TT tensor of shape {shape}"
+    what = what or f"TT tensor of shape {shape}"
     bounds = tt_rank_bounds(shape)
     if is_fraction(rank):
         ranks = _tt_fraction(shape, _fraction(rank, what))
         return tuple(min(r, b) for r, b in zip(ranks, bounds))
     if isinstance(rank, int) and not isinstance(rank, bool):
+        # One int is the largest bond rank (tensorly's tensor_train reads it so): bonds
+        # that cannot hold it (near the ends) take their own largest rank. No bond exceeds
+        # what the shape allows, and the tensor is the one asked for.
         _check_int(rank, what)
-        ranks = (1, *([rank] * (len(shape) - 1)), 1)
+        return tuple(min(rank, b) for b in bounds)
     else:
         ranks = _as_int_tuple(rank, what)
         if len(ranks) != len(shape) + 1:

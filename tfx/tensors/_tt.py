@@ -142,7 +142,13 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         s = tt_init_std(std, self.rank) / (math.sqrt(2) if self._complex else 1.0)
         for factor in self.factors:
             factor.data.normal_(0, s)
+        self._match_std(std)
         return self
+
+    def _scale_(self, factor: float) -> None:
+        per_core = abs(factor) ** (1.0 / len(self.factors))
+        for i, core in enumerate(self.factors):
+            core.data.mul_(per_core if i or factor >= 0 else -per_core)
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TTTensor:
         """Insert a mode of size ``new_dim`` at ``mode``: an identity core, replicating the tensor."""
@@ -254,10 +260,10 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
         position = len(tensor_shape_of(self.tensorized_shape[:mode]))
         tshape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
-        self.shape = self.tensor_shape
-        super().transduct(new_dim, position, new_factor)
+        self.shape = self.tensor_shape  # TTTensor.transduct inserts into the flat modes
         self.tensorized_shape = tshape
-        self.tensor_shape = tensor_shape_of(tshape)
+        self.tensor_shape = tensor_shape_of(tshape)  # before the rebuild inside transduct
+        super().transduct(new_dim, position, new_factor)
         self.shape = matrix_shape_of(tshape)
         return self
 

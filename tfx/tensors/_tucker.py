@@ -13,7 +13,7 @@ from . import _decompose, _rank
 from ._base import (
     FactorizedTensor,
     TensorizedTensor,
-    TfxError,
+    ShapeError,
     check_shape,
     decomposition_input,
     matrix_shape_of,
@@ -49,7 +49,8 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
     Args:
         core: the core tensor, of shape ``rank``.
         factors: one ``(shape[k], rank[k])`` factor per mode.
-        shape, rank: optional, inferred.
+        shape: optional, inferred from the factors.
+        rank: optional, inferred from the factors.
 
     Example:
         >>> import torch, tfx
@@ -138,7 +139,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         bad = [m for m in unsqueezed if self.rank[m] != 1]
         expected = tuple(sizes[m] for m in kept)
         if bad or tuple(tensor.shape) != expected:
-            raise TfxError(
+            raise ShapeError(
                 f"init_from_tensor(unsqueezed_modes={unsqueezed_modes}) needs a tensor of shape "
                 f"{expected} and rank 1 on the unsqueezed modes; got a tensor of shape "
                 f"{tuple(tensor.shape)} and rank {self.rank}.\n"
@@ -162,7 +163,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
         """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
-        return self._plan.equation, [self._v(self.core), *(self._v(f) for f in self.factors)]
+        return self._plan.equation, [self._v(self.core), *[self._v(f) for f in self.factors]]
 
     def to_tensor(self) -> torch.Tensor:
         """Reconstruct the full tensor."""
@@ -177,7 +178,11 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         self.core.data.normal_(0, s)
         for factor in self.factors:
             factor.data.normal_(0, s)
+        self._match_std(std)
         return self
+
+    def _scale_(self, factor: float) -> None:
+        self.core.data.mul_(factor)
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TuckerTensor:
         """Insert a mode of size ``new_dim`` (rank 1) at ``mode``, replicating the tensor along it."""
@@ -272,9 +277,9 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
         position = len(tensor_shape_of(self.tensorized_shape[:mode]))
         tshape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
-        super().transduct(new_dim, position, new_factor)
         self.tensorized_shape = tshape
-        self.tensor_shape = tensor_shape_of(tshape)
+        self.tensor_shape = tensor_shape_of(tshape)  # before the rebuild inside transduct
+        super().transduct(new_dim, position, new_factor)
         self.shape = matrix_shape_of(tshape)
         return self
 

@@ -1,0 +1,276 @@
+"""N-dimensional convolutions with factorized kernels.
+
+The kernel has shape ``(out_channels, in_channels, *kernel_size)``. Padding
+(any ``padding_mode``, ``'same'``, per-dimension and asymmetric) is applied
+once, explicitly, with ``F.pad``; every convolution after that is unpadded.
+This commutes with the pointwise (1x1) steps below, so every implementation
+computes exactly what ``F.conv{1,2,3}d`` computes on the reconstructed kernel.
+
+* CP, ``'factorized'``: pointwise in, one depthwise 1-D convolution per
+  spatial dimension (separable), pointwise out.
+* CP, ``'mobilenet'``: pointwise in, one depthwise convolution with the
+  rank-one kernels, pointwise out (MobileNet-v2 style).
+* Tucker: pointwise in to the input rank, a full convolution of the core
+  (its spatial modes expanded), pointwise out.
+* TT: a convolution into the first bond, then pointwise out.
+* ``'reconstructed'``: one convolution with the reconstructed kernel (the only
+  implementation that supports ``groups > 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+
+from .._errors import ShapeError, UnsupportedSiteError, unknown_option
+from ..tensors import CPTensor, DenseTensor, FactorizedTensor, TTTensor, TuckerTensor
+
+__all__ = [
+    "convolve",
+    "cp_conv",
+    "cp_conv_mobilenet",
+    "tucker_conv",
+    "tt_conv",
+    "conv_padding",
+    "PADDING_MODES",
+]
+
+IntOrSeq = Union[int, Sequence[int]]
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+CONV_IMPLEMENTATIONS = ("factorized", "reconstructed", "mobilenet", "auto")
+
+
+def _conv(order: int) -> Callable[..., torch.Tensor]:
+    if order not in (1, 2, 3):
+        raise ShapeError(
+            f"convolutions with {order} spatial dimensions are not supported by torch.nn.functional.\n"
+            "Fix: use a 1, 2 or 3-d kernel."
+        )
+    return (F.conv1d, F.conv2d, F.conv3d)[order - 1]
+
+
+def _tuple(value: IntOrSeq, order: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * order
+    out = tuple(int(v) for v in value)
+    if len(out) != order:
+        raise ShapeError(f"{name}={value!r} has {len(out)} entries for a {order}-d convolution.")
+    return out
+
+
+def conv_padding(
+    padding: IntOrSeq | str, kernel_size: Sequence[int], dilation: Sequence[int], stride: Sequence[int]
+) -> tuple[int, ...]:
+    """``F.pad`` pairs (last dim first) for a conv's ``padding`` (ints, ``'same'`` or ``'valid'``)."""
+    order = len(kernel_size)
+    if isinstance(padding, str):
+        if padding == "valid":
+            pairs = [(0, 0)] * order
+        elif padding == "same":
+            if any(s != 1 for s in stride):
+                raise ShapeError("padding='same' is not supported for strided convolutions (as in torch).")
+            totals = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+            pairs = [(t // 2, t - t // 2) for t in totals]
+        else:
+            raise unknown_option("padding", padding, ("same", "valid"), hint="Or pass ints.")
+    else:
+        pairs = [(p, p) for p in _tuple(padding, order, "padding")]
+    return tuple(v for pair in reversed(pairs) for v in pair)
+
+
+def _pad(x: torch.Tensor, pad: tuple[int, ...], padding_mode: str) -> torch.Tensor:
+    if not any(pad):
+        return x
+    if padding_mode == "zeros":
+        return F.pad(x, pad)
+    return F.pad(x, pad, mode=padding_mode)
+
+
+def _pointwise(order: int, matrix: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A (rows, cols) matrix as a 1x1...1 convolution kernel (static sizes: fx-traceable)."""
+    return matrix.reshape(rows, cols, *([1] * order))
+
+
+def cp_conv(
+    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
+    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Separable CP convolution: pointwise, one depthwise 1-D conv per spatial dim, pointwise."""
+    weights, (f_out, f_in, *f_space) = cp_tensor.decomposition
+    order, rank = len(f_space), cp_tensor.rank
+    out_c, in_c = cp_tensor.shape[:2]
+    conv = _conv(order)
+    y = conv(x, _pointwise(order, f_in.transpose(0, 1), rank, in_c))
+    y = _pad(y, pad, padding_mode)
+    for axis, factor in enumerate(f_space):
+        shape = [1] * order
+        shape[axis] = cp_tensor.shape[2 + axis]
+        step, dil = [1] * order, [1] * order
+        step[axis], dil[axis] = stride[axis], dilation[axis]
+        y = conv(y, factor.transpose(0, 1).reshape(rank, 1, *shape), stride=step, dilation=dil, groups=rank)
+    return conv(y, _pointwise(order, f_out * weights, out_c, rank), bias)
+
+
+def cp_conv_mobilenet(
+    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
+    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """CP convolution as pointwise, one depthwise conv with the rank-one kernels, pointwise."""
+    weights, (f_out, f_in, *f_space) = cp_tensor.decomposition
+    order, rank = len(f_space), cp_tensor.rank
+    out_c, in_c = cp_tensor.shape[:2]
+    conv = _conv(order)
+    kernel = f_space[0].transpose(0, 1)  # (rank, k0)
+    for axis, factor in enumerate(f_space[1:], start=1):  # outer products of the spatial factors
+        kernel = kernel.unsqueeze(-1) * factor.transpose(0, 1).reshape(rank, *([1] * axis), cp_tensor.shape[2 + axis])
+    y = conv(x, _pointwise(order, f_in.transpose(0, 1), rank, in_c))
+    y = _pad(y, pad, padding_mode)
+    y = conv(y, kernel.unsqueeze(1), stride=tuple(stride), dilation=tuple(dilation), groups=rank)
+    return conv(y, _pointwise(order, f_out * weights, out_c, rank), bias)
+
+
+def tucker_conv(
+    x: torch.Tensor, tucker_tensor: TuckerTensor, bias: torch.Tensor | None, stride: Sequence[int],
+    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Tucker convolution: pointwise to the input rank, core convolution, pointwise out."""
+    core, (f_out, f_in, *f_space) = tucker_tensor.decomposition
+    order = len(f_space)
+    out_c, in_c = tucker_tensor.shape[:2]
+    r_out, r_in = tucker_tensor.rank[:2]
+    conv = _conv(order)
+    for axis, factor in enumerate(f_space):  # expand the core's spatial modes to kernel sizes
+        core = torch.movedim(torch.tensordot(core, factor, dims=([2 + axis], [1])), -1, 2 + axis)
+    y = conv(x, _pointwise(order, f_in.transpose(0, 1), r_in, in_c))
+    y = _pad(y, pad, padding_mode)
+    y = conv(y, core, stride=tuple(stride), dilation=tuple(dilation))
+    return conv(y, _pointwise(order, f_out, out_c, r_out), bias)
+
+
+def tt_conv(
+    x: torch.Tensor, tt_tensor: TTTensor, bias: torch.Tensor | None, stride: Sequence[int],
+    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """TT convolution: a convolution into the first bond (rank[1] channels), then pointwise out."""
+    cores = tt_tensor.decomposition
+    order = len(cores) - 2
+    conv = _conv(order)
+    rest = cores[1]
+    for core in cores[2:]:
+        rest = torch.tensordot(rest, core, dims=([-1], [0]))
+    kernel = rest[..., 0]  # (rank[1], in, *kernel_size)
+    y = conv(_pad(x, pad, padding_mode), kernel, stride=tuple(stride), dilation=tuple(dilation))
+    return conv(y, _pointwise(order, cores[0][0], tt_tensor.shape[0], tt_tensor.rank[1]), bias)
+
+
+_FACTORIZED: dict[type, Callable[..., torch.Tensor]] = {
+    CPTensor: cp_conv,
+    TuckerTensor: tucker_conv,
+    TTTensor: tt_conv,
+}
+
+
+def convolve(
+    x: torch.Tensor,
+    weight: FactorizedTensor | torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    implementation: str = "factorized",
+) -> torch.Tensor:
+    """Convolve ``x`` with a (factorized) kernel of shape ``(out, in // groups, *kernel_size)``.
+
+    Args:
+        x: ``(batch, in_channels, *spatial)``.
+        weight: a factorized tensor (Dense, CP, Tucker, TT) or a tensor.
+        bias: optional ``(out_channels,)``.
+        stride, padding, dilation: as ``F.conv{1,2,3}d``; padding may be
+            ``'same'``/``'valid'`` or per dimension.
+        groups: only with ``implementation='reconstructed'`` (or a dense weight).
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
+        implementation: ``'factorized'``, ``'reconstructed'``, ``'mobilenet'`` (CP only)
+            or ``'auto'`` (by FLOP count, see :func:`conv_flops`).
+
+    Example:
+        >>> import torch, tfx
+        >>> from tfx.functional import convolve
+        >>> w = tfx.FactorizedTensor.new((16, 8, 3, 3), rank=0.5, factorization="cp")
+        >>> convolve(torch.randn(2, 8, 10, 10), w, padding=1).shape
+        torch.Size([2, 16, 10, 10])
+    """
+    if implementation not in CONV_IMPLEMENTATIONS:
+        raise unknown_option("implementation", implementation, CONV_IMPLEMENTATIONS)
+    if padding_mode not in PADDING_MODES:
+        raise unknown_option("padding_mode", padding_mode, PADDING_MODES)
+    shape = tuple(weight.shape)
+    order = len(shape) - 2
+    kernel_size = shape[2:]
+    stride_t = _tuple(stride, order, "stride")
+    dilation_t = _tuple(dilation, order, "dilation")
+    pad = conv_padding(padding, kernel_size, dilation_t, stride_t)
+    conv = _conv(order)
+    if implementation == "auto":
+        implementation = _auto(weight, x, stride_t)
+    dense = isinstance(weight, (torch.Tensor, DenseTensor))
+    if groups != 1 and not dense and implementation != "reconstructed":
+        raise UnsupportedSiteError(
+            f"groups={groups}: the {implementation!r} implementation of a {type(weight).__name__} "
+            "kernel has no grouped form.\nFix: implementation='reconstructed' (exact, uses the "
+            "rebuilt kernel), or factorize an ungrouped convolution."
+        )
+    if dense or implementation == "reconstructed":
+        kernel = weight if isinstance(weight, torch.Tensor) else weight.to_tensor()
+        return conv(_pad(x, pad, padding_mode), kernel, bias, stride_t, 0, dilation_t, groups)
+    if implementation == "mobilenet":
+        if not isinstance(weight, CPTensor):
+            raise UnsupportedSiteError(
+                f"implementation='mobilenet' needs a CP kernel, got {type(weight).__name__}.\n"
+                "Fix: factorization='cp', or implementation='factorized'."
+            )
+        return cp_conv_mobilenet(x, weight, bias, stride_t, pad, dilation_t, padding_mode)
+    for form, fn in _FACTORIZED.items():
+        if isinstance(weight, form):
+            return fn(x, weight, bias, stride_t, pad, dilation_t, padding_mode)
+    raise UnsupportedSiteError(  # pragma: no cover - every registered form is handled above
+        f"no factorized convolution for {type(weight).__name__}; use implementation='reconstructed'."
+    )
+
+
+def conv_flops(weight: FactorizedTensor, spatial_out: int, batch: int, stride: Sequence[int] = ()) -> dict[str, int]:
+    """Approximate FLOPs of each implementation for ``batch`` images of ``spatial_out`` output positions."""
+    out_c, in_c, *kernel = weight.shape
+    k = math.prod(kernel)
+    n = batch * spatial_out
+    s = math.prod(stride) if stride else 1
+    flops = {"reconstructed": 2 * n * out_c * in_c * k + weight._plan.flops}
+    if isinstance(weight, CPTensor):
+        r = weight.rank
+        flops["factorized"] = 2 * n * s * r * in_c + 2 * n * s * r * sum(kernel) + 2 * n * r * out_c
+        flops["mobilenet"] = 2 * n * s * r * in_c + 2 * n * r * k + 2 * n * r * out_c
+    elif isinstance(weight, TuckerTensor):
+        ro, ri = weight.rank[0], weight.rank[1]
+        flops["factorized"] = 2 * n * s * ri * in_c + 2 * n * ro * ri * k + 2 * n * ro * out_c
+    elif isinstance(weight, TTTensor):
+        r1 = weight.rank[1]
+        flops["factorized"] = 2 * n * r1 * in_c * k + 2 * n * r1 * out_c
+    return flops
+
+
+def _auto(weight: Any, x: torch.Tensor, stride: Sequence[int]) -> str:
+    if isinstance(weight, (torch.Tensor, DenseTensor)):
+        return "reconstructed"
+    from ._planning import DEFAULT_BATCH, is_tracing
+
+    if is_tracing(x):
+        batch, spatial = DEFAULT_BATCH, 32 ** (len(weight.shape) - 2)
+    else:
+        batch, spatial = x.shape[0], math.prod(x.shape[2:]) // max(math.prod(stride), 1)
+    flops = conv_flops(weight, spatial, batch, stride)
+    return min(flops, key=flops.__getitem__)

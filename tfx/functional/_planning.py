@@ -1,0 +1,105 @@
+"""Plans for contracting an input with a factorized weight, cached per batch bucket.
+
+A layer's contraction is one einsum over the input and the weight's factors.
+Its best pairwise order depends on the batch size, so plans are made per
+bucket of batch sizes (powers of 4) and cached; a forward only looks its plan
+up. Under ``torch.fx`` tracing or ``torch.compile`` the batch size is not
+known (or should not be specialised on), so the plan of a default bucket is
+used and baked into the graph.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from typing import Any
+
+import torch
+
+from ..tensors import FactorizedTensor, TensorizedTensor
+from ..tensors._contract import ContractionPlan, plan_einsum
+
+__all__ = ["DEFAULT_BATCH", "batch_bucket", "input_plan", "is_tracing", "weight_shapes"]
+
+#: Batch size planned for when it cannot be read (fx tracing, torch.compile).
+DEFAULT_BATCH = 128
+
+
+def is_tracing(x: Any) -> bool:
+    """Whether shapes must not be read: an fx Proxy, or inside torch.compile."""
+    return isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling()
+
+
+def batch_bucket(n: int) -> int:
+    """Round a batch size up to a power of 4 (1, 4, 16, 64, ...)."""
+    bucket = 1
+    while bucket < n:
+        bucket *= 4
+    return bucket
+
+
+def weight_shapes(weight: FactorizedTensor) -> tuple[str, tuple[tuple[int, ...], ...]]:
+    """The weight's reconstruction equation and operand shapes, from static metadata."""
+    plan: ContractionPlan = weight._plan
+    return plan.equation, plan.shapes
+
+
+def _free_letter(used: str) -> str:
+    for letter in string.ascii_letters:
+        if letter not in used:
+            return letter
+    raise RuntimeError("no free einsum letter left")  # pragma: no cover - > 52 modes
+
+
+def input_plan(
+    weight: FactorizedTensor, in_modes: tuple[int, ...], batch: int
+) -> tuple[ContractionPlan, tuple[int, ...], tuple[int, ...]]:
+    """Plan ``y[b, rest] = sum_in x[b, in] * W[...]`` over the weight's factors.
+
+    Args:
+        weight: a factorized tensor whose reconstruction has modes ``tensor_shape``
+            (``shape`` for plain tensors).
+        in_modes: positions of the modes contracted with the input, in the
+            input's order.
+        batch: the batch size to plan for.
+
+    Returns:
+        ``(plan, input sizes, output sizes)``; the plan takes ``(x, *operands)``
+        with ``x`` of shape ``(batch, *input sizes)`` and returns
+        ``(batch, *output sizes)``.
+    """
+    equation, shapes = weight_shapes(weight)
+    sizes = weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape
+    full, in_sizes, out_sizes = _input_equation(equation, tuple(sizes), tuple(in_modes))
+    return plan_einsum(full, (batch, *in_sizes), *shapes), in_sizes, out_sizes
+
+
+@torch._dynamo.assume_constant_result
+def _input_equation(
+    equation: str, sizes: tuple[int, ...], in_modes: tuple[int, ...]
+) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    lhs, out = equation.split("->")
+    b = _free_letter(equation)
+    x_letters = "".join(out[m] for m in in_modes)
+    rest = "".join(c for i, c in enumerate(out) if i not in in_modes)
+    in_sizes = tuple(sizes[m] for m in in_modes)
+    out_sizes = tuple(s for i, s in enumerate(sizes) if i not in in_modes)
+    return f"{b}{x_letters},{lhs}->{b}{rest}", in_sizes, out_sizes
+
+
+def contract_input(x: torch.Tensor, weight: FactorizedTensor, in_modes: tuple[int, ...], n_in_dims: int) -> torch.Tensor:
+    """Contract the last ``n_in_dims`` dims of ``x`` with the weight modes ``in_modes``.
+
+    Leading dims of ``x`` are batch dims and are kept; the result's trailing
+    dims are the weight's remaining modes.
+    """
+    sizes = weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape
+    in_features = math.prod([sizes[m] for m in in_modes])
+    if is_tracing(x):
+        batch = DEFAULT_BATCH
+    else:
+        batch = batch_bucket(x.numel() // max(in_features, 1))
+    plan, in_sizes, out_sizes = input_plan(weight, in_modes, batch)
+    lead = x.shape[:-n_in_dims]
+    y = plan(x.reshape((-1,) + in_sizes), *weight.contraction()[1])
+    return y.reshape(lead + out_sizes)

@@ -1,0 +1,71 @@
+"""Shared helpers of the factorized layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._errors import OptionError, ShapeError, unknown_option
+
+__all__ = ["as_shape", "check_implementation", "select_layer", "SubLayer"]
+
+
+def as_shape(value: Sequence[int] | int, name: str) -> tuple[int, ...]:
+    """A tensorized feature shape as a tuple of positive ints (lists and tuples accepted)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        shape = tuple(int(v) for v in value)
+    except TypeError:
+        raise ShapeError(f"{name}={value!r} must be a tuple of ints, e.g. (8, 8, 12).") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ShapeError(f"{name}={value!r} must be a non-empty tuple of positive ints.")
+    return shape
+
+
+def check_implementation(implementation: str, valid: Sequence[str]) -> str:
+    """Validate an ``implementation=`` name."""
+    if implementation not in valid:
+        raise unknown_option("implementation", implementation, valid)
+    return implementation
+
+
+def select_layer(n_layers: int, indices: Any) -> None:
+    """Check a stacked-layer index against ``n_layers`` (python ints only: it picks parameters)."""
+    if isinstance(indices, torch.fx.Proxy):
+        # Tracing the layer itself makes ``indices`` a placeholder: fine for one layer.
+        if n_layers == 1:
+            return
+        raise OptionError(
+            "a stacked layer cannot be traced with a symbolic layer index.\n"
+            "Fix: trace layer[i] (a module for layer i) instead."
+        )
+    if n_layers == 1:
+        if not (isinstance(indices, int) and indices == 0):
+            raise OptionError(
+                f"indices={indices!r} given to a single layer (n_layers=1).\nFix: call layer(x)."
+            )
+        return
+    if not isinstance(indices, int) or not -n_layers <= indices < n_layers:
+        raise OptionError(
+            f"indices={indices!r} must be an int in [0, {n_layers}) for a stack of {n_layers} layers."
+        )
+
+
+class SubLayer(nn.Module):
+    """Layer ``indices`` of a stacked factorized layer; shares its parameters."""
+
+    def __init__(self, main: nn.Module, indices: int) -> None:
+        super().__init__()
+        self.main = main
+        self.indices = indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the shared stack's layer ``indices``."""
+        return self.main(x, self.indices)
+
+    def extra_repr(self) -> str:
+        return f"indices={self.indices}"

@@ -1,0 +1,242 @@
+"""FactorizedLinear: a linear layer whose weight is a tensorized matrix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .._errors import OptionError, ShapeError
+from ..functional import factorized_linear
+from ..functional._planning import is_tracing
+from ..tensors import TensorizedTensor
+from ..utils import get_tensorized_shape
+from ._common import SubLayer, as_shape, check_implementation, select_layer
+
+__all__ = ["FactorizedLinear"]
+
+IMPLEMENTATIONS = ("factorized", "reconstructed", "auto")
+
+
+class FactorizedLinear(nn.Module):
+    """A linear layer with a tensorized, factorized weight (tltorch-compatible).
+
+    The weight is a ``TensorizedTensor`` of shape ``(out_features, in_features)``
+    whose rows are tensorized as ``out_tensorized_features`` and columns as
+    ``in_tensorized_features``. With ``n_layers > 1`` one factorized tensor holds
+    a stack of layers (``layer(x, indices=i)``, ``layer[i]``).
+
+    Args:
+        in_tensorized_features: e.g. ``(8, 8, 12)`` for 768 inputs.
+        out_tensorized_features: e.g. ``(12, 16, 16)`` for 3072 outputs.
+        bias: whether to learn a bias.
+        factorization: ``'cp'``, ``'tucker'``, ``'tt'``, ``'blocktt'``, ``'dense'``,
+            a ``'Complex...'`` variant, or a ready ``TensorizedTensor``.
+        rank: int, tuple, ``'same'`` or a float fraction of the dense parameters.
+        implementation: ``'factorized'`` (contract with the factors),
+            ``'reconstructed'`` (rebuild the matrix, then ``F.linear``) or
+            ``'auto'`` (the cheaper by FLOPs for each input's batch size).
+        n_layers: number of stacked layers sharing one factorization.
+        checkpointing: recompute the forward in backward (saves activation memory).
+        device, dtype: of the parameters.
+
+    Example:
+        >>> import torch, tfx
+        >>> layer = tfx.FactorizedLinear((8, 8, 12), (12, 16, 16), factorization="blocktt", rank=0.1)
+        >>> layer(torch.randn(4, 768)).shape
+        torch.Size([4, 3072])
+    """
+
+    def __init__(
+        self,
+        in_tensorized_features: Sequence[int],
+        out_tensorized_features: Sequence[int],
+        bias: bool = True,
+        factorization: str | TensorizedTensor = "cp",
+        rank: Any = "same",
+        implementation: str = "factorized",
+        n_layers: int = 1,
+        checkpointing: bool = False,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(n_layers, int) or n_layers < 1:
+            raise OptionError(f"n_layers={n_layers!r} must be a positive int.")
+        self.in_tensorized_features = as_shape(in_tensorized_features, "in_tensorized_features")
+        self.out_tensorized_features = as_shape(out_tensorized_features, "out_tensorized_features")
+        self.in_features = math.prod(self.in_tensorized_features)
+        self.out_features = math.prod(self.out_tensorized_features)
+        self.tensorized_shape = self.out_tensorized_features + self.in_tensorized_features
+        self.weight_shape = (self.out_features, self.in_features)
+        self.input_rank = rank
+        self.implementation = check_implementation(implementation, IMPLEMENTATIONS)
+        self.checkpointing = checkpointing
+        self.n_layers = n_layers
+        batch = (n_layers,) if n_layers > 1 else ()
+        shape = (*batch, self.out_tensorized_features, self.in_tensorized_features)
+        if bias:
+            self.bias = nn.Parameter(torch.empty((*batch, self.out_features), device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        if isinstance(factorization, TensorizedTensor):
+            if tuple(factorization.tensorized_shape) != shape:
+                raise ShapeError(
+                    f"the given weight has tensorized_shape={factorization.tensorized_shape}, but this "
+                    f"layer needs {shape}."
+                )
+            self.weight = factorization.to(device=device, dtype=dtype) if (device or dtype) else factorization
+            self._reset_bias()
+        else:
+            self.weight = TensorizedTensor.new(shape, rank=rank, factorization=factorization, device=device, dtype=dtype)
+            self.reset_parameters()
+        self.rank = self.weight.rank
+
+    def reset_parameters(self) -> None:
+        """Weight entries with ``nn.Linear``'s variance (1 / (3 in_features)); bias as ``nn.Linear``."""
+        with torch.no_grad():
+            self.weight.normal_(0, 1.0 / math.sqrt(3 * self.in_features))
+        self._reset_bias()
+
+    def _reset_bias(self) -> None:
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, indices: int = 0) -> torch.Tensor:
+        """``x @ W.T + b`` for layer ``indices`` of the stack."""
+        select_layer(self.n_layers, indices)
+        if self.n_layers == 1:
+            weight, bias = self.weight(), self.bias
+        else:
+            weight = self.weight(indices)
+            bias = None if self.bias is None else self.bias[indices]
+        if self.checkpointing and self.training and not is_tracing(x):
+            return checkpoint(self._linear, x, weight, bias, use_reentrant=False)
+        return self._linear(x, weight, bias)
+
+    def _linear(self, x: torch.Tensor, weight: Any, bias: torch.Tensor | None) -> torch.Tensor:
+        return factorized_linear(x, weight, bias=bias, implementation=self.implementation)  # type: ignore[arg-type]
+
+    def get_linear(self, indices: int) -> SubLayer:
+        """Layer ``indices`` of a stack, as a module sharing this layer's parameters."""
+        if self.n_layers == 1:
+            raise OptionError("get_linear: a single layer is parametrized (n_layers=1); use the layer itself.")
+        select_layer(self.n_layers, indices)
+        return SubLayer(self, indices)
+
+    def __getitem__(self, indices: int) -> SubLayer:
+        return self.get_linear(indices)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        rank: Any = "same",
+        auto_tensorize: bool = True,
+        n_tensorized_modes: int = 3,
+        in_tensorized_features: Sequence[int] | None = None,
+        out_tensorized_features: Sequence[int] | None = None,
+        bias: bool = True,
+        factorization: str = "CP",
+        implementation: str = "reconstructed",
+        checkpointing: bool = False,
+        decomposition_kwargs: dict[str, Any] | None = None,
+        verbose: bool = False,
+    ) -> FactorizedLinear:
+        """Factorize an ``nn.Linear`` (its weight decomposed, its bias copied; dtype and device kept).
+
+        Example:
+            >>> import torch, tfx
+            >>> layer = tfx.FactorizedLinear.from_linear(torch.nn.Linear(64, 32), rank=0.5, factorization="tucker")
+            >>> layer.in_tensorized_features, layer.out_tensorized_features
+            ((4, 4, 4), (2, 4, 4))
+        """
+        out_features, in_features = linear.weight.shape
+        in_shape, out_shape = _tensorized_features(
+            in_features, out_features, auto_tensorize, n_tensorized_modes,
+            in_tensorized_features, out_tensorized_features, verbose,
+        )
+        layer = cls(
+            in_shape, out_shape, bias=bias and linear.bias is not None, factorization=factorization,
+            rank=rank, implementation=implementation, checkpointing=checkpointing,
+            device=linear.weight.device, dtype=linear.weight.dtype,
+        )
+        layer.weight.init_from_matrix(linear.weight.detach(), **(decomposition_kwargs or {}))
+        if layer.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias)  # type: ignore[arg-type]
+        return layer
+
+    @classmethod
+    def from_linear_list(
+        cls,
+        linear_list: Sequence[nn.Linear],
+        in_tensorized_features: Sequence[int],
+        out_tensorized_features: Sequence[int],
+        rank: Any = "same",
+        bias: bool = True,
+        factorization: str = "CP",
+        implementation: str = "reconstructed",
+        checkpointing: bool = False,
+        decomposition_kwargs: dict[str, Any] | None = None,
+    ) -> FactorizedLinear:
+        """One stacked layer (``n_layers = len(linear_list)``) jointly factorizing same-shaped linears."""
+        shapes = {tuple(lin.weight.shape) for lin in linear_list}
+        if len(shapes) != 1:
+            raise ShapeError(f"from_linear_list needs linears of one shape, got {sorted(shapes)}.")
+        has_bias = [lin.bias is not None for lin in linear_list]
+        if any(has_bias) and not all(has_bias):
+            raise ShapeError("from_linear_list: either every linear has a bias or none does.")
+        first = linear_list[0].weight
+        layer = cls(
+            in_tensorized_features, out_tensorized_features, bias=bias and all(has_bias),
+            factorization=factorization, rank=rank, implementation=implementation,
+            n_layers=len(linear_list), checkpointing=checkpointing, device=first.device, dtype=first.dtype,
+        )
+        if layer.weight_shape != tuple(first.shape):
+            raise ShapeError(
+                f"the tensorized features describe a {layer.weight_shape} weight, the linears have {tuple(first.shape)}."
+            )
+        weights = torch.stack([lin.weight.detach() for lin in linear_list])
+        layer.weight.init_from_tensor(weights.reshape(layer.weight.tensor_shape), **(decomposition_kwargs or {}))
+        if layer.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(torch.stack([lin.bias.detach() for lin in linear_list]))  # type: ignore[union-attr]
+        return layer
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features} {self.in_tensorized_features}, out_features="
+            f"{self.out_features} {self.out_tensorized_features}, weight={self.weight._name}, rank={self.rank}, "
+            f"implementation={self.implementation!r}, n_layers={self.n_layers}, bias={self.bias is not None}"
+        )
+
+
+def _tensorized_features(
+    in_features: int,
+    out_features: int,
+    auto_tensorize: bool,
+    n_modes: int,
+    in_shape: Sequence[int] | None,
+    out_shape: Sequence[int] | None,
+    verbose: bool,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if in_shape is not None and out_shape is not None:
+        in_t, out_t = as_shape(in_shape, "in_tensorized_features"), as_shape(out_shape, "out_tensorized_features")
+        if (math.prod(in_t), math.prod(out_t)) != (in_features, out_features):
+            raise ShapeError(
+                f"in_tensorized_features={in_t} and out_tensorized_features={out_t} describe a "
+                f"{math.prod(out_t)}x{math.prod(in_t)} weight, but the layer's is {out_features}x{in_features}."
+            )
+        return in_t, out_t
+    if not auto_tensorize:
+        raise OptionError(
+            "auto_tensorize=False needs both in_tensorized_features and out_tensorized_features.\n"
+            "Fix: pass them, or leave auto_tensorize=True."
+        )
+    return get_tensorized_shape(in_features, out_features, order=n_modes, min_dim=2, verbose=verbose)
