@@ -11,7 +11,9 @@ Example:
     torch.Size([64, 48])
 """
 
-from . import functional, nn, tensors
+from . import cost, functional, nn, passes, tensors
+from ._api import factorize, load, plan, save
+from .cost import Budget, FactorizationPlan
 from ._errors import (
     BudgetError,
     OptionError,
@@ -71,6 +73,14 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "tensors",
+    "cost",
+    "passes",
+    "factorize",
+    "plan",
+    "save",
+    "load",
+    "Budget",
+    "FactorizationPlan",
     "functional",
     "nn",
     "FactorizedLinear",

@@ -1,3 +1,27 @@
-"""tfx.cost (see the issues that build it)."""
+"""The cost model: candidates per site, their params / FLOPs / error, allocation strategies, the plan.
 
-__all__: list[str] = []
+Pure: shapes and numbers (and the dense weights, for their spectra); no fx, no modules.
+"""
+
+from ._budget import Budget, normalise_budget
+from ._choose import available_strategies, choose, register_strategy
+from ._graph import build_graph
+from ._options import FORMS, candidates, dense_option
+from ._plan import FactorizationPlan
+from ._records import Choice, Option, SiteInfo
+
+__all__ = [
+    "Budget",
+    "normalise_budget",
+    "choose",
+    "register_strategy",
+    "available_strategies",
+    "build_graph",
+    "FORMS",
+    "candidates",
+    "dense_option",
+    "FactorizationPlan",
+    "Choice",
+    "Option",
+    "SiteInfo",
+]

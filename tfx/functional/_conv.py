@@ -266,10 +266,10 @@ def conv_flops(weight: FactorizedTensor, spatial_out: int, batch: int, stride: S
 def _auto(weight: Any, x: torch.Tensor, stride: Sequence[int]) -> str:
     if isinstance(weight, (torch.Tensor, DenseTensor)):
         return "reconstructed"
-    from ._planning import DEFAULT_BATCH, is_tracing
+    from ._planning import is_tracing, traced_batch
 
     if is_tracing(x):
-        batch, spatial = DEFAULT_BATCH, 32 ** (len(weight.shape) - 2)
+        batch, spatial = traced_batch(), 32 ** (len(weight.shape) - 2)
     else:
         batch, spatial = x.shape[0], math.prod(x.shape[2:]) // max(math.prod(stride), 1)
     flops = conv_flops(weight, spatial, batch, stride)

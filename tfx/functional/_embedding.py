@@ -18,7 +18,7 @@ import torch
 from .._errors import ShapeError
 from ..tensors import BlockTT, CPTensorized, TensorizedTensor, TTTensorized, TuckerTensorized
 from ..tensors._contract import plan_einsum
-from ._planning import DEFAULT_BATCH, batch_bucket, is_tracing
+from ._planning import batch_bucket, is_tracing, traced_batch
 
 __all__ = ["factorized_embedding", "gather_rows"]
 
@@ -33,7 +33,7 @@ def _digits(index: torch.Tensor, sizes: tuple[int, ...]) -> list[torch.Tensor]:
 
 
 def _batch(index: torch.Tensor) -> int:
-    return DEFAULT_BATCH if is_tracing(index) else batch_bucket(index.numel())
+    return traced_batch() if is_tracing(index) else batch_bucket(index.numel())
 
 
 def _gather_cp(weight: CPTensorized, index: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:

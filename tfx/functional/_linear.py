@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .._errors import OptionError, ShapeError, unknown_option
 from ..tensors import BlockTT, CPTensor, FactorizedTensor, TensorizedTensor, TTTensor, TuckerTensor
-from ._planning import DEFAULT_BATCH, batch_bucket, contract_input, input_plan, is_tracing
+from ._planning import batch_bucket, contract_input, input_plan, is_tracing, traced_batch
 
 __all__ = [
     "factorized_linear",
@@ -98,7 +98,7 @@ def factorized_linear(
     if in_features is not None and in_features != n_in:
         raise ShapeError(f"in_features={in_features} does not match the weight's {n_in} columns.")
     if implementation == "auto":
-        batch = DEFAULT_BATCH if is_tracing(x) else batch_bucket(x.numel() // max(n_in, 1))
+        batch = traced_batch() if is_tracing(x) else batch_bucket(x.numel() // max(n_in, 1))
         factorized, rebuild = linear_flops(weight, batch)
         implementation = "factorized" if factorized <= rebuild else "reconstructed"
     if implementation == "reconstructed":

@@ -19,10 +19,34 @@ import torch
 from ..tensors import FactorizedTensor, TensorizedTensor
 from ..tensors._contract import ContractionPlan, plan_einsum
 
-__all__ = ["DEFAULT_BATCH", "batch_bucket", "input_plan", "is_tracing", "weight_shapes"]
+__all__ = ["DEFAULT_BATCH", "batch_bucket", "input_plan", "is_tracing", "planned_batch", "traced_batch", "weight_shapes"]
 
 #: Batch size planned for when it cannot be read (fx tracing, torch.compile).
 DEFAULT_BATCH = 128
+_TRACE_BATCH: list[int] = []
+
+
+class planned_batch:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Plan traced contractions for ``batch`` rows instead of :data:`DEFAULT_BATCH`.
+
+    The compiler traces each site's layer inside this context with the batch
+    size the site sees in the example inputs, so the contraction order baked
+    into the graph is the one that is best for it.
+    """
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch_bucket(max(1, int(batch)))
+
+    def __enter__(self) -> None:
+        _TRACE_BATCH.append(self.batch)
+
+    def __exit__(self, *exc: object) -> None:
+        _TRACE_BATCH.pop()
+
+
+def traced_batch() -> int:
+    """The batch size to plan for while tracing."""
+    return _TRACE_BATCH[-1] if _TRACE_BATCH else DEFAULT_BATCH
 
 
 def is_tracing(x: Any) -> bool:
@@ -96,7 +120,7 @@ def contract_input(x: torch.Tensor, weight: FactorizedTensor, in_modes: tuple[in
     sizes = weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape
     in_features = math.prod([sizes[m] for m in in_modes])
     if is_tracing(x):
-        batch = DEFAULT_BATCH
+        batch = traced_batch()
     else:
         batch = batch_bucket(x.numel() // max(in_features, 1))
     plan, in_sizes, out_sizes = input_plan(weight, in_modes, batch)

@@ -9,7 +9,7 @@ import torch
 from .._errors import ShapeError
 from ..tensors import FactorizedTensor, TensorizedTensor
 from ..tensors._contract import plan_einsum
-from ._planning import DEFAULT_BATCH, batch_bucket, contract_input, is_tracing
+from ._planning import batch_bucket, contract_input, is_tracing, traced_batch
 
 __all__ = ["tensor_regression", "trl", "tcl", "factorized_tensordot"]
 
@@ -66,6 +66,6 @@ def tcl(x: torch.Tensor, factors: Sequence[torch.Tensor], bias: torch.Tensor | N
         y = torch.einsum(equation, x, *factors)
     else:
         shapes = [tuple(f.shape) for f in factors]
-        batch = DEFAULT_BATCH if is_tracing(x) else batch_bucket(x.shape[0])
+        batch = traced_batch() if is_tracing(x) else batch_bucket(x.shape[0])
         y = plan_einsum(equation, (batch, *(s[1] for s in shapes)), *shapes)(x, *factors)
     return y if bias is None else y + bias

@@ -11,7 +11,7 @@ from torch import nn
 
 from .._errors import OptionError, ShapeError, UnsupportedSiteError
 from ..functional import factorized_embedding
-from ..functional._planning import DEFAULT_BATCH, is_tracing
+from ..functional._planning import is_tracing, traced_batch
 from ..tensors import TensorizedTensor
 from ._common import as_shape, check_implementation, select_layer
 from ._linear import _tensorized_features
@@ -101,7 +101,7 @@ class FactorizedEmbedding(nn.Module):
     def _reconstruct(self, input: torch.Tensor, weight: Any) -> bool:
         if self.implementation != "auto":
             return self.implementation == "reconstructed"
-        n = DEFAULT_BATCH if is_tracing(input) else input.numel()
+        n = traced_batch() if is_tracing(input) else input.numel()
         # Rebuilding the table costs its plan; gathering costs about plan / rows per row.
         per_row = weight._plan.flops / max(self.num_embeddings, 1) * 4
         return n * per_row > weight._plan.flops

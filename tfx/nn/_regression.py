@@ -11,7 +11,7 @@ from torch import nn
 
 from .._errors import OptionError, ShapeError
 from ..functional import factorized_tensordot
-from ..functional._planning import DEFAULT_BATCH, batch_bucket, is_tracing
+from ..functional._planning import batch_bucket, is_tracing, traced_batch
 from ..tensors import FactorizedTensor
 from ..tensors._contract import plan_einsum
 from ._common import select_layer
@@ -193,7 +193,7 @@ class TCL(nn.Module):
         """``(batch, *input_shape) -> (batch, *rank)``."""
         select_layer(self.n_layers, indices)
         factors = self.factors if self.n_layers == 1 else [f[indices] for f in self.factors]
-        batch = DEFAULT_BATCH if is_tracing(x) else batch_bucket(x.shape[0])
+        batch = traced_batch() if is_tracing(x) else batch_bucket(x.shape[0])
         plan = plan_einsum(self._equation, (batch, *self.input_shape), *zip(self.rank, self.input_shape))
         y = plan(x, *factors)
         if self.bias is not None:

@@ -115,16 +115,16 @@ def _check_tensor(tensor: Tensor, fn: str, min_ndim: int) -> None:
 
 def _as_rank(value: object, what: str, why: str, largest: int, fix: str) -> int:
     """``value`` as an int in ``[1, largest]``, else a RankError saying why."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or not 1 <= int(value) <= largest:  # type: ignore[call-overload]
-        raise RankError(_MSG_RANK.format(what=what, value=value, why=why, largest=largest, fix=fix))
-    return int(value)  # type: ignore[call-overload]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if 1 <= int(value) <= largest:
+            return int(value)
+    raise RankError(_MSG_RANK.format(what=what, value=value, why=why, largest=largest, fix=fix))
 
 
 def _clip(value: object, largest: int) -> int:
     """A valid stand-in for a bad rank entry, for the fix in error messages."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return min(max(int(value), 1), largest)  # type: ignore[call-overload]
+        return min(max(int(value), 1), largest)
     return largest
 
 
@@ -255,11 +255,13 @@ def _gram_basis(a: Tensor, r: int) -> Tensor:
     small = min(m, n) ** 2 * max(m, n) <= _GRAM_F64_MACS
     b = a.to(_work_dtype(a.dtype, small))
     gram = b @ b.mH if m <= n else b.mH @ b
-    top = torch.linalg.eigh(gram.to(_work_dtype(a.dtype, True))).eigenvectors[:, -r:].flip(-1)
+    vecs: Tensor = torch.linalg.eigh(gram.to(_work_dtype(a.dtype, True))).eigenvectors
+    top = vecs[:, -r:].flip(-1)
     if m <= n:
         return top.to(a.dtype)
     # Tall: a v spans the leading left subspace; QR makes it orthonormal (also where s ~ 0).
-    return torch.linalg.qr(b @ top.to(b.dtype)).Q.to(a.dtype)
+    q: Tensor = torch.linalg.qr(b @ top.to(b.dtype)).Q
+    return q.to(a.dtype)
 
 
 def _complete_basis(u: Tensor, r: int, seed: int = 0) -> Tensor:
@@ -381,11 +383,13 @@ def singular_values(matrix: Tensor) -> Tensor:
     k, big = min(m, n), max(m, n)
     out = _real_dtype(matrix.dtype)
     if k <= _GRAM_MAX and big <= 4 * k:
-        return torch.linalg.svdvals(matrix.detach().to(_work_dtype(matrix.dtype, True))).to(out)
+        exact: Tensor = torch.linalg.svdvals(matrix.detach().to(_work_dtype(matrix.dtype, True)))
+        return exact.to(out)
     b = matrix.detach().to(_work_dtype(matrix.dtype, k * k * big <= _GRAM_F64_MACS))
     gram = b @ b.mH if m <= n else b.mH @ b
     evals = torch.linalg.eigvalsh(gram.to(_work_dtype(matrix.dtype, k <= _GRAM_MAX)))
-    return evals.flip(-1).clamp(min=0).sqrt().to(out)
+    values: Tensor = evals.flip(-1).clamp(min=0).sqrt()
+    return values.to(out)
 
 
 # --------------------------------------------------------------------------- Tucker
@@ -399,7 +403,10 @@ def hosvd(
     basis of the current core's unfolding, and the core is projected onto it.
     Its squared error is at most the sum, over the truncated modes, of the
     squared singular values each unfolding of ``tensor`` discards, and it is
-    exact (to rounding) at full rank.
+    exact (to rounding) at full rank. Bases come from the Gram matrix of the
+    unfolding's smaller side when that side is at most 1024, else from
+    :func:`truncated_svd` (randomized for small ranks, where the bound holds up
+    to its small extra error).
 
     Args:
         tensor: a real or complex tensor.
@@ -482,7 +489,8 @@ def tt_svd(tensor: Tensor, ranks: Sequence[int]) -> list[Tensor]:
     squared singular values each unfolding of ``tensor`` discards (so at most
     ``sqrt(ndim - 1)`` times the best TT approximation's), and exact (to
     rounding) at full TT rank. Where earlier truncation leaves fewer rows than
-    a requested rank, the extra slices are zero.
+    a requested rank, the extra slices are zero. Each step's basis is computed
+    as in :func:`hosvd`.
 
     Args:
         tensor: a real or complex tensor with ``d`` modes.
@@ -577,7 +585,7 @@ def _mttkrp(x: Tensor, factors: list[Tensor], mode: int) -> Tensor:
     """
     order = x.ndim
     others = sorted((k for k in range(order) if k != mode), key=lambda k: -x.shape[k])
-    out = torch.tensordot(x, factors[others[0]].conj(), dims=([others[0]], [0]))
+    out: Tensor = torch.tensordot(x, factors[others[0]].conj(), dims=([others[0]], [0]))
     labels = [k for k in range(order) if k != others[0]] + [order]
     for k in others[1:]:
         kept = [label for label in labels if label != k]
@@ -603,7 +611,8 @@ def _solve_normal(v: Tensor, mttkrp: Tensor, l2_reg: float) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(v64)
     if int(info) == 0:
         return torch.cholesky_solve(m64.mT, chol).mT.to(mttkrp.dtype)
-    return (m64 @ torch.linalg.pinv(v64, hermitian=True).mT).to(mttkrp.dtype)
+    pinv: Tensor = torch.linalg.pinv(v64, hermitian=True)
+    return (m64 @ pinv.mT).to(mttkrp.dtype)
 
 
 def _cp_init(x: Tensor, rank: int, init: str, gen: torch.Generator) -> list[Tensor]:

@@ -1,0 +1,321 @@
+"""``tfx.factorize`` and ``tfx.plan``: glue over the compiler's stages.
+
+capture -> find_sites -> candidates -> build_graph -> choose -> (decompose, rewrite) -> emit
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, unknown_option
+from .cost import FORMS, Budget, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
+from .cost._choose import available_strategies
+from .passes import Site, capture, emit, find_sites, output_error, rewrite
+from .passes._match import find_module_sites
+
+__all__ = ["factorize", "plan", "save", "load", "Budget", "FactorizationPlan"]
+
+logger = logging.getLogger(__name__)
+KINDS = ("linear", "conv", "embedding")
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def _check_names(values: Iterable[str], valid: Sequence[str], what: str) -> tuple[str, ...]:
+    values = tuple(values)
+    for value in values:
+        if value not in valid:
+            raise unknown_option(what, value, valid)
+    return values
+
+
+def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
+    names = {name for name, _ in model.named_modules()}
+    for name in skip:
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(names), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise OptionError(f"skip={name!r} names no module of {type(model).__name__}.{hint}\nFix: use names from model.named_modules().")
+
+
+def _check_weights(sites: Sequence[Site]) -> None:
+    for site in sites:
+        if site.info.factorizable and not bool(torch.isfinite(site.weight).all()):
+            raise TensorError(
+                f"the weight of {site.name!r} contains NaN or Inf values, so it cannot be factorized.\n"
+                f"Fix: repair the weight, or leave the layer dense: skip=[{site.name!r}]."
+            )
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _edges(gm: fx.GraphModule, sites: Sequence[Site]) -> list[tuple[str, str]]:
+    """Nearest-upstream data-flow edges between sites."""
+    site_of = {site.node: site.name for site in sites if site.node.graph is gm.graph}
+    upstream: dict[fx.Node, frozenset[str]] = {}
+    edges = set()
+    for node in gm.graph.nodes:
+        above: frozenset[str] = frozenset().union(*(upstream.get(a, frozenset()) for a in node.all_input_nodes))
+        if node in site_of:
+            edges.update((a, site_of[node]) for a in above)
+            upstream[node] = frozenset({site_of[node]})
+        else:
+            upstream[node] = above
+    return sorted(edges)
+
+
+def _plan_sites(
+    model: nn.Module, gm: fx.GraphModule, sites: list[Site], budget: Any, forms: Sequence[str],
+    strategy: str, path: str, progress: bool, weights: Sequence[float] | None = None,
+) -> FactorizationPlan:
+    total = _count_params(model)
+    site_params = sum(s.info.dense_params for s in sites)
+    fixed = total - site_params
+    options: list[list[Option]] = []
+    bar = _progress(len(sites), progress, "tfx: spectra")
+    for site in sites:
+        options.append(candidates(site.info, site.weight, forms))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    graph = build_graph([s.info for s in sites], options, _edges(gm, sites))
+    total_flops = sum(o[0].flops for o in options)
+    budget_params, _ = normalise_budget(budget, total, total_flops)
+    floor = fixed + sum(min(o.params for o in opts) for opts in options)
+    if floor > budget_params:
+        raise BudgetError(_budget_message(budget, budget_params, total, fixed, floor, sites))
+    picks = choose([graph.nodes[s.name]["options"] for s in sites], budget_params - fixed,
+                   strategy=strategy, weights=weights, names=[s.name for s in sites])
+    choices = [_choice(site, opts[i]) for site, opts, i in zip(sites, options, picks)]
+    return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path)
+
+
+def _choice(site: Site, option: Option) -> Choice:
+    info = site.info
+    return Choice(
+        site=info.name, kind=info.kind, weight_shape=info.weight_shape, form=option.form,
+        tensorized_shape=option.tensorized_shape, rank=option.rank, params_before=info.dense_params,
+        params_after=option.params, flops_before=2 * info.tokens * info.dense_params if info.kind != "embedding" else info.tokens * info.weight_shape[1],
+        flops_after=option.flops, error=option.error, path=info.path, reason=info.reason,
+    )
+
+
+def _budget_message(budget: Any, budget_params: float, total: int, fixed: int, floor: float, sites: Sequence[Site]) -> str:
+    dense = sorted((s for s in sites if not s.info.factorizable), key=lambda s: -s.info.dense_params)
+    held = "; ".join(f"{s.name} ({s.info.kind} {'x'.join(map(str, s.info.weight_shape))}: {s.info.reason})" for s in dense[:3])
+    return (
+        f"budget={budget!r} ({budget_params / 1e6:.2f}M of {total / 1e6:.2f}M params) is below the smallest "
+        f"reachable size, {floor / 1e6:.2f}M ({100 * floor / total:.1f}%).\n"
+        f"  {fixed / 1e6:.2f}M params sit outside the linear/conv/embedding sites (norms, biases, other layers)"
+        + (f"; the largest sites that stay dense: {held}" if held else "")
+        + f".\nFix: budget >= {math.ceil(1000 * floor / total) / 1000:.3f}, or allow more sites (kinds=, skip=)."
+    )
+
+
+def _prepare(model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str]) -> tuple[Any, list[Site]]:
+    if not isinstance(model, nn.Module):
+        raise OptionError(f"tfx.factorize needs an nn.Module, got {type(model).__name__}.")
+    _check_names(forms, FORMS, "form")
+    _check_names(kinds, KINDS, "kind")
+    _check_skip(model, skip)
+    was_training = model.training
+    model.eval()  # capture and verify in inference mode; the result gets the original's mode back
+    try:
+        if example_inputs is not None:
+            from .passes._capture import call_with
+
+            with torch.no_grad():
+                try:
+                    call_with(model, example_inputs)
+                except Exception as err:
+                    raise OptionError(
+                        f"the model cannot run on example_inputs: {type(err).__name__}: {err}\n"
+                        "Fix: pass a tuple of positional inputs or a dict of keyword inputs that model(...) accepts."
+                    ) from err
+        captured = capture(model, example_inputs, skip)
+    finally:
+        model.train(was_training)
+    if captured.path == "module_swap":
+        sites = find_module_sites(captured.gm.model, kinds=kinds, skip=skip)  # type: ignore[arg-type]
+    else:
+        sites = find_sites(captured.gm, path=captured.path, kinds=kinds, skip=skip)
+    _check_weights(sites)
+    return captured, sites
+
+
+def plan(
+    model: nn.Module,
+    budget: float | int | Budget,
+    *,
+    example_inputs: Any = None,
+    forms: Sequence[str] = FORMS,
+    kinds: Sequence[str] = KINDS,
+    skip: Sequence[str] = (),
+    strategy: str = "auto",
+    progress: bool = True,
+) -> FactorizationPlan:
+    """Decide, per layer, the form, tensorized shape and rank under one budget; change nothing.
+
+    Arguments are those of :func:`factorize`. Returns the :class:`FactorizationPlan`
+    (print it for the table; ``plan.to_json()`` to save it).
+    """
+    if strategy not in available_strategies():
+        raise unknown_option("strategy", strategy, available_strategies())
+    captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
+    return _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress)
+
+
+def factorize(
+    model: nn.Module,
+    budget: float | int | Budget | None = None,
+    *,
+    example_inputs: Any = None,
+    forms: Sequence[str] = FORMS,
+    kinds: Sequence[str] = KINDS,
+    skip: Sequence[str] = (),
+    strategy: str = "auto",
+    calibration: Iterable[Any] | None = None,
+    verify: bool = True,
+    progress: bool = True,
+    plan: FactorizationPlan | None = None,
+) -> fx.GraphModule:
+    """Factorize every linear, convolution and embedding of ``model`` under one budget.
+
+    Args:
+        model: any ``nn.Module``; it is left untouched.
+        budget: a float in (0, 1] (a fraction of the model's parameters), an int
+            (a parameter count) or :class:`Budget`. Not needed with ``plan=``.
+        example_inputs: a tuple of positional inputs or a dict of keyword inputs;
+            needed by models ``torch.fx.symbolic_trace`` cannot take (most Hugging
+            Face models), for FLOP counts and for ``verify``.
+        forms: the forms to consider: ``"svd"`` (low-rank matrix), ``"cp"``, ``"tucker"``,
+            ``"tt"``, ``"blocktt"``.
+        kinds: the layer kinds to factorize: ``"linear"``, ``"conv"``, ``"embedding"``.
+        skip: qualified names of modules to leave dense.
+        strategy: the allocation strategy (``"auto"``, ``"greedy"``, ``"dp"``, ``"uniform"``
+            or a registered one).
+        calibration: reserved for activation-aware factorization (not used yet).
+        verify: with ``example_inputs``, measure the outputs' max relative error
+            against the original and record it in the plan.
+        progress: show progress bars.
+        plan: re-apply a saved plan exactly (then ``budget`` and ``strategy`` are ignored).
+
+    Returns:
+        A ``torch.fx.GraphModule`` with the same call signature, dtype, device and
+        train/eval mode as ``model``; ``gm.tfx_plan`` is the plan.
+
+    Raises:
+        BudgetError: malformed or unreachable budget (with the smallest reachable one).
+        TraceError: no capture path works.
+        OptionError: unknown form, kind, strategy, or ``skip`` name; inputs that do not fit.
+        TensorError: NaN/Inf weights.
+        PlanMismatchError: ``plan`` does not fit this model.
+
+    Example:
+        >>> import torch, tfx
+        >>> model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256))
+        >>> gm = tfx.factorize(model, 0.5, example_inputs=(torch.randn(8, 256),), progress=False)
+        >>> sum(p.numel() for p in gm.parameters()) <= 0.5 * sum(p.numel() for p in model.parameters())
+        True
+    """
+    if calibration is not None:
+        logger.warning("calibration= is not used yet: factorizing without activation statistics")
+    if plan is None and strategy not in available_strategies():
+        raise unknown_option("strategy", strategy, available_strategies())
+    start = time.perf_counter()
+    captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
+    if plan is None:
+        the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress)
+    else:
+        the_plan = copy.deepcopy(plan)
+        _check_plan(the_plan, sites)
+    gm = captured.gm
+    if captured.path == "module_swap":
+        _swap(gm, sites, the_plan)
+    else:
+        bar = _progress(len(sites), progress, "tfx: decompose")
+        rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar)
+        if bar is not None:
+            bar.close()
+    gm = emit(gm)
+    gm.train(model.training)
+    if verify and example_inputs is not None:
+        was = gm.training
+        gm.eval()
+        model_mode = model.training
+        model.eval()
+        try:
+            the_plan.output_error = output_error(model, gm, example_inputs)
+        finally:
+            model.train(model_mode)
+            gm.train(was)
+    gm.tfx_plan = the_plan  # type: ignore[assignment]
+    logger.info("tfx.factorize took %.2f s", time.perf_counter() - start)
+    return gm
+
+
+def _check_plan(the_plan: FactorizationPlan, sites: Sequence[Site]) -> None:
+    by_name = {s.name: s for s in sites}
+    for choice in the_plan.choices:
+        site = by_name.get(choice.site)
+        if site is None or tuple(site.info.weight_shape) != tuple(choice.weight_shape):
+            found = "no such site" if site is None else f"weight {site.info.weight_shape}"
+            raise PlanMismatchError(
+                f"the plan's site {choice.site!r} (weight {choice.weight_shape}) does not fit this model: {found}.\n"
+                "Fix: apply the plan to the architecture it was made for, or make a new plan."
+            )
+    missing = set(by_name) - {c.site for c in the_plan.choices}
+    if missing:
+        raise PlanMismatchError(f"the model has sites the plan does not cover: {sorted(missing)[:5]}.\nFix: make a new plan.")
+
+
+def _swap(gm: fx.GraphModule, sites: Sequence[Site], the_plan: FactorizationPlan) -> None:
+    """Module-swap path: the sites are modules of ``gm.model``; replace them in place."""
+    from .passes._rewrite import build_layer
+
+    for site in sites:
+        choice = the_plan.choice(site.name)
+        if choice.form != "dense":
+            gm.model.set_submodule(site.name, build_layer(site, choice))  # type: ignore[union-attr, operator]
+
+
+def save(gm: fx.GraphModule, path: str | Path) -> None:
+    """Save a factorized model: its plan (JSON) and its state dict, in one file (``torch.save``).
+
+    Restore it with :func:`load` on the original architecture.
+    """
+    the_plan: FactorizationPlan | None = getattr(gm, "tfx_plan", None)
+    if the_plan is None:
+        raise OptionError("tfx.save needs a module returned by tfx.factorize (it has no tfx_plan).")
+    torch.save({"tfx_plan": the_plan.to_json(), "state_dict": gm.state_dict()}, path)
+
+
+def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> fx.GraphModule:
+    """Re-apply a saved plan to ``model`` (same architecture) and load the saved factors, bit for bit."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    the_plan = FactorizationPlan.from_json(data["tfx_plan"])
+    gm = factorize(model, example_inputs=example_inputs, plan=the_plan, verify=False, progress=False)
+    gm.load_state_dict(data["state_dict"])
+    return gm

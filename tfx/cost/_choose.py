@@ -1,0 +1,188 @@
+"""Pick one Option per site so the total fits a budget, at the least total error.
+
+Stage: candidates -> build_graph -> **choose** -> rewrite. Pure: shapes and
+numbers only. Strategies are registered by name with one signature,
+``fn(options, budget, weights) -> list[int]`` (an option index per site):
+
+* ``"auto"`` (default): Lagrangian relaxation. For a multiplier ``lam`` each
+  site independently minimises ``w * error**2 + lam * cost``; bisection on
+  ``lam`` finds the cheapest selection within the budget, then a greedy fill
+  spends what is left on the upgrades with the best error reduction per unit.
+* ``"greedy"``: start from the cheapest option everywhere; repeatedly take the
+  upgrade with the best error reduction per unit of cost that still fits.
+* ``"dp"``: exact multiple-choice knapsack over costs quantised to 2000 bins.
+* ``"uniform"``: the same fraction of each site's dense cost (the naive baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from .._errors import BudgetError, unknown_option
+from ._records import Option
+
+__all__ = ["choose", "register_strategy", "available_strategies", "Strategy"]
+
+Strategy = Callable[[Sequence[Sequence[Option]], float, Sequence[float]], list[int]]
+
+
+def _cost(option: Option) -> float:
+    return float(option.params)
+
+
+def _total(options: Sequence[Sequence[Option]], picks: Sequence[int]) -> float:
+    return sum(_cost(opts[i]) for opts, i in zip(options, picks))
+
+
+def _penalty(option: Option, weight: float) -> float:
+    return weight * option.error**2
+
+
+def _best_for(lam: float, options: Sequence[Sequence[Option]], weights: Sequence[float]) -> list[int]:
+    return [
+        min(range(len(opts)), key=lambda i: (_penalty(opts[i], w) + lam * _cost(opts[i]), _cost(opts[i])))
+        for opts, w in zip(options, weights)
+    ]
+
+
+def _fill(options: Sequence[Sequence[Option]], picks: list[int], budget: float, weights: Sequence[float]) -> list[int]:
+    """Greedy upgrades by error reduction per unit of extra cost, while the budget allows."""
+    spent = _total(options, picks)
+    while True:
+        best, best_gain = None, 0.0
+        for s, (opts, w) in enumerate(zip(options, weights)):
+            here = opts[picks[s]]
+            for i, opt in enumerate(opts):
+                extra = _cost(opt) - _cost(here)
+                drop = _penalty(here, w) - _penalty(opt, w)
+                if extra <= 0 or drop <= 0 or spent + extra > budget:
+                    continue
+                if drop / extra > best_gain:
+                    best, best_gain = (s, i, extra), drop / extra
+        if best is None:
+            return picks
+        s, i, extra = best
+        picks[s] = i
+        spent += extra
+
+
+def _auto(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
+    top = max((w * max(o.error for o in opts) ** 2 for opts, w in zip(options, weights)), default=0.0)
+    lo, hi = 0.0, max(top, 1e-12) * 1e3 + 1.0
+    if _total(options, _best_for(lo, options, weights)) <= budget:
+        return _best_for(lo, options, weights)
+    for _ in range(60):  # find a feasible multiplier
+        if _total(options, _best_for(hi, options, weights)) <= budget:
+            break
+        hi *= 10
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if _total(options, _best_for(mid, options, weights)) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return _fill(options, _best_for(hi, options, weights), budget, weights)
+
+
+def _greedy(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
+    picks = [min(range(len(opts)), key=lambda i: _cost(opts[i])) for opts in options]
+    return _fill(options, picks, budget, weights)
+
+
+def _dp(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float], bins: int = 2000) -> list[int]:
+    floor = sum(min(_cost(o) for o in opts) for opts in options)
+    unit = max((budget - floor) / bins, 1e-9)
+    inf = math.inf
+    # best[b] = least penalty using exactly b extra units above each site's cheapest
+    best = [0.0] + [inf] * bins
+    back: list[list[int]] = []
+    for opts, w in zip(options, weights):
+        cheapest = min(_cost(o) for o in opts)
+        new = [inf] * (bins + 1)
+        arg = [-1] * (bins + 1)
+        for b, value in enumerate(best):
+            if value == inf:
+                continue
+            for i, opt in enumerate(opts):
+                nb = b + math.ceil((_cost(opt) - cheapest) / unit - 1e-9)
+                if nb <= bins and value + _penalty(opt, w) < new[nb]:
+                    new[nb], arg[nb] = value + _penalty(opt, w), i
+        back.append(arg)
+        best = new
+    b = min(range(bins + 1), key=lambda j: best[j])
+    picks: list[int] = []
+    for s in range(len(options) - 1, -1, -1):
+        i = back[s][b]
+        picks.append(i)
+        cheapest = min(_cost(o) for o in options[s])
+        b -= math.ceil((_cost(options[s][i]) - cheapest) / unit - 1e-9)
+    return picks[::-1]
+
+
+def _uniform(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
+    dense = sum(max(_cost(o) for o in opts) for opts in options)
+    lo, hi = 0.0, 1.0
+    for _ in range(50):  # the largest common fraction that fits
+        mid = (lo + hi) / 2
+        picks = [_closest(opts, mid) for opts in options]
+        if _total(options, picks) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    picks = [_closest(opts, lo) for opts in options]
+    return picks if _total(options, picks) <= budget or dense <= budget else _greedy(options, budget, weights)
+
+
+def _closest(opts: Sequence[Option], fraction: float) -> int:
+    dense = max(_cost(o) for o in opts)
+    fitting = [i for i, o in enumerate(opts) if _cost(o) <= fraction * dense]
+    if not fitting:
+        return min(range(len(opts)), key=lambda i: _cost(opts[i]))
+    return min(fitting, key=lambda i: opts[i].error)
+
+
+_STRATEGIES: dict[str, Strategy] = {"auto": _auto, "greedy": _greedy, "dp": _dp, "uniform": _uniform}
+
+
+def register_strategy(name: str, fn: Strategy) -> None:
+    """Register an allocation strategy ``fn(options, budget, weights) -> picks`` under ``name``."""
+    _STRATEGIES[name] = fn
+
+
+def available_strategies() -> list[str]:
+    """Registered strategy names."""
+    return sorted(_STRATEGIES)
+
+
+def choose(
+    options: Sequence[Sequence[Option]],
+    budget: float,
+    *,
+    strategy: str = "auto",
+    weights: Sequence[float] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[int]:
+    """An option index per site, total cost within ``budget``, least weighted squared error.
+
+    Args:
+        options: per site, its candidates (the dense option included).
+        budget: the most total cost (parameters) the sites may use.
+        strategy: a registered strategy name.
+        weights: per-site error weights (sensitivities); 1 by default.
+        names: site names, for error messages.
+
+    Raises:
+        BudgetError: when even the cheapest option everywhere exceeds ``budget``.
+        OptionError: for an unknown strategy.
+    """
+    if strategy not in _STRATEGIES:
+        raise unknown_option("strategy", strategy, _STRATEGIES, hint="Add your own with tfx.cost.register_strategy(name, fn).")
+    weights = list(weights) if weights is not None else [1.0] * len(options)
+    floor = sum(min(_cost(o) for o in opts) for opts in options)
+    if floor > budget:
+        raise BudgetError(f"the sites need at least {floor:,.0f} parameters, above their budget of {budget:,.0f}.")
+    picks = _STRATEGIES[strategy](options, budget, weights)
+    if _total(options, picks) > budget + 1e-6:  # a user strategy that overspends
+        raise BudgetError(f"strategy {strategy!r} chose {_total(options, picks):,.0f} parameters, above the budget {budget:,.0f}.")
+    return picks

@@ -1,0 +1,292 @@
+"""Candidates per site: forms x tensorized shapes x ranks, with params, FLOPs and error.
+
+Errors come from spectra computed once per site (closed form, no trial
+decompositions): the singular values of the weight's matricization for
+``'svd'`` (exact: Eckart-Young), and of the tensor's unfoldings for Tucker
+(the HOSVD bound), TT and BlockTT (the TT-SVD bound): for any rank, the
+squared error is at most the sum over unfoldings of the discarded squared
+singular values. CP is fitted (a short, time-boxed ALS at a few ranks) and only
+offered for small weights, so iterative decompositions never dominate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from ..tensors import _decompose
+from ..tensors._rank import tt_rank_bounds
+from ..utils import get_tensorized_shape
+from ._records import Option, SiteInfo
+
+__all__ = ["FORMS", "candidates", "dense_option", "Spectra"]
+
+FORMS = ("svd", "cp", "tucker", "tt", "blocktt")
+CP_MAX_NUMEL = 1 << 14
+_GRID = 20
+
+
+def _rank_grid(full: int, n: int = _GRID) -> list[int]:
+    """Geometric ranks in [1, full], multiples of 8 once they reach 32 (hardware-friendly)."""
+    out = set()
+    for i in range(n):
+        r = max(1, round(full ** ((i + 1) / n)))
+        if r >= 32:
+            r = max(8, (r // 8) * 8)
+        out.add(min(r, full))
+    return sorted(out)
+
+
+class Spectra:
+    """Squared singular values of unfoldings, cached per (tensor shape, permutation, split)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight.detach().to(torch.float32 if weight.numel() > 1 << 20 else torch.float64)
+        self.norm2 = float((self.weight.double() ** 2).sum())
+        self._cache: dict[Any, list[float]] = {}
+
+    def tails(self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int) -> list[float]:
+        """``tails[r]`` = discarded energy when keeping ``r`` singular values of the unfolding."""
+        key = (shape, perm, split)
+        if key not in self._cache:
+            tensor = self.weight.reshape(shape)
+            if perm is not None:
+                tensor = tensor.permute(perm)
+            rows = math.prod(tensor.shape[:split])
+            s = _decompose.singular_values(tensor.reshape(rows, -1)).double()
+            energy = (s * s).flip(0).cumsum(0).flip(0).tolist()  # energy[i] = sum_{j>=i} s_j^2
+            self._cache[key] = [*energy, 0.0]
+        return self._cache[key]
+
+    def discarded(self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int, rank: int) -> float:
+        """Energy discarded by keeping ``rank`` singular values of the unfolding."""
+        tails = self.tails(shape, perm, split)
+        return tails[min(rank, len(tails) - 1)]
+
+
+def dense_option(site: SiteInfo) -> Option:
+    """Leaving the site dense."""
+    return Option("dense", None, None, site.dense_params, _dense_flops(site), 0.0)
+
+
+def _dense_flops(site: SiteInfo) -> int:
+    if site.kind == "embedding":
+        return site.tokens * site.weight_shape[1]
+    return 2 * site.tokens * site.dense_params
+
+
+def _rel(site_norm2: float, energy: float) -> float:
+    return math.sqrt(max(energy, 0.0) / site_norm2) if site_norm2 > 0 else 0.0
+
+
+# ---------------------------------------------------------------- linear / embedding
+def _matrix_sizes(site: SiteInfo) -> tuple[int, int]:
+    """(rows, cols) of the weight matrix: (out, in) or (num_embeddings, dim)."""
+    return site.weight_shape[0], site.weight_shape[1]
+
+
+def _tensorizations(site: SiteInfo) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    rows, cols = _matrix_sizes(site)
+    seen = []
+    for order in (2, 3, 4):
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if site.kind == "embedding":
+                    row_shape, col_shape = get_tensorized_shape(rows, cols, order=order)
+                else:
+                    col_shape, row_shape = get_tensorized_shape(cols, rows, order=order)
+        except ValueError:
+            continue
+        if len(row_shape) != order or len(col_shape) != order or min(row_shape + col_shape) < 2:
+            continue
+        if max(row_shape) > 4 * rows ** (1 / order) + 1 or max(col_shape) > 4 * cols ** (1 / order) + 1:
+            continue  # an awkward split (a large prime factor): its unfoldings are not worth their cost
+        pair = (tuple(row_shape), tuple(col_shape))
+        if pair not in seen:
+            seen.append(pair)
+    return seen
+
+
+def _svd_options(site: SiteInfo, spectra: Spectra, rows: int, cols: int) -> Iterable[Option]:
+    tokens = site.tokens
+    for r in _rank_grid(min(rows, cols)):
+        err = _rel(spectra.norm2, spectra.discarded((rows, cols), None, 1, r))
+        params = r * (1 + rows + cols)
+        flops = 2 * tokens * r * cols if site.kind == "embedding" else 2 * tokens * r * (rows + cols)
+        yield Option("svd", ((rows,), (cols,)), r, params, flops, err)
+
+
+def _tucker_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
+    shape = row + col
+    seen = set()
+    for i in range(1, 17):
+        c = i / 16
+        rank = tuple(max(1, min(s, round(s * c))) for s in shape)
+        if rank in seen:
+            continue
+        seen.add(rank)
+        energy = sum(spectra.discarded(shape, None, 1, r) if k == 0 else
+                     spectra.discarded(shape, (k, *[j for j in range(len(shape)) if j != k]), 1, r)
+                     for k, r in enumerate(rank))
+        params = math.prod(rank) + sum(s * r for s, r in zip(shape, rank))
+        flops = _tucker_flops(site, row, col, rank)
+        yield Option("tucker", (row, col), rank, params, flops, _rel(spectra.norm2, energy))
+
+
+def _tucker_flops(site: SiteInfo, row: tuple[int, ...], col: tuple[int, ...], rank: tuple[int, ...]) -> int:
+    d = len(row)
+    r_row, r_col = rank[:d], rank[d:]
+    t = site.tokens
+    if site.kind == "embedding":  # gather Kronecker rows, then core and column factors
+        return 2 * t * (math.prod(r_row) * math.prod(r_col) + sum(math.prod(r_col[:k]) * math.prod(col[k:]) * r_col[k] for k in range(d)))
+    size, cost = t * math.prod(col), 0
+    for n, r in zip(col, r_col):
+        cost += 2 * size * r
+        size = size // n * r
+    cost += 2 * t * math.prod(r_col) * math.prod(r_row)
+    size = t * math.prod(r_row)
+    for n, r in zip(row, r_row):
+        cost += 2 * size * n
+        size = size // r * n
+    return cost
+
+
+def _tt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
+    shape = row + col
+    bounds = tt_rank_bounds(shape)
+    seen = set()
+    for big in _rank_grid(max(bounds), _GRID):
+        rank = tuple(min(big, b) for b in bounds)
+        if rank in seen:
+            continue
+        seen.add(rank)
+        energy = sum(spectra.discarded(shape, None, k, rank[k]) for k in range(1, len(shape)))
+        params = sum(rank[k] * shape[k] * rank[k + 1] for k in range(len(shape)))
+        yield Option("tt", (row, col), rank, params, _chain_flops(site.tokens, row, col, rank, site.kind), _rel(spectra.norm2, energy))
+
+
+def _chain_flops(tokens: int, row: tuple[int, ...], col: tuple[int, ...], rank: tuple[int, ...], kind: str) -> int:
+    """TT over (row modes, column modes): absorb the input's modes right to left, then emit the outputs."""
+    d = len(row)
+    cost = 0
+    if kind != "embedding":
+        for k in range(len(col) - 1, -1, -1):  # input modes, last first
+            cost += 2 * tokens * math.prod(col[:k]) * col[k] * rank[d + k] * rank[d + k + 1]
+    for k in range(d - 1, -1, -1):  # output modes
+        cost += 2 * tokens * rank[k] * row[k] * rank[k + 1] * math.prod(row[k + 1 :])
+    return cost
+
+
+def _blocktt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
+    d = len(row)
+    merged = tuple(o * i for o, i in zip(row, col))
+    perm = tuple(j for k in range(d) for j in (k, d + k))
+    shape = row + col
+    bounds = tt_rank_bounds(merged)
+    seen = set()
+    for big in _rank_grid(max(bounds), _GRID):
+        rank = tuple(min(big, b) for b in bounds)
+        if rank in seen:
+            continue
+        seen.add(rank)
+        energy = sum(spectra.discarded(shape, perm, 2 * k, rank[k]) for k in range(1, d))
+        params = sum(rank[k] * merged[k] * rank[k + 1] for k in range(d))
+        t = site.tokens
+        cost = sum(2 * t * math.prod(col[k:]) * math.prod(row[:k]) * rank[k] * row[k] * rank[k + 1] for k in range(d))
+        yield Option("blocktt", (row, col), rank, params, cost, _rel(spectra.norm2, energy))
+
+
+def _cp_options(site: SiteInfo, weight: torch.Tensor, shape: tuple[int, ...], tshape: Any, norm2: float) -> Iterable[Option]:
+    """A few CP ranks, each fitted by a short time-boxed ALS (small weights only)."""
+    tensor = weight.detach().double().reshape(shape)
+    for frac in (0.15, 0.5):
+        r = max(1, round(frac * math.prod(shape) / (1 + sum(shape))))
+        _, _, fit = _decompose.cp_als(tensor, r, n_iter_max=10, time_limit=0.05)
+        err = min(1.0, max(0.0, 1.0 - fit))
+        params = r * (1 + sum(shape))
+        yield Option("cp", tshape, r, params, 2 * site.tokens * r * sum(shape), err)
+
+
+# ------------------------------------------------------------------------ conv
+def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms: Sequence[str]) -> Iterable[Option]:
+    out_c, in_c, *kernel = site.weight_shape
+    shape = tuple(site.weight_shape)
+    k = math.prod(kernel)
+    t = site.tokens
+    if "svd" in forms:  # low rank over (out, in * kernel): a conv into r channels, then 1x1
+        bounds = tt_rank_bounds(shape)
+        for r in _rank_grid(min(out_c, in_c * k)):
+            rank = (1, r, *bounds[2:])
+            params = sum(rank[j] * shape[j] * rank[j + 1] for j in range(len(shape)))
+            err = _rel(spectra.norm2, spectra.discarded(shape, None, 1, r))
+            yield Option("svd", None, rank, params, 2 * t * r * (in_c * k + out_c), err)
+    if "tucker" in forms:  # Tucker-2: ranks on the channel modes, kernel modes full
+        seen = set()
+        for i in range(1, 17):
+            c = i / 16
+            ro, ri = max(1, round(out_c * c)), max(1, round(in_c * c))
+            if (ro, ri) in seen:
+                continue
+            seen.add((ro, ri))
+            rank = (ro, ri, *kernel)
+            energy = spectra.discarded(shape, None, 1, ro) + spectra.discarded(shape, (1, 0, *range(2, len(shape))), 1, ri)
+            params = math.prod(rank) + out_c * ro + in_c * ri + sum(s * s for s in kernel)
+            flops = 2 * t * (in_c * ri + ro * ri * k + ro * out_c)
+            yield Option("tucker", None, rank, params, flops, _rel(spectra.norm2, energy))
+    if "tt" in forms:
+        bounds = tt_rank_bounds(shape)
+        seen = set()
+        for big in _rank_grid(max(bounds)):
+            rank = tuple(min(big, b) for b in bounds)
+            if rank in seen:
+                continue
+            seen.add(rank)
+            energy = sum(spectra.discarded(shape, None, j, rank[j]) for j in range(1, len(shape)))
+            params = sum(rank[j] * shape[j] * rank[j + 1] for j in range(len(shape)))
+            flops = 2 * t * (rank[1] * in_c * k + rank[1] * out_c)
+            yield Option("tt", None, rank, params, flops, _rel(spectra.norm2, energy))
+    if "cp" in forms and weight.numel() <= CP_MAX_NUMEL:
+        yield from _cp_options(site, weight, shape, None, spectra.norm2)
+
+
+# --------------------------------------------------------------------- entry point
+def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS) -> list[Option]:
+    """Every candidate for ``site`` (the dense option included), cheapest first.
+
+    Args:
+        site: the site's shapes and numbers.
+        weight: its dense weight (``(out, in)``, ``(num, dim)`` or a conv kernel).
+        forms: which forms to consider, from :data:`FORMS`.
+
+    Returns:
+        Options sorted by parameter count; options that are not smaller than
+        the dense weight are dropped.
+    """
+    options = [dense_option(site)]
+    if site.factorizable:
+        spectra = Spectra(weight)
+        if site.kind == "conv":
+            options += list(_conv_options(site, weight, spectra, forms))
+        else:
+            rows, cols = _matrix_sizes(site)
+            matrix = weight.reshape(rows, cols)
+            if "svd" in forms:
+                options += list(_svd_options(site, spectra, rows, cols))
+            for row, col in _tensorizations(site):
+                if "tucker" in forms:
+                    options += list(_tucker_options(site, spectra, row, col))
+                if "tt" in forms:
+                    options += list(_tt_options(site, spectra, row, col))
+                if "blocktt" in forms:
+                    options += list(_blocktt_options(site, spectra, row, col))
+                if "cp" in forms and matrix.numel() <= CP_MAX_NUMEL and len(row) == 3:
+                    options += list(_cp_options(site, matrix, row + col, (row, col), spectra.norm2))
+    dense = options[0].params
+    kept = [options[0]] + [o for o in options[1:] if o.params < dense]
+    return sorted(kept, key=lambda o: (o.params, o.error))

@@ -1,0 +1,98 @@
+"""Rewrite: replace each chosen site by an explicit contraction subgraph.
+
+For a site and its chosen option, the weight is decomposed into a ``tfx``
+factorized tensor and wrapped in the matching ``tfx.nn`` layer, which is
+registered on the graph module under the original layer's qualified name
+(``state_dict`` keys read ``<layer>.weight.factors.factor_0``, ``<layer>.bias``).
+The layer's forward is traced by ``torch.fx`` (planned for the site's batch
+size) and its nodes -- reshape, the planned einsum or convolution steps, bias
+-- are spliced into the graph in place of the original node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..cost._records import Choice
+from ..functional._planning import planned_batch
+from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
+from ..tensors import FactorizedTensor, TensorizedTensor
+from ._match import Site
+
+__all__ = ["build_layer", "splice", "rewrite"]
+
+_TENSORIZED_FORM = {"svd": "cp", "cp": "cp", "tucker": "tucker", "tt": "tt", "blocktt": "blocktt"}
+_CONV_FORM = {"svd": "tt", "cp": "cp", "tucker": "tucker", "tt": "tt"}
+
+
+def _tensorized(site: Site, choice: Choice, **kwargs: Any) -> TensorizedTensor:
+    rows, cols = choice.tensorized_shape
+    return TensorizedTensor.from_matrix(site.weight, rows, cols, rank=choice.rank, factorization=_TENSORIZED_FORM[choice.form], **kwargs)
+
+
+def build_layer(site: Site, choice: Choice) -> nn.Module:
+    """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says."""
+    weight = site.weight
+    extra = {"time_limit": 10.0} if choice.form == "cp" else {}
+    if site.info.kind == "linear":
+        tensor = _tensorized(site, choice, **extra)
+        rows, cols = choice.tensorized_shape
+        layer = FactorizedLinear(cols, rows, bias=site.bias is not None, factorization=tensor, implementation="auto",
+                                 device=weight.device, dtype=weight.dtype)
+        if site.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(site.bias)  # type: ignore[union-attr]
+        return layer
+    if site.info.kind == "embedding":
+        tensor = _tensorized(site, choice, **extra)
+        rows, cols = choice.tensorized_shape
+        num, dim = site.info.weight_shape
+        layer = FactorizedEmbedding(num, dim, auto_tensorize=False, tensorized_num_embeddings=rows,
+                                    tensorized_embedding_dim=cols, factorization="dense", rank=None,
+                                    device=weight.device, dtype=weight.dtype, padding_idx=site.padding_idx)
+        layer.weight = tensor
+        layer.rank = tensor.rank
+        return layer
+    tensor = FactorizedTensor.from_tensor(weight, rank=choice.rank, factorization=_CONV_FORM[choice.form], **extra)
+    conv = site.conv
+    return FactorizedConv.from_factorization(
+        tensor, implementation="auto", stride=conv["stride"], padding=conv["padding"], dilation=conv["dilation"],
+        bias=site.bias, padding_mode=conv["padding_mode"],
+    )
+
+
+def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inputs: fx.Node, batch: int) -> None:
+    """Register ``layer`` at ``prefix`` and replace ``node`` by the ops of its traced forward."""
+    with planned_batch(batch):
+        sub = fx.symbolic_trace(layer)
+    gm.add_submodule(prefix, layer)
+    env: dict[fx.Node, Any] = {}
+    first = True
+    result: Any = None
+    with gm.graph.inserting_before(node):
+        for n in sub.graph.nodes:
+            if n.op == "placeholder":
+                env[n] = inputs if first else (n.args[0] if n.args else None)
+                first = False
+            elif n.op == "output":
+                result = fx.map_arg(n.args[0], lambda a: env[a])
+            else:
+                new = gm.graph.node_copy(n, lambda a: env[a])
+                if n.op in ("get_attr", "call_module"):
+                    new.target = f"{prefix}.{n.target}"
+                env[n] = new
+    node.replace_all_uses_with(result)
+    gm.graph.erase_node(node)
+
+
+def rewrite(gm: fx.GraphModule, sites: list[Site], choices: list[Choice], progress: Any = None) -> None:
+    """Replace every site whose choice is not dense; ``progress`` is an optional tqdm-like bar."""
+    for site, choice in zip(sites, choices):
+        if choice.form != "dense":
+            layer = build_layer(site, choice)
+            splice(gm, site.node, layer, site.name, site.input, site.info.tokens)
+        if progress is not None:
+            progress.update(1)
