@@ -200,7 +200,7 @@ class FactorizedTensor(nn.Module):
 
     def __getitem__(self, index: Any) -> Any:
         modes = normalise_index(index, self.shape)
-        if modes is None:
+        if modes is None or _selects_nothing(modes, self.shape):
             return self.to_tensor()[index]
         return self._index(modes)
 
@@ -303,7 +303,7 @@ class TensorizedTensor(FactorizedTensor):
 
     def __getitem__(self, index: Any) -> Any:
         modes = normalise_index(index, self.shape)
-        if modes is None:
+        if modes is None or _selects_nothing(modes, self.shape):
             return self.to_matrix()[index]
         return self._index(modes)
 
@@ -331,6 +331,16 @@ def available(*, tensorized: bool = False) -> list[str]:
 
 
 # ------------------------------------------------------------------ shapes
+def _size_or_error(value: Any, tensorized_shape: Any) -> int:
+    try:
+        return _size(value)
+    except TypeError:
+        raise ShapeError(
+            f"tensorized_shape={tensorized_shape!r}: {value!r} is not an integer size.\n"
+            "Fix: e.g. tensorized_shape=((4, 3, 2), (5, 3, 2))."
+        ) from None
+
+
 def parse_tensorized_shape(tensorized_shape: Sequence[Any]) -> tuple[Any, ...]:
     """Canonical flat form of a tensorized shape: ints (batch modes) then tuples.
 
@@ -348,9 +358,9 @@ def parse_tensorized_shape(tensorized_shape: Sequence[Any]) -> tuple[Any, ...]:
         elif isinstance(entry, (tuple, list, torch.Size)) and entry and all(
             isinstance(e, (tuple, list)) for e in entry
         ):
-            out.extend(tuple(int(x) for x in e) for e in entry)
+            out.extend(tuple(_size_or_error(x, tensorized_shape) for x in e) for e in entry)
         elif isinstance(entry, (tuple, list, torch.Size)) and entry:
-            out.append(tuple(int(x) for x in entry))
+            out.append(tuple(_size_or_error(x, tensorized_shape) for x in entry))
         else:
             raise ShapeError(
                 f"tensorized_shape={tensorized_shape!r}: entry {entry!r} is neither an int "
@@ -380,11 +390,18 @@ def matrix_shape_of(tensorized_shape: Sequence[Any]) -> tuple[int, ...]:
     return tuple(math.prod(e) if isinstance(e, tuple) else e for e in tensorized_shape)
 
 
+def _size(value: Any) -> int:
+    """An integer size: ints and integer scalars (numpy, torch) only; never truncates floats."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{value!r} is not an integer")
+    return int(value.__index__())
+
+
 def check_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
     """Validate a plain tensor shape and return it as a tuple of ints."""
     try:
-        out = tuple(int(s) for s in shape)
-    except TypeError:
+        out = tuple(_size(s) for s in shape)
+    except (TypeError, ValueError):
         raise ShapeError(f"{what}: shape={shape!r} is not a sequence of ints.") from None
     if not out or any(s < 1 for s in out):
         raise ShapeError(f"{what}: shape={shape!r} must be non-empty with every size >= 1.")
@@ -421,7 +438,8 @@ def normalise_index(index: Any, shape: Sequence[int]) -> list[Any] | None:
     indexing the dense reconstruction instead.
     """
     items = list(index) if isinstance(index, tuple) else [index]
-    if sum(i is Ellipsis for i in items) > 1:
+    n_ellipsis = sum(i is Ellipsis for i in items)
+    if n_ellipsis > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
     if any(i is None for i in items):
         return None
@@ -430,8 +448,8 @@ def normalise_index(index: Any, shape: Sequence[int]) -> list[Any] | None:
         raise IndexError(
             f"too many indices for tensor of dimension {len(shape)} (got {n_explicit})"
         )
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
+    if n_ellipsis:  # identity tests: `in` would compare arrays elementwise
+        at = next(k for k, i in enumerate(items) if i is Ellipsis)
         items[at : at + 1] = [slice(None)] * (len(shape) - n_explicit)
     items += [slice(None)] * (len(shape) - len(items))
     modes: list[Any] = []
@@ -453,6 +471,11 @@ def normalise_index(index: Any, shape: Sequence[int]) -> list[Any] | None:
                 return None
             modes.append(tensor)
     return modes
+
+
+def _selects_nothing(modes: list[Any], shape: Sequence[int]) -> bool:
+    """Whether an index leaves an empty mode (answered densely: forms have no empty factors)."""
+    return any(mode_length(i, s) == 0 for i, s in zip(modes, shape))
 
 
 def slice_length(index: slice, size: int) -> int:

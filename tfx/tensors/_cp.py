@@ -273,7 +273,7 @@ class CPTensorized(CPTensor, TensorizedTensor, name="CP"):
                 weights = weights * merged
             else:
                 factors.append(merged)
-                tshape.append(int(merged.shape[0]))
+                tshape.append(mode_length(index, math.prod(sizes)))
         if not factors:
             return weights.sum()
         if not any(isinstance(e, tuple) for e in tshape):

@@ -42,8 +42,9 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
 
     def __init__(self, tensor: Any, shape: Sequence[int] | None = None, rank: Any = None) -> None:
         super().__init__()
-        stored = tuple(tensor.shape[:-1]) if self._complex else tuple(tensor.shape)
-        self.shape = tuple(shape) if shape is not None else stored
+        if shape is None:  # read the tensor's shape only when not given (fx proxies have none)
+            shape = tuple(tensor.shape[:-1]) if self._complex else tuple(tensor.shape)
+        self.shape = tuple(shape)
         self.rank = None
         self._store("tensor", tensor)
         self._build()

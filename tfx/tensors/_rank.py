@@ -72,7 +72,7 @@ def _as_int_tuple(rank: object, what: str) -> tuple[int, ...]:
         raise RankError(
             f"rank={rank!r} for a {what} is not an int, a tuple of ints, 'same' or a float."
         ) from None
-    return tuple(_check_int(int(r) if hasattr(r, "__index__") else r, what) for r in items)
+    return tuple(_check_int(r if isinstance(r, bool) or not hasattr(r, "__index__") else int(r), what) for r in items)
 
 
 def cp_rank(shape: Sequence[int], rank: RankSpec) -> int:

@@ -321,7 +321,7 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
             else:
                 factors.append(merged)
                 new_rank.append(width)
-                tshape.append(int(merged.shape[0]))
+                tshape.append(mode_length(index, math.prod(sizes)))
                 axis += 1
         if not factors:
             return core
