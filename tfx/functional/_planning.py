@@ -123,7 +123,15 @@ def contract_input(x: torch.Tensor, weight: FactorizedTensor, in_modes: tuple[in
         batch = traced_batch()
     else:
         batch = batch_bucket(x.numel() // max(in_features, 1))
-    plan, in_sizes, out_sizes = input_plan(weight, in_modes, batch)
+    if is_tracing(x):
+        plan, in_sizes, out_sizes = input_plan(weight, in_modes, batch)
+    else:  # eager: a per-weight cache skips even the (cached) planning calls
+        cache = weight.__dict__.setdefault("_input_plans", {})
+        key = (weight._plan, in_modes, batch)
+        entry = cache.get(key)
+        if entry is None:
+            entry = cache[key] = input_plan(weight, in_modes, batch)
+        plan, in_sizes, out_sizes = entry
     lead = x.shape[:-n_in_dims]
     y = plan(x.reshape((-1,) + in_sizes), *weight.contraction()[1])
     return y.reshape(lead + out_sizes)

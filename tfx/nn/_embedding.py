@@ -29,7 +29,8 @@ class FactorizedEmbedding(nn.Module):
         auto_tensorize: tensorize both sizes with :func:`tfx.get_tensorized_shape`.
         n_tensorized_modes: order of the tensorization.
         tensorized_num_embeddings, tensorized_embedding_dim: explicit tensorizations.
-        factorization: ``'blocktt'`` (default), ``'cp'``, ``'tucker'``, ``'tt'``, ``'dense'`` or complex variants.
+        factorization: ``'blocktt'`` (default), ``'cp'``, ``'tucker'``, ``'tt'``, ``'dense'``, complex
+            variants, or a ready ``TensorizedTensor`` of tensorized shape ``(rows, cols)``.
         rank: int, tuple, ``'same'`` or float.
         n_layers: number of stacked tables sharing one factorization.
         device, dtype: of the parameters.
@@ -52,7 +53,7 @@ class FactorizedEmbedding(nn.Module):
         n_tensorized_modes: int = 3,
         tensorized_num_embeddings: Sequence[int] | None = None,
         tensorized_embedding_dim: Sequence[int] | None = None,
-        factorization: str = "blocktt",
+        factorization: str | TensorizedTensor = "blocktt",
         rank: Any = 8,
         n_layers: int = 1,
         device: Any = None,
@@ -76,9 +77,18 @@ class FactorizedEmbedding(nn.Module):
         batch = (n_layers,) if n_layers > 1 else ()
         self.tensor_shape = (*batch, self.tensorized_num_embeddings, self.tensorized_embedding_dim)
         self.weight_shape = (*batch, num_embeddings, embedding_dim)
-        self.factorization = factorization
-        self.weight = TensorizedTensor.new(self.tensor_shape, rank=rank, factorization=factorization, device=device, dtype=dtype)
-        self.reset_parameters()
+        if isinstance(factorization, TensorizedTensor):
+            if tuple(factorization.tensorized_shape) != self.tensor_shape:
+                raise ShapeError(
+                    f"the given table has tensorized_shape={factorization.tensorized_shape}, but this "
+                    f"layer needs {self.tensor_shape}."
+                )
+            self.factorization = factorization._name
+            self.weight = factorization
+        else:
+            self.factorization = factorization
+            self.weight = TensorizedTensor.new(self.tensor_shape, rank=rank, factorization=factorization, device=device, dtype=dtype)
+            self.reset_parameters()
         self.rank = self.weight.rank
 
     def reset_parameters(self) -> None:

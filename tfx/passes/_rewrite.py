@@ -50,12 +50,8 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
         tensor = _tensorized(site, choice, **extra)
         rows, cols = choice.tensorized_shape
         num, dim = site.info.weight_shape
-        layer = FactorizedEmbedding(num, dim, auto_tensorize=False, tensorized_num_embeddings=rows,
-                                    tensorized_embedding_dim=cols, factorization="dense", rank=None,
-                                    device=weight.device, dtype=weight.dtype, padding_idx=site.padding_idx)
-        layer.weight = tensor
-        layer.rank = tensor.rank
-        return layer
+        return FactorizedEmbedding(num, dim, auto_tensorize=False, tensorized_num_embeddings=rows,
+                                   tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx)
     tensor = FactorizedTensor.from_tensor(weight, rank=choice.rank, factorization=_CONV_FORM[choice.form], **extra)
     conv = site.conv
     return FactorizedConv.from_factorization(

@@ -35,9 +35,11 @@ logger = logging.getLogger(__name__)
 
 
 def _cp_equation(order: int) -> str:
+    # The weights are folded into the first factor (see CPTensor.contraction), so the
+    # contraction has one operand per mode and no step spent on the weights.
     letters = string.ascii_letters.replace("z", "")
     modes = letters[:order]
-    return "z," + ",".join(f"{m}z" for m in modes) + "->" + modes
+    return ",".join(f"{m}z" for m in modes) + "->" + modes
 
 
 def _cp_decompose(tensor: torch.Tensor, rank: int, **kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -82,7 +84,7 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
 
     def _build(self) -> None:
         self.order = len(self._mode_sizes())
-        shapes = [(self.rank,), *((s, self.rank) for s in self._mode_sizes())]
+        shapes = [(s, self.rank) for s in self._mode_sizes()]
         self._plan = plan_einsum(_cp_equation(self.order), *shapes)
 
     def _mode_sizes(self) -> tuple[int, ...]:
@@ -136,7 +138,8 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
         """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
-        return self._plan.equation, [self._v(self.weights), *[self._v(f) for f in self.factors]]
+        factors = [self._v(f) for f in self.factors]
+        return self._plan.equation, [factors[0] * self._v(self.weights), *factors[1:]]
 
     def to_tensor(self) -> torch.Tensor:
         """Reconstruct the full tensor (no Khatri-Rao product larger than the result)."""
