@@ -92,6 +92,7 @@ def _plan_sites(
     total = _count_params(model)
     site_params = sum(s.info.dense_params for s in sites)
     fixed = total - site_params
+    clock = time.perf_counter()
     options: list[list[Option]] = []
     bar = _progress(len(sites), progress, "tfx: spectra")
     for site in sites:
@@ -100,7 +101,9 @@ def _plan_sites(
             bar.update(1)
     if bar is not None:
         bar.close()
+    spectra_s = time.perf_counter() - clock
     graph = build_graph([s.info for s in sites], options, _edges(gm, sites))
+    clock = time.perf_counter()
     total_flops = sum(o[0].flops for o in options)
     budget_params, _ = normalise_budget(budget, total, total_flops)
     floor = fixed + sum(min(o.params for o in opts) for opts in options)
@@ -109,7 +112,8 @@ def _plan_sites(
     picks = choose([graph.nodes[s.name]["options"] for s in sites], budget_params - fixed,
                    strategy=strategy, weights=weights, names=[s.name for s in sites])
     choices = [_choice(site, opts[i]) for site, opts, i in zip(sites, options, picks)]
-    return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path)
+    timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
+    return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path, timings=timings)
 
 
 def _choice(site: Site, option: Option) -> Choice:
@@ -246,11 +250,14 @@ def factorize(
         raise unknown_option("strategy", strategy, available_strategies())
     start = time.perf_counter()
     captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
+    capture_s = time.perf_counter() - start
     if plan is None:
         the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress)
     else:
         the_plan = copy.deepcopy(plan)
         _check_plan(the_plan, sites)
+    the_plan.timings["capture + match"] = capture_s
+    clock = time.perf_counter()
     gm = captured.gm
     if captured.path == "module_swap":
         _swap(gm, sites, the_plan)
@@ -259,8 +266,12 @@ def factorize(
         rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar)
         if bar is not None:
             bar.close()
+    the_plan.timings["decompose + rewrite"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     gm = emit(gm)
     gm.train(model.training)
+    the_plan.timings["emit"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     if verify and example_inputs is not None:
         was = gm.training
         gm.eval()
@@ -271,8 +282,11 @@ def factorize(
         finally:
             model.train(model_mode)
             gm.train(was)
+    if verify and example_inputs is not None:
+        the_plan.timings["verify"] = time.perf_counter() - clock
+    the_plan.timings["total"] = time.perf_counter() - start
     gm.tfx_plan = the_plan  # type: ignore[assignment]
-    logger.info("tfx.factorize took %.2f s", time.perf_counter() - start)
+    logger.info("tfx.factorize took %.2f s", the_plan.timings["total"])
     return gm
 
 

@@ -39,6 +39,7 @@ class FactorizationPlan:
         capture: the capture path of the model (``'symbolic_trace'``, ``'export'``, ``'module_swap'``).
         output_error: with ``verify=True``, the max relative error of the outputs.
         version: the plan format version.
+        timings: seconds spent in each stage of the ``factorize`` call that made it.
 
     Example:
         >>> plan = tfx.plan(model, 0.5, example_inputs=(x,))   # doctest: +SKIP
@@ -54,6 +55,7 @@ class FactorizationPlan:
     capture: str = "symbolic_trace"
     output_error: float | None = None
     version: int = 1
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def total_params_after(self) -> int:
@@ -103,7 +105,10 @@ class FactorizationPlan:
         tail = f"capture: {self.capture}, strategy: {self.strategy}, budget: {_human(self.budget_params)} params"
         if self.output_error is not None:
             tail += f", verified max relative output error: {self.output_error:.3g}"
-        return "\n".join([*out, tail])
+        lines = [*out, tail]
+        if self.timings:
+            lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
