@@ -17,8 +17,8 @@ import torch
 from torch import fx, nn
 
 from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, unknown_option
-from .cost import FORMS, Budget, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
-from .cost._choose import available_strategies
+from .cost import FORMS, Budget, dense_option, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
+from .cost._choose import available_strategies, choose_two
 from .passes import Site, capture, emit, find_sites, output_error, rewrite
 from .passes._match import find_module_sites
 
@@ -104,13 +104,17 @@ def _plan_sites(
     spectra_s = time.perf_counter() - clock
     graph = build_graph([s.info for s in sites], options, _edges(gm, sites))
     clock = time.perf_counter()
-    total_flops = sum(o[0].flops for o in options)
-    budget_params, _ = normalise_budget(budget, total, total_flops)
+    total_flops = sum(dense_option(s.info).flops for s in sites)
+    has_shapes = any(s.info.tokens > 1 for s in sites) or sites == []
+    budget_params, budget_flops = normalise_budget(budget, total, total_flops if has_shapes else None)
     floor = fixed + sum(min(o.params for o in opts) for opts in options)
     if floor > budget_params:
         raise BudgetError(_budget_message(budget, budget_params, total, fixed, floor, sites))
-    picks = choose([graph.nodes[s.name]["options"] for s in sites], budget_params - fixed,
-                   strategy=strategy, weights=weights, names=[s.name for s in sites])
+    site_options = [graph.nodes[s.name]["options"] for s in sites]
+    if budget_flops is None:
+        picks = choose(site_options, budget_params - fixed, strategy=strategy, weights=weights)
+    else:
+        picks = choose_two(site_options, budget_params - fixed, budget_flops, weights=weights)
     choices = [_choice(site, opts[i]) for site, opts, i in zip(sites, options, picks)]
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
     return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path, timings=timings)
@@ -129,10 +133,12 @@ def _choice(site: Site, option: Option) -> Choice:
 def _budget_message(budget: Any, budget_params: float, total: int, fixed: int, floor: float, sites: Sequence[Site]) -> str:
     dense = sorted((s for s in sites if not s.info.factorizable), key=lambda s: -s.info.dense_params)
     held = "; ".join(f"{s.name} ({s.info.kind} {'x'.join(map(str, s.info.weight_shape))}: {s.info.reason})" for s in dense[:3])
+    from .cost._plan import _human
+
     return (
-        f"budget={budget!r} ({budget_params / 1e6:.2f}M of {total / 1e6:.2f}M params) is below the smallest "
-        f"reachable size, {floor / 1e6:.2f}M ({100 * floor / total:.1f}%).\n"
-        f"  {fixed / 1e6:.2f}M params sit outside the linear/conv/embedding sites (norms, biases, other layers)"
+        f"budget={budget!r} ({_human(budget_params)} of {_human(total)} params) is below the smallest "
+        f"reachable size, {_human(floor)} ({100 * floor / total:.1f}%).\n"
+        f"  {_human(fixed)} params sit outside the linear/conv/embedding sites (norms, biases, other layers)"
         + (f"; the largest sites that stay dense: {held}" if held else "")
         + f".\nFix: budget >= {math.ceil(1000 * floor / total) / 1000:.3f}, or allow more sites (kinds=, skip=)."
     )
@@ -158,7 +164,9 @@ def _prepare(model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds:
                         f"the model cannot run on example_inputs: {type(err).__name__}: {err}\n"
                         "Fix: pass a tuple of positional inputs or a dict of keyword inputs that model(...) accepts."
                     ) from err
-        captured = capture(model, example_inputs, skip)
+        # Capture a copy: the returned module must share nothing with ``model``, so that
+        # training it leaves the original untouched.
+        captured = capture(copy.deepcopy(model), example_inputs, skip)
     finally:
         model.train(was_training)
     if captured.path == "module_swap":

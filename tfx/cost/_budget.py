@@ -30,21 +30,26 @@ BudgetSpec = Union[float, int, Budget]
 def _absolute(value: float | int, total: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BudgetError(
-            f"budget {what}={value!r} is not a positive number.\n"
+            f"{what}={value!r} is not a positive number.\n"
             "Fix: a fraction in (0, 1] of the model (budget=0.5) or an absolute count (budget=5_000_000)."
         )
     if isinstance(value, float):
         if value > 1:
             raise BudgetError(
-                f"budget {what}={value} is a float above 1: fractions are in (0, 1].\n"
-                f"Fix: budget={value / total if total else 1:.3f} (a fraction) or budget={int(value)} (a count)."
+                f"{what}={value} is a float above 1, but fractions of the model are in (0, 1].\n"
+                f"Fix: {what}=1.0 (keep everything), a smaller fraction such as {what}=0.5, or an int "
+                f"count such as {what}={int(value)}."
             )
         return value * total
     return float(value)
 
 
 def normalise_budget(budget: BudgetSpec | None, total_params: int, total_flops: int | None) -> tuple[float, float | None]:
-    """``(parameter budget, FLOP budget or None)`` in absolute units."""
+    """``(parameter budget, FLOP budget or None)`` in absolute units.
+
+    FLOP fractions are of the sites' FLOPs (linear, convolution and embedding layers
+    at the example inputs' shapes); ``total_flops`` is None when no shapes are known.
+    """
     if budget is None:
         raise BudgetError("no budget given.\nFix: tfx.factorize(model, budget=0.5) or pass plan=.")
     if isinstance(budget, Budget):

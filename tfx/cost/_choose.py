@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from .._errors import BudgetError, unknown_option
 from ._records import Option
 
-__all__ = ["choose", "register_strategy", "available_strategies", "Strategy"]
+__all__ = ["choose", "choose_two", "register_strategy", "available_strategies", "Strategy"]
 
 Strategy = Callable[[Sequence[Sequence[Option]], float, Sequence[float]], list[int]]
 
@@ -186,3 +186,52 @@ def choose(
     if _total(options, picks) > budget + 1e-6:  # a user strategy that overspends
         raise BudgetError(f"strategy {strategy!r} chose {_total(options, picks):,.0f} parameters, above the budget {budget:,.0f}.")
     return picks
+
+
+def choose_two(
+    options: Sequence[Sequence[Option]],
+    params_budget: float,
+    flops_budget: float,
+    *,
+    weights: Sequence[float] | None = None,
+) -> list[int]:
+    """Like :func:`choose`, under a parameter budget and a FLOP budget at once (greedy).
+
+    Starts from each site's option with the least normalised cost
+    ``params / params_budget + flops / flops_budget``, then takes the upgrades
+    with the best error reduction per unit of normalised cost that keep both
+    totals within their budgets. Never exceeds either budget.
+
+    Raises:
+        BudgetError: when even the starting point exceeds a budget.
+    """
+    weights = list(weights) if weights is not None else [1.0] * len(options)
+
+    def norm(o: Option) -> float:
+        return o.params / max(params_budget, 1e-9) + o.flops / max(flops_budget, 1e-9)
+
+    picks = [min(range(len(opts)), key=lambda i: norm(opts[i])) for opts in options]
+    params = sum(opts[i].params for opts, i in zip(options, picks))
+    flops = sum(opts[i].flops for opts, i in zip(options, picks))
+    if params > params_budget or flops > flops_budget:
+        raise BudgetError(
+            f"the sites need at least {params:,.0f} parameters and {flops:,.0f} FLOPs together, above the "
+            f"budgets of {params_budget:,.0f} parameters and {flops_budget:,.0f} FLOPs.\n"
+            "Fix: loosen one of the two targets, or give only one."
+        )
+    while True:
+        best, best_gain = None, 0.0
+        for s, (opts, w) in enumerate(zip(options, weights)):
+            here = opts[picks[s]]
+            for i, opt in enumerate(opts):
+                dp, df = opt.params - here.params, opt.flops - here.flops
+                drop = _penalty(here, w) - _penalty(opt, w)
+                if drop <= 0 or params + dp > params_budget or flops + df > flops_budget:
+                    continue
+                extra = max(norm(opt) - norm(here), 1e-12)
+                if drop / extra > best_gain:
+                    best, best_gain = (s, i, dp, df), drop / extra
+        if best is None:
+            return picks
+        s, i, dp, df = best
+        picks[s], params, flops = i, params + dp, flops + df

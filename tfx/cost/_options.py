@@ -25,7 +25,7 @@ from ._records import Option, SiteInfo
 __all__ = ["FORMS", "candidates", "dense_option", "Spectra"]
 
 FORMS = ("svd", "cp", "tucker", "tt", "blocktt")
-CP_MAX_NUMEL = 1 << 14
+CP_MAX_NUMEL = 1 << 12
 _GRID = 20
 
 

@@ -95,7 +95,9 @@ def input_plan(
     equation, shapes = weight_shapes(weight)
     sizes = weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape
     full, in_sizes, out_sizes = _input_equation(equation, tuple(sizes), tuple(in_modes))
-    return plan_einsum(full, (batch, *in_sizes), *shapes), in_sizes, out_sizes
+    # No intermediate-size limit: activations may be larger than any input, and the
+    # cheapest order (possibly rebuilding the weight first) is what the FLOP count says.
+    return plan_einsum(full, (batch, *in_sizes), *shapes, memory_limit=None), in_sizes, out_sizes
 
 
 @torch._dynamo.assume_constant_result

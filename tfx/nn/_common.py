@@ -10,7 +10,7 @@ from torch import nn
 
 from .._errors import OptionError, ShapeError, unknown_option
 
-__all__ = ["as_shape", "check_implementation", "select_layer", "SubLayer"]
+__all__ = ["as_shape", "check_implementation", "select_layer", "SubLayer", "make_bias", "bias_value", "set_bias"]
 
 
 def as_shape(value: Sequence[int] | int, name: str) -> tuple[int, ...]:
@@ -69,3 +69,27 @@ class SubLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"indices={self.indices}"
+
+
+def make_bias(shape: Sequence[int], weight: nn.Module, enabled: bool) -> nn.Parameter | None:
+    """A bias matching the weight's device and dtype; complex weights get a complex bias,
+    stored as real ``(..., 2)`` like their factors (so DistributedDataParallel works)."""
+    if not enabled:
+        return None
+    first = next(iter(weight.parameters()))
+    shape = (*shape, 2) if getattr(weight, "_complex", False) else tuple(shape)
+    return nn.Parameter(torch.zeros(shape, device=first.device, dtype=first.dtype))
+
+
+def bias_value(bias: torch.Tensor | None, weight: nn.Module) -> torch.Tensor | None:
+    """The bias as the layer adds it (a complex view for complex weights)."""
+    if bias is None or not getattr(weight, "_complex", False):
+        return bias
+    return torch.view_as_complex(bias)
+
+
+@torch.no_grad()
+def set_bias(bias: torch.Tensor, weight: nn.Module, value: torch.Tensor) -> None:
+    """Copy ``value`` (real or complex) into a bias made by :func:`make_bias`."""
+    target = bias_value(bias, weight)
+    target.copy_(value.to(target.dtype) if target.is_complex() else value)  # type: ignore[union-attr]

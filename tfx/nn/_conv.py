@@ -13,7 +13,7 @@ from .._errors import OptionError, ShapeError, UnsupportedSiteError
 from ..functional import convolve
 from ..functional._conv import PADDING_MODES, conv_padding
 from ..tensors import FactorizedTensor
-from ._common import SubLayer, check_implementation, select_layer
+from ._common import SubLayer, bias_value, check_implementation, make_bias, select_layer, set_bias
 
 __all__ = ["FactorizedConv"]
 
@@ -114,18 +114,18 @@ class FactorizedConv(nn.Module):
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         batch = (n_layers,) if n_layers > 1 else ()
         shape = (*batch, *self.weight_shape)
-        if bias or has_bias:
-            self.bias = nn.Parameter(torch.empty((*batch, out_channels), device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
         if isinstance(factorization, FactorizedTensor):
             if tuple(factorization.shape) != shape:
                 raise ShapeError(f"the given kernel has shape {factorization.shape}, this layer needs {shape}.")
             self.weight = factorization
-            self._reset_bias()
         else:
             kwargs = {"fixed_rank_modes": fixed_rank_modes} if fixed_rank_modes else {}
             self.weight = FactorizedTensor.new(shape, rank=rank, factorization=factorization, device=device, dtype=dtype, **kwargs)
+        # After the weight, so the bias takes its device and dtype (complex kernels: complex bias).
+        self.bias = make_bias((*batch, out_channels), self.weight, bias or has_bias)
+        if isinstance(factorization, FactorizedTensor):
+            self._reset_bias()
+        else:
             self.reset_parameters()
         self.rank = self.weight.rank
 
@@ -152,10 +152,10 @@ class FactorizedConv(nn.Module):
         """Convolve ``x`` (batch, in_channels, *spatial) with layer ``indices`` of the stack."""
         select_layer(self.n_layers, indices)
         if self.n_layers == 1:
-            weight, bias = self.weight(), self.bias
+            weight, bias = self.weight(), bias_value(self.bias, self.weight)
         else:
             weight = self.weight(indices)
-            bias = None if self.bias is None else self.bias[indices]
+            bias = None if self.bias is None else bias_value(self.bias[indices], self.weight)
         return convolve(
             x, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
             groups=self.groups, padding_mode=self.padding_mode, implementation=self.implementation,
@@ -192,8 +192,7 @@ class FactorizedConv(nn.Module):
             **kwargs,
         )
         if bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(bias)  # type: ignore[union-attr]
+            set_bias(layer.bias, layer.weight, bias)  # type: ignore[arg-type]
         return layer
 
     @classmethod
@@ -261,9 +260,8 @@ class FactorizedConv(nn.Module):
             kernels = kernels[0] if n_layers == 1 else kernels
             layer.weight.init_from_tensor(kernels, **(decomposition_kwargs or {}))
         if layer.bias is not None:
-            with torch.no_grad():
-                biases = torch.stack([c.bias.detach() for c in conv_list])
-                layer.bias.copy_(biases[0] if n_layers == 1 else biases)
+            biases = torch.stack([c.bias.detach() for c in conv_list])
+            set_bias(layer.bias, layer.weight, biases[0] if n_layers == 1 else biases)
         return layer
 
     def extra_repr(self) -> str:

@@ -102,7 +102,7 @@ class FactorizedEmbedding(nn.Module):
         weight = self.weight() if self.n_layers == 1 else self.weight(indices)
         if self._reconstruct(input, weight):
             table = weight.to_matrix()
-            out = torch.nn.functional.embedding(input, table)
+            out = table[input]  # plain indexing: F.embedding has no complex autograd
             if self.padding_idx is not None:
                 out = out * (input != self.padding_idx).unsqueeze(-1).to(out.dtype)
             return out

@@ -108,7 +108,7 @@ class TensorDropout:
         n_forced = min(self.min_values, size)
         forced = torch.zeros(size, device=like.device).index_fill_(0, torch.randperm(size, device=like.device)[:n_forced], 1.0)
         keep = torch.where(keep.sum() < n_forced, torch.maximum(keep, forced), keep)
-        return (keep / (1 - self.proba)).to(like.real.dtype if like.is_complex() else like.dtype)
+        return (keep / (1 - self.proba)).to(like.dtype)  # a real mask cast to complex is fine too
 
     def __call__(self, module: nn.Module, inputs: Any, tensor: Any) -> Any:
         if not isinstance(tensor, FactorizedTensor) or not self.proba:
@@ -202,8 +202,8 @@ class TensorLasso:
         for gate in values:
             self.n_element += gate.numel()
             self._loss = self._loss + self.penalty * gate.abs().sum()
-        if rank_sizes(tensor) != [g.shape[0] for g in values]:
-            return tensor  # an indexed or reshaped output: gates do not apply
+        if rank_sizes(tensor) != rank_sizes(module):  # type: ignore[arg-type]
+            return tensor  # an indexed output (stacked layers): gates do not apply
         return scaled(tensor, values)
 
     def apply(self, module: FactorizedTensor) -> FactorizedTensor:

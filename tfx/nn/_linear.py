@@ -15,7 +15,7 @@ from ..functional import factorized_linear
 from ..functional._planning import is_tracing
 from ..tensors import TensorizedTensor
 from ..utils import get_tensorized_shape
-from ._common import SubLayer, as_shape, check_implementation, select_layer
+from ._common import SubLayer, as_shape, bias_value, check_implementation, make_bias, select_layer, set_bias
 
 __all__ = ["FactorizedLinear"]
 
@@ -79,10 +79,6 @@ class FactorizedLinear(nn.Module):
         self.n_layers = n_layers
         batch = (n_layers,) if n_layers > 1 else ()
         shape = (*batch, self.out_tensorized_features, self.in_tensorized_features)
-        if bias:
-            self.bias = nn.Parameter(torch.empty((*batch, self.out_features), device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
         if isinstance(factorization, TensorizedTensor):
             if tuple(factorization.tensorized_shape) != shape:
                 raise ShapeError(
@@ -90,9 +86,13 @@ class FactorizedLinear(nn.Module):
                     f"layer needs {shape}."
                 )
             self.weight = factorization.to(device=device, dtype=dtype) if (device or dtype) else factorization
-            self._reset_bias()
         else:
             self.weight = TensorizedTensor.new(shape, rank=rank, factorization=factorization, device=device, dtype=dtype)
+        # After the weight, so the bias takes its device and dtype (complex weights: complex bias).
+        self.bias = make_bias((*batch, self.out_features), self.weight, bias)
+        if isinstance(factorization, TensorizedTensor):
+            self._reset_bias()
+        else:
             self.reset_parameters()
         self.rank = self.weight.rank
 
@@ -111,10 +111,10 @@ class FactorizedLinear(nn.Module):
         """``x @ W.T + b`` for layer ``indices`` of the stack."""
         select_layer(self.n_layers, indices)
         if self.n_layers == 1:
-            weight, bias = self.weight(), self.bias
+            weight, bias = self.weight(), bias_value(self.bias, self.weight)
         else:
             weight = self.weight(indices)
-            bias = None if self.bias is None else self.bias[indices]
+            bias = None if self.bias is None else bias_value(self.bias[indices], self.weight)
         if self.checkpointing and self.training and not is_tracing(x):
             return checkpoint(self._linear, x, weight, bias, use_reentrant=False)
         return self._linear(x, weight, bias)
@@ -168,8 +168,7 @@ class FactorizedLinear(nn.Module):
         )
         layer.weight.init_from_matrix(linear.weight.detach(), **(decomposition_kwargs or {}))
         if layer.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(linear.bias)  # type: ignore[arg-type]
+            set_bias(layer.bias, layer.weight, linear.bias.detach())  # type: ignore[union-attr]
         return layer
 
     @classmethod
@@ -205,8 +204,7 @@ class FactorizedLinear(nn.Module):
         weights = torch.stack([lin.weight.detach() for lin in linear_list])
         layer.weight.init_from_tensor(weights.reshape(layer.weight.tensor_shape), **(decomposition_kwargs or {}))
         if layer.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(torch.stack([lin.bias.detach() for lin in linear_list]))  # type: ignore[union-attr]
+            set_bias(layer.bias, layer.weight, torch.stack([lin.bias.detach() for lin in linear_list]))  # type: ignore[union-attr]
         return layer
 
     def extra_repr(self) -> str:

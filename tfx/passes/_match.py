@@ -122,7 +122,11 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
 
 def _module_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
     module = gm.get_submodule(str(node.target))
-    name, x = str(node.target), node.args[0] if node.args else None
+    return _site_of_module(module, str(node.target), node, path)
+
+
+def _site_of_module(module: nn.Module, name: str, node: Any, path: str) -> Site | None:
+    x = node.args[0] if node is not None and node.args else None
     if type(module) is nn.Linear:
         info = SiteInfo(name, "linear", tuple(module.weight.shape), _tokens(x, module.in_features), module.bias is not None, path=path)
         return Site(info, node, x, module.weight.detach(), _detached(module.bias), name + ".weight")
@@ -211,6 +215,8 @@ def _storage(site: Site) -> int:
 
 def _used_elsewhere(site: Site) -> bool:
     """Whether the weight's graph node feeds anything besides the layer (then it must stay)."""
+    if site.node is None:
+        return False
     for arg in site.node.all_input_nodes:
         if arg.op == "get_attr" and str(arg.target) == site.weight_target:
             return any(user is not site.node for user in arg.users)
@@ -268,17 +274,11 @@ def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = N
 def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[Site]:
     """Sites as modules of ``root`` (the module-swap path: no graph, so no shapes and no node)."""
     kinds_set = set(kinds) if kinds is not None else {"linear", "conv", "embedding"}
-    graph = fx.Graph()
     sites = []
     for name, module in root.named_modules():
-        if type(module) not in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding):
-            continue
-        holder = fx.GraphModule(nn.ModuleDict({"m": module}), graph)
-        node = graph.call_module("m", (graph.placeholder(f"x_{len(sites)}"),))
-        site = _module_site(holder, node, "module_swap")
+        site = _site_of_module(module, name, None, "module_swap")
         if site is None:
             continue
-        site.info = dataclasses.replace(site.info, name=name)
         reason = _dense_reason(site, kinds_set, set(skip))
         if reason:
             site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)

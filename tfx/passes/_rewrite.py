@@ -19,6 +19,7 @@ from torch import fx, nn
 from ..cost._records import Choice
 from ..functional._planning import planned_batch
 from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
+from ..nn._common import set_bias
 from ..tensors import FactorizedTensor, TensorizedTensor
 from ._match import Site
 
@@ -43,8 +44,7 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
         layer = FactorizedLinear(cols, rows, bias=site.bias is not None, factorization=tensor, implementation="auto",
                                  device=weight.device, dtype=weight.dtype)
         if site.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(site.bias)  # type: ignore[union-attr]
+            set_bias(layer.bias, layer.weight, site.bias)  # type: ignore[arg-type]
         return layer
     if site.info.kind == "embedding":
         tensor = _tensorized(site, choice, **extra)
@@ -64,6 +64,10 @@ def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inp
     """Register ``layer`` at ``prefix`` and replace ``node`` by the ops of its traced forward."""
     with planned_batch(batch):
         sub = fx.symbolic_trace(layer)
+    owner_path, _, attr = prefix.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    if attr in owner._parameters or attr in owner._buffers:  # a bare weight (e.g. F.linear(x, self.proj))
+        delattr(owner, attr)
     gm.add_submodule(prefix, layer)
     env: dict[fx.Node, Any] = {}
     first = True

@@ -68,50 +68,98 @@ class ContractionPlan:
 
 
 @functools.lru_cache(maxsize=4096)
-def _recipe(equation: str) -> tuple[Any, ...] | None:
-    """How to run a two-operand einsum as permute + bmm + reshape + permute (None: use einsum)."""
+def _recipe(equation: str, big: int) -> tuple[Any, ...] | None:
+    """How to run a two-operand einsum with views and one (b)mm (None: use einsum).
+
+    The contracted and batch letters take the order of operand ``big`` (the larger,
+    usually a parameter), so that operand is only ever viewed (reshaped, maybe
+    transposed), never copied; the other one is permuted if it has to be.
+    """
     inputs, out = equation.split("->")
     la, lb = inputs.split(",")
     if len(set(la)) != len(la) or len(set(lb)) != len(lb) or len(set(out)) != len(out):
         return None  # repeated letters (traces, diagonals)
     if any(c not in lb and c not in out for c in la) or any(c not in la and c not in out for c in lb):
         return None  # a letter summed inside one operand
-    batch = [c for c in la if c in lb and c in out]
-    contracted = [c for c in la if c in lb and c not in out]
+    ref = la if big == 0 else lb
+    batch = [c for c in ref if c in la and c in lb and c in out]
+    contracted = [c for c in ref if c in la and c in lb and c not in out]
     a_only = [c for c in la if c not in lb]
     b_only = [c for c in lb if c not in la]
-    perm_a = tuple(la.index(c) for c in batch + a_only + contracted)
-    perm_b = tuple(lb.index(c) for c in batch + contracted + b_only)
+    if not contracted and (not a_only or not b_only):
+        # Broadcast product (e.g. scaling by CP weights): one operand's letters are all in the other's.
+        return ("mul", _broadcast(la, lb, out))
+    plan_a = _layout(la, batch, a_only, contracted)
+    plan_b = _layout(lb, batch, b_only, contracted, k_first=True)
     produced = batch + a_only + b_only
     perm_out = tuple(produced.index(c) for c in out)
     return (
-        None if perm_a == tuple(range(len(la))) else perm_a,
-        None if perm_b == tuple(range(len(lb))) else perm_b,
+        "mm", plan_a, plan_b,
         [la.index(c) for c in batch], [la.index(c) for c in a_only], [lb.index(c) for c in b_only],
         [la.index(c) for c in contracted],
         None if perm_out == tuple(range(len(out))) else perm_out,
     )
 
 
+def _layout(letters: str, batch: list[str], own: list[str], contracted: list[str], k_first: bool = False) -> tuple[Any, bool]:
+    """(permutation or None, transpose) putting an operand as (batch, rows, cols) for bmm."""
+    want = batch + (contracted + own if k_first else own + contracted)
+    swapped = batch + (own + contracted if k_first else contracted + own)
+    if list(letters) == want:
+        return None, False
+    if list(letters) == swapped:
+        return None, True  # a transposed view: (b)mm reads it without a copy
+    return tuple(letters.index(c) for c in want), False
+
+
+def _broadcast(la: str, lb: str, out: str) -> tuple[Any, ...]:
+    big, small, swap = (la, lb, False) if len(la) >= len(lb) else (lb, la, True)
+    order = [c for c in big if c in small]
+    perm = tuple(small.index(c) for c in order)
+    view = [c in small for c in big]
+    perm_out = tuple(big.index(c) for c in out)
+    return swap, None if perm == tuple(range(len(small))) else perm, view, (
+        None if perm_out == tuple(range(len(out))) else perm_out
+    )
+
+
 def _pairwise(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    recipe = _recipe(equation)
-    if recipe is None or a.dtype != b.dtype:  # einsum promotes mixed dtypes; mm does not
+    if a.dtype != b.dtype:  # einsum promotes mixed dtypes; mm does not
         return torch.einsum(equation, a, b)
-    perm_a, perm_b, batch, a_only, b_only, contracted, perm_out = recipe
+    recipe = _recipe(equation, 0 if a.numel() >= b.numel() else 1)
+    if recipe is None:
+        return torch.einsum(equation, a, b)
+    if recipe[0] == "mul":
+        swap, perm, view, perm_out = recipe[1]
+        big, small = (b, a) if swap else (a, b)
+        small = small.permute(perm) if perm is not None else small
+        shape = iter(small.shape)
+        small = small.reshape([next(shape) if keep else 1 for keep in view])
+        y = big * small
+        return y.permute(perm_out) if perm_out is not None else y
+    _, plan_a, plan_b, batch, a_only, b_only, contracted, perm_out = recipe
     sa, sb = a.shape, b.shape
     bsz = [sa[i] for i in batch]
     msz = [sa[i] for i in a_only]
     nsz = [sb[i] for i in b_only]
     k = math.prod([sa[i] for i in contracted])
     nb, m, n = math.prod(bsz), math.prod(msz), math.prod(nsz)
-    a = a.permute(perm_a) if perm_a is not None else a
-    b = b.permute(perm_b) if perm_b is not None else b
-    if batch:
-        y = torch.bmm(a.reshape(nb, m, k), b.reshape(nb, k, n))
-    else:
-        y = torch.mm(a.reshape(m, k), b.reshape(k, n))
+    a = _as_matrix(a, plan_a, nb, m, k, bool(batch))
+    b = _as_matrix(b, plan_b, nb, k, n, bool(batch))
+    y = torch.bmm(a, b) if batch else torch.mm(a, b)
     y = y.reshape(bsz + msz + nsz)
     return y.permute(perm_out) if perm_out is not None else y
+
+
+def _as_matrix(x: torch.Tensor, layout: tuple[Any, bool], nb: int, rows: int, cols: int, batched: bool) -> torch.Tensor:
+    perm, transpose = layout
+    if perm is not None:
+        x = x.permute(perm)
+    if transpose:
+        x = x.reshape((nb, cols, rows) if batched else (cols, rows)).transpose(-1, -2)
+    else:
+        x = x.reshape((nb, rows, cols) if batched else (rows, cols))
+    return x
 
 
 @functools.lru_cache(maxsize=4096)

@@ -35,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 
 def _cp_equation(order: int) -> str:
-    # The weights are folded into the first factor (see CPTensor.contraction), so the
-    # contraction has one operand per mode and no step spent on the weights.
+    # The weights are an operand of their own: the planner applies them where the
+    # intermediate is smallest (folding them into a factor would cost a multiply of a
+    # whole factor on every call).
     letters = string.ascii_letters.replace("z", "")
     modes = letters[:order]
-    return ",".join(f"{m}z" for m in modes) + "->" + modes
+    return "z," + ",".join(f"{m}z" for m in modes) + "->" + modes
 
 
 def _cp_decompose(tensor: torch.Tensor, rank: int, **kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -84,7 +85,7 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
 
     def _build(self) -> None:
         self.order = len(self._mode_sizes())
-        shapes = [(s, self.rank) for s in self._mode_sizes()]
+        shapes = [(self.rank,), *((s, self.rank) for s in self._mode_sizes())]
         self._plan = plan_einsum(_cp_equation(self.order), *shapes)
 
     def _mode_sizes(self) -> tuple[int, ...]:
@@ -138,8 +139,7 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
         """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
-        factors = [self._v(f) for f in self.factors]
-        return self._plan.equation, [factors[0] * self._v(self.weights), *factors[1:]]
+        return self._plan.equation, [self._v(self.weights), *[self._v(f) for f in self.factors]]
 
     def to_tensor(self) -> torch.Tensor:
         """Reconstruct the full tensor (no Khatri-Rao product larger than the result)."""
