@@ -72,7 +72,7 @@ def _count_params(model: nn.Module) -> int:
 
 def _edges(gm: fx.GraphModule, sites: Sequence[Site]) -> list[tuple[str, str]]:
     """Nearest-upstream data-flow edges between sites."""
-    site_of = {site.node: site.name for site in sites if site.node.graph is gm.graph}
+    site_of = {site.node: site.name for site in sites if site.node is not None and site.node.graph is gm.graph}
     upstream: dict[fx.Node, frozenset[str]] = {}
     edges = set()
     for node in gm.graph.nodes:
@@ -126,7 +126,7 @@ def _choice(site: Site, option: Option) -> Choice:
         site=info.name, kind=info.kind, weight_shape=info.weight_shape, form=option.form,
         tensorized_shape=option.tensorized_shape, rank=option.rank, params_before=info.dense_params,
         params_after=option.params, flops_before=2 * info.tokens * info.dense_params if info.kind != "embedding" else info.tokens * info.weight_shape[1],
-        flops_after=option.flops, error=option.error, path=info.path, reason=info.reason,
+        flops_after=option.flops, error=option.error, path=info.path, reason=info.reason, tokens=info.tokens,
     )
 
 
@@ -276,7 +276,7 @@ def factorize(
             bar.close()
     the_plan.timings["decompose + rewrite"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    gm = emit(gm)
+    gm = emit(gm, prune=captured.path != "module_swap")
     gm.train(model.training)
     the_plan.timings["emit"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -293,9 +293,40 @@ def factorize(
     if verify and example_inputs is not None:
         the_plan.timings["verify"] = time.perf_counter() - clock
     the_plan.timings["total"] = time.perf_counter() - start
-    gm.tfx_plan = the_plan  # type: ignore[assignment]
+    if captured.path == "export" and _mode_dependent(model) and not any("frozen" in n for n in the_plan.notes):
+        the_plan.notes.append(
+            "captured by torch.export in eval mode: dropout is off and batch norm uses its running "
+            "statistics in the result, also after .train(); fine-tune the factors with that in mind"
+        )
+    _attach_plan(gm, the_plan)
     logger.info("tfx.factorize took %.2f s", the_plan.timings["total"])
     return gm
+
+
+def _attach_plan(gm: fx.GraphModule, the_plan: FactorizationPlan) -> None:
+    """Set ``gm.tfx_plan`` so that it survives ``copy.deepcopy(gm)``.
+
+    ``GraphModule.__deepcopy__`` rebuilds the module from its graph and drops plain
+    attributes; each GraphModule has a class of its own, so the hook is installed there.
+    """
+    gm.tfx_plan = the_plan  # type: ignore[assignment]
+    cls = type(gm)
+    if "_tfx_deepcopy" in cls.__dict__:
+        return
+    base = cls.__deepcopy__
+
+    def __deepcopy__(self: fx.GraphModule, memo: dict[int, Any]) -> fx.GraphModule:
+        result = base(self, memo)
+        _attach_plan(result, copy.deepcopy(self.tfx_plan, memo))  # type: ignore[arg-type]
+        return result
+
+    cls.__deepcopy__ = __deepcopy__  # type: ignore[method-assign]
+    cls._tfx_deepcopy = True  # type: ignore[attr-defined]
+
+
+def _mode_dependent(model: nn.Module) -> bool:
+    kinds = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+    return any(isinstance(m, kinds) for m in model.modules())
 
 
 def _check_plan(the_plan: FactorizationPlan, sites: Sequence[Site]) -> None:

@@ -56,10 +56,11 @@ def _fill(options: Sequence[Sequence[Option]], picks: list[int], budget: float, 
             for i, opt in enumerate(opts):
                 extra = _cost(opt) - _cost(here)
                 drop = _penalty(here, w) - _penalty(opt, w)
-                if extra <= 0 or drop <= 0 or spent + extra > budget:
+                if extra < 0 or drop <= 0 or spent + extra > budget:
                     continue
-                if drop / extra > best_gain:
-                    best, best_gain = (s, i, extra), drop / extra
+                gain = drop / extra if extra > 0 else float("inf")  # equal cost, less error: free
+                if gain > best_gain:
+                    best, best_gain = (s, i, extra), gain
         if best is None:
             return picks
         s, i, extra = best
@@ -86,7 +87,7 @@ def _auto(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[
 
 
 def _greedy(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
-    picks = [min(range(len(opts)), key=lambda i: _cost(opts[i])) for opts in options]
+    picks = [min(range(len(opts)), key=lambda i: (_cost(opts[i]), opts[i].error)) for opts in options]
     return _fill(options, picks, budget, weights)
 
 
@@ -117,11 +118,19 @@ def _dp(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[fl
         picks.append(i)
         cheapest = min(_cost(o) for o in options[s])
         b -= math.ceil((_cost(options[s][i]) - cheapest) / unit - 1e-9)
-    return picks[::-1]
+    picks = _fill(options, picks[::-1], budget, weights)
+    # Rounding costs up to the grid can miss combinations that fit exactly: never return
+    # less than the greedy answer.
+    greedy = _greedy(options, budget, weights)
+    score = lambda p: sum(_penalty(opts[i], w) for opts, i, w in zip(options, p, weights))  # noqa: E731
+    return picks if score(picks) <= score(greedy) else greedy
 
 
 def _uniform(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
     dense = sum(max(_cost(o) for o in opts) for opts in options)
+    full = [_closest(opts, 1.0) for opts in options]
+    if _total(options, full) <= budget:
+        return full
     lo, hi = 0.0, 1.0
     for _ in range(50):  # the largest common fraction that fits
         mid = (lo + hi) / 2
@@ -138,8 +147,8 @@ def _closest(opts: Sequence[Option], fraction: float) -> int:
     dense = max(_cost(o) for o in opts)
     fitting = [i for i, o in enumerate(opts) if _cost(o) <= fraction * dense]
     if not fitting:
-        return min(range(len(opts)), key=lambda i: _cost(opts[i]))
-    return min(fitting, key=lambda i: opts[i].error)
+        return min(range(len(opts)), key=lambda i: (_cost(opts[i]), opts[i].error))
+    return min(fitting, key=lambda i: (opts[i].error, _cost(opts[i])))
 
 
 _STRATEGIES: dict[str, Strategy] = {"auto": _auto, "greedy": _greedy, "dp": _dp, "uniform": _uniform}

@@ -40,6 +40,7 @@ class FactorizationPlan:
         output_error: with ``verify=True``, the max relative error of the outputs.
         version: the plan format version.
         timings: seconds spent in each stage of the ``factorize`` call that made it.
+        notes: what the user should know about the result (e.g. modes frozen by capture).
 
     Example:
         >>> plan = tfx.plan(model, 0.5, example_inputs=(x,))   # doctest: +SKIP
@@ -56,6 +57,7 @@ class FactorizationPlan:
     output_error: float | None = None
     version: int = 1
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def total_params_after(self) -> int:
@@ -105,7 +107,7 @@ class FactorizationPlan:
         tail = f"capture: {self.capture}, strategy: {self.strategy}, budget: {_human(self.budget_params)} params"
         if self.output_error is not None:
             tail += f", verified max relative output error: {self.output_error:.3g}"
-        lines = [*out, tail]
+        lines = [*out, tail, *(f"note: {n}" for n in self.notes)]
         if self.timings:
             lines.append("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
         return "\n".join(lines)

@@ -87,6 +87,7 @@ class Choice:
     path: str = "symbolic_trace"
     reason: str = ""
     sensitivity: float | None = None
+    tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""

@@ -13,11 +13,16 @@ from ._capture import call_with
 __all__ = ["emit", "output_error"]
 
 
-def emit(gm: fx.GraphModule) -> fx.GraphModule:
-    """Lint the rewritten graph, drop dead nodes and unused submodules, recompile."""
+def emit(gm: fx.GraphModule, *, prune: bool = True) -> fx.GraphModule:
+    """Lint the rewritten graph, drop dead nodes and (``prune``) unused submodules, recompile.
+
+    The module-swap path passes ``prune=False``: its graph calls the whole model, whose
+    children the graph does not reference one by one.
+    """
     gm.graph.lint()
     gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
+    if prune:
+        gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
 

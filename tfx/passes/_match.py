@@ -231,10 +231,10 @@ def _dense_reason(site: Site, kinds: set[str], skip: set[str]) -> str:
         return f"kind {info.kind!r} not in kinds="
     if not w.is_floating_point():
         return f"non-floating weight ({w.dtype})"
-    if info.dense_params < MIN_PARAMS or min(info.weight_shape[:2]) < 2:
-        return f"tiny (< {MIN_PARAMS} params)"
     if info.kind == "conv" and site.conv.get("groups", 1) != 1:
         return f"grouped conv (groups={site.conv['groups']})"
+    if info.dense_params < MIN_PARAMS or min(info.weight_shape[:2]) < 2:
+        return f"tiny (< {MIN_PARAMS} params)"
     if _used_elsewhere(site):
         return "weight also read outside the layer"
     return ""
@@ -263,7 +263,8 @@ def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = N
         reason = _dense_reason(site, kinds_set, set(skip))
         shared = users.get(_storage(site), [])
         if len(shared) > 1 and site.name not in skip:
-            reason = "tied weight (shared with " + ", ".join(n for n in shared if n != site.name) + ")"
+            others = sorted({n for n in shared if n != site.name})
+            reason = ("tied weight (shared with " + ", ".join(others) + ")") if others else "weight used by several call sites"
         if reason and site.info.factorizable:
             site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)
         elif reason:

@@ -60,7 +60,7 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
     )
 
 
-def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inputs: fx.Node, batch: int) -> None:
+def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inputs: fx.Node, batch: int) -> Any:
     """Register ``layer`` at ``prefix`` and replace ``node`` by the ops of its traced forward."""
     with planned_batch(batch):
         sub = fx.symbolic_trace(layer)
@@ -86,13 +86,16 @@ def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inp
                 env[n] = new
     node.replace_all_uses_with(result)
     gm.graph.erase_node(node)
+    return result
 
 
 def rewrite(gm: fx.GraphModule, sites: list[Site], choices: list[Choice], progress: Any = None) -> None:
     """Replace every site whose choice is not dense; ``progress`` is an optional tqdm-like bar."""
+    replaced: dict[fx.Node, Any] = {}  # a site's input may be an earlier site, already spliced away
     for site, choice in zip(sites, choices):
         if choice.form != "dense":
             layer = build_layer(site, choice)
-            splice(gm, site.node, layer, site.name, site.input, site.info.tokens)
+            inputs = replaced.get(site.input, site.input)
+            replaced[site.node] = splice(gm, site.node, layer, site.name, inputs, choice.tokens or site.info.tokens)
         if progress is not None:
             progress.update(1)

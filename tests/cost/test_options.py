@@ -1,0 +1,225 @@
+"""Candidates: params equal the emitted module's; the error is exact (svd) or an upper bound."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from tfx.cost import FORMS, Choice, SiteInfo, candidates, dense_option
+from tfx.passes import capture, find_sites
+from tfx.passes._rewrite import build_layer
+
+_DECOMPOSED = ("svd", "tucker", "tt", "blocktt")  # cp: fitted, and slow to emit; tested apart
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ sites
+def _site(layer: nn.Module, x: torch.Tensor):
+    """The (single) site of a one-layer float64 model, captured with shapes."""
+    captured = capture(nn.Sequential(layer).double(), (x,))
+    (site,) = find_sites(captured.gm, path=captured.path)
+    return site
+
+
+def linear_site(out: int, inp: int, bias: bool = True):
+    return _site(nn.Linear(inp, out, bias=bias), torch.randn(3, inp, dtype=torch.float64))
+
+
+def embedding_site(num: int, dim: int):
+    return _site(nn.Embedding(num, dim), torch.randint(0, num, (2, 5)))
+
+
+def conv_site(out: int, inp: int, kernel: tuple[int, ...], bias: bool = True):
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[len(kernel) - 1](inp, out, kernel, bias=bias)
+    return _site(conv, torch.randn(1, inp, *(k + 2 for k in kernel), dtype=torch.float64))
+
+
+_SIZES = st.sampled_from([2, 3, 4, 5, 6, 8, 9, 10, 12, 16, 18, 20, 24, 30, 32, 36, 48, 64])
+
+
+@st.composite
+def sites(draw: st.DrawFn, kind: str):
+    """A factorizable float64 site of ``kind`` with a small random shape."""
+    if kind == "conv":
+        out, inp = draw(st.integers(2, 16)), draw(st.integers(2, 12))
+        kernel = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=3)))
+        assume(out * inp * math.prod(kernel) >= 256)
+        site = conv_site(out, inp, kernel, bias=draw(st.booleans()))
+    else:
+        rows, cols = draw(_SIZES), draw(_SIZES)
+        assume(rows * cols >= 256)
+        site = (
+            embedding_site(rows, cols)
+            if kind == "embedding"
+            else linear_site(rows, cols, draw(st.booleans()))
+        )
+    assert site.info.factorizable, site.info.reason
+    return site
+
+
+def _choice(site, option) -> Choice:
+    info = site.info
+    return Choice(
+        info.name,
+        info.kind,
+        info.weight_shape,
+        option.form,
+        option.tensorized_shape,
+        option.rank,
+        info.dense_params,
+        option.params,
+        0,
+        option.flops,
+        option.error,
+    )
+
+
+def _emitted_params(site, option) -> int:
+    layer = build_layer(site, _choice(site, option))
+    bias = 0 if site.bias is None else site.bias.numel()
+    return sum(p.numel() for p in layer.parameters()) - bias
+
+
+def _emitted_error(site, option) -> float:
+    weight = build_layer(site, _choice(site, option)).weight
+    with torch.no_grad():
+        dense = weight.to_matrix() if hasattr(weight, "to_matrix") else weight.to_tensor()
+    return float((dense.reshape(site.weight.shape) - site.weight).norm() / site.weight.norm())
+
+
+def _pick(draw: st.DrawFn, options, form: str):
+    """One option of ``form``, drawn; None when the site has none."""
+    of_form = [o for o in options if o.form == form]
+    return draw(st.sampled_from(of_form)) if of_form else None
+
+
+_CASES = [
+    (kind, form)
+    for kind in ("linear", "conv", "embedding")
+    for form in _DECOMPOSED
+    if not (kind == "conv" and form == "blocktt")
+]
+_SETTINGS = settings(
+    max_examples=15, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
+
+
+# ---------------------------------------------------------------- params
+@pytest.mark.parametrize(("kind", "form"), _CASES)
+@_SETTINGS
+@given(data=st.data())
+def test_candidates_params_equal_emitted_module(kind, form, data) -> None:
+    site = data.draw(sites(kind))
+    option = _pick(data.draw, candidates(site.info, site.weight, forms=(form,)), form)
+    assume(option is not None)
+    assert option.params == _emitted_params(site, option)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: linear_site(36, 24), lambda: embedding_site(24, 36), lambda: conv_site(8, 6, (3, 3))],
+    ids=["linear", "embedding", "conv"],
+)
+def test_candidates_cp_params_equal_emitted_module(make) -> None:
+    site = make()
+    cp = [o for o in candidates(site.info, site.weight, forms=("cp",)) if o.form == "cp"]
+    assert cp, "no CP candidate for this site"
+    assert [o.params for o in cp] == [_emitted_params(site, o) for o in cp]
+
+
+# ----------------------------------------------------------------- error
+@pytest.mark.parametrize("kind", ["linear", "conv", "embedding"])
+@_SETTINGS
+@given(data=st.data())
+def test_candidates_svd_error_is_truncated_svd_error(kind, data) -> None:
+    site = data.draw(sites(kind))
+    matrix = site.weight.reshape(site.info.weight_shape[0], -1).double()
+    s2 = torch.linalg.svdvals(matrix) ** 2
+    svd = [o for o in candidates(site.info, site.weight, forms=("svd",)) if o.form == "svd"]
+    assume(svd)  # a conv's 'svd' can be no smaller than dense, and is then dropped
+    for option in svd:
+        r = option.rank if kind != "conv" else option.rank[1]
+        expected = math.sqrt(float(s2[r:].sum() / s2.sum()))
+        torch.testing.assert_close(option.error, expected)
+
+
+@pytest.mark.parametrize(("kind", "form"), _CASES)
+@_SETTINGS
+@given(data=st.data())
+def test_candidates_error_bounds_emitted_error(kind, form, data) -> None:
+    site = data.draw(sites(kind))
+    option = _pick(data.draw, candidates(site.info, site.weight, forms=(form,)), form)
+    assume(option is not None)
+    true = _emitted_error(site, option)
+    # float64 rounding slack (assert_close's default rtol/atol); the bound is not loosened.
+    assert true <= option.error * (1 + 1e-7) + 1e-7, (option, true)
+
+
+@pytest.mark.parametrize("kind", ["linear", "embedding"])
+def test_candidates_svd_error_equals_emitted_error(kind) -> None:
+    site = linear_site(48, 20) if kind == "linear" else embedding_site(48, 20)
+    for option in (
+        o for o in candidates(site.info, site.weight, forms=("svd",)) if o.form == "svd"
+    ):
+        torch.testing.assert_close(_emitted_error(site, option), option.error)
+
+
+# ------------------------------------------------------------ structure
+def test_candidates_are_sorted_by_params_and_end_with_dense() -> None:
+    site = linear_site(48, 32)
+    options = candidates(site.info, site.weight)
+    assert [o.params for o in options] == sorted(o.params for o in options)
+    assert [o for o in options if o.form == "dense"] == [dense_option(site.info)]
+    assert options[-1] == dense_option(site.info)  # every other option is smaller
+
+
+def test_candidates_are_smaller_than_dense_except_dense() -> None:
+    site = conv_site(16, 8, (3, 3))
+    options = candidates(site.info, site.weight)
+    assert all(o.params < site.info.dense_params for o in options if o.form != "dense")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_candidates_respect_forms(form) -> None:
+    site = linear_site(36, 24)
+    options = candidates(site.info, site.weight, forms=(form,))
+    assert {o.form for o in options} == {"dense", form}
+
+
+def test_candidates_of_a_dense_only_site_is_the_dense_option() -> None:
+    info = SiteInfo("x", "linear", (32, 32), tokens=4, factorizable=False, reason="tiny")
+    assert candidates(info, torch.randn(32, 32)) == [dense_option(info)]
+
+
+def test_candidates_errors_lie_in_unit_interval_and_decrease_with_rank() -> None:
+    site = linear_site(64, 48)
+    svd = [o for o in candidates(site.info, site.weight, forms=("svd",)) if o.form == "svd"]
+    errors = [o.error for o in sorted(svd, key=lambda o: o.rank)]
+    assert all(0.0 <= e <= 1.0 for e in errors)
+    assert errors == sorted(errors, reverse=True)
+
+
+def test_candidates_ranks_are_multiples_of_eight_from_32() -> None:
+    site = linear_site(64, 96)
+    ranks = [o.rank for o in candidates(site.info, site.weight, forms=("svd",)) if o.form == "svd"]
+    assert all(r % 8 == 0 for r in ranks if r >= 32)
+    assert len(ranks) >= 5
+
+
+def test_candidates_dense_flops_count_multiply_adds() -> None:
+    site = linear_site(48, 32)
+    assert dense_option(site.info).flops == 2 * 3 * 48 * 32
+    emb = embedding_site(48, 32)
+    assert dense_option(emb.info).flops == 10 * 32

@@ -1,0 +1,147 @@
+"""Rewrite and emit: full-rank layers spliced in place of each site reproduce the graph."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import fx
+
+from tests.passes._models import MLP, Functional, RootFunctional, SmallCNN
+from tfx.cost import Choice
+from tfx.passes import build_layer, capture, emit, find_sites, output_error, rewrite
+from tfx.tensors._rank import tt_rank_bounds
+
+
+def full_rank_choice(site) -> Choice:
+    """'svd' at full rank: exact for every kind (for conv: TT with the first bond full)."""
+    info = site.info
+    if info.kind == "conv":
+        out_c, in_c, *kernel = info.weight_shape
+        bounds = tt_rank_bounds(info.weight_shape)
+        tshape, rank = None, (1, min(out_c, in_c * torch.Size(kernel).numel()), *bounds[2:])
+    else:
+        rows, cols = info.weight_shape
+        tshape, rank = ((rows,), (cols,)), min(rows, cols)
+    return Choice(
+        info.name,
+        info.kind,
+        info.weight_shape,
+        "svd",
+        tshape,
+        rank,
+        info.dense_params,
+        0,
+        0,
+        0,
+        0.0,
+    )
+
+
+def _dense_choice(site) -> Choice:
+    return dataclasses.replace(
+        full_rank_choice(site), form="dense", tensorized_shape=None, rank=None
+    )
+
+
+_IDS = lambda: (torch.randint(0, 40, (2, 8)),)  # noqa: E731
+CASES = {
+    "functional": (Functional, _IDS),
+    "root_functional": (RootFunctional, _IDS),
+    "mlp": (MLP, lambda: (torch.randn(4, 32, dtype=torch.float64),)),
+    "cnn": (SmallCNN, lambda: (torch.randn(2, 3, 8, 8, dtype=torch.float64),)),
+}
+
+
+def _rewritten(case: str) -> tuple[torch.nn.Module, fx.GraphModule, tuple]:
+    factory, make_inputs = CASES[case]
+    model = factory().double().eval()
+    inputs = make_inputs()
+    captured = capture(model, inputs)
+    sites = [s for s in find_sites(captured.gm, path=captured.path) if s.info.factorizable]
+    rewrite(captured.gm, sites, [full_rank_choice(s) for s in sites])
+    return model, emit(captured.gm), inputs
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rewrite_full_rank_reproduces_model_in_float64(case) -> None:
+    model, gm, inputs = _rewritten(case)
+    torch.testing.assert_close(gm(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rewrite_graph_passes_lint(case) -> None:
+    _, gm, _ = _rewritten(case)
+    gm.graph.lint()
+    assert not any(n.op == "call_module" and n.target == "encoder.0" for n in gm.graph.nodes)
+
+
+def test_rewrite_registers_factors_under_the_original_name() -> None:
+    _, gm, _ = _rewritten("mlp")
+    keys = set(gm.state_dict())
+    assert any(k.startswith("encoder.0.weight.") for k in keys)
+    assert "encoder.0.bias" in keys
+    assert "encoder.0.weight" not in keys
+
+
+def test_rewrite_leaves_dense_choices_alone() -> None:
+    model = MLP().double().eval()
+    x = torch.randn(3, 32, dtype=torch.float64)
+    captured = capture(model, (x,))
+    sites = find_sites(captured.gm, path=captured.path)
+    before = [n.format_node() for n in captured.gm.graph.nodes]
+    rewrite(captured.gm, sites, [_dense_choice(s) for s in sites])
+    assert [n.format_node() for n in captured.gm.graph.nodes] == before
+
+
+def test_rewrite_progress_is_updated_once_per_site() -> None:
+    model = MLP().double().eval()
+    captured = capture(model, (torch.randn(3, 32, dtype=torch.float64),))
+    sites = [s for s in find_sites(captured.gm, path=captured.path) if s.info.factorizable]
+
+    class Bar:
+        n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+    bar = Bar()
+    rewrite(captured.gm, sites, [full_rank_choice(s) for s in sites], bar)
+    assert bar.n == len(sites) == 3
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_build_layer_full_rank_weight_equals_site_weight(case) -> None:
+    factory, make_inputs = CASES[case]
+    captured = capture(factory().double(), make_inputs())
+    for site in (s for s in find_sites(captured.gm, path=captured.path) if s.info.factorizable):
+        layer = build_layer(site, full_rank_choice(site))
+        weight = layer.weight
+        dense = weight.to_matrix() if hasattr(weight, "to_matrix") else weight.to_tensor()
+        torch.testing.assert_close(dense.detach().reshape(site.weight.shape), site.weight)
+
+
+def test_output_error_is_zero_for_identical_modules() -> None:
+    model = MLP().eval()
+    x = (torch.randn(3, 32),)
+    assert output_error(model, model, x) == 0.0
+
+
+def test_output_error_is_max_abs_difference_over_max_abs() -> None:
+    class Shift(torch.nn.Module):
+        def forward(self, x):
+            return x + 0.5
+
+    x = torch.tensor([[1.0, -4.0]])
+    assert output_error(torch.nn.Identity(), Shift(), (x,)) == pytest.approx(0.5 / 4.0)
+
+
+def test_rewrite_site_feeding_a_site_directly() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)).double().eval()
+    x = torch.randn(4, 32, dtype=torch.float64)
+    captured = capture(model, (x,))
+    sites = find_sites(captured.gm, path=captured.path)
+    rewrite(captured.gm, sites, [full_rank_choice(s) for s in sites])
+    gm = emit(captured.gm)
+    torch.testing.assert_close(gm(x), model(x))
