@@ -1,0 +1,32 @@
+"""``make bench``: the layer benchmark (benchmarks/layers.py), then the decomposition timings.
+
+Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py
+See benchmarks/README.md for the tltorch comparison and for running each part alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import decompose_speed  # noqa: E402
+import layers  # noqa: E402
+
+
+def main() -> None:
+    print("== benchmarks/layers.py: factorized layers vs dense (and tltorch), 1 CPU thread ==")
+    layers.main([])
+    if hasattr(decompose_speed, "main"):
+        print()
+        print(
+            "== benchmarks/decompose_speed.py: decompositions of a 4096 x 4096 matrix ==",
+            flush=True,
+        )
+        sys.argv = sys.argv[:1]  # decompose_speed parses its own (empty) command line
+        decompose_speed.main()
+
+
+if __name__ == "__main__":
+    main()
