@@ -192,19 +192,34 @@ class TensorLasso:
         gates = getattr(module, "lasso_weights", None)
         if gates is None or not isinstance(tensor, FactorizedTensor):
             return tensor
-        with torch.no_grad():
-            for gate in gates:
-                if self.clamp_weights:
-                    gate.clamp_(-1, 1)
-                if self.threshold:
-                    gate.masked_fill_(gate.abs() < self.threshold, 0.0)
         values = list(gates)
+        if isinstance(values[0], torch.fx.Proxy):
+            # fx tracing: in-place updates of parameters cannot be replayed by a graph, so the
+            # clamp and threshold are applied out of place (the penalty is not tracked there).
+            values = [self._filtered(g) for g in values]
+        else:
+            with torch.no_grad():
+                for gate in values:
+                    if self.clamp_weights:
+                        gate.clamp_(-1, 1)
+                    if self.threshold:
+                        gate.masked_fill_(gate.abs() < self.threshold, 0.0)
         for gate in values:
             self.n_element += gate.numel()
             self._loss = self._loss + self.penalty * gate.abs().sum()
-        if rank_sizes(tensor) != rank_sizes(module):  # type: ignore[arg-type]
-            return tensor  # an indexed output (stacked layers): gates do not apply
+        indices = inputs[0] if inputs else None
+        if indices is not None:
+            # Stacked layers: forward(indices) returned an indexed tensor; gate the whole
+            # tensor, then index it the same way.
+            return scaled(module, values)[indices]  # type: ignore[arg-type]
         return scaled(tensor, values)
+
+    def _filtered(self, gate: Any) -> Any:
+        if self.clamp_weights:
+            gate = gate.clamp(-1, 1)
+        if self.threshold:
+            gate = torch.where(gate.abs() < self.threshold, torch.zeros_like(gate), gate)
+        return gate
 
     def apply(self, module: FactorizedTensor) -> FactorizedTensor:
         """Add gates (ones) to ``module`` and register the hook; returns it."""
@@ -250,7 +265,10 @@ def tensor_lasso(factorization: str = "cp", penalty: float = 0.01, clamp_weights
         >>> _ = lasso.apply(layer.weight)
         >>> loss = layer(torch.randn(2, 16)).sum() + lasso.loss
     """
-    _lookup(FactorizedTensor._factorizations, factorization, "tensor")
+    from ..tensors import TensorizedTensor
+
+    known = {**FactorizedTensor._factorizations, **TensorizedTensor._factorizations}
+    _lookup(known, factorization, "tensor")
     return TensorLasso(penalty=penalty, clamp_weights=clamp_weights, threshold=threshold, normalize_loss=normalize_loss)
 
 

@@ -76,6 +76,9 @@ class TRL(nn.Module):
             self.register_parameter("bias", None)
         if isinstance(factorization, FactorizedTensor):
             self.weight = factorization
+            if self.bias is not None:
+                with torch.no_grad():
+                    self.bias.zero_()
         else:
             self.weight = FactorizedTensor.new((*batch, *self.weight_shape), rank=rank, factorization=factorization,
                                                device=device, dtype=dtype, **kwargs)
@@ -89,7 +92,9 @@ class TRL(nn.Module):
         std = 1.0 / math.sqrt(3 * n_in)
         with torch.no_grad():
             if decompose_full_weight:
-                self.weight.init_from_tensor(torch.randn(self.weight.shape) * std)
+                first = next(iter(self.weight.parameters()))
+                full = torch.randn(self.weight.shape, device=first.device, dtype=first.dtype) * std
+                self.weight.init_from_tensor(full)
             else:
                 self.weight.normal_(0, std)
             if self.bias is not None:
