@@ -19,7 +19,7 @@ import torch
 
 from ..tensors import _decompose
 from ..tensors._rank import tt_rank_bounds
-from ..utils import get_tensorized_shape
+from ..utils import balanced_tensorization, get_tensorized_shape
 from ._records import Option, SiteInfo
 
 __all__ = ["FORMS", "candidates", "dense_option", "Spectra"]
@@ -111,27 +111,36 @@ def _matrix_sizes(site: SiteInfo) -> tuple[int, int]:
 
 
 def _tensorizations(site: SiteInfo) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    rows, cols = _matrix_sizes(site)
-    seen = []
-    for order in (2, 3, 4):
-        try:
-            import warnings
+    """(row shape, column shape) pairs: ``get_tensorized_shape`` at orders 2-4, and the most
+    balanced factorizations of each size (factors near n ** (1 / order)), paired largest with
+    largest; awkward splits (a large prime factor) are left out."""
+    import warnings
 
+    rows, cols = _matrix_sizes(site)
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    for order in (2, 3, 4):
+        pairs = []
+        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if site.kind == "embedding":
-                    row_shape, col_shape = get_tensorized_shape(rows, cols, order=order)
+                    pairs.append(get_tensorized_shape(rows, cols, order=order))
                 else:
                     col_shape, row_shape = get_tensorized_shape(cols, rows, order=order)
+                    pairs.append((row_shape, col_shape))
         except ValueError:
-            continue
-        if len(row_shape) != order or len(col_shape) != order or min(row_shape + col_shape) < 2:
-            continue
-        if max(row_shape) > 4 * rows ** (1 / order) + 1 or max(col_shape) > 4 * cols ** (1 / order) + 1:
-            continue  # an awkward split (a large prime factor): its unfoldings are not worth their cost
-        pair = (tuple(row_shape), tuple(col_shape))
-        if pair not in seen:
-            seen.append(pair)
+            pass
+        row_b, col_b = balanced_tensorization(rows, order), balanced_tensorization(cols, order)
+        if row_b is not None and col_b is not None:
+            pairs.append((tuple(sorted(row_b)), tuple(sorted(col_b))))
+        for row_shape, col_shape in pairs:
+            if len(row_shape) != order or len(col_shape) != order or min(row_shape + col_shape) < 2:
+                continue
+            if max(row_shape) > 4 * rows ** (1 / order) + 1 or max(col_shape) > 4 * cols ** (1 / order) + 1:
+                continue  # an awkward split: its unfoldings are not worth their cost
+            pair = (tuple(row_shape), tuple(col_shape))
+            if pair not in seen:
+                seen.append(pair)
     return seen
 
 
