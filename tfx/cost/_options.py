@@ -57,7 +57,9 @@ class Spectra:
     """Squared singular values of unfoldings, cached per (tensor shape, permutation, split)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
-        self.weight = weight.detach().to(torch.float32 if weight.numel() > 1 << 20 else torch.float64)
+        # Energies for rank selection need no float64: the Gram products run in float32
+        # (small weights in float64, where it costs nothing).
+        self.weight = weight.detach().to(torch.float32 if weight.numel() > 1 << 14 else torch.float64)
         self.norm2 = float((self.weight.double() ** 2).sum())
         self._cache: dict[Any, list[float]] = {}
 
@@ -131,7 +133,7 @@ def _tensorizations(site: SiteInfo) -> list[tuple[tuple[int, ...], tuple[int, ..
         except ValueError:
             pass
         row_b, col_b = balanced_tensorization(rows, order), balanced_tensorization(cols, order)
-        if row_b is not None and col_b is not None:
+        if row_b is not None and col_b is not None and order < 4:  # order 4: spectra cost > benefit
             pairs.append((tuple(sorted(row_b)), tuple(sorted(col_b))))
         for row_shape, col_shape in pairs:
             if len(row_shape) != order or len(col_shape) != order or min(row_shape + col_shape) < 2:
