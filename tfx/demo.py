@@ -165,7 +165,7 @@ def compiler_demo(budget: float, progress: bool) -> str:
         f"factorized {_forward_ms(gm, batch):.1f} ms (eager, {torch.get_num_threads()} threads)\n"
         f"sentence-embedding cosine similarity, original vs factorized: mean {float(cosine.mean()):.3f}, "
         f"min {float(cosine.min()):.3f}\n"
-        "(post-training factorization without calibration or recovery; see the docs' quality page)\n"
+        "(post-training factorization without calibration or recovery: see docs/guide/compiler/overview.md)\n"
     )
 
 

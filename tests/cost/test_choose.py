@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import itertools
 
 import pytest
@@ -26,7 +28,11 @@ def total(options, picks) -> int:
 
 def penalty(options, picks, weights=None) -> float:
     weights = weights or [1.0] * len(options)
-    return sum(w * opts[i].error ** 2 for opts, i, w in zip(options, picks, weights, strict=True))
+    # The strategies' objective: -log of the product of per-site fidelities (1 - error^2).
+    return sum(
+        w * -math.log(max(1.0 - opts[i].error ** 2, 1e-6))
+        for opts, i, w in zip(options, picks, weights, strict=True)
+    )
 
 
 def floor(options) -> int:
