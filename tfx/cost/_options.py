@@ -316,7 +316,9 @@ def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORM
                     options += list(_tucker_options(site, spectra, row, col))
                 if "tt" in forms:
                     options += list(_tt_options(site, spectra, row, col))
-                if "blocktt" in forms:
+                if "blocktt" in forms and len(row) >= 3:
+                    # An order-2 BlockTT's one unfolding is a reshuffled matrix as large as the
+                    # weight: its spectrum costs as much as the SVD's, for a rarely chosen form.
                     options += list(_blocktt_options(site, spectra, row, col))
                 if "cp" in forms and matrix.numel() <= CP_MAX_NUMEL and len(row) == 3:
                     options += list(_cp_options(site, matrix, row + col, (row, col), spectra.norm2))
