@@ -630,3 +630,37 @@ def test_factorize_needs_a_module() -> None:
 def test_errors_are_tfx_errors_and_builtins(error) -> None:
     assert issubclass(error, TfxError)
     assert issubclass(error, (ValueError, RuntimeError))
+
+
+# ------------------------------------------------------------------ padding awkward sizes
+class _Awkward(torch.nn.Module):
+    """An embedding and a linear whose sizes have large prime factors (1021, 1019)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(1021, 96)
+        self.fc = torch.nn.Linear(96, 1019)
+
+    def forward(self, i: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(i))
+
+
+def test_padded_sizes_reproduce_the_model_at_full_rank() -> None:
+    model = _Awkward().double().eval()
+    idx = torch.randint(0, 1021, (4, 8))
+    plan = tfx.plan(model, 0.5, example_inputs=(idx,), progress=False)
+    emb, fc = plan.choice("emb"), plan.choice("fc")
+    emb.form, emb.tensorized_shape, emb.rank = "tt", ((8, 8, 16), (4, 4, 6)), 10**6  # 1021 -> 1024 rows
+    fc.form, fc.tensorized_shape, fc.rank = "tucker", ((5, 12, 17), (4, 4, 6)), (5, 12, 17, 4, 4, 6)  # 1019 -> 1020
+    gm = tfx.factorize(model, plan=plan, example_inputs=(idx,), progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(idx), model(idx))
+    gm.graph.lint()
+
+
+def test_padded_candidates_count_their_real_parameters() -> None:
+    model = _Awkward().eval()
+    idx = torch.randint(0, 1021, (4, 8))
+    gm = tfx.factorize(model, 0.3, example_inputs=(idx,), progress=False)
+    assert sum(p.numel() for p in gm.parameters()) == gm.tfx_plan.total_params_after
+    assert gm.tfx_plan.total_params_after <= 0.3 * sum(p.numel() for p in model.parameters())

@@ -223,3 +223,17 @@ def test_candidates_dense_flops_count_multiply_adds() -> None:
     assert dense_option(site.info).flops == 2 * 3 * 48 * 32
     emb = embedding_site(48, 32)
     assert dense_option(emb.info).flops == 10 * 32
+
+
+@pytest.mark.parametrize(("n", "expected"), [(768, 768), (3072, 768 * 4), (1021, 1024), (1019, 1020), (97, 98), (40, 40)])
+def test_padded_size_pads_only_awkward_sizes(n: int, expected: int) -> None:
+    from tfx.cost._options import padded_size
+
+    assert padded_size(n) == expected
+
+
+def test_candidates_offer_padded_tensorizations_for_a_prime_size() -> None:
+    site = SiteInfo("fc", "linear", (1019, 96), tokens=8)
+    options = candidates(site, torch.randn(1019, 96), ("tt",))
+    shapes = {o.tensorized_shape for o in options if o.form == "tt"}
+    assert any(math.prod(rows) == 1020 for rows, _ in shapes)

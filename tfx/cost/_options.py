@@ -22,7 +22,7 @@ from ..tensors._rank import tt_rank_bounds
 from ..utils import balanced_tensorization, get_tensorized_shape
 from ._records import Option, SiteInfo
 
-__all__ = ["FORMS", "candidates", "dense_option", "Spectra"]
+__all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra"]
 
 FORMS = ("svd", "cp", "tucker", "tt", "blocktt")
 CP_MAX_NUMEL = 1 << 12
@@ -112,13 +112,34 @@ def _matrix_sizes(site: SiteInfo) -> tuple[int, int]:
     return site.weight_shape[0], site.weight_shape[1]
 
 
-def _tensorizations(site: SiteInfo) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+def padded_size(n: int) -> int:
+    """``n``, or the nearest larger size (at most ~3% more) with a balanced order-3 split.
+
+    Awkward sizes (a large prime factor, e.g. BERT's vocabulary 30522 = 2 x 3 x 5087) have no
+    useful tensorization; padding the weight with zero rows or columns to such a size (30522
+    -> 30720) is exact and gives the tensorized forms something to work with.
+    """
+    if n < 64 or _balanced_enough(n):
+        return n
+    for m in range(n + 1, n + max(16, n // 32) + 1):
+        if _balanced_enough(m):
+            return m
+    return n
+
+
+def _balanced_enough(n: int) -> bool:
+    split = balanced_tensorization(n, 3)
+    return split is not None and max(split) <= 2 * n ** (1 / 3) + 1
+
+
+def _tensorizations(site: SiteInfo, rows: int | None = None, cols: int | None = None) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(row shape, column shape) pairs: ``get_tensorized_shape`` at orders 2-4, and the most
     balanced factorizations of each size (factors near n ** (1 / order)), paired largest with
     largest; awkward splits (a large prime factor) are left out."""
     import warnings
 
-    rows, cols = _matrix_sizes(site)
+    if rows is None or cols is None:
+        rows, cols = _matrix_sizes(site)
     seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     for order in (2, 3, 4):
         pairs = []
@@ -288,6 +309,23 @@ def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms:
         yield from _cp_options(site, weight, shape, None, spectra.norm2)
 
 
+def _tensorized_options(
+    site: SiteInfo, spectra: Spectra, matrix: torch.Tensor, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+    forms: Sequence[str],
+) -> Iterable[Option]:
+    for row, col in pairs:
+        if "tucker" in forms:
+            yield from _tucker_options(site, spectra, row, col)
+        if "tt" in forms:
+            yield from _tt_options(site, spectra, row, col)
+        if "blocktt" in forms and len(row) >= 3:
+            # An order-2 BlockTT's one unfolding is a reshuffled matrix as large as the
+            # weight: its spectrum costs as much as the SVD's, for a rarely chosen form.
+            yield from _blocktt_options(site, spectra, row, col)
+        if "cp" in forms and matrix.numel() <= CP_MAX_NUMEL and len(row) == 3:
+            yield from _cp_options(site, matrix, row + col, (row, col), spectra.norm2)
+
+
 # --------------------------------------------------------------------- entry point
 def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS) -> list[Option]:
     """Every candidate for ``site`` (the dense option included), cheapest first.
@@ -311,17 +349,21 @@ def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORM
             matrix = weight.reshape(rows, cols)
             if "svd" in forms:
                 options += list(_svd_options(site, spectra, rows, cols))
-            for row, col in _tensorizations(site):
-                if "tucker" in forms:
-                    options += list(_tucker_options(site, spectra, row, col))
-                if "tt" in forms:
-                    options += list(_tt_options(site, spectra, row, col))
-                if "blocktt" in forms and len(row) >= 3:
-                    # An order-2 BlockTT's one unfolding is a reshuffled matrix as large as the
-                    # weight: its spectrum costs as much as the SVD's, for a rarely chosen form.
-                    options += list(_blocktt_options(site, spectra, row, col))
-                if "cp" in forms and matrix.numel() <= CP_MAX_NUMEL and len(row) == 3:
-                    options += list(_cp_options(site, matrix, row + col, (row, col), spectra.norm2))
+            pairs = _tensorizations(site)
+            options += list(_tensorized_options(site, spectra, matrix, pairs, forms))
+            p_rows, p_cols = padded_size(rows), padded_size(cols)
+            if (p_rows, p_cols) != (rows, cols):
+                # Zero rows/columns: the same matrix, with shapes that tensorize (exact).
+                padded = torch.nn.functional.pad(matrix, (0, p_cols - cols, 0, p_rows - rows))
+                # Order 3 only: these matrices are the large ones (vocabularies), whose spectra cost.
+                extra = [p for p in _tensorizations(site, p_rows, p_cols) if p not in pairs and len(p[0]) == 3]
+                # TT and BlockTT only: the forms that compress a vocabulary-sized table best;
+                # Tucker's mode unfoldings of such a matrix cost seconds for a rarely chosen form.
+                chain_forms = [f for f in forms if f in ("tt", "blocktt")]
+                p_spectra = Spectra(padded)
+                if p_cols == cols:  # zero rows leave the row-split spectrum unchanged: reuse it
+                    p_spectra._cache[("flat", p_rows)] = spectra.tails((rows, cols), None, 1)
+                options += list(_tensorized_options(site, p_spectra, padded, extra, chain_forms))
     dense = options[0].params
     kept = [options[0]] + [o for o in options[1:] if o.params < dense]
     return sorted(kept, key=lambda o: (o.params, o.error))

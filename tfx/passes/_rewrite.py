@@ -11,9 +11,11 @@ size) and its nodes -- reshape, the planned einsum or convolution steps, bias
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from ..cost._records import Choice
@@ -31,7 +33,33 @@ _CONV_FORM = {"svd": "tt", "cp": "cp", "tucker": "tucker", "tt": "tt"}
 
 def _tensorized(site: Site, choice: Choice, **kwargs: Any) -> TensorizedTensor:
     rows, cols = choice.tensorized_shape
-    return TensorizedTensor.from_matrix(site.weight, rows, cols, rank=choice.rank, factorization=_TENSORIZED_FORM[choice.form], **kwargs)
+    weight = site.weight
+    n_rows, n_cols = math.prod(rows), math.prod(cols)
+    if (n_rows, n_cols) != tuple(weight.shape):  # padded with zero rows/columns by the cost model
+        weight = F.pad(weight, (0, n_cols - weight.shape[1], 0, n_rows - weight.shape[0]))
+    return TensorizedTensor.from_matrix(weight, rows, cols, rank=choice.rank, factorization=_TENSORIZED_FORM[choice.form], **kwargs)
+
+
+class Padded(nn.Module):
+    """A layer computed on zero-padded sizes: pads the input's last dim, slices the output's.
+
+    Used where the cost model padded an awkward size (a large prime factor) to one that
+    tensorizes; zero rows and columns make it exact. The bias is added after slicing.
+    """
+
+    def __init__(self, inner: nn.Module, in_pad: int, out_features: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.in_pad = in_pad
+        self.out_features = out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad, run the inner layer, slice, add the bias."""
+        if self.in_pad:
+            x = F.pad(x, (0, self.in_pad))
+        y = self.inner(x)[..., : self.out_features]
+        return y if self.bias is None else y + self.bias
 
 
 def build_layer(site: Site, choice: Choice) -> nn.Module:
@@ -41,17 +69,24 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
     if site.info.kind == "linear":
         tensor = _tensorized(site, choice, **extra)
         rows, cols = choice.tensorized_shape
-        layer = FactorizedLinear(cols, rows, bias=site.bias is not None, factorization=tensor, implementation="auto",
+        out_features, in_features = site.info.weight_shape
+        padded = (math.prod(rows), math.prod(cols)) != (out_features, in_features)
+        has_bias = site.bias is not None and not padded
+        layer = FactorizedLinear(cols, rows, bias=has_bias, factorization=tensor, implementation="auto",
                                  device=weight.device, dtype=weight.dtype)
-        if site.bias is not None:
+        if has_bias:
             set_bias(layer.bias, layer.weight, site.bias)  # type: ignore[arg-type]
+        if padded:
+            return Padded(layer, math.prod(cols) - in_features, out_features, site.bias)
         return layer
     if site.info.kind == "embedding":
         tensor = _tensorized(site, choice, **extra)
         rows, cols = choice.tensorized_shape
         num, dim = site.info.weight_shape
-        return FactorizedEmbedding(num, dim, auto_tensorize=False, tensorized_num_embeddings=rows,
-                                   tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx)
+        layer = FactorizedEmbedding(math.prod(rows), math.prod(cols), auto_tensorize=False, tensorized_num_embeddings=rows,
+                                    tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx)
+        # Padded rows are never looked up; padded columns are sliced off.
+        return layer if math.prod(cols) == dim else Padded(layer, 0, dim, None)
     tensor = FactorizedTensor.from_tensor(weight, rank=choice.rank, factorization=_CONV_FORM[choice.form], **extra)
     conv = site.conv
     return FactorizedConv.from_factorization(
