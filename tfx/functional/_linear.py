@@ -104,7 +104,7 @@ def factorized_linear(
     if implementation == "reconstructed":
         return F.linear(x, _matrix(weight), bias)
     # x's last dim is unfolded into the weight's input modes inside the plan.
-    y = contract_input(x, weight, in_modes, 1).reshape(x.shape[:-1] + (out_features,))
+    y = contract_input(x, weight, in_modes, 1, (out_features,))
     return y if bias is None else y + bias
 
 

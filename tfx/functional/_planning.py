@@ -113,11 +113,17 @@ def _input_equation(
     return f"{b}{x_letters},{lhs}->{b}{rest}", in_sizes, out_sizes
 
 
-def contract_input(x: torch.Tensor, weight: FactorizedTensor, in_modes: tuple[int, ...], n_in_dims: int) -> torch.Tensor:
+def contract_input(
+    x: torch.Tensor,
+    weight: FactorizedTensor,
+    in_modes: tuple[int, ...],
+    n_in_dims: int,
+    out_shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
     """Contract the last ``n_in_dims`` dims of ``x`` with the weight modes ``in_modes``.
 
     Leading dims of ``x`` are batch dims and are kept; the result's trailing
-    dims are the weight's remaining modes.
+    dims are the weight's remaining modes (or ``out_shape``, their merged sizes).
     """
     sizes = weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape
     in_features = math.prod([sizes[m] for m in in_modes])
@@ -136,4 +142,4 @@ def contract_input(x: torch.Tensor, weight: FactorizedTensor, in_modes: tuple[in
         plan, in_sizes, out_sizes = entry
     lead = x.shape[:-n_in_dims]
     y = plan(x.reshape((-1,) + in_sizes), *weight.contraction()[1])
-    return y.reshape(lead + out_sizes)
+    return y.reshape(lead + (out_sizes if out_shape is None else out_shape))
