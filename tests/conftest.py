@@ -13,6 +13,7 @@ adds synchronisation; on the 2-core CI machine one thread makes the suite 2-3x f
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,7 +23,17 @@ settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25
 settings.register_profile("dev", deadline=None, max_examples=50)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-torch.set_num_threads(int(os.environ.get("TFX_TEST_THREADS", "1")))
+THREADS = int(os.environ.get("TFX_TEST_THREADS", "1"))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _test_threads() -> Iterator[None]:
+    """Every test runs on ``THREADS`` torch threads, whatever the previous one left behind."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

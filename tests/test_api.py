@@ -44,13 +44,6 @@ from tfx.passes import capture, find_sites
 from tfx.tensors._rank import tt_rank_bounds
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------ cases
 @dataclasses.dataclass

@@ -17,13 +17,6 @@ from tfx.passes._rewrite import build_layer
 _DECOMPOSED = ("svd", "tucker", "tt", "blocktt")  # cp: fitted, and slow to emit; tested apart
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ------------------------------------------------------------------ sites
 def _site(layer: nn.Module, x: torch.Tensor):

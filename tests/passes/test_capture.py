@@ -20,13 +20,6 @@ from tests.passes._models import (
 from tfx.passes import Captured, capture
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def bert_captured() -> tuple[nn.Module, Captured]:

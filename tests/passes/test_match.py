@@ -23,13 +23,6 @@ from tfx.passes._match import MIN_PARAMS
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _sites(model: nn.Module, inputs, **kwargs):
     captured = capture(model, inputs)

@@ -53,6 +53,22 @@ def _eigvalsh(gram: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
+def _bond_ranks(sizes: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
+    """Distinct TT ranks over the grid: one largest bond rank, each bond capped at its bound."""
+    bounds = tt_rank_bounds(sizes)
+    seen: set[tuple[int, ...]] = set()
+    for big in _rank_grid(max(bounds)):
+        rank = tuple(min(big, b) for b in bounds)
+        if rank not in seen:
+            seen.add(rank)
+            yield rank
+
+
+def _chain_params(sizes: Sequence[int], rank: Sequence[int]) -> int:
+    """Parameters of a chain of cores ``(rank[k], sizes[k], rank[k + 1])`` (TT, BlockTT on merged sizes)."""
+    return sum(rank[k] * sizes[k] * rank[k + 1] for k in range(len(sizes)))
+
+
 class Spectra:
     """Squared singular values of unfoldings, cached per (tensor shape, permutation, split)."""
 
@@ -213,15 +229,9 @@ def _tucker_flops(site: SiteInfo, row: tuple[int, ...], col: tuple[int, ...], ra
 
 def _tt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
     shape = row + col
-    bounds = tt_rank_bounds(shape)
-    seen = set()
-    for big in _rank_grid(max(bounds), _GRID):
-        rank = tuple(min(big, b) for b in bounds)
-        if rank in seen:
-            continue
-        seen.add(rank)
+    for rank in _bond_ranks(shape):
         energy = sum(spectra.discarded(shape, None, k, rank[k]) for k in range(1, len(shape)))
-        params = sum(rank[k] * shape[k] * rank[k + 1] for k in range(len(shape)))
+        params = _chain_params(shape, rank)
         yield Option("tt", (row, col), rank, params, _chain_flops(site.tokens, row, col, rank, site.kind), _rel(spectra.norm2, energy))
 
 
@@ -242,15 +252,9 @@ def _blocktt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col
     merged = tuple(o * i for o, i in zip(row, col))
     perm = tuple(j for k in range(d) for j in (k, d + k))
     shape = row + col
-    bounds = tt_rank_bounds(merged)
-    seen = set()
-    for big in _rank_grid(max(bounds), _GRID):
-        rank = tuple(min(big, b) for b in bounds)
-        if rank in seen:
-            continue
-        seen.add(rank)
+    for rank in _bond_ranks(merged):
         energy = sum(spectra.discarded(shape, perm, 2 * k, rank[k]) for k in range(1, d))
-        params = sum(rank[k] * merged[k] * rank[k + 1] for k in range(d))
+        params = _chain_params(merged, rank)
         t = site.tokens
         cost = sum(2 * t * math.prod(col[k:]) * math.prod(row[:k]) * rank[k] * row[k] * rank[k + 1] for k in range(d))
         yield Option("blocktt", (row, col), rank, params, cost, _rel(spectra.norm2, energy))
@@ -277,7 +281,7 @@ def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms:
         bounds = tt_rank_bounds(shape)
         for r in _rank_grid(min(out_c, in_c * k)):
             rank = (1, r, *bounds[2:])
-            params = sum(rank[j] * shape[j] * rank[j + 1] for j in range(len(shape)))
+            params = _chain_params(shape, rank)
             err = _rel(spectra.norm2, spectra.discarded(shape, None, 1, r))
             yield Option("svd", None, rank, params, 2 * t * r * (in_c * k + out_c), err)
     if "tucker" in forms:  # Tucker-2: ranks on the channel modes, kernel modes full
@@ -294,15 +298,9 @@ def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms:
             flops = 2 * t * (in_c * ri + ro * ri * k + ro * out_c)
             yield Option("tucker", None, rank, params, flops, _rel(spectra.norm2, energy))
     if "tt" in forms:
-        bounds = tt_rank_bounds(shape)
-        seen = set()
-        for big in _rank_grid(max(bounds)):
-            rank = tuple(min(big, b) for b in bounds)
-            if rank in seen:
-                continue
-            seen.add(rank)
+        for rank in _bond_ranks(shape):
             energy = sum(spectra.discarded(shape, None, j, rank[j]) for j in range(1, len(shape)))
-            params = sum(rank[j] * shape[j] * rank[j + 1] for j in range(len(shape)))
+            params = _chain_params(shape, rank)
             flops = 2 * t * (rank[1] * in_c * k + rank[1] * out_c)
             yield Option("tt", None, rank, params, flops, _rel(spectra.norm2, energy))
     if "cp" in forms and weight.numel() <= CP_MAX_NUMEL:

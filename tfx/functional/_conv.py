@@ -95,24 +95,36 @@ def _pointwise(order: int, matrix: torch.Tensor, rows: int, cols: int) -> torch.
     return matrix.reshape(rows, cols, *([1] * order))
 
 
-def cp_conv(
-    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
-    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+def _cp_sandwich(
+    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, pad: tuple[int, ...], padding_mode: str,
+    depthwise: Callable[[torch.Tensor, Callable[..., torch.Tensor], list[torch.Tensor]], torch.Tensor],
 ) -> torch.Tensor:
-    """Separable CP convolution: pointwise, one depthwise 1-D conv per spatial dim, pointwise."""
+    """Pointwise into the rank channels, pad, ``depthwise`` over the spatial factors, pointwise out."""
     weights, (f_out, f_in, *f_space) = cp_tensor.decomposition
     order, rank = len(f_space), cp_tensor.rank
     out_c, in_c = cp_tensor.shape[:2]
     conv = _conv(order)
     y = conv(x, _pointwise(order, f_in.transpose(0, 1), rank, in_c))
-    y = _pad(y, pad, padding_mode)
-    for axis, factor in enumerate(f_space):
-        shape = [1] * order
-        shape[axis] = cp_tensor.shape[2 + axis]
-        step, dil = [1] * order, [1] * order
-        step[axis], dil[axis] = stride[axis], dilation[axis]
-        y = conv(y, factor.transpose(0, 1).reshape(rank, 1, *shape), stride=step, dilation=dil, groups=rank)
+    y = depthwise(_pad(y, pad, padding_mode), conv, f_space)
     return conv(y, _pointwise(order, f_out * weights, out_c, rank), bias)
+
+
+def cp_conv(
+    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
+    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Separable CP convolution: pointwise, one depthwise 1-D conv per spatial dim, pointwise."""
+    rank, kernel_size = cp_tensor.rank, cp_tensor.shape[2:]
+
+    def separable(y: torch.Tensor, conv: Callable[..., torch.Tensor], f_space: list[torch.Tensor]) -> torch.Tensor:
+        order = len(f_space)
+        for axis, factor in enumerate(f_space):
+            shape, step, dil = [1] * order, [1] * order, [1] * order
+            shape[axis], step[axis], dil[axis] = kernel_size[axis], stride[axis], dilation[axis]
+            y = conv(y, factor.transpose(0, 1).reshape(rank, 1, *shape), stride=step, dilation=dil, groups=rank)
+        return y
+
+    return _cp_sandwich(x, cp_tensor, bias, pad, padding_mode, separable)
 
 
 def cp_conv_mobilenet(
@@ -120,17 +132,15 @@ def cp_conv_mobilenet(
     pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """CP convolution as pointwise, one depthwise conv with the rank-one kernels, pointwise."""
-    weights, (f_out, f_in, *f_space) = cp_tensor.decomposition
-    order, rank = len(f_space), cp_tensor.rank
-    out_c, in_c = cp_tensor.shape[:2]
-    conv = _conv(order)
-    kernel = f_space[0].transpose(0, 1)  # (rank, k0)
-    for axis, factor in enumerate(f_space[1:], start=1):  # outer products of the spatial factors
-        kernel = kernel.unsqueeze(-1) * factor.transpose(0, 1).reshape(rank, *([1] * axis), cp_tensor.shape[2 + axis])
-    y = conv(x, _pointwise(order, f_in.transpose(0, 1), rank, in_c))
-    y = _pad(y, pad, padding_mode)
-    y = conv(y, kernel.unsqueeze(1), stride=tuple(stride), dilation=tuple(dilation), groups=rank)
-    return conv(y, _pointwise(order, f_out * weights, out_c, rank), bias)
+    rank, kernel_size = cp_tensor.rank, cp_tensor.shape[2:]
+
+    def rank_one(y: torch.Tensor, conv: Callable[..., torch.Tensor], f_space: list[torch.Tensor]) -> torch.Tensor:
+        kernel = f_space[0].transpose(0, 1)  # (rank, k0)
+        for axis, factor in enumerate(f_space[1:], start=1):  # outer products of the spatial factors
+            kernel = kernel.unsqueeze(-1) * factor.transpose(0, 1).reshape(rank, *([1] * axis), kernel_size[axis])
+        return conv(y, kernel.unsqueeze(1), stride=tuple(stride), dilation=tuple(dilation), groups=rank)
+
+    return _cp_sandwich(x, cp_tensor, bias, pad, padding_mode, rank_one)
 
 
 def tucker_conv(

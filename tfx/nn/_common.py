@@ -11,7 +11,17 @@ from torch import nn
 from .._errors import OptionError, ShapeError, unknown_option
 from ..tensors._base import _size
 
-__all__ = ["as_shape", "check_implementation", "select_layer", "SubLayer", "make_bias", "bias_value", "set_bias"]
+__all__ = [
+    "as_shape",
+    "check_implementation",
+    "select_layer",
+    "weight_and_bias",
+    "sub_layer",
+    "SubLayer",
+    "make_bias",
+    "bias_value",
+    "set_bias",
+]
 
 
 def as_shape(value: Sequence[int] | int, name: str) -> tuple[int, ...]:
@@ -94,3 +104,23 @@ def set_bias(bias: torch.Tensor, weight: nn.Module, value: torch.Tensor) -> None
     """Copy ``value`` (real or complex) into a bias made by :func:`make_bias`."""
     target = bias_value(bias, weight)
     target.copy_(value.to(target.dtype) if target.is_complex() else value)  # type: ignore[union-attr]
+
+
+def weight_and_bias(layer: Any, indices: Any) -> tuple[Any, torch.Tensor | None]:
+    """The (possibly hooked) weight and the bias of layer ``indices`` of a stacked layer.
+
+    ``layer`` has ``n_layers``, a factorized ``weight`` and a ``bias`` made by :func:`make_bias`.
+    """
+    select_layer(layer.n_layers, indices)
+    if layer.n_layers == 1:
+        return layer.weight(), bias_value(layer.bias, layer.weight)
+    bias = None if layer.bias is None else bias_value(layer.bias[indices], layer.weight)
+    return layer.weight(indices), bias
+
+
+def sub_layer(layer: Any, indices: int, what: str) -> SubLayer:
+    """Layer ``indices`` of a stack as a module sharing ``layer``'s parameters (``what`` names the caller)."""
+    if layer.n_layers == 1:
+        raise OptionError(f"{what}: a single layer is parametrized (n_layers=1); use the layer itself.")
+    select_layer(layer.n_layers, indices)
+    return SubLayer(layer, indices)

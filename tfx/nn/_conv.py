@@ -13,7 +13,7 @@ from .._errors import OptionError, ShapeError, UnsupportedSiteError
 from ..functional import convolve
 from ..functional._conv import PADDING_MODES, conv_padding
 from ..tensors import FactorizedTensor
-from ._common import SubLayer, bias_value, check_implementation, make_bias, select_layer, set_bias
+from ._common import SubLayer, check_implementation, make_bias, set_bias, sub_layer, weight_and_bias
 
 __all__ = ["FactorizedConv"]
 
@@ -150,12 +150,7 @@ class FactorizedConv(nn.Module):
 
     def forward(self, x: torch.Tensor, indices: int = 0) -> torch.Tensor:
         """Convolve ``x`` (batch, in_channels, *spatial) with layer ``indices`` of the stack."""
-        select_layer(self.n_layers, indices)
-        if self.n_layers == 1:
-            weight, bias = self.weight(), bias_value(self.bias, self.weight)
-        else:
-            weight = self.weight(indices)
-            bias = None if self.bias is None else bias_value(self.bias[indices], self.weight)
+        weight, bias = weight_and_bias(self, indices)
         return convolve(
             x, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
             groups=self.groups, padding_mode=self.padding_mode, implementation=self.implementation,
@@ -163,10 +158,7 @@ class FactorizedConv(nn.Module):
 
     def get_conv(self, indices: int) -> SubLayer:
         """Layer ``indices`` of a stack, sharing this layer's parameters."""
-        if self.n_layers == 1:
-            raise OptionError("get_conv: a single layer is parametrized (n_layers=1); use the layer itself.")
-        select_layer(self.n_layers, indices)
-        return SubLayer(self, indices)
+        return sub_layer(self, indices, "get_conv")
 
     def __getitem__(self, indices: int) -> SubLayer:
         return self.get_conv(indices)

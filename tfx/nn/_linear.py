@@ -15,7 +15,7 @@ from ..functional import factorized_linear
 from ..functional._planning import is_tracing
 from ..tensors import TensorizedTensor
 from ..utils import get_tensorized_shape
-from ._common import SubLayer, as_shape, bias_value, check_implementation, make_bias, select_layer, set_bias
+from ._common import SubLayer, as_shape, check_implementation, make_bias, set_bias, sub_layer, weight_and_bias
 
 __all__ = ["FactorizedLinear"]
 
@@ -109,12 +109,7 @@ class FactorizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, indices: int = 0) -> torch.Tensor:
         """``x @ W.T + b`` for layer ``indices`` of the stack."""
-        select_layer(self.n_layers, indices)
-        if self.n_layers == 1:
-            weight, bias = self.weight(), bias_value(self.bias, self.weight)
-        else:
-            weight = self.weight(indices)
-            bias = None if self.bias is None else bias_value(self.bias[indices], self.weight)
+        weight, bias = weight_and_bias(self, indices)
         if self.checkpointing and self.training and not is_tracing(x):
             return checkpoint(self._linear, x, weight, bias, use_reentrant=False)
         return self._linear(x, weight, bias)
@@ -124,10 +119,7 @@ class FactorizedLinear(nn.Module):
 
     def get_linear(self, indices: int) -> SubLayer:
         """Layer ``indices`` of a stack, as a module sharing this layer's parameters."""
-        if self.n_layers == 1:
-            raise OptionError("get_linear: a single layer is parametrized (n_layers=1); use the layer itself.")
-        select_layer(self.n_layers, indices)
-        return SubLayer(self, indices)
+        return sub_layer(self, indices, "get_linear")
 
     def __getitem__(self, indices: int) -> SubLayer:
         return self.get_linear(indices)
