@@ -301,6 +301,22 @@ class TensorizedTensor(FactorizedTensor):
     def extra_repr(self) -> str:
         return f"tensorized_shape={self.tensorized_shape}, rank={self.rank}"
 
+    def _insert_batch_mode(self, new_dim: int, mode: int, new_factor: Any, flat_transduct: Any) -> Any:
+        """``transduct`` for tensorized forms: a batch mode before entry ``mode``.
+
+        ``flat_transduct`` is the plain form's ``transduct`` (``super().transduct``), which
+        inserts a mode among the tensor's modes. It runs with ``shape`` set to the old
+        ``tensor_shape`` and ``tensor_shape`` already the new one, so the contraction it
+        rebuilds is planned over the new modes.
+        """
+        tshape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
+        position = len(tensor_shape_of(self.tensorized_shape[:mode]))
+        self.shape = self.tensor_shape
+        self.tensorized_shape, self.tensor_shape = tshape, tensor_shape_of(tshape)
+        flat_transduct(new_dim, position, new_factor)
+        self.shape = matrix_shape_of(tshape)
+        return self
+
     def __getitem__(self, index: Any) -> Any:
         modes = normalise_index(index, self.shape)
         if modes is None or _selects_nothing(modes, self.shape):

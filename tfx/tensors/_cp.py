@@ -246,13 +246,7 @@ class CPTensorized(CPTensor, TensorizedTensor, name="CP"):
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> CPTensorized:
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
-        position = len(tensor_shape_of(self.tensorized_shape[:mode]))
-        super().transduct(new_dim, position, new_factor)
-        self.tensorized_shape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
-        self.tensor_shape = tensor_shape_of(self.tensorized_shape)
-        self.shape = matrix_shape_of(self.tensorized_shape)
-        self._build()
-        return self
+        return self._insert_batch_mode(new_dim, mode, new_factor, super().transduct)  # type: ignore[no-any-return]
 
     def _index(self, modes: list[Any]) -> Any:
         weights = self._v(self.weights)

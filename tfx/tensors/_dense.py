@@ -170,14 +170,7 @@ class DenseTensorized(DenseTensor, TensorizedTensor, name="Dense"):
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> DenseTensorized:
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
-        position = len(tensor_shape_of(self.tensorized_shape[:mode]))
-        tshape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
-        super().transduct(new_dim, position, new_factor)
-        self.tensorized_shape = tshape
-        self.tensor_shape = tensor_shape_of(tshape)
-        self.shape = matrix_shape_of(tshape)
-        self._build()
-        return self
+        return self._insert_batch_mode(new_dim, mode, new_factor, super().transduct)  # type: ignore[no-any-return]
 
     def _index(self, modes: list[Any]) -> Any:
         # Merge the modes of every tensorized entry that is indexed (not ':'),

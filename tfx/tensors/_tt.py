@@ -258,14 +258,7 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TTTensorized:
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
-        position = len(tensor_shape_of(self.tensorized_shape[:mode]))
-        tshape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
-        self.shape = self.tensor_shape  # TTTensor.transduct inserts into the flat modes
-        self.tensorized_shape = tshape
-        self.tensor_shape = tensor_shape_of(tshape)  # before the rebuild inside transduct
-        super().transduct(new_dim, position, new_factor)
-        self.shape = matrix_shape_of(tshape)
-        return self
+        return self._insert_batch_mode(new_dim, mode, new_factor, super().transduct)  # type: ignore[no-any-return]
 
     def _index(self, modes: list[Any]) -> Any:
         flat: list[Any] = []
