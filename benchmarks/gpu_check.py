@@ -227,24 +227,13 @@ def timing(dev: torch.device) -> None:
                 dtype=dtype,
                 implementation="auto",
             ),
-            "tucker": tfx.FactorizedLinear(
-                (16, 16, 16),
-                (16, 16, 16),
-                factorization="tucker",
-                rank=0.1,
-                device=dev,
-                dtype=dtype,
-                implementation="auto",
-            ),
-            "blocktt": tfx.FactorizedLinear(
-                (16, 16, 16),
-                (16, 16, 16),
-                factorization="blocktt",
-                rank=0.1,
-                device=dev,
-                dtype=dtype,
-                implementation="auto",
-            ),
+            **{
+                form: tfx.FactorizedLinear(
+                    (16, 16, 16), (16, 16, 16), factorization=form, rank=0.1, device=dev, dtype=dtype,
+                    implementation="auto",
+                )
+                for form in ("tucker", "blocktt")
+            },
         }
         for batch in (1, 32, 2048):
             x = torch.randn(batch, n, device=dev, dtype=dtype)
