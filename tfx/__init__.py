@@ -13,6 +13,7 @@ Example:
 
 from . import cost, functional, nn, passes, tensors
 from ._api import factorize, load, plan, save
+from ._backend import backend
 from .cost import Budget, FactorizationPlan
 from ._errors import (
     BudgetError,
@@ -77,6 +78,7 @@ __all__ = [
     "passes",
     "factorize",
     "plan",
+    "backend",
     "save",
     "load",
     "Budget",

@@ -88,13 +88,29 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     if meta is not None and hasattr(meta, "shape"):
         return tuple(int(s) for s in meta.shape)
-    val = node.meta.get("val")
+    val = node.meta.get("val", node.meta.get("example_value"))  # example_value: dynamo's graphs
     if isinstance(val, torch.Tensor):
         try:
-            return tuple(int(s) for s in val.shape)
+            return tuple(_size(s) for s in val.shape)
         except Exception:  # noqa: BLE001 - unbacked symbolic sizes
             return None
     return None
+
+
+def _size(size: Any) -> int:
+    """A size, or a symbolic size's example value, read without adding a guard.
+
+    ``int()`` on a ``SymInt`` would specialize it: in the torch.compile backend that
+    turns dynamo's dynamic batch dimension static and recompiles per batch size.
+    """
+    if isinstance(size, int):
+        return size
+    hint = getattr(size.node, "hint", None)
+    if hint is None:
+        from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+        hint = optimization_hint(size)
+    return int(hint)
 
 
 def _module_name(target: str, node: fx.Node | None = None) -> str:
@@ -105,6 +121,12 @@ def _module_name(target: str, node: fx.Node | None = None) -> str:
         if isinstance(path, str) and path:
             return path
     return target.rsplit(".", 1)[0] if "." in target else target
+
+
+def _positions(node: Any) -> int:
+    """Batch x spatial positions of a conv's input or output (0 when unknown)."""
+    shape = _shape(node)
+    return math.prod((shape[0], *shape[2:])) if shape else 0
 
 
 def _tokens(node: Any, features: int) -> int:
@@ -133,7 +155,7 @@ def _site_of_module(module: nn.Module, name: str, node: Any, path: str) -> Site 
     if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         out = _shape(node)
         tokens = math.prod((out[0], *out[2:])) if out else 1
-        info = SiteInfo(name, "conv", tuple(module.weight.shape), tokens, module.bias is not None, path=path)
+        info = SiteInfo(name, "conv", tuple(module.weight.shape), tokens, module.bias is not None, path=path, in_tokens=_positions(x))
         conv = {"stride": tuple(module.stride), "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
                 "dilation": tuple(module.dilation), "groups": module.groups, "padding_mode": module.padding_mode}
         return Site(info, node, x, module.weight.detach(), _detached(module.bias), name + ".weight", conv)
@@ -182,7 +204,8 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
         }
         out = _shape(node)
         tokens = math.prod((out[0], *out[2:])) if out else 1
-        info = SiteInfo(_module_name(weight[0], node), "conv", tuple(weight[1].shape), tokens, bias is not None, path=path)
+        info = SiteInfo(_module_name(weight[0], node), "conv", tuple(weight[1].shape), tokens, bias is not None, path=path,
+                        in_tokens=_positions(node.args[0]))
         return Site(info, node, node.args[0], weight[1].detach(), _detached(bias[1]) if bias else None, weight[0], conv)
     if target in _EMBEDDING_FNS:
         aten_form = target is aten.embedding.default

@@ -12,6 +12,7 @@ size) and its nodes -- reshape, the planned einsum or convolution steps, bias
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ __all__ = ["build_layer", "splice", "rewrite"]
 
 _TENSORIZED_FORM = {"svd": "cp", "cp": "cp", "tucker": "tucker", "tt": "tt", "blocktt": "blocktt"}
 _CONV_FORM = {"svd": "tt", "cp": "cp", "tucker": "tucker", "tt": "tt"}
+# The contraction order the cost model priced (Choice.order); 'auto' for plans saved without one.
+_IMPLEMENTATION = {"factors": "factorized", "reconstruct": "reconstructed"}
 
 
 def _tensorized(site: Site, choice: Choice, **kwargs: Any) -> TensorizedTensor:
@@ -66,13 +69,14 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
     """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says."""
     weight = site.weight
     extra = {"time_limit": 10.0} if choice.form == "cp" else {}
+    implementation = _IMPLEMENTATION.get(choice.order, "auto")
     if site.info.kind == "linear":
         tensor = _tensorized(site, choice, **extra)
         rows, cols = choice.tensorized_shape
         out_features, in_features = site.info.weight_shape
         padded = (math.prod(rows), math.prod(cols)) != (out_features, in_features)
         has_bias = site.bias is not None and not padded
-        layer = FactorizedLinear(cols, rows, bias=has_bias, factorization=tensor, implementation="auto",
+        layer = FactorizedLinear(cols, rows, bias=has_bias, factorization=tensor, implementation=implementation,
                                  device=weight.device, dtype=weight.dtype)
         if has_bias:
             set_bias(layer.bias, layer.weight, site.bias)  # type: ignore[arg-type]
@@ -84,13 +88,14 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
         rows, cols = choice.tensorized_shape
         num, dim = site.info.weight_shape
         layer = FactorizedEmbedding(math.prod(rows), math.prod(cols), auto_tensorize=False, tensorized_num_embeddings=rows,
-                                    tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx)
+                                    tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx,
+                                    implementation=implementation if choice.order in _IMPLEMENTATION else "factorized")
         # Padded rows are never looked up; padded columns are sliced off.
         return layer if math.prod(cols) == dim else Padded(layer, 0, dim, None)
     tensor = FactorizedTensor.from_tensor(weight, rank=choice.rank, factorization=_CONV_FORM[choice.form], **extra)
     conv = site.conv
     return FactorizedConv.from_factorization(
-        tensor, implementation="auto", stride=conv["stride"], padding=conv["padding"], dilation=conv["dilation"],
+        tensor, implementation=implementation, stride=conv["stride"], padding=conv["padding"], dilation=conv["dilation"],
         bias=site.bias, padding_mode=conv["padding_mode"],
     )
 
@@ -124,12 +129,19 @@ def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inp
     return result
 
 
-def rewrite(gm: fx.GraphModule, sites: list[Site], choices: list[Choice], progress: Any = None) -> None:
-    """Replace every site whose choice is not dense; ``progress`` is an optional tqdm-like bar."""
+def rewrite(
+    gm: fx.GraphModule, sites: list[Site], choices: list[Choice], progress: Any = None, *,
+    build: Callable[[Site, Choice], nn.Module] = build_layer,
+) -> None:
+    """Replace every site whose choice is not dense; ``progress`` is an optional tqdm-like bar.
+
+    ``build`` makes each site's layer (:func:`build_layer` by default; the torch.compile
+    backend passes one that caches the decompositions).
+    """
     replaced: dict[fx.Node, Any] = {}  # a site's input may be an earlier site, already spliced away
     for site, choice in zip(sites, choices):
         if choice.form != "dense":
-            layer = build_layer(site, choice)
+            layer = build(site, choice)
             inputs = replaced.get(site.input, site.input)
             replaced[site.node] = splice(gm, site.node, layer, site.name, inputs, choice.tokens or site.info.tokens)
         if progress is not None:

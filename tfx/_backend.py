@@ -1,0 +1,359 @@
+"""The torch.compile backend: ``torch.compile(model, backend="tfx")`` and :func:`backend`.
+
+Stage: dynamo's graph -> parameters as attributes -> find_sites -> plan -> rewrite
+(decompositions cached per ``Parameter``) -> parameters back as inputs -> emit -> inductor.
+
+Dynamo (with ``inline_inbuilt_nn_modules``, the default since torch 2.5) hands the
+backend a graph whose parameters are *placeholder inputs*, with the live
+``nn.Parameter`` objects among the example inputs. The backend registers those
+parameters on the graph module under their qualified names and reads them through
+``get_attr`` nodes, so the compiler's own :func:`~tfx.passes.find_sites`, cost model,
+:func:`~tfx.passes.rewrite` and :func:`~tfx.passes.emit` run unchanged; afterwards
+every parameter that is still read goes back to being an input, so the layers that
+stay dense keep reading the live parameters, as without tfx.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import torch
+from torch import fx, nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ._errors import BudgetError, OptionError, TfxWarning, unknown_option
+from .cost import FORMS, Budget, Choice, FactorizationPlan, normalise_budget
+from .cost._choose import available_strategies
+from .passes import Site, emit, find_sites, rewrite
+from .passes._rewrite import build_layer
+
+__all__ = ["DEFAULT_BUDGET", "backend", "default_backend"]
+
+logger = logging.getLogger(__name__)
+
+#: The budget of ``torch.compile(model, backend="tfx")``: half the parameters of each graph piece.
+DEFAULT_BUDGET: Final = 0.5
+#: The capture path recorded in the plans the backend makes.
+CAPTURE: Final = "dynamo"
+_KINDS: Final = ("linear", "conv", "embedding")
+_OPTIONS: Final = ("forms", "kinds", "skip", "strategy", "progress", "compiler")
+
+# One decomposition per (Parameter, what it is decomposed into): recompiles and the
+# graph pieces after a graph break reuse it. Keys are the Parameter objects themselves,
+# held weakly and compared by identity (a WeakKeyDictionary would compare tensors with ==).
+_DECOMPOSED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+_MSG_GRAD: Final = (
+    "torch.compile(backend='tfx') compiles for inference: the factorized layers' factors are "
+    "constants and the compiled graph records no gradients, so its outputs do not require grad.\n"
+    "Fix: run the compiled model under torch.no_grad() or torch.inference_mode() (this warning "
+    "then goes away); to train or fine-tune a factorized model, use tfx.factorize(model, budget=...)."
+)
+
+_MSG_PIECE: Final = (
+    "{err}\n  (torch.compile backend: the budget applies to each graph piece dynamo hands it, here one "
+    "with {tensors} parameter tensors; a graph break splits a model into pieces, and each must fit. "
+    "List the breaks with torch._dynamo.explain(model)(*inputs).)"
+)
+_MSG_SENSITIVITY: Final = (
+    "strategy='sensitivity' weighs layers by their measured effect on the output, which needs "
+    "calibration data, and the torch.compile backend takes none.\n"
+    "Fix: tfx.backend(budget, strategy='auto'), or tfx.factorize(model, budget, strategy='sensitivity', "
+    "calibration=[...]) and then torch.compile the result."
+)
+
+# ``L['self']._modules['encoder']._parameters['weight']``: a root, then attributes and keys.
+_ROOT = re.compile(r"^[LG]\['([A-Za-z_]\w*)'\]")
+_PART = re.compile(r"\.([A-Za-z_]\w*)|\['([^'\]]+)'\]|\[(\d+)\]")
+_CONTAINERS: Final = frozenset({"_modules", "_parameters", "_buffers"})
+
+
+def _source_name(node: fx.Node) -> str | None:
+    arg = node.meta.get("grapharg")
+    source = getattr(arg, "source", None)
+    if source is None:
+        return None
+    name = source.name
+    return name() if callable(name) else str(name)
+
+
+def _qualified_name(source: str) -> tuple[str, str] | None:
+    """``("self", "encoder.weight")`` for ``L['self']._modules['encoder']._parameters['weight']``."""
+    root = _ROOT.match(source)
+    if root is None:
+        return None
+    parts, pos = [], root.end()
+    while pos < len(source):
+        match = _PART.match(source, pos)
+        if match is None:
+            return None
+        part = next(g for g in match.groups() if g is not None)
+        if part not in _CONTAINERS:
+            parts.append(part)
+        pos = match.end()
+    return (root.group(1), ".".join(parts)) if parts else None
+
+
+def _register(gm: fx.GraphModule, target: str, param: nn.Parameter) -> bool:
+    """Register ``param`` at ``target`` on ``gm``, creating holder modules; False on a clash."""
+    owner: nn.Module = gm
+    *path, leaf = target.split(".")
+    for part in path:
+        child = owner._modules.get(part)
+        if child is None:
+            if hasattr(owner, part):
+                return False
+            child = nn.Module()
+            owner.add_module(part, child)
+        owner = child
+    if hasattr(owner, leaf):
+        return False
+    owner.register_parameter(leaf, param)
+    return True
+
+
+def _unregister(gm: fx.GraphModule, target: str, param: nn.Parameter) -> None:
+    owner_path, _, leaf = target.rpartition(".")
+    try:
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+    except AttributeError:
+        return  # replaced by a factorized layer registered at the site's name
+    if owner._parameters.get(leaf) is param:
+        del owner._parameters[leaf]
+
+
+class _Lifted:
+    """The graph's parameter placeholders, read through ``get_attr`` nodes while tfx works."""
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+        self.gm = gm
+        self.params: dict[str, nn.Parameter] = {}
+        self.placeholders: dict[str, fx.Node] = {}
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        for node, value in zip(placeholders, example_inputs):
+            if isinstance(value, nn.Parameter) and node.users:
+                self._lift(node, value, placeholders[-1])
+
+    def _lift(self, node: fx.Node, param: nn.Parameter, last: fx.Node) -> None:
+        source = _source_name(node)
+        named = _qualified_name(source) if source is not None else None
+        candidates = [named[1], f"{named[0]}.{named[1]}"] if named else []
+        candidates.append(f"_tfx_inputs.{node.name}")
+        target = next((t for t in candidates if t not in self.params and _register(self.gm, t, param)), None)
+        if target is None:
+            return  # stays an input, so find_sites does not see it
+        with self.gm.graph.inserting_after(last):
+            attr = self.gm.graph.get_attr(target)
+        for user in list(node.users):
+            user.meta.pop("nn_module_stack", None)  # dynamo's paths (L['self'].x) are no module names here
+        node.replace_all_uses_with(attr)
+        self.params[target] = param
+        self.placeholders[target] = node
+
+    def restore(self) -> None:
+        """Read every parameter still in use from its placeholder again; unregister them all."""
+        for node in list(self.gm.graph.nodes):
+            if node.op == "get_attr" and node.target in self.placeholders:
+                node.replace_all_uses_with(self.placeholders[str(node.target)])
+                self.gm.graph.erase_node(node)
+        for target, param in self.params.items():
+            _unregister(self.gm, target, param)
+
+
+def _cached_builder(lifted: _Lifted) -> Callable[[Site, Choice], nn.Module]:
+    def build(site: Site, choice: Choice) -> nn.Module:
+        param = lifted.params.get(site.weight_target)
+        if param is None:
+            return _inference(build_layer(site, choice))
+        bias = site.bias
+        key = (
+            param._version, site.info.kind, choice.form, repr(choice.tensorized_shape), repr(choice.rank),
+            repr(sorted(site.conv.items())), site.padding_idx,
+            None if bias is None else (bias.data_ptr(), bias._version, tuple(bias.shape)),
+        )
+        per_param = _DECOMPOSED.setdefault(param, {})
+        layer = per_param.get(key)
+        if layer is None:
+            stale = [k for k in per_param if k[0] != param._version]
+            for k in stale:  # the weight changed in place: older decompositions are dead
+                del per_param[k]
+            layer = per_param[key] = _inference(build_layer(site, choice))
+        return layer
+
+    return build
+
+
+def _inference(layer: nn.Module) -> nn.Module:
+    layer.requires_grad_(False)
+    return layer.eval()
+
+
+class _Backend:
+    """A configured tfx backend for ``torch.compile``; see :func:`backend`."""
+
+    def __init__(
+        self, budget: float | int | Budget, forms: tuple[str, ...], kinds: tuple[str, ...], skip: tuple[str, ...],
+        strategy: str, progress: bool, compiler: str,
+    ) -> None:
+        self.budget = budget
+        self.forms = forms
+        self.kinds = kinds
+        self.skip = skip
+        self.strategy = strategy
+        self.progress = progress
+        self.compiler = compiler
+        #: The plan of each graph piece compiled so far, in order.
+        self.plans: list[FactorizationPlan] = []
+
+    def __repr__(self) -> str:
+        return f"tfx.backend(budget={self.budget!r}, strategy={self.strategy!r}, compiler={self.compiler!r})"
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):
+            warnings.warn(_MSG_GRAD, TfxWarning, stacklevel=2)
+        gm = self.factorize_graph(gm, example_inputs)
+        if self.compiler == "eager":
+            return gm.forward
+        from torch._inductor.compile_fx import compile_fx
+
+        with torch.no_grad():  # an inference graph: nothing saved for a backward pass
+            return compile_fx(gm, list(example_inputs))
+
+    def factorize_graph(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphModule:
+        """Rewrite dynamo's graph in place (plan appended to :attr:`plans`); no compilation."""
+        from ._api import _check_weights, _plan_sites
+
+        lifted = _Lifted(gm, example_inputs)
+        try:
+            sites = find_sites(gm, path=CAPTURE, kinds=self.kinds, skip=self.skip)
+            _check_weights(sites)
+            if not any(s.info.factorizable for s in sites):
+                logger.info("tfx backend: no factorizable site in this graph piece; compiled unchanged")
+                return gm
+            try:
+                plan = _plan_sites(
+                    model=gm, gm=gm, sites=sites, budget=self.budget, forms=self.forms, strategy=self.strategy,
+                    path=CAPTURE, progress=self.progress,
+                )
+            except BudgetError as err:
+                raise BudgetError(_MSG_PIECE.format(err=err, tensors=len(lifted.params))) from None
+            rewrite(gm, sites, [plan.choice(s.name) for s in sites], build=_cached_builder(lifted))
+            self.plans.append(plan)
+        finally:
+            lifted.restore()
+        if hasattr(gm, "_param_name_to_source"):
+            # Dynamo's map of the graph's own parameters to their sources; AOTAutograd checks
+            # that every parameter of the module is in it, and the factors have no source in
+            # user code. Without the map, AOTAutograd treats the graph as exported (as
+            # torch._dynamo.functional_export does after changing a graph).
+            del gm._param_name_to_source
+        return emit(gm)
+
+
+def _check_options(
+    budget: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str], strategy: str, compiler: str,
+    unknown: dict[str, Any],
+) -> None:
+    for name in unknown:
+        raise unknown_option(
+            "keyword", name, _OPTIONS,
+            hint="tfx.backend takes budget= and these options of tfx.factorize; "
+            "example_inputs, verify and plan do not apply: dynamo supplies the inputs.",
+        )
+    normalise_budget(budget, 1 << 40, None)  # raises BudgetError on a malformed budget
+    for value in forms:
+        if value not in FORMS:
+            raise unknown_option("form", value, FORMS)
+    for value in kinds:
+        if value not in _KINDS:
+            raise unknown_option("kind", value, _KINDS)
+    if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):
+        raise OptionError(f"skip={skip!r} is not a sequence of module names.\nFix: skip=[\"encoder.layer.0\"].")
+    if strategy == "sensitivity":
+        raise OptionError(_MSG_SENSITIVITY)
+    if strategy not in available_strategies():
+        raise unknown_option("strategy", strategy, available_strategies())
+    if compiler not in ("inductor", "eager"):
+        raise unknown_option("compiler", compiler, ("inductor", "eager"))
+
+
+def backend(
+    budget: float | int | Budget = DEFAULT_BUDGET,
+    *,
+    forms: Sequence[str] = FORMS,
+    kinds: Sequence[str] = _KINDS,
+    skip: Sequence[str] = (),
+    strategy: str = "auto",
+    progress: bool = False,
+    compiler: str = "inductor",
+    **options: Any,
+) -> Callable[[fx.GraphModule, list[torch.Tensor]], Callable[..., Any]]:
+    """A ``torch.compile`` backend that factorizes the graph's layers, then compiles with inductor.
+
+    ``torch.compile(model, backend=tfx.backend(budget=0.3))`` runs the compiler's
+    stages (match, cost model, choose, rewrite) on each graph dynamo captures and
+    hands the result to inductor. ``torch.compile(model, backend="tfx")`` does the
+    same with ``budget=DEFAULT_BUDGET`` (0.5) and needs no ``import tfx``.
+
+    This path is for inference. Dynamo keeps the model's dense parameters (they are
+    the compiled graph's inputs), so nothing is saved in memory; the factors are
+    computed once per parameter and cached; and the compiled graph records no
+    gradients. To train, save, or shrink a model, use :func:`tfx.factorize`.
+
+    Args:
+        budget: a float in (0, 1], a fraction of the parameters *of each graph piece*
+            dynamo compiles (the whole model's when there is no graph break), an int
+            (a parameter count per piece) or :class:`~tfx.Budget`.
+        forms: the forms to consider, as in :func:`tfx.factorize`.
+        kinds: the layer kinds to factorize, as in :func:`tfx.factorize`.
+        skip: qualified names of modules to leave dense (relative to the module
+            whose ``forward`` dynamo compiles, e.g. ``"encoder.layer.0"``).
+        strategy: the allocation strategy, as in :func:`tfx.factorize`.
+        progress: show progress bars while planning.
+        compiler: ``"inductor"`` (the default) or ``"eager"``, which runs the
+            factorized graph uncompiled (for debugging).
+        **options: anything else raises :class:`~tfx.OptionError`.
+
+    Returns:
+        The backend: a callable ``(gm, example_inputs) -> compiled``; its ``plans``
+        attribute lists the :class:`~tfx.FactorizationPlan` of each graph piece compiled.
+
+    Raises:
+        BudgetError: a malformed budget (here) or one a graph piece cannot reach (at compile time).
+        OptionError: an unknown form, kind, strategy, compiler or keyword.
+
+    Example:
+        >>> import torch, tfx
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+        >>> tfx_backend = tfx.backend(budget=0.5, compiler="eager")
+        >>> compiled = torch.compile(model, backend=tfx_backend)
+        >>> with torch.no_grad():
+        ...     compiled(torch.randn(4, 64)).shape
+        torch.Size([4, 8])
+        >>> tfx_backend.plans[0].choices[0].site
+        '0'
+    """
+    forms, kinds, skip = tuple(forms), tuple(kinds), tuple(skip)
+    _check_options(budget, forms, kinds, skip, strategy, compiler, options)
+    return _Backend(budget, forms, kinds, skip, strategy, progress, compiler)
+
+
+_DEFAULT: _Backend | None = None
+
+
+def default_backend(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., Any]:
+    """The ``"tfx"`` entry point of ``torch.compile``: :func:`backend` with its defaults (budget 0.5).
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(64, 64).eval()
+        >>> compiled = torch.compile(model, backend="tfx")   # doctest: +SKIP
+    """
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = _Backend(DEFAULT_BUDGET, FORMS, _KINDS, (), "auto", False, "inductor")
+    return _DEFAULT(gm, example_inputs)
