@@ -125,8 +125,9 @@ def _choice(site: Site, option: Option) -> Choice:
     return Choice(
         site=info.name, kind=info.kind, weight_shape=info.weight_shape, form=option.form,
         tensorized_shape=option.tensorized_shape, rank=option.rank, params_before=info.dense_params,
-        params_after=option.params, flops_before=2 * info.tokens * info.dense_params if info.kind != "embedding" else info.tokens * info.weight_shape[1],
+        params_after=option.params, flops_before=(dense := dense_option(info, site.weight.element_size())).flops,
         flops_after=option.flops, error=option.error, path=info.path, reason=info.reason, tokens=info.tokens,
+        bytes_before=dense.bytes, bytes_after=option.bytes, order=option.order,
     )
 
 

@@ -174,8 +174,9 @@ def test_candidates_are_sorted_by_params_and_end_with_dense() -> None:
     site = linear_site(48, 32)
     options = candidates(site.info, site.weight)
     assert [o.params for o in options] == sorted(o.params for o in options)
-    assert [o for o in options if o.form == "dense"] == [dense_option(site.info)]
-    assert options[-1] == dense_option(site.info)  # every other option is smaller
+    dense = dense_option(site.info, site.weight.element_size())  # float64: bytes of 8-byte elements
+    assert [o for o in options if o.form == "dense"] == [dense]
+    assert options[-1] == dense  # every other option is smaller
 
 
 def test_candidates_are_smaller_than_dense_except_dense() -> None:
@@ -215,7 +216,8 @@ def test_candidates_dense_flops_count_multiply_adds() -> None:
     site = linear_site(48, 32)
     assert dense_option(site.info).flops == 2 * 3 * 48 * 32
     emb = embedding_site(48, 32)
-    assert dense_option(emb.info).flops == 10 * 32
+    assert dense_option(emb.info).flops == 0  # a gather: bytes, no arithmetic
+    assert dense_option(emb.info, 8).bytes == 8 * 2 * 10 * 32  # read 10 rows of 32, write them
 
 
 @pytest.mark.parametrize(("n", "expected"), [(768, 768), (3072, 768 * 4), (1021, 1024), (1019, 1020), (97, 98), (40, 40)])

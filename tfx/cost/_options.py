@@ -20,6 +20,7 @@ import torch
 from ..tensors import _decompose
 from ..tensors._rank import tt_rank_bounds
 from ..utils import balanced_tensorization, get_tensorized_shape
+from ._flops import price, price_all
 from ._records import Option, SiteInfo
 
 __all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra"]
@@ -107,15 +108,9 @@ class Spectra:
         return tails[min(rank, len(tails) - 1)]
 
 
-def dense_option(site: SiteInfo) -> Option:
-    """Leaving the site dense."""
-    return Option("dense", None, None, site.dense_params, _dense_flops(site), 0.0)
-
-
-def _dense_flops(site: SiteInfo) -> int:
-    if site.kind == "embedding":
-        return site.tokens * site.weight_shape[1]
-    return 2 * site.tokens * site.dense_params
+def dense_option(site: SiteInfo, itemsize: int = 4) -> Option:
+    """Leaving the site dense (FLOPs and bytes from :mod:`tfx.cost._flops`)."""
+    return price(site, Option("dense", None, None, site.dense_params, 0, 0.0), itemsize)
 
 
 def _rel(site_norm2: float, energy: float) -> float:
@@ -184,12 +179,10 @@ def _tensorizations(site: SiteInfo, rows: int | None = None, cols: int | None = 
 
 
 def _svd_options(site: SiteInfo, spectra: Spectra, rows: int, cols: int) -> Iterable[Option]:
-    tokens = site.tokens
     for r in _rank_grid(min(rows, cols)):
         err = _rel(spectra.norm2, spectra.discarded((rows, cols), None, 1, r))
         params = r * (1 + rows + cols)
-        flops = 2 * tokens * r * cols if site.kind == "embedding" else 2 * tokens * r * (rows + cols)
-        yield Option("svd", ((rows,), (cols,)), r, params, flops, err)
+        yield Option("svd", ((rows,), (cols,)), r, params, 0, err)  # FLOPs: priced in candidates()
 
 
 def _tucker_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
@@ -205,26 +198,7 @@ def _tucker_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col:
                      spectra.discarded(shape, (k, *[j for j in range(len(shape)) if j != k]), 1, r)
                      for k, r in enumerate(rank))
         params = math.prod(rank) + sum(s * r for s, r in zip(shape, rank))
-        flops = _tucker_flops(site, row, col, rank)
-        yield Option("tucker", (row, col), rank, params, flops, _rel(spectra.norm2, energy))
-
-
-def _tucker_flops(site: SiteInfo, row: tuple[int, ...], col: tuple[int, ...], rank: tuple[int, ...]) -> int:
-    d = len(row)
-    r_row, r_col = rank[:d], rank[d:]
-    t = site.tokens
-    if site.kind == "embedding":  # gather Kronecker rows, then core and column factors
-        return 2 * t * (math.prod(r_row) * math.prod(r_col) + sum(math.prod(r_col[:k]) * math.prod(col[k:]) * r_col[k] for k in range(d)))
-    size, cost = t * math.prod(col), 0
-    for n, r in zip(col, r_col):
-        cost += 2 * size * r
-        size = size // n * r
-    cost += 2 * t * math.prod(r_col) * math.prod(r_row)
-    size = t * math.prod(r_row)
-    for n, r in zip(row, r_row):
-        cost += 2 * size * n
-        size = size // r * n
-    return cost
+        yield Option("tucker", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
 def _tt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
@@ -232,19 +206,7 @@ def _tt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tup
     for rank in _bond_ranks(shape):
         energy = sum(spectra.discarded(shape, None, k, rank[k]) for k in range(1, len(shape)))
         params = _chain_params(shape, rank)
-        yield Option("tt", (row, col), rank, params, _chain_flops(site.tokens, row, col, rank, site.kind), _rel(spectra.norm2, energy))
-
-
-def _chain_flops(tokens: int, row: tuple[int, ...], col: tuple[int, ...], rank: tuple[int, ...], kind: str) -> int:
-    """TT over (row modes, column modes): absorb the input's modes right to left, then emit the outputs."""
-    d = len(row)
-    cost = 0
-    if kind != "embedding":
-        for k in range(len(col) - 1, -1, -1):  # input modes, last first
-            cost += 2 * tokens * math.prod(col[:k]) * col[k] * rank[d + k] * rank[d + k + 1]
-    for k in range(d - 1, -1, -1):  # output modes
-        cost += 2 * tokens * rank[k] * row[k] * rank[k + 1] * math.prod(row[k + 1 :])
-    return cost
+        yield Option("tt", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
 def _blocktt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
@@ -255,9 +217,7 @@ def _blocktt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col
     for rank in _bond_ranks(merged):
         energy = sum(spectra.discarded(shape, perm, 2 * k, rank[k]) for k in range(1, d))
         params = _chain_params(merged, rank)
-        t = site.tokens
-        cost = sum(2 * t * math.prod(col[k:]) * math.prod(row[:k]) * rank[k] * row[k] * rank[k + 1] for k in range(d))
-        yield Option("blocktt", (row, col), rank, params, cost, _rel(spectra.norm2, energy))
+        yield Option("blocktt", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
 def _cp_options(site: SiteInfo, weight: torch.Tensor, shape: tuple[int, ...], tshape: Any, norm2: float) -> Iterable[Option]:
@@ -268,7 +228,7 @@ def _cp_options(site: SiteInfo, weight: torch.Tensor, shape: tuple[int, ...], ts
         _, _, fit = _decompose.cp_als(tensor, r, n_iter_max=10, time_limit=0.05)
         err = min(1.0, max(0.0, 1.0 - fit))
         params = r * (1 + sum(shape))
-        yield Option("cp", tshape, r, params, 2 * site.tokens * r * sum(shape), err)
+        yield Option("cp", tshape, r, params, 0, err)
 
 
 # ------------------------------------------------------------------------ conv
@@ -276,14 +236,13 @@ def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms:
     out_c, in_c, *kernel = site.weight_shape
     shape = tuple(site.weight_shape)
     k = math.prod(kernel)
-    t = site.tokens
     if "svd" in forms:  # low rank over (out, in * kernel): a conv into r channels, then 1x1
         bounds = tt_rank_bounds(shape)
         for r in _rank_grid(min(out_c, in_c * k)):
             rank = (1, r, *bounds[2:])
             params = _chain_params(shape, rank)
             err = _rel(spectra.norm2, spectra.discarded(shape, None, 1, r))
-            yield Option("svd", None, rank, params, 2 * t * r * (in_c * k + out_c), err)
+            yield Option("svd", None, rank, params, 0, err)
     if "tucker" in forms:  # Tucker-2: ranks on the channel modes, kernel modes full
         seen = set()
         for i in range(1, 17):
@@ -295,14 +254,12 @@ def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms:
             rank = (ro, ri, *kernel)
             energy = spectra.discarded(shape, None, 1, ro) + spectra.discarded(shape, (1, 0, *range(2, len(shape))), 1, ri)
             params = math.prod(rank) + out_c * ro + in_c * ri + sum(s * s for s in kernel)
-            flops = 2 * t * (in_c * ri + ro * ri * k + ro * out_c)
-            yield Option("tucker", None, rank, params, flops, _rel(spectra.norm2, energy))
+            yield Option("tucker", None, rank, params, 0, _rel(spectra.norm2, energy))
     if "tt" in forms:
         for rank in _bond_ranks(shape):
             energy = sum(spectra.discarded(shape, None, j, rank[j]) for j in range(1, len(shape)))
             params = _chain_params(shape, rank)
-            flops = 2 * t * (rank[1] * in_c * k + rank[1] * out_c)
-            yield Option("tt", None, rank, params, flops, _rel(spectra.norm2, energy))
+            yield Option("tt", None, rank, params, 0, _rel(spectra.norm2, energy))
     if "cp" in forms and weight.numel() <= CP_MAX_NUMEL:
         yield from _cp_options(site, weight, shape, None, spectra.norm2)
 
@@ -335,9 +292,10 @@ def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORM
 
     Returns:
         Options sorted by parameter count; options that are not smaller than
-        the dense weight are dropped.
+        the dense weight are dropped. Each has the FLOPs, bytes and order of its
+        cheaper contraction order (:mod:`tfx.cost._flops`).
     """
-    options = [dense_option(site)]
+    options = [dense_option(site, weight.element_size())]
     if site.factorizable:
         spectra = Spectra(weight)
         if site.kind == "conv":
@@ -363,5 +321,5 @@ def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORM
                     p_spectra._cache[("flat", p_rows)] = spectra.tails((rows, cols), None, 1)
                 options += list(_tensorized_options(site, p_spectra, padded, extra, chain_forms))
     dense = options[0].params
-    kept = [options[0]] + [o for o in options[1:] if o.params < dense]
+    kept = [options[0]] + price_all(site, [o for o in options[1:] if o.params < dense], weight.element_size())
     return sorted(kept, key=lambda o: (o.params, o.error))

@@ -18,6 +18,10 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
+# The note a row gets for its contraction order ('factors' is the default and says nothing).
+_ORDER_NOTE = {"reconstruct": "rebuilds weight"}
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -74,6 +78,16 @@ class FactorizationPlan:
         """FLOPs of the sites after."""
         return sum(c.flops_after for c in self.choices)
 
+    @property
+    def total_bytes_before(self) -> int:
+        """Estimated memory traffic of the sites before (0 for plans saved without it)."""
+        return sum(c.bytes_before for c in self.choices)
+
+    @property
+    def total_bytes_after(self) -> int:
+        """Estimated memory traffic of the sites after."""
+        return sum(c.bytes_after for c in self.choices)
+
     def choice(self, site: str) -> Choice:
         """The choice made for ``site``."""
         for c in self.choices:
@@ -85,20 +99,22 @@ class FactorizationPlan:
     def table(self) -> str:
         """The plan as an aligned text table with totals."""
         header = ("site", "kind", "weight", "form", "tensorized", "rank", "params", "-> after",
-                  "FLOPs", "-> after", "est. error", "note")
+                  "FLOPs", "-> after", "bytes", "-> after", "est. error", "note")
         rows = [
             (
                 c.site, c.kind, "x".join(map(str, c.weight_shape)), c.form, _fmt(c.tensorized_shape),
                 _fmt(c.rank), _human(c.params_before), _human(c.params_after), _human(c.flops_before),
-                _human(c.flops_after), f"{c.error:.3f}",
-                c.reason + (f" sens={c.sensitivity:.3g}" if c.sensitivity is not None else ""),
+                _human(c.flops_after), _human(c.bytes_before), _human(c.bytes_after), f"{c.error:.3f}",
+                " ".join(filter(None, (c.reason, _ORDER_NOTE.get(c.order, ""),
+                                       f"sens={c.sensitivity:.3g}" if c.sensitivity is not None else ""))),
             )
             for c in self.choices
         ]
         before, after = self.total_params_before, self.total_params_after
         rows.append(
             ("TOTAL (model)", "", "", "", "", "", _human(before), _human(after), _human(self.total_flops_before),
-             _human(self.total_flops_after), "", f"{100 * after / max(before, 1):.1f}% of params")
+             _human(self.total_flops_after), _human(self.total_bytes_before), _human(self.total_bytes_after), "",
+             f"{100 * after / max(before, 1):.1f}% of params")
         )
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         line = "  ".join(f"{{:<{w}}}" for w in widths)

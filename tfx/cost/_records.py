@@ -28,6 +28,8 @@ class SiteInfo:
         factorizable: False when the site must stay dense.
         reason: why it stays dense, when it does.
         path: how the site was captured (``'symbolic_trace'``, ``'export'``, ``'module_swap'``).
+        in_tokens: for conv, batch x input positions (0: unknown, taken as ``tokens``);
+            the pointwise steps CP and Tucker run before striding see this many.
     """
 
     name: str
@@ -38,6 +40,7 @@ class SiteInfo:
     factorizable: bool = True
     reason: str = ""
     path: str = "symbolic_trace"
+    in_tokens: int = 0
 
     @property
     def dense_params(self) -> int:
@@ -55,6 +58,10 @@ class Option:
     ``params`` is exact (equal to the emitted weight's parameter count);
     ``error`` is the relative Frobenius error of the weight (from spectra: exact
     for ``'svd'``, an upper bound for Tucker/TT/BlockTT, fitted for CP).
+    ``flops`` and ``bytes`` are those of the cheaper contraction order for the
+    site's ``tokens``, named by ``order``: ``'factors'`` (the input contracted with
+    the factors), ``'reconstruct'`` (rebuild the weight, then the dense layer), or
+    ``'dense'`` (see ``tfx.cost._flops`` for the conventions).
     """
 
     form: str
@@ -63,6 +70,8 @@ class Option:
     params: int
     flops: int
     error: float
+    bytes: int = 0
+    order: str = "factors"
 
     def key(self) -> tuple[Any, ...]:
         """A hashable identity."""
@@ -71,7 +80,13 @@ class Option:
 
 @dataclasses.dataclass
 class Choice:
-    """The option chosen for one site, as a row of the plan."""
+    """The option chosen for one site, as a row of the plan.
+
+    ``order`` is the contraction order the emitted layer runs (``'factors'`` or
+    ``'reconstruct'``; ``'auto'`` in plans saved before it was recorded: the layer
+    then decides by itself). ``bytes_before`` / ``bytes_after`` estimate memory
+    traffic (0 in plans saved before they were recorded).
+    """
 
     site: str
     kind: str
@@ -88,6 +103,9 @@ class Choice:
     reason: str = ""
     sensitivity: float | None = None
     tokens: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    order: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
