@@ -19,7 +19,7 @@ import torch
 from ..tensors import FactorizedTensor, TensorizedTensor
 from ..tensors._contract import ContractionPlan, plan_einsum
 
-__all__ = ["DEFAULT_BATCH", "batch_bucket", "input_plan", "is_tracing", "planned_batch", "traced_batch", "weight_shapes"]
+__all__ = ["FastCache", "compile_linear", "operand_sources", "DEFAULT_BATCH", "batch_bucket", "input_plan", "is_tracing", "planned_batch", "traced_batch", "weight_shapes"]
 
 #: Batch size planned for when it cannot be read (fx tracing, torch.compile).
 DEFAULT_BATCH = 128
@@ -143,3 +143,169 @@ def contract_input(
     lead = x.shape[:-n_in_dims]
     y = plan(x.reshape((-1,) + in_sizes), *weight.contraction()[1])
     return y.reshape(lead + (out_sizes if out_shape is None else out_shape))
+
+
+# ------------------------------------------------------------------------ eager fast path
+# A layer's eager forward, once per (input shape, batch bucket), is compiled into one generated
+# function (see ``tfx.tensors._contract.compile_plan``): it checks in a few attribute reads that
+# nothing it depends on changed (the weight object and its plan, hooks, dtype), reads the
+# factors straight from the modules' parameter dicts, and runs the planned steps with every
+# size precomputed. Parameters are read on every call, never cached, so in-place optimizer
+# steps, ``load_state_dict``, ``.to()`` and re-registered parameters are always seen.
+
+_TRANSFORMS = ("[0]", "[..., 0]", "[0, :, 0]")
+
+
+class FastCache(dict):  # type: ignore[type-arg]
+    """A layer's fast-path entries by input shape, plus ``programs`` by (plan, bucket, ...).
+
+    Generated functions cannot be pickled or deep-copied meaningfully (they hold the weight
+    they were made for), so copies and unpickled layers start with an empty cache.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.programs: dict[Any, Any] = {}
+
+    def clear(self) -> None:
+        """Forget every entry and program."""
+        super().clear()
+        self.programs.clear()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FastCache, ())
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+        and a.data_ptr() == b.data_ptr() and a.device == b.device
+    )
+
+
+def operand_sources(weight: FactorizedTensor) -> tuple[list[str], list[str]] | None:
+    """Code reading ``weight.contraction()[1]`` from ``w`` without its Python-level methods.
+
+    Returns ``(setup lines, one expression per operand)``, checked against
+    ``contraction()`` now; None when an operand is not a stored tensor or a fixed index of one.
+    """
+    try:
+        operands = weight.contraction()[1]  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return None
+    if getattr(weight, "_complex", False):
+        return None
+    stored: list[tuple[str, torch.Tensor]] = []
+    setup: list[str] = []
+    for name, t in weight._parameters.items():
+        if t is not None:
+            stored.append((f"w._parameters[{name!r}]", t))
+    for name, t in weight.__dict__.items():
+        if isinstance(t, torch.Tensor):
+            stored.append((f"w.__dict__[{name!r}]", t))
+    factors = weight._modules.get("factors")
+    if factors is not None:
+        from ..tensors._factor_list import FactorList
+
+        if type(factors) is not FactorList:
+            return None
+        setup.append("fl = w._modules['factors']")
+        for key in factors._keys:
+            if key in factors._parameters:
+                stored.append((f"fl._parameters[{key!r}]", factors._parameters[key]))  # type: ignore[arg-type]
+            elif isinstance(factors._views.get(key), torch.Tensor):
+                stored.append((f"fl._views[{key!r}]", factors._views[key]))
+    exprs = []
+    for op in operands:
+        found = next((expr for expr, t in stored if t is op), None)
+        if found is None:
+            for expr, t in stored:
+                for index in _TRANSFORMS:
+                    try:
+                        view = eval(f"t{index}", {"t": t})  # noqa: S307 - a literal index
+                    except IndexError:
+                        continue
+                    if _same_view(view, op):
+                        found = expr + index
+                        break
+                if found is not None:
+                    break
+        if found is None:
+            return None
+        exprs.append(found)
+    return setup, exprs
+
+
+def compile_linear(
+    layer: Any, weight: FactorizedTensor, in_modes: tuple[int, ...], batch: int, x_ndim: int, implementation: str
+) -> Any:
+    """Generated ``run(x, layer, out_shape)`` for a ``FactorizedLinear``-like layer, or None.
+
+    ``layer`` has ``weight``, ``bias``, ``training`` and ``checkpointing``; ``run`` returns None
+    when the fast path does not apply (hooks, a new weight or plan, mixed dtypes, checkpointing
+    while training), and the caller takes the general path.
+    """
+    from torch.nn.modules import module as torch_module
+
+    from ..tensors._contract import _Emitter, _Value, emit_steps, make_function
+
+    sources = operand_sources(weight)
+    if sources is None:
+        return None
+    setup, exprs = sources
+    names = [f"o{i}" for i in range(len(exprs))]
+    n_in = math.prod(weight.tensor_shape[m] for m in in_modes) if isinstance(weight, TensorizedTensor) else weight.shape[1]
+    body = [
+        "w = layer._modules['weight']",
+        "if type(w) is not CLS or w is not W or w._plan is not PLAN or w._forward_hooks or w._forward_pre_hooks "
+        "or HOOKS or PRE_HOOKS or (layer.training and layer.checkpointing):",
+        "    return None",
+        *setup,
+        *(f"{n} = {e}" for n, e in zip(names, exprs)),
+        "if " + " or ".join(f"{n}.dtype is not x.dtype" for n in names) + ":",
+        "    return None",
+        # Where the bias lives now (a KeyError once it moves sends the caller to the general path).
+        "bias = layer._parameters['bias']" if "bias" in layer._parameters else "bias = layer.__dict__['bias']",
+    ]
+    if x_ndim != 2:
+        body.append(f"x = x.reshape(-1, {n_in})")
+    if implementation == "reconstructed":
+        equation, shapes = weight_shapes(weight)
+        inputs, out = equation.split("->")
+        sizes: dict[str, int | None] = {}
+        for term, shape in zip(inputs.split(","), shapes):
+            sizes.update(zip(term, shape))
+        rows = "".join(c for i, c in enumerate(out) if i not in in_modes)
+        cols = "".join(out[m] for m in in_modes)
+        values = [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, inputs.split(","))]
+        want = (rows + cols, (len(rows), len(cols)))
+        lines, result, _ = emit_steps(weight._plan.steps, values, sizes, want=want)
+        body += lines
+        body.append(f"y = torch.nn.functional.linear(x, {_Emitter(sizes, 1).finish(result, *want)}, bias)")
+    else:
+        plan, in_sizes, _ = input_plan(weight, in_modes, batch)
+        inputs, out = plan.equation.split("->")
+        terms = inputs.split(",")
+        sizes = {}
+        for term, shape in zip(terms, plan.shapes):
+            sizes.update(zip(term, shape))
+        if batch > 1:
+            sizes[out[0]] = None  # the batch letter: -1 in reshapes (bucket 1 holds batch 1 only)
+        values = [_Value("x", terms[0], (1, len(terms[0]) - 1))]
+        values += [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:])]
+        want = (out, (1, len(out) - 1))
+        lines, result, fused = emit_steps(plan.steps, values, sizes, hint=batch, want=want)
+        body += lines
+        if fused is not None:
+            body.pop()  # the last mm: fused with the bias
+            body.append(f"y = torch.mm({fused[0]}, {fused[1]}) if bias is None else torch.addmm(bias, {fused[0]}, {fused[1]})")
+        else:
+            body.append(f"y = {_Emitter(sizes, batch).finish(result, *want)}")
+            body.append("if bias is not None:")
+            body.append("    y = y + bias")
+    body.append("return y" if x_ndim == 2 else "return y.reshape(out_shape)")
+    scope = {
+        "CLS": type(weight), "W": weight, "PLAN": weight._plan,
+        "HOOKS": torch_module._global_forward_hooks, "PRE_HOOKS": torch_module._global_forward_pre_hooks,
+    }
+    return make_function("linear_forward", ["x", "layer", "out_shape"], body, scope)

@@ -11,8 +11,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._errors import OptionError, ShapeError
-from ..functional import factorized_linear
-from ..functional._planning import is_tracing
+from ..functional import factorized_linear, linear_flops
+from ..functional._linear import linear_in_modes
+from ..functional._planning import FastCache, batch_bucket, compile_linear, is_tracing
 from ..tensors import TensorizedTensor
 from ..utils import get_tensorized_shape
 from ._common import SubLayer, as_shape, check_implementation, make_bias, set_bias, sub_layer, weight_and_bias
@@ -20,6 +21,8 @@ from ._common import SubLayer, as_shape, check_implementation, make_bias, set_bi
 __all__ = ["FactorizedLinear"]
 
 IMPLEMENTATIONS = ("factorized", "reconstructed", "auto")
+#: Distinct input shapes whose fast forward a layer keeps (then it starts over).
+_MAX_SHAPES = 256
 
 
 class FactorizedLinear(nn.Module):
@@ -95,6 +98,7 @@ class FactorizedLinear(nn.Module):
         else:
             self.reset_parameters()
         self.rank = self.weight.rank
+        self._fast = FastCache()  # input shape -> (generated forward, output shape); see forward
 
     def reset_parameters(self) -> None:
         """Weight entries with ``nn.Linear``'s variance (1 / (3 in_features)); bias as ``nn.Linear``."""
@@ -109,10 +113,55 @@ class FactorizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, indices: int = 0) -> torch.Tensor:
         """``x @ W.T + b`` for layer ``indices`` of the stack."""
+        # Eager fast path: one generated function per input shape (see compile_linear); it
+        # returns None whenever the general path below is needed (hooks, stacked layers, ...).
+        if not torch.compiler.is_compiling() and type(x) is torch.Tensor and indices.__class__ is int and indices == 0:
+            entry = self._fast.get(x.shape)
+            if entry is None:
+                entry = self._fast_entry(x)
+            if entry:
+                try:
+                    y = entry[0](x, self, entry[1])
+                except KeyError:  # a factor moved (e.g. parametrized): rebuild on the next call
+                    self._fast.clear()
+                    y = None
+                if y is not None:
+                    return y  # type: ignore[no-any-return]
         weight, bias = weight_and_bias(self, indices)
         if self.checkpointing and self.training and not is_tracing(x):
             return checkpoint(self._linear, x, weight, bias, use_reentrant=False)
         return self._linear(x, weight, bias)
+
+    def _fast_entry(self, x: torch.Tensor) -> tuple[Any, tuple[int, ...]] | bool:
+        """Compile (or reuse) the fast forward for inputs shaped like ``x``; False if none applies."""
+        fast = self._fast
+        if len(fast) >= _MAX_SHAPES:
+            fast.clear()
+        weight = self.weight
+        ok = (
+            self.n_layers == 1 and x.ndim >= 1 and x.shape[-1] == self.in_features and x.numel() > 0
+            and isinstance(weight, TensorizedTensor)
+        )
+        entry: tuple[Any, tuple[int, ...]] | bool = False
+        if ok:
+            in_modes = linear_in_modes(weight)
+            batch = batch_bucket(x.numel() // self.in_features)
+            implementation = self.implementation
+            if implementation == "auto":
+                factorized, rebuild = linear_flops(weight, batch)
+                implementation = "factorized" if factorized <= rebuild else "reconstructed"
+            key = (weight._plan, batch, x.ndim == 2, implementation)
+            run = fast.programs.get(key)
+            if run is None:
+                run = fast.programs[key] = compile_linear(self, weight, in_modes, batch, x.ndim, implementation) or False
+            if run:
+                entry = (run, (*x.shape[:-1], self.out_features))
+        fast[x.shape] = entry
+        return entry
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_fast", FastCache())
 
     def _linear(self, x: torch.Tensor, weight: Any, bias: torch.Tensor | None) -> torch.Tensor:
         return factorized_linear(x, weight, bias=bias, implementation=self.implementation)  # type: ignore[arg-type]

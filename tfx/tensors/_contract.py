@@ -21,6 +21,10 @@ __all__ = ["ContractionPlan", "plan_einsum"]
 
 Step = tuple[tuple[int, ...], str]
 
+#: Generated eager replays, by (equation, operand shapes), shared by every plan (see compile_plan).
+_PROGRAMS: dict[tuple[Any, ...], Any] = {}
+_MAX_PROGRAMS = 4096
+
 
 class ContractionPlan:
     """A fixed, picklable sequence of pairwise einsum steps.
@@ -49,6 +53,22 @@ class ContractionPlan:
         # Eager: each pairwise step as permute + (b)mm + reshape, about 4x less host
         # overhead than torch.einsum's per-call equation parsing.
         eager = not (torch.compiler.is_compiling() or isinstance(operands[0], torch.fx.Proxy))
+        if eager:
+            # Eager: a generated straight-line function per operand shapes (see compile_plan).
+            key = (self.equation, *[o.shape for o in operands])
+            program = _PROGRAMS.get(key)
+            if program is None:
+                if len(_PROGRAMS) >= _MAX_PROGRAMS:
+                    _PROGRAMS.clear()
+                try:
+                    program = compile_plan(self, [tuple(o.shape) for o in operands])
+                except ValueError:  # pragma: no cover - operands that do not fit the plan
+                    program = False
+                _PROGRAMS[key] = program
+            if program:
+                result = program(*operands)
+                if result is not None:
+                    return result  # type: ignore[no-any-return]
         for positions, equation in self.steps:
             picked = [stack.pop(p) for p in positions]
             if eager and len(picked) == 2:
@@ -233,3 +253,308 @@ def _limited(
         limit = memory_limit  # type: ignore[assignment]
     steps, flops = _search(equation, shapes_t, limit)
     return shapes_t, steps, flops
+
+
+# ---------------------------------------------------------------------------- straight-line code
+# A plan's eager replay is generated once per operand layout as Python source: one line per
+# pairwise step, with every reshape size, permutation and GEMM orientation decided at compile
+# time. Values are tracked as (logical letter order, physical grouping): the output of a GEMM
+# stays grouped (rows, cols) and is only reshaped or permuted when a later step needs another
+# view of it, so most steps are a (b)mm on views, with no unflatten / permute / flatten in between.
+
+#: A host op (one view or kernel launch, ~1-2 us here) weighs like copying this many elements.
+_OP_COST = 2000
+
+
+class _Value:
+    """A value in generated code: its variable, letters (logical order) and physical grouping.
+
+    ``groups[k]`` is the number of letters merged into physical dim ``k`` (0: a size-1 dim).
+    """
+
+    __slots__ = ("name", "letters", "groups")
+
+    def __init__(self, name: str, letters: str, groups: tuple[int, ...]) -> None:
+        self.name, self.letters, self.groups = name, letters, groups
+
+
+def _split(letters: str, groups: Sequence[int]) -> list[str]:
+    out, at = [], 0
+    for g in groups:
+        out.append(letters[at : at + g])
+        at += g
+    return out
+
+
+class _Emitter:
+    """Generates the lines of a straight-line contraction (see the section comment)."""
+
+    def __init__(self, sizes: dict[str, int | None], hint: int) -> None:
+        self.sizes = sizes  # None: the symbolic batch size (-1 in reshapes)
+        self.hint = hint  # the batch size assumed when weighing copies
+        self.lines: list[str] = []
+        self.count = 0
+
+    # ----------------------------------------------------------------- sizes
+    def _dim(self, letters: str) -> int | None:
+        sizes = [self.sizes[c] for c in letters]
+        return None if None in sizes else math.prod(sizes)  # type: ignore[arg-type]
+
+    def numel(self, letters: str) -> int:
+        return math.prod(self.hint if self.sizes[c] is None else self.sizes[c] for c in letters)  # type: ignore[misc]
+
+    def shape(self, letters: str, groups: Sequence[int]) -> str:
+        dims = [self._dim(part) for part in _split(letters, groups)]
+        if not dims:
+            return "(())"
+        return "(" + ", ".join("-1" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+    def new(self, expr: str) -> str:
+        name = f"t{self.count}"
+        self.count += 1
+        self.lines.append(f"{name} = {expr}")
+        return name
+
+    # ----------------------------------------------------------------- views
+    def arrangement(self, v: _Value, letters: str, groups: tuple[int, ...]) -> tuple[list[str], int]:
+        """Method calls turning ``v`` into (``letters``, ``groups``) and their cost."""
+        if v.letters == letters:
+            if v.groups == groups:
+                return [], 0
+            return [f".reshape{self.shape(letters, groups)}"], _OP_COST
+        pos = {c: i for i, c in enumerate(letters)}
+        runs: list[str] = []  # pieces of v's physical dims that stay together, in order
+        for part in _split(v.letters, v.groups):
+            fresh = True
+            for c in part:
+                if not fresh and pos[c] == pos[runs[-1][-1]] + 1:
+                    runs[-1] += c
+                else:
+                    runs.append(c)
+                fresh = False
+        calls, cost = [], 0
+        split = tuple(len(r) for r in runs)
+        if split != v.groups:
+            calls.append(f".reshape{self.shape(v.letters, split)}")
+            cost += _OP_COST
+        perm = sorted(range(len(runs)), key=lambda i: pos[runs[i][0]])
+        calls.append(f".permute{tuple(perm)}")
+        cost += _OP_COST
+        permuted = tuple(len(runs[i]) for i in perm)
+        if permuted != groups:
+            calls.append(f".reshape{self.shape(letters, groups)}")
+            run_of = {c: i for i, r in enumerate(runs) for c in r}
+            # Merging pieces of two different runs (both longer than 1) copies the data.
+            copies = any(
+                len({run_of[c] for c in part if self.sizes[c] != 1}) > 1 for part in _split(letters, groups)
+            )
+            cost += _OP_COST + (self.numel(letters) if copies else 0)
+        return calls, cost
+
+    # ----------------------------------------------------------------- steps
+    def step(self, values: list[_Value], out: str, want: tuple[str, tuple[int, ...]] | None) -> tuple[_Value, tuple[str, str] | None]:
+        """Emit one planned step; with ``want`` (the last step), also the final layout.
+
+        Returns the result and, when the last step is a plain 2-D ``mm`` already in the
+        ``want`` layout, its two operand expressions instead of the emitted ``mm`` (so the
+        caller can fuse a bias with ``addmm``).
+        """
+        if len(values) == 2:
+            p, q = (self._squeeze(v, w, out) for v, w in (values, values[::-1]))
+            lp, lq = set(p.letters), set(q.letters)
+            pure = len(lp) == len(p.letters) and len(lq) == len(q.letters) and len(set(out)) == len(out)
+            if pure and lp | lq == set(out) | (lp & lq) and set(out) <= lp | lq:
+                contracted = (lp & lq) - set(out)
+                if not contracted and (lp <= lq or lq <= lp):
+                    return self._mul(p, q), None
+                return self._matmul(p, q, out, want)
+        return self._einsum(values, out), None
+
+    def _squeeze(self, v: _Value, other: _Value, out: str) -> _Value:
+        """``v`` without its size-1 letters that are summed inside it (e.g. a TT end bond).
+
+        Their physical dims stay, as dims of no letter (size 1), so no op is needed.
+        """
+        gone = {c for c in v.letters if self.sizes[c] == 1 and c not in out and c not in other.letters}
+        if not gone:
+            return v
+        groups = tuple(len([c for c in part if c not in gone]) for part in _split(v.letters, v.groups))
+        return _Value(v.name, "".join(c for c in v.letters if c not in gone), groups)
+
+    def _mul(self, p: _Value, q: _Value) -> _Value:
+        big, small = (p, q) if len(p.letters) >= len(q.letters) else (q, p)
+        inside = set(small.letters)
+        # Physical dims of the big operand must not mix letters of the small one with others.
+        parts = []
+        for part in _split(big.letters, big.groups):
+            run = ""
+            for c in part:
+                if run and (c in inside) != (run[-1] in inside):
+                    parts.append(run)
+                    run = ""
+                run += c
+            parts.append(run)
+        groups = tuple(len(r) for r in parts)
+        name = big.name
+        if groups != big.groups:
+            name = self.new(f"{big.name}.reshape{self.shape(big.letters, groups)}")
+        target = "".join(c for c in big.letters if c in inside)
+        dims = [self._dim(r) if r and set(r) <= inside else 1 for r in parts]
+        while dims and dims[0] == 1:  # broadcasting supplies leading ones
+            dims.pop(0)
+        shape_now = [self._dim(r) for r in _split(small.letters, small.groups)]
+        expr = small.name
+        if small.letters != target:
+            calls, _ = self.arrangement(small, target, tuple(1 for _ in target))
+            expr += "".join(calls)
+            shape_now = [self.sizes[c] for c in target]
+        if shape_now != dims:
+            listed = ", ".join("-1" if d is None else str(d) for d in dims)
+            expr += f".reshape({listed},)" if dims else ".reshape(())"
+        return _Value(self.new(f"{name} * {expr}"), big.letters, groups)
+
+    def _matmul(self, p: _Value, q: _Value, out: str, want: tuple[str, tuple[int, ...]] | None) -> tuple[_Value, tuple[str, str] | None]:
+        batch_sets = set(p.letters) & set(q.letters) & set(out)
+        k_set = (set(p.letters) & set(q.letters)) - set(out)
+        best: tuple[int, list[str], _Value, tuple[str, str] | None] | None = None
+        for a, b in ((p, q), (q, p)):
+            m = "".join(c for c in a.letters if c not in batch_sets and c not in k_set)
+            n = "".join(c for c in b.letters if c not in batch_sets and c not in k_set)
+            for bt in {"".join(c for c in v.letters if c in batch_sets) for v in (p, q)}:
+                for k in {"".join(c for c in v.letters if c in k_set) for v in (p, q)}:
+                    for ta in (False, True):
+                        for tb in (False, True):
+                            cand = self._mm_candidate(a, b, bt, m, k, n, ta, tb, want)
+                            if best is None or cand[0] < best[0]:
+                                best = cand
+            if not batch_sets:
+                cand = self._broadcast_candidate(a, b, k_set, want)
+                if cand is not None and (best is None or cand[0] < best[0]):
+                    best = cand
+        assert best is not None
+        _, lines, value, fused = best
+        self.lines.extend(lines)
+        self.count += 1
+        return value, fused
+
+    def _operand(self, v: _Value, letters: str, groups: tuple[int, ...], transpose: bool) -> tuple[str, int]:
+        calls, cost = self.arrangement(v, letters, groups)
+        if transpose:
+            calls.append(".transpose(-1, -2)" if len(groups) == 3 else ".t()")
+            cost += _OP_COST
+        return v.name + "".join(calls), cost
+
+    def _finish_cost(self, letters: str, groups: tuple[int, ...], want: tuple[str, tuple[int, ...]] | None) -> int:
+        if want is None:
+            return 0
+        return self.arrangement(_Value("", letters, groups), *want)[1]
+
+    def _mm_candidate(self, a: _Value, b: _Value, bt: str, m: str, k: str, n: str, ta: bool, tb: bool,
+                      want: tuple[str, tuple[int, ...]] | None) -> tuple[int, list[str], _Value, tuple[str, str] | None]:
+        lead = (len(bt),) if bt else ()
+        ea, ca = self._operand(a, bt + (k + m if ta else m + k), lead + ((len(k), len(m)) if ta else (len(m), len(k))), ta)
+        eb, cb = self._operand(b, bt + (n + k if tb else k + n), lead + ((len(n), len(k)) if tb else (len(k), len(n))), tb)
+        letters, groups = bt + m + n, lead + (len(m), len(n))
+        name = f"t{self.count}"
+        fused = None
+        if want is not None and not bt and (letters, groups) == want:
+            fused = (ea, eb)
+        line = f"{name} = torch.{'bmm' if bt else 'mm'}({ea}, {eb})"
+        cost = ca + cb + _OP_COST + self._finish_cost(letters, groups, want)
+        return cost, [line], _Value(name, letters, groups), fused
+
+    def _broadcast_candidate(self, f: _Value, x: _Value, k_set: set[str],
+                             want: tuple[str, tuple[int, ...]] | None) -> tuple[int, list[str], _Value, None] | None:
+        """``matmul(F (N, K), X (O, K, R))``: K in the middle of X, F broadcast over O."""
+        if not k_set or not set(f.letters) - k_set:
+            return None
+        at = [i for i, c in enumerate(x.letters) if c in k_set]
+        if at[-1] - at[0] + 1 != len(at) or at[0] == 0 or at[-1] == len(x.letters) - 1:
+            return None
+        o, k, r = x.letters[: at[0]], x.letters[at[0] : at[-1] + 1], x.letters[at[-1] + 1 :]
+        nf = "".join(c for c in f.letters if c not in k_set)
+        best = None
+        for tf in (False, True):
+            ef, cf = self._operand(f, k + nf if tf else nf + k, (len(k), len(nf)) if tf else (len(nf), len(k)), tf)
+            if best is None or cf < best[1]:
+                best = (ef, cf)
+        letters = o + nf + r
+        name = f"t{self.count}"
+        if self._dim(o) == 1:  # one matrix: mm (the size-1 letters ride along in the rows)
+            ex, cx = self._operand(x, x.letters, (len(o) + len(k), len(r)), False)
+            groups: tuple[int, ...] = (len(o) + len(nf), len(r))
+            lines = [f"{name} = torch.mm({best[0]}, {ex})"]
+            ops = 1
+        else:  # bmm with F expanded (a stride-0 view) over O: matmul's own dispatch costs more
+            ex, cx = self._operand(x, x.letters, (len(o), len(k), len(r)), False)
+            groups = (len(o), len(nf), len(r))
+            n_rows, n_k = self._dim(nf), self._dim(k)
+            lines = [f"{name} = {ex}", f"{name} = torch.bmm({best[0]}.expand({name}.shape[0], {n_rows}, {n_k}), {name})"]
+            ops = 2
+        cost = best[1] + cx + ops * _OP_COST + self._finish_cost(letters, groups, want)
+        return cost, lines, _Value(name, letters, groups), None
+
+    def _einsum(self, values: list[_Value], out: str) -> _Value:
+        exprs = []
+        for v in values:
+            calls, _ = self.arrangement(v, v.letters, tuple(1 for _ in v.letters))
+            exprs.append(v.name + "".join(calls))
+        equation = ",".join(v.letters for v in values) + "->" + out
+        return _Value(self.new(f"torch.einsum({equation!r}, {', '.join(exprs)})"), out, tuple(1 for _ in out))
+
+    def finish(self, v: _Value, letters: str, groups: tuple[int, ...]) -> str:
+        calls, _ = self.arrangement(v, letters, groups)
+        return v.name + "".join(calls)
+
+
+def emit_steps(
+    steps: Sequence[Step], values: list[_Value], sizes: dict[str, int | None], *,
+    hint: int = 1, want: tuple[str, tuple[int, ...]] | None = None,
+) -> tuple[list[str], _Value, tuple[str, str] | None]:
+    """Lines replaying ``steps`` on ``values``; the final value and the fusable last ``mm``.
+
+    Raises ``ValueError`` when a step's operands do not carry the letters it expects.
+    """
+    emitter = _Emitter(sizes, hint)
+    stack = list(values)
+    fused = None
+    for i, (positions, equation) in enumerate(steps):
+        picked = [stack.pop(p) for p in positions]
+        inputs, out = equation.split("->")
+        if [set(t) for t in inputs.split(",")] != [set(v.letters) for v in picked]:
+            raise ValueError(f"step {equation!r} does not match the operands' letters")
+        last = i == len(steps) - 1
+        value, fused = emitter.step(picked, out, want if last else None)
+        stack.append(value)
+    return emitter.lines, stack[0], fused
+
+
+def compile_plan(plan: ContractionPlan, shapes: Sequence[Sequence[int]]) -> Any:
+    """A generated function ``f(*operands)`` replaying ``plan`` for operands of ``shapes``.
+
+    It returns None when the operands' dtypes differ (the caller falls back to einsum, which
+    promotes). The source is kept as ``f.source``.
+    """
+    inputs, out = plan.equation.split("->")
+    terms = inputs.split(",")
+    sizes: dict[str, int | None] = {}
+    for term, shape in zip(terms, shapes):
+        sizes.update(zip(term, (int(s) for s in shape)))
+    names = [f"o{i}" for i in range(len(terms))]
+    values = [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms)]
+    want = (out, tuple(1 for _ in out))
+    lines, result, _ = emit_steps(plan.steps, values, sizes, hint=1, want=want)
+    final = _Emitter(sizes, 1).finish(result, *want)
+    guard = " or ".join(f"{n}.dtype is not o0.dtype" for n in names[1:]) or "False"
+    body = [f"if {guard}:", "    return None", *lines, f"return {final}"]
+    return make_function("replay", names, body, {})
+
+
+def make_function(name: str, args: Sequence[str], body: Sequence[str], scope: dict[str, Any]) -> Any:
+    """Compile ``def name(*args): body`` (lines without indentation) with ``torch`` and ``scope``."""
+    source = f"def {name}({', '.join(args)}):\n" + "\n".join("    " + line for line in body) + "\n"
+    namespace: dict[str, Any] = {"torch": torch, **scope}
+    exec(compile(source, f"<tfx {name}>", "exec"), namespace)  # noqa: S102 - source generated above
+    fn = namespace[name]
+    fn.source = source
+    return fn
