@@ -15,6 +15,7 @@ stay dense keep reading the live parameters, as without tfx.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -164,32 +165,90 @@ class _Lifted:
             _unregister(self.gm, target, param)
 
 
-def _cached_builder(lifted: _Lifted) -> Callable[[Site, Choice], nn.Module]:
+class _Decomposed:
+    """A site's factorized layer and the versions of the weight and bias it was computed from."""
+
+    def __init__(self, site: Site, choice: Choice) -> None:
+        # The weight and bias are views of the live parameters (same version counters); the
+        # nodes are dropped so that the cache keeps no graph alive.
+        self.site = dataclasses.replace(site, node=None, input=None)
+        self.choice = choice
+        self.layer = _inference(build_layer(site, choice))
+        self.versions = _versions(site)
+
+    def refresh(self) -> None:
+        """Decompose again if the weight or bias changed in place; the layer's tensors are updated in place."""
+        if _versions(self.site) == self.versions:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            fresh = build_layer(self.site, self.choice)
+            for old, new in zip(_tensors(self.layer), _tensors(fresh)):
+                old.copy_(new)
+        self.versions = _versions(self.site)
+        logger.info("tfx backend: %s changed in place; decomposed again", self.site.name)
+
+
+def _versions(site: Site) -> tuple[int, int | None]:
+    return site.weight._version, None if site.bias is None else site.bias._version
+
+
+def _tensors(layer: nn.Module) -> list[torch.Tensor]:
+    return [*layer.parameters(), *layer.buffers()]
+
+
+def _cached_builder(lifted: _Lifted, used: list[_Decomposed]) -> Callable[[Site, Choice], nn.Module]:
+    """``build`` for :func:`~tfx.passes.rewrite`: one decomposition per (Parameter, choice), reused."""
+
     def build(site: Site, choice: Choice) -> nn.Module:
         param = lifted.params.get(site.weight_target)
         if param is None:
             return _inference(build_layer(site, choice))
-        bias = site.bias
         key = (
-            param._version, site.info.kind, choice.form, repr(choice.tensorized_shape), repr(choice.rank),
+            site.info.kind, choice.form, repr(choice.tensorized_shape), repr(choice.rank),
             repr(sorted(site.conv.items())), site.padding_idx,
-            None if bias is None else (bias.data_ptr(), bias._version, tuple(bias.shape)),
+            None if site.bias is None else (site.bias.data_ptr(), tuple(site.bias.shape)),
         )
         per_param = _DECOMPOSED.setdefault(param, {})
-        layer = per_param.get(key)
-        if layer is None:
-            stale = [k for k in per_param if k[0] != param._version]
-            for k in stale:  # the weight changed in place: older decompositions are dead
-                del per_param[k]
-            layer = per_param[key] = _inference(build_layer(site, choice))
-        return layer
+        entry = per_param.get(key)
+        if entry is None:
+            entry = per_param[key] = _Decomposed(site, choice)
+        else:
+            entry.refresh()
+        used.append(entry)
+        return entry.layer
 
     return build
+
+
+def _checked(compiled: Callable[..., Any], used: Sequence[_Decomposed]) -> Callable[..., Any]:
+    """``compiled``, after re-decomposing any weight changed in place since (a few int compares per call).
+
+    The factors are the compiled graph's own tensors, so updating them in place is all
+    it takes: no recompilation. The plan (form and rank) stays as chosen.
+    """
+    if not used:
+        return compiled
+
+    def run(*args: Any) -> Any:
+        for entry in used:
+            if _versions(entry.site) != entry.versions:
+                entry.refresh()
+        return compiled(*args)
+
+    return run
 
 
 def _inference(layer: nn.Module) -> nn.Module:
     layer.requires_grad_(False)
     return layer.eval()
+
+
+def _without_grad(gm: fx.GraphModule) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        with torch.no_grad():
+            return gm(*args)
+
+    return run
 
 
 class _Backend:
@@ -215,15 +274,18 @@ class _Backend:
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):
             warnings.warn(_MSG_GRAD, TfxWarning, stacklevel=2)
-        gm = self.factorize_graph(gm, example_inputs)
+        used: list[_Decomposed] = []
+        gm = self._factorize_graph(gm, example_inputs, used)
         if self.compiler == "eager":
-            return gm.forward
+            return _checked(_without_grad(gm), used)
         from torch._inductor.compile_fx import compile_fx
 
         with torch.no_grad():  # an inference graph: nothing saved for a backward pass
-            return compile_fx(gm, list(example_inputs))
+            return _checked(compile_fx(gm, list(example_inputs)), used)
 
-    def factorize_graph(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> fx.GraphModule:
+    def _factorize_graph(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any], used: list[_Decomposed]
+    ) -> fx.GraphModule:
         """Rewrite dynamo's graph in place (plan appended to :attr:`plans`); no compilation."""
         from ._api import _check_weights, _plan_sites
 
@@ -241,7 +303,7 @@ class _Backend:
                 )
             except BudgetError as err:
                 raise BudgetError(_MSG_PIECE.format(err=err, tensors=len(lifted.params))) from None
-            rewrite(gm, sites, [plan.choice(s.name) for s in sites], build=_cached_builder(lifted))
+            rewrite(gm, sites, [plan.choice(s.name) for s in sites], build=_cached_builder(lifted, used))
             self.plans.append(plan)
         finally:
             lifted.restore()
@@ -264,7 +326,7 @@ def _check_options(
             hint="tfx.backend takes budget= and these options of tfx.factorize; "
             "example_inputs, verify and plan do not apply: dynamo supplies the inputs.",
         )
-    normalise_budget(budget, 1 << 40, None)  # raises BudgetError on a malformed budget
+    normalise_budget(budget, 1 << 40, 1 << 40)  # raises BudgetError on a malformed budget
     for value in forms:
         if value not in FORMS:
             raise unknown_option("form", value, FORMS)
@@ -337,9 +399,8 @@ def backend(
         >>> tfx_backend.plans[0].choices[0].site
         '0'
     """
-    forms, kinds, skip = tuple(forms), tuple(kinds), tuple(skip)
     _check_options(budget, forms, kinds, skip, strategy, compiler, options)
-    return _Backend(budget, forms, kinds, skip, strategy, progress, compiler)
+    return _Backend(budget, tuple(forms), tuple(kinds), tuple(skip), strategy, progress, compiler)
 
 
 _DEFAULT: _Backend | None = None

@@ -1,0 +1,376 @@
+"""The torch.compile backend: ``backend="tfx"`` and ``tfx.backend(...)``.
+
+Every factorized result is compared with ``tfx.factorize`` on the same model and
+budget (same plan, so the same outputs up to float32 rounding) or with the dense
+model where the plan is exact (budget 1.0, or weights of low rank). Inductor
+compiles C++ on CPU, several seconds per graph: the default run compiles a few
+small models with it; the BERT and dynamic-shape inductor cases are ``slow``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import tfx
+import tfx._backend
+
+INDUCTOR_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+pytestmark = pytest.mark.filterwarnings(INDUCTOR_WARNING)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> Iterator[None]:
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(autouse=True)
+def _one_compile_thread() -> Iterator[None]:
+    """Inductor compiles in this process: no pool of compile workers to start on a 2-core machine."""
+    from torch._inductor import config
+
+    with config.patch(compile_threads=1):
+        yield
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The site names the backend decomposes a weight for, in order (cache misses only)."""
+    names: list[str] = []
+    build = tfx._backend.build_layer
+
+    def counting(site: Any, choice: Any) -> nn.Module:
+        names.append(site.name)
+        return build(site, choice)
+
+    monkeypatch.setattr(tfx._backend, "build_layer", counting)
+    return names
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+    ).eval()
+
+
+def _low_rank_mlp(rank: int = 4) -> nn.Module:
+    """An MLP whose two large weights have rank ``rank``: a 0.5 budget factorizes them exactly."""
+    model = _mlp()
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            out_f, in_f = layer.weight.shape
+            layer.weight.copy_(torch.randn(out_f, rank) @ torch.randn(rank, in_f) / in_f)
+    return model
+
+
+def _cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
+
+
+def _bert() -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=32, attn_implementation="eager",
+    )
+    return BertModel(config).eval()
+
+
+MODELS = {
+    "mlp": (_mlp, lambda: torch.randn(8, 64)),
+    "cnn": (_cnn, lambda: torch.randn(2, 3, 16, 16)),
+    "bert": (_bert, lambda: torch.randint(0, 128, (2, 8))),
+}
+
+
+def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    make, inputs = MODELS[name]
+    return make(), inputs()
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    """The floating outputs of a model: a tensor, or a Hugging Face output's tensors."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [v for v in value.to_tuple() if isinstance(v, torch.Tensor)]
+
+
+def _run(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return _outputs(model(x))
+
+
+def _max_rel_error(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    assert len(got) == len(expected)
+    return max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected))
+
+
+def _decisions(plan: tfx.FactorizationPlan) -> list[tuple[Any, ...]]:
+    return [(c.site, c.kind, c.form, c.tensorized_shape, c.rank) for c in plan.choices]
+
+
+def _factorized(plan: tfx.FactorizationPlan) -> list[str]:
+    return [c.site for c in plan.choices if c.form != "dense"]
+
+
+# --- the entry point ---------------------------------------------------------------------------
+
+
+def test_entry_point_names_the_default_backend() -> None:
+    (point,) = [p for p in entry_points(group="torch_dynamo_backends") if p.name == "tfx"]
+    assert point.load() is tfx._backend.default_backend
+
+
+def test_backend_string_resolves_without_importing_tfx() -> None:
+    code = (
+        "import sys, torch\n"
+        "from torch._dynamo.backends.registry import lookup_backend\n"
+        "before = 'tfx' in sys.modules\n"
+        "fn = lookup_backend('tfx')\n"
+        "print(before, fn.__module__, fn.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "tfx._backend", "default_backend"]
+
+
+# --- same plan and outputs as tfx.factorize + inductor --------------------------------------------
+
+
+def test_backend_string_matches_factorize_then_inductor() -> None:
+    model, x = _model("mlp")
+    compiled = torch.compile(model, backend="tfx")
+    got = _run(compiled, x)
+    gm = tfx.factorize(model, tfx._backend.DEFAULT_BUDGET, example_inputs=(x,), progress=False)
+    expected = _run(torch.compile(gm, backend="inductor"), x)
+    plan = tfx._backend._DEFAULT.plans[-1]  # type: ignore[union-attr]
+    assert _decisions(plan) == _decisions(gm.tfx_plan)
+    assert _factorized(plan) != []
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert _max_rel_error(got, _run(model, x)) > 1e-3  # factorized, not dense
+
+
+@pytest.mark.parametrize(
+    "name", ["cnn", pytest.param("bert", marks=pytest.mark.slow), pytest.param("mlp", marks=pytest.mark.slow)]
+)
+def test_configured_backend_matches_factorize_then_inductor(name: str) -> None:
+    model, x = _model(name)
+    backend = tfx.backend(budget=0.3)
+    got = _run(torch.compile(model, backend=backend), x)
+    gm = tfx.factorize(model, 0.3, example_inputs=(x,), progress=False)
+    expected = _run(torch.compile(gm, backend="inductor"), x)
+    (plan,) = backend.plans  # type: ignore[attr-defined]
+    assert _decisions(plan) == _decisions(gm.tfx_plan)
+    assert _factorized(plan) != []
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "bert"])
+def test_backend_graph_has_the_plan_and_outputs_of_factorize(name: str) -> None:
+    """Dynamo's graph (parameters as inputs) gets factorize's plan; ``compiler="eager"`` runs it
+    uncompiled. ``fullgraph=True``: one graph, no break added."""
+    model, x = _model(name)
+    backend = tfx.backend(budget=0.5, compiler="eager")
+    got = _run(torch.compile(model, backend=backend, fullgraph=True), x)
+    gm = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
+    (plan,) = backend.plans  # type: ignore[attr-defined]
+    assert _decisions(plan) == _decisions(gm.tfx_plan)
+    assert plan.total_params_before == gm.tfx_plan.total_params_before
+    assert plan.capture == "dynamo"
+    torch.testing.assert_close(got, _run(gm, x), rtol=1e-5, atol=1e-6)
+
+
+# --- exact plans reproduce the dense model ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "compiler"),
+    [
+        ("mlp", "eager"), ("cnn", "eager"), ("bert", "eager"), ("cnn", "inductor"),
+        pytest.param("mlp", "inductor", marks=pytest.mark.slow),
+        pytest.param("bert", "inductor", marks=pytest.mark.slow),
+    ],
+)
+def test_budget_one_reproduces_eager(name: str, compiler: str) -> None:
+    model, x = _model(name)
+    got = _run(torch.compile(model, backend=tfx.backend(budget=1.0, compiler=compiler)), x)
+    assert _max_rel_error(got, _run(model, x)) <= 1e-5
+
+
+def test_low_rank_weights_are_factorized_exactly_and_dense_layers_stay_live() -> None:
+    """Rank-4 weights at budget 0.5: exact. Layer ``4`` stays dense and keeps reading its live
+    parameters (graph inputs, as without tfx): an in-place update shows without a recompile."""
+    model, x = _low_rank_mlp(), torch.randn(8, 64)
+    backend = tfx.backend(budget=0.5, skip=["4"])
+    compiled = torch.compile(model, backend=backend)
+    before = _run(compiled, x)
+    (plan,) = backend.plans  # type: ignore[attr-defined]
+    assert _factorized(plan) == ["0", "2"]
+    assert all(c.rank >= 4 for c in plan.choices if c.form != "dense")
+    assert _max_rel_error(before, _run(model, x)) <= 1e-5
+    with torch.no_grad():
+        model[4].bias.add_(1.0)
+    after = _run(compiled, x)
+    assert len(backend.plans) == 1  # type: ignore[attr-defined]
+    torch.testing.assert_close(after[0], before[0] + 1.0)
+    assert _max_rel_error(after, _run(model, x)) <= 1e-5
+
+
+# --- decompositions: once per parameter ----------------------------------------------------------
+
+
+def test_decomposes_once_across_recompiles(built: list[str]) -> None:
+    model = _mlp()
+    backend = tfx.backend(budget=0.5, compiler="eager")
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    gm = tfx.factorize(model, 0.5, example_inputs=(torch.randn(4, 64),), progress=False)
+    for batch in (4, 8):
+        x = torch.randn(batch, 64)
+        torch.testing.assert_close(_run(compiled, x), _run(gm, x), rtol=1e-5, atol=1e-6)
+    first, second = backend.plans  # type: ignore[attr-defined]  # two compiles: static shapes
+    assert _decisions(first) == _decisions(second)
+    assert sorted(built) == sorted(_factorized(first)) != []
+
+
+class _Twice(nn.Module):
+    """``fc`` runs on both sides of a graph break, so two graph pieces read its weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+        self.out = nn.Linear(64, 64)
+        with torch.no_grad():
+            for layer in (self.fc, self.out):
+                layer.weight.copy_(torch.randn(64, 4) @ torch.randn(4, 64) / 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc(x))
+        torch._dynamo.graph_break()
+        return self.out(torch.relu(self.fc(x)))
+
+
+def test_decomposes_once_across_a_graph_break(built: list[str]) -> None:
+    model, x = _Twice().eval(), torch.randn(4, 64)
+    backend = tfx.backend(budget=0.5, compiler="eager")
+    got = _run(torch.compile(model, backend=backend), x)
+    first, second = backend.plans  # type: ignore[attr-defined]
+    assert _factorized(first) == ["fc"] and _factorized(second) == ["fc", "out"]
+    assert first.choice("fc").rank == second.choice("fc").rank
+    assert sorted(built) == ["fc", "out"]
+    assert _max_rel_error(got, _run(model, x)) <= 1e-5  # rank-4 weights: exact
+
+
+def test_budget_is_a_fraction_of_each_graph_piece() -> None:
+    model, x = _Twice().eval(), torch.randn(4, 64)
+    backend = tfx.backend(budget=0.5, compiler="eager")
+    _run(torch.compile(model, backend=backend), x)
+    layer = 64 * 64 + 64
+    assert [p.total_params_before for p in backend.plans] == [layer, 2 * layer]  # type: ignore[attr-defined]
+    assert [p.budget_params for p in backend.plans] == [0.5 * layer, layer]  # type: ignore[attr-defined]
+
+
+def test_weight_changed_in_place_is_decomposed_again(built: list[str]) -> None:
+    """``load_state_dict`` or ``copy_`` into a factorized weight: the next call re-decomposes it
+    (same plan), with no recompile."""
+    model, x = _mlp(), torch.randn(8, 64)
+    backend = tfx.backend(budget=0.5, compiler="eager")
+    compiled = torch.compile(model, backend=backend)
+    before = _run(compiled, x)
+    with torch.no_grad():
+        model[0].weight.mul_(-1.0)
+    after = _run(compiled, x)
+    assert len(backend.plans) == 1  # type: ignore[attr-defined]
+    assert built.count("0") == 2 and built.count("2") == 1
+    gm = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
+    assert _decisions(gm.tfx_plan) == _decisions(backend.plans[0])  # type: ignore[attr-defined]
+    torch.testing.assert_close(after, _run(gm, x), rtol=1e-5, atol=1e-6)
+    assert _max_rel_error(after, before) > 1e-3
+
+
+# --- shapes, graph breaks, grad mode ------------------------------------------------------------
+
+
+def _batches_recompile_at_most_twice(compiler: str, built: list[str]) -> None:
+    model = _mlp()
+    backend = tfx.backend(budget=0.5, compiler=compiler)
+    compiled = torch.compile(model, backend=backend)
+    gm = tfx.factorize(model, 0.5, example_inputs=(torch.randn(2, 64),), progress=False)
+    for batch in (2, 3, 5, 8, 13):
+        x = torch.randn(batch, 64)
+        torch.testing.assert_close(_run(compiled, x), _run(gm, x), rtol=1e-5, atol=1e-5)
+    assert len(backend.plans) == 2  # type: ignore[attr-defined]  # static, then a dynamic batch
+    assert sorted(built) == sorted(_factorized(backend.plans[0]))  # type: ignore[attr-defined]
+
+
+def test_batch_sizes_recompile_at_most_twice(built: list[str]) -> None:
+    _batches_recompile_at_most_twice("eager", built)
+
+
+@pytest.mark.slow
+def test_batch_sizes_recompile_at_most_twice_with_inductor(built: list[str]) -> None:
+    _batches_recompile_at_most_twice("inductor", built)
+
+
+def test_grad_mode_warns_and_records_no_gradients() -> None:
+    model, x = _mlp(), torch.randn(8, 64)
+    compiled = torch.compile(model, backend=tfx.backend(budget=0.5, compiler="eager"))
+    with pytest.warns(tfx.TfxWarning, match=r"(?s)for inference.*torch\.no_grad\(\).*tfx\.factorize"):
+        y = compiled(x)
+    assert not y.requires_grad
+
+
+def test_skip_leaves_a_module_dense() -> None:
+    model, x = _mlp(), torch.randn(8, 64)
+    backend = tfx.backend(budget=0.5, skip=["0"], compiler="eager")
+    _run(torch.compile(model, backend=backend), x)
+    choice = backend.plans[0].choice("0")  # type: ignore[attr-defined]
+    assert choice.form == "dense" and "skip" in choice.reason
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"form": ["svd"]}, r"keyword='form' is not registered\. Did you mean 'forms'\?"),
+        ({"example_inputs": (1,)}, r"(?s)keyword='example_inputs' is not registered.*dynamo supplies the inputs"),
+        ({"forms": ["tuker"]}, r"form='tuker' is not registered\. Did you mean 'tucker'\?"),
+        ({"kinds": ["lineer"]}, r"kind='lineer' is not registered\. Did you mean 'linear'\?"),
+        ({"strategy": "gredy"}, r"strategy='gredy' is not registered\. Did you mean 'greedy'\?"),
+        ({"strategy": "sensitivity"}, r"(?s)needs calibration data.*Fix: tfx\.backend\(budget, strategy='auto'\)"),
+        ({"compiler": "aot"}, r"(?s)compiler='aot' is not registered.*'eager', 'inductor'"),
+        ({"skip": "encoder"}, r"skip='encoder' is not a sequence of module names"),
+    ],
+)
+def test_backend_rejects_bad_options(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(tfx.OptionError, match=match):
+        tfx.backend(0.5, **options)
+
+
+@pytest.mark.parametrize(
+    ("budget", "match"),
+    [(1.5, r"budget=1\.5 is a float above 1"), (0, r"budget=0 is not a positive number"), ("half", r"budget='half'")],
+)
+def test_backend_rejects_malformed_budgets(budget: Any, match: str) -> None:
+    with pytest.raises(tfx.BudgetError, match=match):
+        tfx.backend(budget)
+
+
+def test_unreachable_budget_names_the_graph_piece() -> None:
+    model, x = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64)).eval(), torch.randn(4, 64)
+    compiled = torch.compile(model, backend=tfx.backend(budget=0.01, compiler="eager"))
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"(?s)BudgetError: budget=0\.01.*graph piece"):
+        _run(compiled, x)
