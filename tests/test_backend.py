@@ -146,6 +146,17 @@ def test_backend_string_resolves_without_importing_tfx() -> None:
     assert out.stdout.split() == ["False", "tfx._backend", "default_backend"]
 
 
+def test_backend_string_takes_options() -> None:
+    """``torch.compile(model, backend="tfx", options={...})``: the options of ``tfx.backend``."""
+    model, x = _model("mlp")
+    options = {"budget": 0.3, "compiler": "eager"}
+    got = _run(torch.compile(model, backend="tfx", options=options), x)
+    at_03 = tfx.factorize(model, 0.3, example_inputs=(x,), progress=False)
+    at_05 = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
+    assert _decisions(at_03.tfx_plan) != _decisions(at_05.tfx_plan)
+    torch.testing.assert_close(got, _run(at_03, x), rtol=1e-5, atol=1e-6)
+
+
 # --- same plan and outputs as tfx.factorize + inductor --------------------------------------------
 
 
@@ -353,6 +364,7 @@ def test_skip_leaves_a_module_dense() -> None:
         ({"strategy": "sensitivity"}, r"(?s)needs calibration data.*Fix: tfx\.backend\(budget, strategy='auto'\)"),
         ({"compiler": "aot"}, r"(?s)compiler='aot' is not registered.*'eager', 'inductor'"),
         ({"skip": "encoder"}, r"skip='encoder' is not a sequence of module names"),
+        ({"mode": "max-autotun"}, r"mode='max-autotun' is not registered\. Did you mean 'max-autotune'\?"),
     ],
 )
 def test_backend_rejects_bad_options(options: dict[str, Any], match: str) -> None:

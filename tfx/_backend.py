@@ -41,7 +41,7 @@ DEFAULT_BUDGET: Final = 0.5
 #: The capture path recorded in the plans the backend makes.
 CAPTURE: Final = "dynamo"
 _KINDS: Final = ("linear", "conv", "embedding")
-_OPTIONS: Final = ("forms", "kinds", "skip", "strategy", "progress", "compiler")
+_OPTIONS: Final = ("forms", "kinds", "skip", "strategy", "progress", "compiler", "mode")
 
 # One decomposition per (Parameter, what it is decomposed into): recompiles and the
 # graph pieces after a graph break reuse it. Keys are the Parameter objects themselves,
@@ -134,6 +134,7 @@ class _Lifted:
         self.gm = gm
         self.params: dict[str, nn.Parameter] = {}
         self.placeholders: dict[str, fx.Node] = {}
+        self.reads: dict[fx.Node, fx.Node] = {}  # the get_attr nodes made here -> their placeholders
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         for node, value in zip(placeholders, example_inputs):
             if isinstance(value, nn.Parameter) and node.users:
@@ -143,7 +144,7 @@ class _Lifted:
         source = _source_name(node)
         named = _qualified_name(source) if source is not None else None
         candidates = [named[1], f"{named[0]}.{named[1]}"] if named else []
-        candidates.append(f"_tfx_inputs.{node.name}")
+        candidates.append(f"_tfx_inputs.{node.name}.weight")  # site name "_tfx_inputs.<placeholder>"
         target = next((t for t in candidates if t not in self.params and _register(self.gm, t, param)), None)
         if target is None:
             return  # stays an input, so find_sites does not see it
@@ -154,13 +155,18 @@ class _Lifted:
         node.replace_all_uses_with(attr)
         self.params[target] = param
         self.placeholders[target] = node
+        self.reads[attr] = node
 
     def restore(self) -> None:
-        """Read every parameter still in use from its placeholder again; unregister them all."""
-        for node in list(self.gm.graph.nodes):
-            if node.op == "get_attr" and node.target in self.placeholders:
-                node.replace_all_uses_with(self.placeholders[str(node.target)])
-                self.gm.graph.erase_node(node)
+        """Read every parameter still in use from its placeholder again; unregister them all.
+
+        Only the ``get_attr`` nodes made by :meth:`_lift` go: a factorized layer registered
+        at a site's name may hold a tensor at the same path (its own bias, ``<site>.bias``).
+        """
+        for attr, placeholder in self.reads.items():
+            if attr.graph is self.gm.graph and not getattr(attr, "_erased", False):
+                attr.replace_all_uses_with(placeholder)
+                self.gm.graph.erase_node(attr)
         for target, param in self.params.items():
             _unregister(self.gm, target, param)
 
@@ -256,7 +262,7 @@ class _Backend:
 
     def __init__(
         self, budget: float | int | Budget, forms: tuple[str, ...], kinds: tuple[str, ...], skip: tuple[str, ...],
-        strategy: str, progress: bool, compiler: str,
+        strategy: str, progress: bool, compiler: str, mode: str | None = None,
     ) -> None:
         self.budget = budget
         self.forms = forms
@@ -265,6 +271,7 @@ class _Backend:
         self.strategy = strategy
         self.progress = progress
         self.compiler = compiler
+        self.mode = mode
         #: The plan of each graph piece compiled so far, in order.
         self.plans: list[FactorizationPlan] = []
 
@@ -280,8 +287,11 @@ class _Backend:
             return _checked(_without_grad(gm), used)
         from torch._inductor.compile_fx import compile_fx
 
+        from torch._inductor import list_mode_options
+
         with torch.no_grad():  # an inference graph: nothing saved for a backward pass
-            return _checked(compile_fx(gm, list(example_inputs)), used)
+            compiled = compile_fx(gm, list(example_inputs), config_patches=list_mode_options(self.mode) or None)
+        return _checked(compiled, used)
 
     def _factorize_graph(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], used: list[_Decomposed]
@@ -318,7 +328,7 @@ class _Backend:
 
 def _check_options(
     budget: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str], strategy: str, compiler: str,
-    unknown: dict[str, Any],
+    mode: str | None, unknown: dict[str, Any],
 ) -> None:
     for name in unknown:
         raise unknown_option(
@@ -341,6 +351,11 @@ def _check_options(
         raise unknown_option("strategy", strategy, available_strategies())
     if compiler not in ("inductor", "eager"):
         raise unknown_option("compiler", compiler, ("inductor", "eager"))
+    if mode is not None:
+        from torch._inductor import list_mode_options
+
+        if mode not in list_mode_options():
+            raise unknown_option("mode", mode, list_mode_options(), hint="These are inductor's modes, as in torch.compile(mode=...).")
 
 
 def backend(
@@ -352,6 +367,7 @@ def backend(
     strategy: str = "auto",
     progress: bool = False,
     compiler: str = "inductor",
+    mode: str | None = None,
     **options: Any,
 ) -> Callable[[fx.GraphModule, list[torch.Tensor]], Callable[..., Any]]:
     """A ``torch.compile`` backend that factorizes the graph's layers, then compiles with inductor.
@@ -378,6 +394,7 @@ def backend(
         progress: show progress bars while planning.
         compiler: ``"inductor"`` (the default) or ``"eager"``, which runs the
             factorized graph uncompiled (for debugging).
+        mode: inductor's mode, as in ``torch.compile(mode=...)`` (``"max-autotune"``, ...).
         **options: anything else raises :class:`~tfx.OptionError`.
 
     Returns:
@@ -399,22 +416,30 @@ def backend(
         >>> tfx_backend.plans[0].choices[0].site
         '0'
     """
-    _check_options(budget, forms, kinds, skip, strategy, compiler, options)
-    return _Backend(budget, tuple(forms), tuple(kinds), tuple(skip), strategy, progress, compiler)
+    _check_options(budget, forms, kinds, skip, strategy, compiler, mode, options)
+    return _Backend(budget, tuple(forms), tuple(kinds), tuple(skip), strategy, progress, compiler, mode)
 
 
 _DEFAULT: _Backend | None = None
 
 
-def default_backend(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., Any]:
+def default_backend(
+    gm: fx.GraphModule, example_inputs: list[torch.Tensor], *, options: dict[str, Any] | None = None,
+    mode: str | None = None,
+) -> Callable[..., Any]:
     """The ``"tfx"`` entry point of ``torch.compile``: :func:`backend` with its defaults (budget 0.5).
+
+    ``torch.compile(model, backend="tfx", options={"budget": 0.3}, mode=...)`` passes
+    ``options`` as the keyword arguments of :func:`backend` and ``mode`` to inductor.
 
     Example:
         >>> import torch
         >>> model = torch.nn.Linear(64, 64).eval()
-        >>> compiled = torch.compile(model, backend="tfx")   # doctest: +SKIP
+        >>> compiled = torch.compile(model, backend="tfx", options={"budget": 0.3})
     """
     global _DEFAULT
+    if options or mode is not None:
+        return backend(**{"mode": mode, **(options or {})})(gm, example_inputs)
     if _DEFAULT is None:
         _DEFAULT = _Backend(DEFAULT_BUDGET, FORMS, _KINDS, (), "auto", False, "inductor")
     return _DEFAULT(gm, example_inputs)
