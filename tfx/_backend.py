@@ -289,8 +289,9 @@ class _Backend:
 
         from torch._inductor import list_mode_options
 
+        patches = list_mode_options(self.mode) if self.mode is not None else None  # None lists every mode
         with torch.no_grad():  # an inference graph: nothing saved for a backward pass
-            compiled = compile_fx(gm, list(example_inputs), config_patches=list_mode_options(self.mode) or None)
+            compiled = compile_fx(gm, list(example_inputs), config_patches=patches)
         return _checked(compiled, used)
 
     def _factorize_graph(
