@@ -1,4 +1,8 @@
-"""``make bench``: the layer benchmark (benchmarks/layers.py), then the decomposition timings.
+"""``make bench``: the layer benchmark (benchmarks/layers.py), the decomposition timings, then quality.
+
+The quality benchmark (benchmarks/quality.py) factorizes MiniLM and a digits CNN with five
+methods at three budgets each and rewrites docs/img/quality*.png and
+benchmarks/results/quality.json.
 
 Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py
 See benchmarks/README.md for the tltorch comparison and for running each part alone.
@@ -13,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import decompose_speed  # noqa: E402
 import layers  # noqa: E402
+import quality  # noqa: E402
 
 
 def main() -> None:
@@ -26,6 +31,9 @@ def main() -> None:
         )
         sys.argv = sys.argv[:1]  # decompose_speed parses its own (empty) command line
         decompose_speed.main()
+    print()
+    print("== benchmarks/quality.py: quality after factorization (MiniLM, digits CNN) ==", flush=True)
+    quality.main([])
 
 
 if __name__ == "__main__":

