@@ -26,6 +26,7 @@ import torch
 from torch import fx, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ._api import KINDS, _check_names, _check_weights, _plan_sites
 from ._errors import BudgetError, OptionError, TfxWarning, unknown_option
 from .cost import FORMS, Budget, Choice, FactorizationPlan, normalise_budget
 from .cost._choose import available_strategies
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BUDGET: Final = 0.5
 #: The capture path recorded in the plans the backend makes.
 CAPTURE: Final = "dynamo"
-_KINDS: Final = ("linear", "conv", "embedding")
 _OPTIONS: Final = ("forms", "kinds", "skip", "strategy", "progress", "compiler", "mode")
 
 # One decomposition per (Parameter, what it is decomposed into): recompiles and the
@@ -298,8 +298,6 @@ class _Backend:
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], used: list[_Decomposed]
     ) -> fx.GraphModule:
         """Rewrite dynamo's graph in place (plan appended to :attr:`plans`); no compilation."""
-        from ._api import _check_weights, _plan_sites
-
         lifted = _Lifted(gm, example_inputs)
         try:
             sites = find_sites(gm, path=CAPTURE, kinds=self.kinds, skip=self.skip)
@@ -338,12 +336,8 @@ def _check_options(
             "example_inputs, verify and plan do not apply: dynamo supplies the inputs.",
         )
     normalise_budget(budget, 1 << 40, 1 << 40)  # raises BudgetError on a malformed budget
-    for value in forms:
-        if value not in FORMS:
-            raise unknown_option("form", value, FORMS)
-    for value in kinds:
-        if value not in _KINDS:
-            raise unknown_option("kind", value, _KINDS)
+    _check_names(forms, FORMS, "form")
+    _check_names(kinds, KINDS, "kind")
     if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):
         raise OptionError(f"skip={skip!r} is not a sequence of module names.\nFix: skip=[\"encoder.layer.0\"].")
     if strategy == "sensitivity":
@@ -363,7 +357,7 @@ def backend(
     budget: float | int | Budget = DEFAULT_BUDGET,
     *,
     forms: Sequence[str] = FORMS,
-    kinds: Sequence[str] = _KINDS,
+    kinds: Sequence[str] = KINDS,
     skip: Sequence[str] = (),
     strategy: str = "auto",
     progress: bool = False,
@@ -442,5 +436,5 @@ def default_backend(
     if options or mode is not None:
         return backend(**{"mode": mode, **(options or {})})(gm, example_inputs)
     if _DEFAULT is None:
-        _DEFAULT = _Backend(DEFAULT_BUDGET, FORMS, _KINDS, (), "auto", False, "inductor")
+        _DEFAULT = _Backend(DEFAULT_BUDGET, FORMS, KINDS, (), "auto", False, "inductor")
     return _DEFAULT(gm, example_inputs)
