@@ -14,6 +14,7 @@ Example:
 from . import cost, functional, nn, passes, tensors
 from ._api import factorize, load, plan, save
 from ._backend import backend
+from ._distill import distill
 from .cost import Budget, FactorizationPlan
 from ._errors import (
     BudgetError,
@@ -79,6 +80,7 @@ __all__ = [
     "factorize",
     "plan",
     "backend",
+    "distill",
     "save",
     "load",
     "Budget",

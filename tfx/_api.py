@@ -20,7 +20,9 @@ from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, u
 from .cost import FORMS, Budget, dense_option, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
 from .cost._choose import available_strategies, choose_two
 from .passes import Site, capture, emit, find_sites, output_error, rewrite
+from .passes._calibrate import Calibrated, calibrate, whitened_site
 from .passes._match import find_module_sites
+from .passes._rewrite import build_layer
 
 __all__ = ["factorize", "plan", "save", "load", "Budget", "FactorizationPlan"]
 
@@ -88,6 +90,7 @@ def _edges(gm: fx.GraphModule, sites: Sequence[Site]) -> list[tuple[str, str]]:
 def _plan_sites(
     model: nn.Module, gm: fx.GraphModule, sites: list[Site], budget: Any, forms: Sequence[str],
     strategy: str, path: str, progress: bool, weights: Sequence[float] | None = None,
+    calibrated: Calibrated | None = None,
 ) -> FactorizationPlan:
     total = _count_params(model)
     site_params = sum(s.info.dense_params for s in sites)
@@ -96,7 +99,8 @@ def _plan_sites(
     options: list[list[Option]] = []
     bar = _progress(len(sites), progress, "tfx: spectra")
     for site in sites:
-        options.append(candidates(site.info, site.weight, forms))
+        stats = calibrated.stats.get(site.name) if calibrated is not None else None
+        options.append(candidates(site.info, site.weight, forms, stats))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -111,13 +115,21 @@ def _plan_sites(
     if floor > budget_params:
         raise BudgetError(_budget_message(budget, budget_params, total, fixed, floor, sites))
     site_options = [graph.nodes[s.name]["options"] for s in sites]
+    if weights is None and calibrated is not None and calibrated.sensitivity:
+        weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]
     if budget_flops is None:
         picks = choose(site_options, budget_params - fixed, strategy=strategy, weights=weights)
     else:
         picks = choose_two(site_options, budget_params - fixed, budget_flops, weights=weights)
     choices = [_choice(site, opts[i]) for site, opts, i in zip(sites, options, picks)]
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
-    return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path, timings=timings)
+    notes = []
+    if calibrated is not None:
+        for choice in choices:
+            choice.sensitivity = calibrated.sensitivity.get(choice.site)
+        timings = {**calibrated.timings, **timings}
+        notes.append(calibrated.note())
+    return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path, timings=timings, notes=notes)
 
 
 def _choice(site: Site, option: Option) -> Choice:
@@ -178,6 +190,31 @@ def _prepare(model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds:
     return captured, sites
 
 
+def _check_strategy(strategy: str, calibration: Any) -> None:
+    if strategy not in available_strategies():
+        raise unknown_option("strategy", strategy, available_strategies())
+    if strategy == "sensitivity" and calibration is None:
+        raise OptionError(
+            'strategy="sensitivity" weighs each layer by how much its error changes the model\'s output, '
+            "which is measured on calibration data, and none was given.\n"
+            'Fix: pass calibration=[batch, ...] (inputs in the example_inputs format), or use strategy="auto".'
+        )
+
+
+def _calibrate(gm: fx.GraphModule, sites: Sequence[Site], calibration: Any, strategy: str, progress: bool) -> Calibrated | None:
+    if calibration is None:
+        return None
+    bar = (lambda total, desc: _progress(total, True, desc)) if progress else None
+    return calibrate(gm, sites, calibration, sensitivity=strategy == "sensitivity", progress=bar)
+
+
+def _builder(calibrated: Calibrated | None) -> Any:
+    """The layer builder for rewrite: :func:`build_layer`, on the output-aware weight when calibrated."""
+    if calibrated is None:
+        return build_layer
+    return lambda site, choice: build_layer(whitened_site(site, choice, calibrated.stats.get(site.name)), choice)
+
+
 def plan(
     model: nn.Module,
     budget: float | int | Budget,
@@ -187,6 +224,7 @@ def plan(
     kinds: Sequence[str] = KINDS,
     skip: Sequence[str] = (),
     strategy: str = "auto",
+    calibration: Iterable[Any] | None = None,
     progress: bool = True,
 ) -> FactorizationPlan:
     """Decide, per layer, the form, tensorized shape and rank under one budget; change nothing.
@@ -194,10 +232,10 @@ def plan(
     Arguments are those of :func:`factorize`. Returns the :class:`FactorizationPlan`
     (print it for the table; ``plan.to_json()`` to save it).
     """
-    if strategy not in available_strategies():
-        raise unknown_option("strategy", strategy, available_strategies())
+    _check_strategy(strategy, calibration)
     captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
-    return _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress)
+    calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress)
+    return _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress, calibrated=calibrated)
 
 
 def factorize(
@@ -227,9 +265,15 @@ def factorize(
             ``"tt"``, ``"blocktt"``.
         kinds: the layer kinds to factorize: ``"linear"``, ``"conv"``, ``"embedding"``.
         skip: qualified names of modules to leave dense.
-        strategy: the allocation strategy (``"auto"``, ``"greedy"``, ``"dp"``, ``"uniform"``
-            or a registered one).
-        calibration: reserved for activation-aware factorization (not used yet).
+        strategy: the allocation strategy (``"auto"``, ``"greedy"``, ``"dp"``, ``"uniform"``,
+            ``"sensitivity"`` -- ``"auto"`` with each site's error weighted by its measured effect on
+            the model's output; needs ``calibration`` -- or a registered one).
+        calibration: an iterable of example inputs (each in the ``example_inputs`` format),
+            e.g. a few hundred sentences' token batches or images. tfx records each linear and
+            convolution's input second moments on them (streamed, no activations kept) and
+            factorizes for the layer's *output* on that data: whitened SVD, and Kronecker-factored
+            whitening for Tucker / TT / BlockTT; estimated errors become output errors. See
+            the quality guide.
         verify: with ``example_inputs``, measure the outputs' max relative error
             against the original and record it in the plan.
         progress: show progress bars.
@@ -253,26 +297,26 @@ def factorize(
         >>> sum(p.numel() for p in gm.parameters()) <= 0.5 * sum(p.numel() for p in model.parameters())
         True
     """
-    if calibration is not None:
-        logger.warning("calibration= is not used yet: factorizing without activation statistics")
-    if plan is None and strategy not in available_strategies():
-        raise unknown_option("strategy", strategy, available_strategies())
+    if plan is None:
+        _check_strategy(strategy, calibration)
     start = time.perf_counter()
     captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
     capture_s = time.perf_counter() - start
+    calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress)
     if plan is None:
-        the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress)
+        the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress, calibrated=calibrated)
     else:
         the_plan = copy.deepcopy(plan)
         _check_plan(the_plan, sites)
     the_plan.timings["capture + match"] = capture_s
     clock = time.perf_counter()
     gm = captured.gm
+    build = _builder(calibrated)
     if captured.path == "module_swap":
-        _swap(gm, sites, the_plan)
+        _swap(gm, sites, the_plan, build)
     else:
         bar = _progress(len(sites), progress, "tfx: decompose")
-        rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar)
+        rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar, build=build)
         if bar is not None:
             bar.close()
     the_plan.timings["decompose + rewrite"] = time.perf_counter() - clock
@@ -345,14 +389,12 @@ def _check_plan(the_plan: FactorizationPlan, sites: Sequence[Site]) -> None:
         raise PlanMismatchError(f"the model has sites the plan does not cover: {sorted(missing)[:5]}.\nFix: make a new plan.")
 
 
-def _swap(gm: fx.GraphModule, sites: Sequence[Site], the_plan: FactorizationPlan) -> None:
+def _swap(gm: fx.GraphModule, sites: Sequence[Site], the_plan: FactorizationPlan, build: Any) -> None:
     """Module-swap path: the sites are modules of ``gm.model``; replace them in place."""
-    from .passes._rewrite import build_layer
-
     for site in sites:
         choice = the_plan.choice(site.name)
         if choice.form != "dense":
-            gm.model.set_submodule(site.name, build_layer(site, choice))  # type: ignore[union-attr, operator]
+            gm.model.set_submodule(site.name, build(site, choice))  # type: ignore[union-attr, operator]
 
 
 def save(gm: fx.GraphModule, path: str | Path) -> None:

@@ -17,6 +17,8 @@ numbers only. Strategies are registered by name with one signature,
   upgrade with the best error reduction per unit of cost that still fits.
 * ``"dp"``: exact multiple-choice knapsack over costs quantised to 2000 bins.
 * ``"uniform"``: the same fraction of each site's dense cost (the naive baseline).
+* ``"sensitivity"``: ``"auto"`` with each site's error weighted by its measured effect on
+  the model's output (``tfx.factorize(..., calibration=..., strategy="sensitivity")``).
 """
 
 from __future__ import annotations
@@ -156,7 +158,10 @@ def _closest(opts: Sequence[Option], fraction: float) -> int:
     return min(fitting, key=lambda i: (opts[i].error, _cost(opts[i])))
 
 
-_STRATEGIES: dict[str, Strategy] = {"auto": _auto, "greedy": _greedy, "dp": _dp, "uniform": _uniform}
+# "sensitivity" allocates as "auto" does; what differs is its weights: tfx.factorize measures
+# each site's sensitivity on the calibration data and passes it here (without weights the
+# two agree).
+_STRATEGIES: dict[str, Strategy] = {"auto": _auto, "greedy": _greedy, "dp": _dp, "uniform": _uniform, "sensitivity": _auto}
 
 
 def register_strategy(name: str, fn: Strategy) -> None:

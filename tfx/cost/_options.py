@@ -22,6 +22,7 @@ from ..tensors._rank import tt_rank_bounds
 from ..utils import balanced_tensorization, get_tensorized_shape
 from ._flops import price, price_all
 from ._records import Option, SiteInfo
+from ._whiten import InputStats
 
 __all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra"]
 
@@ -114,7 +115,9 @@ def dense_option(site: SiteInfo, itemsize: int = 4) -> Option:
 
 
 def _rel(site_norm2: float, energy: float) -> float:
-    return math.sqrt(max(energy, 0.0) / site_norm2) if site_norm2 > 0 else 0.0
+    # The HOSVD / TT-SVD bounds sum over unfoldings and can pass 1; the truncations are
+    # orthogonal projections, so the true relative error never does.
+    return min(1.0, math.sqrt(max(energy, 0.0) / site_norm2)) if site_norm2 > 0 else 0.0
 
 
 # ---------------------------------------------------------------- linear / embedding
@@ -232,7 +235,10 @@ def _cp_options(site: SiteInfo, weight: torch.Tensor, shape: tuple[int, ...], ts
 
 
 # ------------------------------------------------------------------------ conv
-def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms: Sequence[str]) -> Iterable[Option]:
+def _conv_options(
+    site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms: Sequence[str], svd_spectra: Spectra | None = None,
+) -> Iterable[Option]:
+    svd_spectra = spectra if svd_spectra is None else svd_spectra
     out_c, in_c, *kernel = site.weight_shape
     shape = tuple(site.weight_shape)
     k = math.prod(kernel)
@@ -241,7 +247,7 @@ def _conv_options(site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms:
         for r in _rank_grid(min(out_c, in_c * k)):
             rank = (1, r, *bounds[2:])
             params = _chain_params(shape, rank)
-            err = _rel(spectra.norm2, spectra.discarded(shape, None, 1, r))
+            err = _rel(svd_spectra.norm2, svd_spectra.discarded(shape, None, 1, r))
             yield Option("svd", None, rank, params, 0, err)
     if "tucker" in forms:  # Tucker-2: ranks on the channel modes, kernel modes full
         seen = set()
@@ -282,13 +288,16 @@ def _tensorized_options(
 
 
 # --------------------------------------------------------------------- entry point
-def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS) -> list[Option]:
+def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS, stats: InputStats | None = None) -> list[Option]:
     """Every candidate for ``site`` (the dense option included), cheapest first.
 
     Args:
         site: the site's shapes and numbers.
         weight: its dense weight (``(out, in)``, ``(num, dim)`` or a conv kernel).
         forms: which forms to consider, from :data:`FORMS`.
+        stats: the site's input statistics (``calibration=``): errors are then relative
+            *output* errors on the calibration data, from the spectra of the whitened weight
+            (see :mod:`tfx.cost._whiten`); CP and padded options keep weight errors.
 
     Returns:
         Options sorted by parameter count; options that are not smaller than
@@ -299,14 +308,29 @@ def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORM
     if site.factorizable:
         spectra = Spectra(weight)
         if site.kind == "conv":
-            options += list(_conv_options(site, weight, spectra, forms))
+            if stats is None:
+                options += list(_conv_options(site, weight, spectra, forms))
+            else:  # svd: the whole im2col input whitened; Tucker/TT: Kronecker over (in, *kernel)
+                flat = weight.reshape(weight.shape[0], -1)
+                svd_spectra = Spectra(stats.whitening().apply(flat).reshape(weight.shape))
+                kron = spectra
+                if stats.full and any(f in forms for f in ("tucker", "tt")):
+                    kron = Spectra(stats.whitening(weight.shape[1:]).apply(flat).reshape(weight.shape))
+                options += list(_conv_options(site, weight, kron, forms, svd_spectra=svd_spectra))
         else:
             rows, cols = _matrix_sizes(site)
             matrix = weight.reshape(rows, cols)
             if "svd" in forms:
-                options += list(_svd_options(site, spectra, rows, cols))
+                svd_spectra = spectra if stats is None else Spectra(stats.whitening().apply(matrix))
+                options += list(_svd_options(site, svd_spectra, rows, cols))
             pairs = _tensorizations(site)
-            options += list(_tensorized_options(site, spectra, matrix, pairs, forms))
+            tensorized = any(f in forms for f in ("tucker", "tt", "blocktt"))
+            if stats is not None and stats.full and tensorized:  # one Kronecker whitening per column tensorization
+                for pair in pairs:
+                    whitened = Spectra(stats.whitening(pair[1]).apply(matrix))
+                    options += list(_tensorized_options(site, whitened, matrix, [pair], forms))
+            else:
+                options += list(_tensorized_options(site, spectra, matrix, pairs, forms))
             p_rows, p_cols = padded_size(rows), padded_size(cols)
             if (p_rows, p_cols) != (rows, cols):
                 # Zero rows/columns: the same matrix, with shapes that tensorize (exact).

@@ -83,25 +83,45 @@ def _symbolic_trace(model: nn.Module, skip: Sequence[str], example_inputs: Any) 
 
 def _export(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
     args, kwargs = split_inputs(example_inputs)
-    try:  # a dynamic batch dimension where the model allows it
-        ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=_as_dynamic(model, args, kwargs))
-    except Exception as err:  # noqa: BLE001 - a static batch is the fallback
-        logger.info("export with a dynamic batch failed (%s); exporting with static shapes", err)
-        ep = torch.export.export(model, args, kwargs, strict=False)
+    ep = None
+    # Dynamic dimensions where the model allows them: every dimension (torch.export's AUTO
+    # keeps a dimension dynamic unless the model specialises it, so sequence lengths and image
+    # sizes other than the example's work), else the batch dimension only, else static shapes.
+    for spec in (_as_dynamic(model, args, kwargs, every_dim=True), _as_dynamic(model, args, kwargs), None):
+        if spec is False:
+            continue
+        try:
+            ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=spec)
+            break
+        except Exception as err:  # noqa: BLE001 - a less dynamic capture is the fallback
+            if spec is None:
+                raise
+            logger.info("export with dynamic shapes failed (%s); trying fewer dynamic dimensions", err)
+    assert ep is not None
     unlifted = ep.module()
     # The module torch.export returns refuses .train(); a plain GraphModule over the same
     # graph and attributes trains. Mode-dependent ops (dropout, batch norm) stay as captured.
     return fx.GraphModule(unlifted, unlifted.graph, model.__class__.__name__)
 
 
-def _as_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _as_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], every_dim: bool = False) -> Any:
+    """``dynamic_shapes`` for export: the batch dimension, or (``every_dim``) every dimension
+    through ``Dim.AUTO``; False where that is not available (torch < 2.5)."""
     import inspect
 
+    auto = getattr(torch.export.Dim, "AUTO", None)
+    if every_dim and auto is None:
+        return False
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     names = list(inspect.signature(model.forward).parameters)
     spec: dict[str, Any] = {}
     for name, value in [*zip(names, args), *kwargs.items()]:
-        spec[name] = {0: batch} if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] > 1 else None
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            spec[name] = None
+        elif every_dim:
+            spec[name] = {d: auto for d in range(value.dim())}
+        else:
+            spec[name] = {0: batch} if value.shape[0] > 1 else None
     return spec
 
 

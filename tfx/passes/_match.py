@@ -82,6 +82,13 @@ def _param(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
     return None
 
 
+def _weight(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
+    """Like :func:`_param`, for a layer's weight: only an ``nn.Parameter`` makes a site (a
+    buffer used as a weight, e.g. a fixed projection, is not a parameter of the budget)."""
+    found = _param(gm, node)
+    return found if found is not None and isinstance(found[1], nn.Parameter) else None
+
+
 def _shape(node: Any) -> tuple[int, ...] | None:
     if not isinstance(node, fx.Node):
         return None
@@ -176,7 +183,7 @@ def _detached(value: torch.Tensor | None) -> torch.Tensor | None:
 def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
     target = node.target
     if target in _LINEAR_FNS:
-        weight, bias = _param(gm, _arg(node, 1, "weight")), _param(gm, _arg(node, 2, "bias"))
+        weight, bias = _weight(gm, _arg(node, 1, "weight")), _param(gm, _arg(node, 2, "bias"))
         if weight is None or weight[1].dim() != 2:
             return None
         x = node.args[0]
@@ -185,7 +192,7 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
     if target in _ADDMM_FNS or target in _MATMUL_FNS:
         addmm = target in _ADDMM_FNS
         x, w = (node.args[1], node.args[2]) if addmm else (node.args[0], node.args[1])
-        weight = _param(gm, w)
+        weight = _weight(gm, w)
         bias = _param(gm, node.args[0]) if addmm else None
         if weight is None or weight[1].dim() != 2 or (addmm and bias is None):
             return None
@@ -193,7 +200,7 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
         info = SiteInfo(_module_name(weight[0], node), "linear", tuple(matrix.shape), _tokens(x, matrix.shape[1]), addmm, path=path)
         return Site(info, node, x, matrix, _detached(bias[1]) if bias else None, weight[0])
     if target in _CONV_FNS:
-        weight, bias = _param(gm, _arg(node, 1, "weight")), _param(gm, _arg(node, 2, "bias"))
+        weight, bias = _weight(gm, _arg(node, 1, "weight")), _param(gm, _arg(node, 2, "bias"))
         if weight is None:
             return None
         order = _CONV_FNS[target]
@@ -210,7 +217,7 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
     if target in _EMBEDDING_FNS:
         aten_form = target is aten.embedding.default
         w_node, x = (node.args[0], node.args[1]) if aten_form else (node.args[1], node.args[0])
-        weight = _param(gm, w_node)
+        weight = _weight(gm, w_node)
         if weight is None:
             return None
         padding_idx = _arg(node, 2, "padding_idx", -1 if aten_form else None)

@@ -1,0 +1,229 @@
+"""Calibration: statistics against a direct computation, whitened factorization end to end,
+the sensitivity strategy, and their errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tfx
+from tests.passes._models import MLP, SmallCNN, Untraceable, bert_inputs, max_rel_error, tiny_bert
+from tfx import OptionError
+from tfx.cost._whiten import relative_output_error
+from tfx.passes import capture, find_sites
+from tfx.passes._calibrate import collect_statistics, measure_sensitivity, whitened_site
+
+
+def _inputs_by_hook(model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, list[torch.Tensor]]:
+    """Every linear / conv layer's inputs, recorded directly with forward pre-hooks (float64)."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args, name=name: seen.setdefault(name, []).append(args[0].detach().double())))
+    with torch.no_grad():
+        for batch in batches:
+            model(*batch)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_linear_statistics_match_a_direct_computation() -> None:
+    model = MLP().eval()
+    batches = [(torch.randn(5, 7, 32),), (torch.randn(3, 7, 32),)]
+    captured = capture(model, batches[0])
+    sites = find_sites(captured.gm, path=captured.path)
+    stats = collect_statistics(captured.gm, sites, batches)
+    direct = _inputs_by_hook(model, batches)
+    factorizable = [s.name for s in sites if s.info.factorizable]
+    assert sorted(stats) == sorted(factorizable) and factorizable
+    for name in factorizable:
+        rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in direct[name]])
+        assert stats[name].count == rows.shape[0]
+        torch.testing.assert_close(stats[name].covariance(), rows.T @ rows / rows.shape[0], rtol=1e-5, atol=1e-6)
+    # the captured graph is left as it was: no observer nodes, same outputs
+    assert not any("calibration" in str(n.target) for n in captured.gm.graph.nodes)
+    assert max_rel_error(model(*batches[0]), captured.gm(*batches[0])) == 0.0
+
+
+def test_conv_statistics_are_im2col_second_moments() -> None:
+    model = SmallCNN().eval()
+    batches = [(torch.randn(2, 3, 8, 8),), (torch.randn(3, 3, 8, 8),)]
+    captured = capture(model, batches[0])
+    sites = find_sites(captured.gm, path=captured.path)
+    stats = collect_statistics(captured.gm, sites, batches)
+    direct = _inputs_by_hook(model, batches)
+    modules = dict(model.named_modules())
+    convs = [s for s in sites if s.info.kind == "conv" and s.info.factorizable]
+    assert convs
+    for site in convs:
+        conv = modules[site.name]
+        patches = torch.cat([
+            F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+            .transpose(1, 2).reshape(-1, math.prod(conv.weight.shape[1:]))
+            for x in direct[site.name]
+        ])
+        torch.testing.assert_close(stats[site.name].covariance(), patches.T @ patches / patches.shape[0], rtol=1e-5, atol=1e-6)
+
+
+def test_sites_sharing_an_input_share_statistics() -> None:
+    model = tiny_bert()
+    inputs = bert_inputs()
+    captured = capture(model, inputs)
+    sites = find_sites(captured.gm, path=captured.path)
+    stats = collect_statistics(captured.gm, sites, [inputs])
+    names = [s.name for s in sites if s.info.factorizable and s.info.kind == "linear"]
+    query = next(n for n in names if n.endswith("query"))
+    key = next(n for n in names if n.endswith("key"))
+    assert stats[query] is stats[key]
+
+
+class _Anisotropic(nn.Module):
+    """One linear layer whose input features have geometrically decaying scales (three decades).
+
+    Geometric scales ``q ** i`` are separable over any row-major split of the feature index
+    (``q ** (i1 * n2 + i2) = q ** (i1 * n2) * q ** i2``), so the input's second moment is a
+    Kronecker product for every tensorization: the case Kronecker-factored whitening is exact for.
+    """
+
+    def __init__(self, d: int = 64) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.logspace(0, -3, d))
+        self.layer = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x * self.scale)
+
+
+@pytest.mark.parametrize("form", ["svd", "tucker", "tt", "blocktt"])
+def test_calibrated_factorize_beats_plain_on_held_out_output_error(form: str) -> None:
+    model = _Anisotropic().double().eval()
+    calibration = [(torch.randn(256, 64, dtype=torch.float64),) for _ in range(4)]
+    held = torch.randn(1024, 64, dtype=torch.float64)
+    errors = {}
+    for calib in (None, calibration):
+        gm = tfx.factorize(model, 0.45, example_inputs=calibration[0], forms=(form,), calibration=calib, progress=False)
+        assert gm.tfx_plan.choice("layer").form == form
+        with torch.no_grad():
+            ref = model(held)
+            errors[calib is None] = float((gm(held) - ref).norm() / ref.norm())
+    assert errors[False] < 0.8 * errors[True], errors
+
+
+def test_whitened_site_has_the_chosen_structure() -> None:
+    """The output-aware weight is exactly representable at the chosen rank: the layer built
+    from it reproduces it (so build_layer's re-decomposition loses nothing)."""
+    model = _Anisotropic().double().eval()
+    batches = [(torch.randn(256, 64, dtype=torch.float64),)]
+    for form in ("svd", "tucker", "tt", "blocktt"):
+        the_plan = tfx.plan(model, 0.5, example_inputs=batches[0], forms=(form,), calibration=batches, progress=False)
+        captured = capture(model, batches[0])
+        site = next(s for s in find_sites(captured.gm, path=captured.path) if s.name == "layer")
+        stats = collect_statistics(captured.gm, [site], batches)["layer"]
+        choice = the_plan.choice("layer")
+        target = whitened_site(site, choice, stats).weight
+        from tfx.passes._rewrite import build_layer
+
+        layer = build_layer(dataclass_replace(site, target), choice)
+        eye = torch.eye(64, dtype=torch.float64)
+        rebuilt = layer(eye).T - (site.bias[:, None] if site.bias is not None else 0)
+        torch.testing.assert_close(rebuilt, target, rtol=1e-8, atol=1e-9)
+        # and the plan's error estimate is the whitened output error (svd: exact)
+        if form == "svd":
+            white = stats.whitening()
+            cov = white.sqrt[0] @ white.sqrt[0].T
+            assert choice.error == pytest.approx(relative_output_error(site.weight, target, cov), rel=1e-6)
+
+
+def dataclass_replace(site, weight):  # noqa: ANN001, ANN201 - test helper
+    import dataclasses
+
+    return dataclasses.replace(site, weight=weight)
+
+
+def test_calibration_on_the_export_path_and_other_sequence_lengths() -> None:
+    """HF BERT (torch.export path), calibrated at one sequence length, runs at others."""
+    model = tiny_bert()
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 96, (4, n), generator=gen), "attention_mask": torch.ones(4, n, dtype=torch.long)}
+               for n in (8, 12, 16)]
+    gm = tfx.factorize(model, 0.6, example_inputs=batches[0], calibration=batches, strategy="sensitivity", progress=False)
+    plan = gm.tfx_plan
+    assert plan.capture == "export"
+    assert plan.total_params_after <= plan.budget_params
+    measured = [c for c in plan.choices if c.sensitivity is not None]
+    assert measured and all(c.sensitivity >= 0 for c in measured)
+    assert any("calibrated on 3 batches" in n for n in plan.notes)
+    other = {"input_ids": torch.randint(0, 96, (2, 20), generator=gen), "attention_mask": torch.ones(2, 20, dtype=torch.long)}
+    with torch.no_grad():
+        assert gm(**other).last_hidden_state.shape == (2, 20, 32)
+
+
+def test_calibration_on_the_module_swap_path() -> None:
+    model = Untraceable().eval()
+    batches = [(torch.randn(16, 32),) for _ in range(3)]
+    gm = tfx.factorize(model, 0.5, calibration=batches, strategy="sensitivity", progress=False)
+    plan = gm.tfx_plan
+    assert plan.capture == "module_swap"
+    assert {c.site for c in plan.choices if c.sensitivity is not None} == {"a", "b"}
+    assert plan.total_params_after <= plan.budget_params
+    with torch.no_grad():
+        assert gm(batches[0][0]).shape == (16, 32)
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
+def test_sensitivity_strategy_never_exceeds_the_budget(budget: float) -> None:
+    model = SmallCNN().eval()
+    batches = [(torch.randn(4, 3, 8, 8),) for _ in range(2)]
+    gm = tfx.factorize(model, budget, example_inputs=batches[0], calibration=batches, strategy="sensitivity", progress=False)
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in gm.parameters()) <= budget * total
+    assert gm.tfx_plan.strategy == "sensitivity"
+
+
+def test_sensitivity_of_a_site_whose_output_is_ignored_is_zero() -> None:
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(32, 32)
+            self.unused = nn.Linear(32, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x) + 0 * self.unused(x)
+
+    model = Branches().eval()
+    captured = capture(model, (torch.randn(8, 32),))
+    sites = find_sites(captured.gm, path=captured.path)
+    sens = measure_sensitivity(captured.gm, sites, (torch.randn(8, 32),))
+    assert sens["unused"] == 0.0
+    assert sens["used"] > 0.1
+
+
+def test_sensitivity_needs_calibration() -> None:
+    with pytest.raises(OptionError, match="calibration"):
+        tfx.factorize(MLP(), 0.5, strategy="sensitivity", progress=False)
+
+
+def test_empty_calibration_is_an_error() -> None:
+    with pytest.raises(OptionError, match="calibration= is empty"):
+        tfx.factorize(MLP(), 0.5, calibration=[], progress=False)
+
+
+def test_calibration_batch_that_does_not_fit_names_the_batch() -> None:
+    with pytest.raises(OptionError, match="calibration batch 1 does not fit"):
+        tfx.factorize(MLP(), 0.5, calibration=[(torch.randn(4, 32),), (torch.randn(4, 17),)], progress=False)
+
+
+def test_calibration_leaves_the_model_untouched() -> None:
+    model = MLP().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tfx.factorize(model, 0.5, calibration=[(torch.randn(8, 32),)], strategy="sensitivity", progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))

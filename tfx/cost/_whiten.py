@@ -1,0 +1,191 @@
+"""Activation-aware factorization: whitening a weight by its layer's input statistics.
+
+A layer ``y = W x`` whose weight is replaced by ``W'`` makes an output error whose mean
+energy over the calibration inputs is ``tr((W - W') C (W - W')^T)`` with ``C = E[x x^T]``.
+With ``C = L L^T`` that is ``|(W - W') L|_F^2``: the best rank-``r`` ``W'`` for the
+*output* is the truncated SVD of ``W L`` mapped back, ``W' = [W L]_r L^{-1}`` (the
+idea of SVD-LLM; ASVD is its diagonal special case), and the singular values of ``W L``
+give the output error of every rank in closed form, as those of ``W`` give the weight error.
+
+Tensorized forms (Tucker, TT, BlockTT over ``(row modes, column modes)``) keep their
+structure under a column transform only if it is a Kronecker product ``L_1 x ... x L_d``
+over the column modes: each ``L_k`` acts on one mode, so it folds into the factor or
+core holding that mode. tfx approximates ``C`` by the Kronecker product of its partial
+traces ``C_k`` (one small ``c_k x c_k`` matrix per column mode), whitens mode by mode,
+decomposes, and maps back with ``L_k^{-1}``.
+
+``C`` is damped, ``C + delta * mean(diag C) * I`` (:data:`DAMPING`), so directions the
+calibration data never excites keep some weight and the inverse stays well conditioned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["InputStats", "Whitening", "DAMPING", "modes_product"]
+
+#: Relative damping of the second moment (a fraction of its mean eigenvalue).
+DAMPING = float(__import__("os").environ.get("TFX_DAMPING", "1e-2"))
+
+
+class InputStats:
+    """Streaming second moment ``sum x x^T`` of a layer's input rows (float64).
+
+    Args:
+        features: the row width (``in_features``, or ``in_channels * prod(kernel)``).
+        full: keep the full matrix; else its diagonal only (wide inputs).
+
+    Example:
+        >>> stats = InputStats(3)
+        >>> stats.update(torch.eye(3))
+        >>> stats.covariance().diagonal().tolist()
+        [0.3333333333333333, 0.3333333333333333, 0.3333333333333333]
+    """
+
+    def __init__(self, features: int, full: bool = True) -> None:
+        self.features = features
+        self.full = full
+        self.moment: torch.Tensor | None = None
+        self.count = 0
+        self.unsupported = False
+        self._whitening: dict[object, Whitening] = {}
+
+    def update(self, rows: torch.Tensor) -> None:
+        """Add rows ``(n, features)``."""
+        if rows.shape[-1] != self.features:
+            self.unsupported = True
+            return
+        # One GEMM in the rows' precision (float32 for float32 models), accumulated in float64.
+        x = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
+        part = (x.T @ x) if self.full else (x * x).sum(0)
+        self.moment = part.double() if self.moment is None else self.moment + part.double()
+        self.count += rows.shape[0]
+        self._whitening.clear()
+
+    def covariance(self) -> torch.Tensor:
+        """``E[x x^T]`` (a vector of its diagonal when not ``full``)."""
+        if self.moment is None or self.count == 0:
+            raise ValueError("no calibration rows recorded")
+        return self.moment.cpu() / self.count
+
+    def whitening(self, col_shape: Sequence[int] | None = None, damping: float = DAMPING) -> Whitening:
+        """The whitening of the full input (``col_shape`` None), or Kronecker-factored over ``col_shape``."""
+        key = (None if col_shape is None else tuple(col_shape), damping)
+        if key not in self._whitening:
+            cov = self.covariance()
+            if not self.full:
+                self._whitening[key] = Whitening.from_diagonal(cov, damping)
+            elif col_shape is None or len(col_shape) == 1:
+                self._whitening[key] = Whitening.from_covariance([cov], damping)
+            else:
+                self._whitening[key] = Whitening.from_covariance(_partial_traces(cov, tuple(col_shape)), damping)
+        return self._whitening[key]
+
+
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigh, on one thread below 1024 x 1024: LAPACK's threaded path is several times slower
+    there on a loaded 2-core machine (as for the spectra in ``_options``)."""
+    if matrix.shape[0] >= 1024:
+        return torch.linalg.eigh(matrix)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(matrix)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _partial_traces(cov: torch.Tensor, col_shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """``C_k``: the second moment of column mode ``k``, summed over the other modes' diagonals."""
+    d = len(col_shape)
+    tensor = cov.reshape(*col_shape, *col_shape)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for k in range(d):
+        left = list(letters[:d])
+        right = list(left)
+        right[k] = letters[d]
+        eq = "".join(left) + "".join(right) + "->" + left[k] + right[k]
+        out.append(torch.einsum(eq, tensor))
+    return out
+
+
+@dataclasses.dataclass
+class Whitening:
+    """``L_k`` and ``L_k^{-1}`` per column mode (one mode: the full input; ``diagonal``: vectors)."""
+
+    sqrt: list[torch.Tensor]
+    inv: list[torch.Tensor]
+    diagonal: bool = False
+
+    @classmethod
+    def from_covariance(cls, covs: Sequence[torch.Tensor], damping: float = DAMPING) -> Whitening:
+        """From second moments (one per column mode), damped."""
+        sqrt, inv = [], []
+        for cov in covs:
+            cov = (cov + cov.T) / 2
+            eye = torch.eye(cov.shape[0], dtype=cov.dtype)
+            scale = float(cov.diagonal().mean()) or 1.0
+            values, vectors = _eigh(cov + damping * scale * eye)
+            values = values.clamp_min(damping * scale * 1e-3)
+            sqrt.append(vectors * values.sqrt())  # L = Q diag(sqrt(lambda)), L L^T = C
+            inv.append((vectors / values.sqrt()).T)  # L^{-1} = diag(1 / sqrt(lambda)) Q^T
+        return cls(sqrt, inv)
+
+    @classmethod
+    def from_diagonal(cls, diag: torch.Tensor, damping: float = DAMPING) -> Whitening:
+        """From the diagonal of the second moment only (ASVD-style column scaling)."""
+        scale = float(diag.mean()) or 1.0
+        s = (diag + damping * scale).sqrt()
+        return cls([s], [1 / s], diagonal=True)
+
+    @property
+    def kron_shape(self) -> tuple[int, ...] | None:
+        """The column modes it factors over (None for a full or diagonal whitening)."""
+        return None if self.diagonal or len(self.sqrt) == 1 else tuple(m.shape[0] for m in self.sqrt)
+
+    def apply(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``W L`` for a weight matrix ``(rows, cols)``."""
+        return self._product(matrix, self.sqrt)
+
+    def undo(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``M L^{-1}``: back from the whitened space."""
+        return self._product(matrix, self.inv)
+
+    def _product(self, matrix: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
+        work = matrix.double()
+        mats = [m.to(work.device) for m in mats]
+        if self.diagonal:
+            out = work * mats[0]
+        elif len(mats) == 1:
+            out = work @ mats[0]
+        else:
+            out = modes_product(work.reshape(work.shape[0], *[m.shape[0] for m in mats]), mats).reshape(work.shape)
+        return out.to(matrix.dtype)
+
+
+def modes_product(tensor: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Contract mode ``1 + k`` of ``tensor`` (``(rows, c_1, ..., c_d)``) with ``mats[k]``'s first index.
+
+    On the flattened columns this is right-multiplication by ``mats[0] x ... x mats[d-1]``
+    (Kronecker, row-major), one small GEMM per mode.
+    """
+    out = tensor
+    for k, mat in enumerate(mats):
+        out = torch.movedim(torch.tensordot(out, mat, dims=([1 + k], [0])), -1, 1 + k)
+    return out
+
+
+def relative_output_error(weight: torch.Tensor, approx: torch.Tensor, cov: torch.Tensor) -> float:
+    """``sqrt(tr(E C E^T) / tr(W C W^T))`` with ``E = W - approx``: the relative output error on the calibration data."""
+    w, e = weight.double().reshape(weight.shape[0], -1), (weight - approx).double().reshape(weight.shape[0], -1)
+    cov = cov.double()
+    if cov.dim() == 1:
+        num, den = float((e * e * cov).sum()), float((w * w * cov).sum())
+    else:
+        num, den = float(((e @ cov) * e).sum()), float(((w @ cov) * w).sum())
+    return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0

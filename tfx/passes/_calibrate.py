@@ -1,0 +1,339 @@
+"""Calibration: per-site input statistics and output sensitivities, measured on the captured model.
+
+Stage: capture -> match -> **calibrate** -> candidates -> choose -> rewrite.
+
+:func:`collect_statistics` runs the captured graph (before any rewrite, so it computes
+exactly what the original model computes) over the user's calibration batches, with an
+observer spliced in front of every factorizable linear and convolution. Each observer
+streams the second moment of its layer's input rows, ``sum x x^T`` in float64 (the
+im2col patches for a convolution): memory is one ``in x in`` matrix per distinct input
+(query, key and value projections share one), no activation is kept. Inputs wider than
+:data:`MAX_FULL` keep the diagonal only.
+
+:func:`measure_sensitivity` perturbs one site's output at a time with Gaussian noise of
+a fixed relative size on one calibration batch and measures the relative change of the
+model's outputs: ``s_i = (|f(y_i + e) - f| / |f|)^2 / (|e| / |y_i|)^2``, the factor by
+which an error at that site is amplified (or damped) by the rest of the network.
+
+On the module-swap path (no graph) the same observers run as forward hooks on the layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.utils._pytree import tree_flatten
+
+from .._errors import OptionError
+from ..cost._whiten import InputStats
+from ._capture import call_with
+from ._match import Site
+
+__all__ = ["collect_statistics", "measure_sensitivity", "MAX_FULL", "calibration_batches"]
+
+#: Inputs wider than this keep only the diagonal of their second moment (memory: an
+#: ``in x in`` float64 matrix per distinct input; 8192 -> 512 MiB).
+MAX_FULL = 8192
+
+
+def calibration_batches(calibration: Iterable[Any]) -> list[Any]:
+    """The user's calibration batches as a list, checked for emptiness."""
+    if isinstance(calibration, torch.Tensor) or isinstance(calibration, dict):
+        batches = [calibration]
+    else:
+        batches = list(calibration)
+    if not batches:
+        raise OptionError(
+            "calibration= is empty.\nFix: pass an iterable of example inputs (tuples of positional "
+            "inputs or dicts of keyword inputs), e.g. calibration=[batch_1, batch_2, ...]."
+        )
+    return batches
+
+
+def _conv_rows(x: torch.Tensor, weight_shape: Sequence[int], conv: dict[str, Any]) -> torch.Tensor | None:
+    """The conv's im2col patches as rows ``(positions, in * prod(kernel))``, in the weight's order."""
+    kernel = tuple(weight_shape[2:])
+    order = len(kernel)
+    if order not in (1, 2) or conv.get("groups", 1) != 1:
+        return None
+    padding = conv.get("padding", 0)
+    dilation = tuple(conv.get("dilation", (1,) * order))
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0,) * order
+        elif padding == "same" and all(d * (k - 1) % 2 == 0 for d, k in zip(dilation, kernel)):
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+        else:
+            return None
+    stride = tuple(conv.get("stride", (1,) * order))
+    if order == 1:  # a 1-d conv is a 2-d one over a height of 1
+        x, kernel, padding, stride, dilation = x.unsqueeze(2), (1, *kernel), (0, *padding), (1, *stride), (1, *dilation)
+    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C*k, L)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+class _Observer(nn.Module):
+    """Passes its input through; accumulates the second moment of the site's input rows."""
+
+    def __init__(self, stats: InputStats, kind: str, weight_shape: Sequence[int], conv: dict[str, Any]) -> None:
+        super().__init__()
+        self.stats = stats
+        self.kind = kind
+        self.weight_shape = tuple(weight_shape)
+        self.conv = conv
+
+    def forward(self, x: Any) -> Any:
+        """Record ``x`` (no gradient) and return it."""
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            with torch.no_grad():
+                if self.kind == "conv":
+                    rows = _conv_rows(x.detach(), self.weight_shape, self.conv)
+                    if rows is None:
+                        self.stats.unsupported = True
+                        return x
+                else:
+                    rows = x.detach().reshape(-1, x.shape[-1])
+                self.stats.update(rows)
+        return x
+
+
+class _Perturb(nn.Module):
+    """Adds Gaussian noise of relative size ``scale`` to its input when ``scale`` > 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 0.0
+        self.seed = 0
+
+    def forward(self, y: Any) -> Any:
+        """``y`` plus noise of norm ``scale * |y|`` (or ``y`` when off)."""
+        if not self.scale or not isinstance(y, torch.Tensor) or not y.is_floating_point():
+            return y
+        gen = torch.Generator(device=y.device).manual_seed(self.seed)
+        noise = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
+        return y + noise * (self.scale * y.norm() / noise.norm().clamp_min(1e-30))
+
+
+def _key(site: Site) -> Any:
+    """Sites reading the same input with the same patch geometry share statistics."""
+    conv = tuple(sorted((k, str(v)) for k, v in site.conv.items())) if site.info.kind == "conv" else ()
+    kernel = tuple(site.info.weight_shape[2:]) if site.info.kind == "conv" else ()
+    return (site.input if site.node is not None else site.name, site.info.kind, kernel, conv)
+
+
+def _features(site: Site) -> int:
+    return math.prod(site.info.weight_shape[1:])
+
+
+def collect_statistics(gm: fx.GraphModule, sites: Sequence[Site], batches: Sequence[Any], progress: Any = None) -> dict[str, InputStats]:
+    """Per factorizable linear / conv site: the second moment of its input over ``batches``.
+
+    ``gm`` is the captured (not yet rewritten) graph module; it is left as it was.
+    Embeddings are not calibrated (a few hundred calibration batches see a small part of
+    a vocabulary, and weighting rows by frequency would trade the unseen rows away).
+
+    Returns:
+        ``{site name: InputStats}`` for the sites that were observed.
+    """
+    wanted = [s for s in sites if s.info.factorizable and s.info.kind in ("linear", "conv")]
+    shared: dict[Any, InputStats] = {}
+    per_site: dict[str, InputStats] = {}
+    for site in wanted:
+        key = _key(site)
+        if key not in shared:
+            shared[key] = InputStats(_features(site), full=_features(site) <= MAX_FULL)
+        per_site[site.name] = shared[key]
+    observers: dict[Any, _Observer] = {}
+    for site in wanted:
+        key = _key(site)
+        if key not in observers:
+            observers[key] = _Observer(shared[key], site.info.kind, site.info.weight_shape, site.conv)
+    undo = _attach(gm, wanted, observers)
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                try:
+                    call_with(gm, batch)
+                except Exception as err:
+                    raise OptionError(
+                        f"calibration batch {i} does not fit the model: {type(err).__name__}: {err}\n"
+                        "Fix: pass batches in the example_inputs format (a tuple of positional inputs or a "
+                        "dict of keyword inputs), with the dtypes and devices the model expects."
+                    ) from err
+                if progress is not None:
+                    progress.update(1)
+    finally:
+        undo()
+    return {name: stats for name, stats in per_site.items() if stats.count > 0 and not stats.unsupported}
+
+
+def _attach(gm: fx.GraphModule, sites: Sequence[Site], modules: dict[Any, nn.Module], after: bool = False) -> Any:
+    """Splice ``modules`` (keyed by :func:`_key`, or by site name when ``after``) in front of
+    (or after) each site; returns a function that takes them out again."""
+    if sites and sites[0].node is None:  # module-swap path: hooks on the layers
+        handles = []
+        for site in sites:
+            layer = gm.get_submodule("model." + site.name)
+            module = modules[site.name if after else _key(site)]
+            if after:
+                handles.append(layer.register_forward_hook(lambda _m, _a, out, mod=module: mod(out)))
+            else:
+                handles.append(layer.register_forward_pre_hook(lambda _m, args, mod=module: (mod(args[0]), *args[1:])))
+        return lambda: [h.remove() for h in handles]
+    added: list[fx.Node] = []
+    names: list[str] = []
+    done: set[Any] = set()
+    for i, site in enumerate(sites):
+        key = site.name if after else _key(site)
+        if key in done:
+            continue
+        done.add(key)
+        name = f"_tfx_calibration_{i}"
+        gm.add_submodule(name, modules[key])
+        names.append(name)
+        anchor = site.node if after else site.input
+        with gm.graph.inserting_after(anchor):
+            new = gm.graph.call_module(name, (anchor,))
+        if after:  # the perturbation feeds the site's users
+            anchor.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+        added.append(new)
+    gm.recompile()
+
+    def undo() -> None:
+        for node in reversed(added):
+            if after:
+                node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+        for name in names:
+            delattr(gm, name)
+        gm.recompile()
+
+    return undo
+
+
+def _outputs(gm: nn.Module, batch: Any) -> list[torch.Tensor]:
+    flat, _ = tree_flatten(call_with(gm, batch))
+    return [t.detach().double() for t in flat if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+
+
+def measure_sensitivity(gm: fx.GraphModule, sites: Sequence[Site], batch: Any, scale: float = 0.05, progress: Any = None) -> dict[str, float]:
+    """Per factorizable site: how much a relative error at its output grows by the model's output.
+
+    One forward per site on ``batch`` (the first calibration batch), with noise of relative
+    norm ``scale`` added to that site's output; the result is the squared relative change of
+    the model's floating outputs divided by ``scale ** 2`` (1 means an error passes through
+    unchanged; residual connections and normalisation usually damp it).
+    """
+    wanted = [s for s in sites if s.info.factorizable]
+    perturbs = {site.name: _Perturb() for site in wanted}
+    undo = _attach(gm, wanted, perturbs, after=True)
+    out: dict[str, float] = {}
+    try:
+        with torch.no_grad():
+            reference = _outputs(gm, batch)
+            ref_norm2 = sum(float((r**2).sum()) for r in reference) or 1.0
+            for i, site in enumerate(wanted):
+                module = perturbs[site.name]
+                module.scale, module.seed = scale, 1234 + i
+                try:
+                    got = _outputs(gm, batch)
+                finally:
+                    module.scale = 0.0
+                change = sum(float(((g - r) ** 2).sum()) for g, r in zip(got, reference))
+                out[site.name] = change / ref_norm2 / scale**2
+                if progress is not None:
+                    progress.update(1)
+    finally:
+        undo()
+    return out
+
+
+def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
+    """``site`` with its weight replaced by the chosen form's best approximation *for the output*.
+
+    The weight is whitened by the input statistics (fully for ``'svd'``, Kronecker-factored
+    over the column modes for Tucker / TT / BlockTT), decomposed at the chosen rank, and
+    mapped back. The result has exactly the chosen structure, so :func:`build_layer`'s
+    decomposition of it at the same rank reproduces it (to float rounding). CP, padded
+    sites, embeddings and sites without statistics are returned unchanged.
+    """
+    from ..tensors import FactorizedTensor, TensorizedTensor
+    from ..tensors._decompose import truncated_svd
+
+    if stats is None or choice.form in ("dense", "cp") or site.info.kind not in ("linear", "conv"):
+        return site
+    weight = site.weight
+    flat = weight.reshape(weight.shape[0], -1)
+    work = flat.double()
+    if choice.form == "svd":
+        whitening = stats.whitening()
+        rank = int(choice.rank if site.info.kind == "linear" else choice.rank[1])
+        u, s, vh = truncated_svd(whitening.apply(work), rank)
+        target = whitening.undo((u * s) @ vh)
+    else:
+        if not stats.full:
+            return site
+        if site.info.kind == "linear":
+            rows, cols = choice.tensorized_shape
+            if (math.prod(rows), math.prod(cols)) != tuple(weight.shape):  # zero-padded: left as planned
+                return site
+            whitening = stats.whitening(cols)
+            approx = TensorizedTensor.from_matrix(whitening.apply(work), rows, cols, rank=choice.rank, factorization=choice.form)
+            target = whitening.undo(approx.to_matrix())
+        else:
+            whitening = stats.whitening(weight.shape[1:])
+            whitened = whitening.apply(work).reshape(weight.shape)
+            approx = FactorizedTensor.from_tensor(whitened, rank=choice.rank, factorization=choice.form)
+            target = whitening.undo(approx.to_tensor().reshape(flat.shape))
+    return dataclasses.replace(site, weight=target.reshape(weight.shape).to(weight.dtype))
+
+
+@dataclasses.dataclass
+class Calibrated:
+    """What calibration measured: input statistics and (``strategy="sensitivity"``) sensitivities."""
+
+    stats: dict[str, InputStats]
+    sensitivity: dict[str, float]
+    batches: int
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def note(self) -> str:
+        """A line for the plan."""
+        text = (
+            f"calibrated on {self.batches} batches: errors of {len(self.stats)} linear/conv sites are relative "
+            "output errors on that data (whitened spectra)"
+        )
+        if self.sensitivity:
+            text += "; sens = how much each site's output error grows by the model's output"
+        return text
+
+
+def calibrate(
+    gm: fx.GraphModule, sites: Sequence[Site], calibration: Iterable[Any], *, sensitivity: bool, progress: Any = None,
+) -> Calibrated:
+    """Collect statistics (and sensitivities) for ``sites`` of the captured ``gm``."""
+    import time
+
+    batches = calibration_batches(calibration)
+    clock = time.perf_counter()
+    bar = progress(len(batches), "tfx: calibration") if progress else None
+    stats = collect_statistics(gm, sites, batches, bar)
+    if bar is not None:
+        bar.close()
+    timings = {"calibration (statistics)": time.perf_counter() - clock}
+    sens: dict[str, float] = {}
+    if sensitivity:
+        clock = time.perf_counter()
+        wanted = [s for s in sites if s.info.factorizable]
+        bar = progress(len(wanted), "tfx: sensitivity") if progress else None
+        sens = measure_sensitivity(gm, sites, batches[0], progress=bar)
+        if bar is not None:
+            bar.close()
+        timings["calibration (sensitivity)"] = time.perf_counter() - clock
+    return Calibrated(stats, sens, len(batches), timings)
