@@ -296,14 +296,25 @@ def dense_cost(site: SiteInfo) -> Cost:
     return Cost(2 * t * site.dense_params, t_in * in_c + site.dense_params + t * out_c)
 
 
+def _reconstruct_floor(site: SiteInfo, option: Option) -> int:
+    """A lower bound on the ``'reconstruct'`` FLOPs: the dense layer, plus one FLOP per rebuilt entry."""
+    rebuilt = math.prod(_tensor_shape(site, option))  # the rebuild's last step writes each entry
+    return rebuilt if site.kind == "embedding" else rebuilt * (1 + 2 * site.tokens)
+
+
 def price(site: SiteInfo, option: Option, itemsize: int = 4) -> Option:
-    """``option`` with the FLOPs and bytes of its cheaper order, and that order."""
+    """``option`` with the FLOPs and bytes of its cheaper order (ties: ``'factors'``), and that order."""
     if option.form == "dense":
         cost = dense_cost(site)
         return dataclasses.replace(option, flops=cost.flops, bytes=cost.elements * itemsize, order="dense")
-    costs = order_costs(site, option)
-    order = min(costs, key=lambda o: (costs[o].flops, costs[o].elements, o != "factors"))
-    cost = costs[order]
+    factors, reconstruct = _ORDERS[site.kind]
+    order, cost = "factors", factors(site, option)
+    # The rebuild's path search is skipped where it cannot win (the usual case): exact, and
+    # it halves the searches.
+    if cost.flops >= _reconstruct_floor(site, option):
+        rebuilt = reconstruct(site, option)
+        if (rebuilt.flops, rebuilt.elements) < (cost.flops, cost.elements):
+            order, cost = "reconstruct", rebuilt
     return dataclasses.replace(option, flops=cost.flops, bytes=cost.elements * itemsize, order=order)
 
 
