@@ -137,7 +137,7 @@ def distill(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
-            history.append(float(value))
+            history.append(float(value.detach()))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]:.4g}")
