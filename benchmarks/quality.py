@@ -266,7 +266,9 @@ def run_method(
         if not have["distill"]:
             notes.append("tfx.distill missing: the benchmark's stand-in")
         start = time.perf_counter()
-        compressed = distill(compressed, model, calibration, progress=False, **distill_kwargs).eval()
+        options = dict(distill_kwargs)
+        data = options.pop("data", calibration)
+        compressed = distill(compressed, model, data, progress=False, **options).eval()
         distill_s = time.perf_counter() - start
     record = {
         "params": n_params(compressed),
@@ -330,8 +332,10 @@ def bench_minilm(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, A
     calibration = [_tokens(tokenizer, calib[i : i + args.batch]) for i in range(0, len(calib), args.batch)]
     heldout_batches = [_tokens(tokenizer, heldout[i : i + 100]) for i in range(0, len(heldout), 100)]
     reference = minilm_embeddings(model, heldout_batches)
-    steps = args.distill_steps or (20 if args.quick else 200)
-    distill_kwargs = {"steps": steps, "lr": args.minilm_lr, "loss": "mse", "output": lambda out: out.last_hidden_state}
+    distill_data = [_tokens(tokenizer, calib[i : i + args.distill_batch]) for i in range(0, len(calib), args.distill_batch)]
+    steps = args.distill_steps or (20 if args.quick else 100)
+    distill_kwargs = {"steps": steps, "lr": args.minilm_lr, "loss": "mse", "output": lambda out: out.last_hidden_state,
+                      "data": distill_data}
     budgets = (0.5,) if args.quick else MINILM_BUDGETS
     rows = []
     for fraction in budgets:
@@ -356,7 +360,8 @@ def bench_minilm(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, A
             "skip": list(skip),
             "calibration": f"{len(calib)} sentences in {len(calibration)} batches of {args.batch}",
             "heldout": f"{len(heldout)} sentences",
-            "distill": {k: v for k, v in distill_kwargs.items() if k != "output"} | {"output": "last_hidden_state"},
+            "distill": {"steps": steps, "lr": args.minilm_lr, "loss": "mse", "output": "last_hidden_state",
+                        "data": f"{len(calib)} calibration sentences in {len(distill_data)} batches of {args.distill_batch}"},
         },
         "rows": rows,
     }
@@ -485,6 +490,8 @@ def _pivot(rows: list[dict[str, Any]], key: str, fmt: Callable[[float], str]) ->
 
 def markdown(results: dict[str, Any]) -> str:
     out = [f"# tfx compression quality ({results['env']['date']})", "", results["env"]["line"], ""]
+    for part, line in results["env"].get("kept_from_previous_run", {}).items():
+        out += [f"({part}: numbers kept from an earlier run: {line})", ""]
     if "minilm" in results:
         rows = results["minilm"]["rows"]
         setup = results["minilm"]["setup"]
@@ -586,7 +593,6 @@ def _environment(have: dict[str, bool]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ plots
 _COLOURS = {"uniform-svd": "tab:gray", "energy-svd": "tab:orange", "tfx": "tab:blue", "tfx-calib": "tab:green", "tfx-calib-distill": "tab:red"}
-_MARKERS = {"dense": "*", "svd": "o", "tucker": "s", "tt": "^", "blocktt": "D", "cp": "x"}
 
 
 def plot_quality(results: dict[str, Any], path: Path) -> None:
@@ -614,6 +620,7 @@ def plot_quality(results: dict[str, Any], path: Path) -> None:
             ax.axhline(dense, color="black", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
             ax.set(title="digits CNN: test accuracy", xlabel="budget (fraction of the model's parameters)", ylabel="test accuracy")
             ax.set_xscale("log")
+            ax.minorticks_off()
             ax.set_xticks([0.05, 0.1, 0.25], ["0.05", "0.1", "0.25"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -633,43 +640,47 @@ def _short(site: str) -> str:
     return f"{match.group(1)}.{roles.get(match.group(2), match.group(2))}"
 
 
+def _cell(entry: dict[str, Any]) -> str:
+    """A plot cell's label: the rank of a low-rank layer, else the form's short name."""
+    if entry["form"] == "svd":
+        rank = entry["rank"]
+        return str(rank[1] if isinstance(rank, (list, tuple)) else rank)
+    return {"dense": "D", "tucker": "Tk", "tt": "TT", "blocktt": "BT", "cp": "CP"}.get(entry["form"], entry["form"])
+
+
 def plot_ranks(results: dict[str, Any], path: Path) -> None:
+    """Heat maps, one row per method: the fraction of each layer's weights kept, labelled by rank/form."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     panels = []
     for part, budget in (("minilm", 0.5), ("digits", 0.1)):
-        if part in results and any(r["budget"] == budget for r in results[part]["rows"]):
-            panels.append((part, budget))
+        rows = [r for r in results.get(part, {}).get("rows", []) if r["budget"] == budget and r["method"] != "tfx-calib-distill"]
+        if rows:
+            panels.append((part, budget, rows))
     if not panels:
         return
-    widths = [3 if p == "minilm" else 1 for p, _ in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * sum(widths) / len(widths) * len(panels) + 2, 4.5),
-                             squeeze=False, gridspec_kw={"width_ratios": widths})
-    for ax, (part, budget) in zip(axes[0], panels):
-        rows = [r for r in results[part]["rows"] if r["budget"] == budget and r["method"] != "tfx-calib-distill"]
-        sites = [a["site"] for a in rows[0]["allocation"]] if rows else []
-        offsets = {m: (i - 1.5) * 0.18 for i, m in enumerate(m for m in METHODS if m != "tfx-calib-distill")}
-        for r in rows:
+    fig, axes = plt.subplots(len(panels), 1, figsize=(17, 0.8 + 2.6 * len(panels)), squeeze=False, layout="constrained")
+    image = None
+    for ax, (part, budget, rows) in zip(axes[:, 0], panels):
+        sites = [a["site"] for a in rows[0]["allocation"]]
+        grid = [[a["kept"] for a in r["allocation"]] for r in rows]
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", norm=LogNorm(vmin=0.02, vmax=1.0))
+        for i, r in enumerate(rows):
             for j, a in enumerate(r["allocation"]):
-                x = sites.index(a["site"]) + offsets[r["method"]]
-                ax.scatter(x, a["kept"], marker=_MARKERS.get(a["form"], "o"), color=_COLOURS[r["method"]], s=22)
-        for m in offsets:
-            ax.scatter([], [], color=_COLOURS[m], marker="o", label=METHODS[m])
-        for form, marker in _MARKERS.items():
-            ax.scatter([], [], color="black", marker=marker, label=f"form: {form}")
-        ax.set_xticks(range(len(sites)), [_short(s) for s in sites], rotation=90, fontsize=7)
-        ax.set_ylabel("fraction of the layer's weights kept")
-        title = "all-MiniLM-L6-v2 at 0.5 of the encoder linears" if part == "minilm" else "digits CNN at 0.1"
-        ax.set_title(f"per-layer allocation: {title}", fontsize=10)
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
+                ax.text(j, i, _cell(a), ha="center", va="center", fontsize=6.5, color="white" if a["kept"] < 0.3 else "black")
+        ax.set_yticks(range(len(rows)), [METHODS[r["method"]] for r in rows], fontsize=8)
+        ax.set_xticks(range(len(sites)), [_short(x) for x in sites], rotation=90 if part == "minilm" else 0, fontsize=7)
+        unit = "of the encoder linears" if part == "minilm" else "of the model"
+        name = "all-MiniLM-L6-v2" if part == "minilm" else "digits CNN"
+        ax.set_title(f"{name} at {budget:g} {unit}: fraction of each layer's weights kept "
+                     "(label: SVD rank, or D dense, Tk Tucker, TT, BT BlockTT, CP)", fontsize=9)
+    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="fraction kept")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -685,8 +696,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ranks-plot", type=Path, help=f"per-layer plot (default: {DEFAULT_RANKS_PLOT.relative_to(ROOT)})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--batch", type=int, default=32, help="MiniLM calibration batch size (sentences)")
+    parser.add_argument("--distill-batch", type=int, default=16, help="MiniLM distill batch size (sentences)")
     parser.add_argument("--distill-steps", type=int, default=0, help="override the distill step count")
-    parser.add_argument("--minilm-lr", type=float, default=2e-4, help="MiniLM distill learning rate")
+    parser.add_argument("--minilm-lr", type=float, default=5e-4, help="MiniLM distill learning rate")
     parser.add_argument("--digits-lr", type=float, default=1e-3, help="digits distill learning rate")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -713,6 +725,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.only in (None, "digits"):
         results["digits"] = bench_digits(args, have)
     results["env"]["seconds"] = time.perf_counter() - start
+    if args.only and args.json and args.json.exists():
+        # --only re-runs one model: keep the other's numbers from the previous full run.
+        previous = json.loads(args.json.read_text())
+        for part in ("minilm", "digits"):
+            if part not in results and part in previous:
+                results[part] = previous[part]
+                results["env"].setdefault("kept_from_previous_run", {})[part] = previous["env"]["line"]
     text = markdown(results)
     print()
     print(text)
