@@ -89,9 +89,20 @@ def test_plan_table_shows_forms_shapes_ranks_and_reasons() -> None:
     assert "(4,4,4)x(2,4,4)" in table
     assert "(1,3,5,7,4,2,1)" in table
     assert "tied weight (shared with head)" in table
-    assert "sens=0.75" in table
+    header = table.splitlines()[0]
+    column = header.index("sens.")
+    sensitive = next(c for c in _plan().choices if c.sensitivity is not None)
+    row = next(line for line in table.splitlines() if line.startswith(sensitive.site + " "))
+    assert row[column:].split()[0] == "0.75"
     assert "capture: export, strategy: dp" in table
     assert "verified max relative output error: 0.0123" in table
+
+
+def test_sensitivity_column_only_with_sensitivities() -> None:
+    plan = _plan()
+    for choice in plan.choices:
+        choice.sensitivity = None
+    assert "sens." not in plan.table().splitlines()[0].split()
 
 
 def test_plan_header_lists_the_columns() -> None:

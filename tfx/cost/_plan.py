@@ -105,8 +105,7 @@ class FactorizationPlan:
                 c.site, c.kind, "x".join(map(str, c.weight_shape)), c.form, _fmt(c.tensorized_shape),
                 _fmt(c.rank), _human(c.params_before), _human(c.params_after), _human(c.flops_before),
                 _human(c.flops_after), _human(c.bytes_before), _human(c.bytes_after), f"{c.error:.3f}",
-                " ".join(filter(None, (c.reason, _ORDER_NOTE.get(c.order, ""),
-                                       f"sens={c.sensitivity:.3g}" if c.sensitivity is not None else ""))),
+                " ".join(filter(None, (c.reason, _ORDER_NOTE.get(c.order, "")))),
             )
             for c in self.choices
         ]
@@ -116,6 +115,10 @@ class FactorizationPlan:
              _human(self.total_flops_after), _human(self.total_bytes_before), _human(self.total_bytes_after), "",
              f"{100 * after / max(before, 1):.1f}% of params")
         )
+        if any(c.sensitivity is not None for c in self.choices):  # strategy="sensitivity": a column of its own
+            header = (*header[:-1], "sens.", header[-1])
+            sens = [f"{c.sensitivity:.3g}" if c.sensitivity is not None else "-" for c in self.choices] + [""]
+            rows = [(*r[:-1], v, r[-1]) for r, v in zip(rows, sens)]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         line = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [line.format(*header), line.format(*("-" * w for w in widths))]
