@@ -432,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         print(head, flush=True)
         rows: list[Result] = []
         for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-            rows += run_model(name, args, clock, log)
+            done = run_model(name, args, clock, log)
+            rows += done
+            if len(args.only.split(",")) > 1:  # partial results, in case a long run is cut short
+                print(f"\n{markdown(done, args.compiled)}\n", flush=True)
     finally:
         torch.set_num_threads(threads)  # callers (benchmarks/run.py) get their thread count back
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
