@@ -1,4 +1,5 @@
-"""``make bench``: the layer benchmark (benchmarks/layers.py), the decomposition timings, then quality.
+"""``make bench``: the layer benchmark (benchmarks/layers.py), the decomposition timings, the model
+table (benchmarks/models.py, eager; ``--compiled`` adds inductor columns when run alone), then quality.
 
 The quality benchmark (benchmarks/quality.py) factorizes MiniLM and a digits CNN with five
 methods at three budgets each and rewrites docs/img/quality*.png and
@@ -17,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import decompose_speed  # noqa: E402
 import layers  # noqa: E402
+import models  # noqa: E402
 import quality  # noqa: E402
 
 
@@ -31,6 +33,13 @@ def main() -> None:
         )
         sys.argv = sys.argv[:1]  # decompose_speed parses its own (empty) command line
         decompose_speed.main()
+    print()
+    print(
+        "== benchmarks/models.py: ResNet-50, BERT-base, GPT-2 small factorized at 0.5 / 0.25 / 0.1 "
+        "(eager; add --compiled alone) ==",
+        flush=True,
+    )
+    models.main([])
     print()
     print("== benchmarks/quality.py: quality after factorization (MiniLM, digits CNN) ==", flush=True)
     quality.main([])
