@@ -613,6 +613,95 @@ def embedding_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row
     return rows
 
 
+# ----------------------------------------------------------------------------- --full
+#: Issue 5's layer list: linear (out, in), conv (cin, cout, kernel, stride, size), embeddings.
+FULL_LINEARS = ((768, 768), (3072, 768), (4096, 4096), (11008, 4096))
+FULL_FRACTIONS = (0.5, 0.25, 0.1)  # 2x / 4x / 10x compression
+FULL_BATCHES = (1, 32, 512, 2048)
+FULL_CONVS = (  # ResNet-50's 3x3 and 1x1 convolutions, by stage (batch 8)
+    (64, 64, 3, 1, 56), (256, 256, 3, 1, 14), (256, 64, 1, 1, 56), (1024, 256, 1, 1, 14),
+)
+FULL_EMBEDDINGS = ((30522, 768), (1_000_000, 64))
+
+
+def full_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
+    """``--full``: forward only; tfx rows have kind "full" (not checked against issue 3's goals). Linears: low-rank (rank rounded to 8) and Tucker (``rank=fraction``)
+    against dense and hand-written low-rank; ResNet-50 convs: CP and Tucker at 10%; embeddings:
+    BlockTT rank 16 with 4096 lookups."""
+    rows: list[Row] = []
+    for out_f, in_f in FULL_LINEARS:
+        torch.manual_seed(0)
+        dense = put(nn.Linear(in_f, out_f))
+        dense_params = n_params(dense)
+        made = {}
+        for frac in FULL_FRACTIONS:
+            rank = max(8, 8 * round(frac * out_f * in_f / (out_f + in_f) / 8))
+            low = put(tfx.FactorizedLinear.from_linear(
+                dense, rank=rank, factorization="cp", in_tensorized_features=(in_f,),
+                out_tensorized_features=(out_f,), implementation="auto"))
+            tucker = put(tfx.FactorizedLinear.from_linear(
+                dense, rank=frac, factorization="tucker", implementation="auto"))
+            made[frac] = (rank, low, HandLowRank(low), tucker)
+        for batch in FULL_BATCHES:
+            x = randn(batch, in_f)
+            case = f"linear {out_f}x{in_f} B={batch}"
+            log(f"{case}: dense")
+            d = Row(case, "nn.Linear", dense_params, dense_params, 1.0, kind="dense")
+            d.fwd = measure(forward_fn(dense, x), min_run_time)
+            d.dense = d
+            rows.append(d)
+            for frac, (rank, low, hand, tucker) in made.items():
+                ideal = out_f * in_f / (rank * (out_f + in_f))
+                for name, layer, kind in (("tfx low-rank auto", low, "full"),
+                                          ("hand-written low-rank", hand, "hand"),
+                                          ("tfx Tucker auto", tucker, "full")):
+                    note = f"{1 / frac:g}x compression, rank {tucker.rank if 'Tucker' in name else rank}"
+                    r = Row(case, name, n_params(layer), dense_params,
+                            None if "Tucker" in name else ideal, note=note, kind=kind, dense=d)
+                    log(f"{case}: {name} at {frac:g}")
+                    r.fwd = measure(forward_fn(layer, x), min_run_time)
+                    rows.append(r)
+    for cin, cout, k, stride, size in FULL_CONVS:
+        batch = 8
+        case = f"conv {k}x{k} {cin}->{cout} {size}x{size} B={batch} (ResNet-50)"
+        torch.manual_seed(0)
+        x = randn(batch, cin, size, size)
+        dense = put(nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False))
+        d = Row(case, "nn.Conv2d", n_params(dense), n_params(dense), 1.0, kind="dense")
+        log(f"{case}: dense")
+        d.fwd = measure(forward_fn(dense, x), min_run_time)
+        d.dense = d
+        rows.append(d)
+        forms = [("CP", dict(factorization="cp"))]
+        if k > 1:
+            forms.append(("Tucker", dict(factorization="tucker", fixed_rank_modes=(2, 3))))
+        for name, kwargs in forms:
+            layer = put(tfx.FactorizedConv(cin, cout, k, order=2, stride=stride, padding=k // 2,
+                                           rank=FRACTION, implementation="auto", **kwargs))
+            r = Row(case, f"tfx {name} auto", n_params(layer), d.params, note=f"rank {layer.rank}",
+                    kind="full", dense=d)
+            log(f"{case}: {name}")
+            r.fwd = measure(forward_fn(layer, x), min_run_time)
+            rows.append(r)
+    for num, dim in FULL_EMBEDDINGS:
+        case = f"embedding {num}x{dim}, 4096 lookups"
+        torch.manual_seed(0)
+        index = torch.randint(0, num, (4096,), device=DEVICE)
+        dense = put(nn.Embedding(num, dim))
+        d = Row(case, "nn.Embedding", n_params(dense), n_params(dense), kind="dense")
+        log(f"{case}: dense")
+        d.fwd = measure(forward_fn(dense, index), min_run_time)
+        d.dense = d
+        layer = put(tfx.FactorizedEmbedding(num, dim, factorization="blocktt", rank=16))
+        r = Row(case, "tfx BlockTT", n_params(layer), d.params, kind="full", dense=d,
+                note=f"{layer.tensorized_num_embeddings}x{layer.tensorized_embedding_dim}, rank 16")
+        log(f"{case}: tfx BlockTT")
+        r.fwd = measure(forward_fn(layer, index), min_run_time)
+        rows += [d, r]
+        del dense
+    return rows
+
+
 # ----------------------------------------------------------------------------- goals
 def goals(rows: Sequence[Row]) -> list[str]:
     """Issue 3's goals, checked against the measured rows (forward times; fwd+bwd shown too)."""
@@ -711,6 +800,13 @@ def main(argv: Sequence[str] | None = None) -> str:
         "--only", default="linear,conv,embedding", help="comma-separated: linear, conv, embedding"
     )
     parser.add_argument(
+        "--full",
+        action="store_true",
+        help="also issue 5's layer list, forward only: linear 768x768, 3072x768, 4096x4096, "
+        "11008x4096 at 2x/4x/10x, batch 1-2048; ResNet-50 convs; embeddings 30522x768, 10^6x64 "
+        "(about 10 more minutes)",
+    )
+    parser.add_argument(
         "--min-run-time", type=float, default=0.3, help="seconds per Timer measurement"
     )
     parser.add_argument(
@@ -769,7 +865,10 @@ def _run(args: argparse.Namespace) -> str:
     rows: list[Row] = []
     parts = {"linear": linear_cases, "conv": conv_cases, "embedding": embedding_cases}
     for part in args.only.split(","):
-        rows += parts[part.strip()](min_run_time, log)
+        if part.strip():
+            rows += parts[part.strip()](min_run_time, log)
+    if args.full:
+        rows += full_cases(min_run_time, log)
     table = markdown(rows)
     checks = "\n".join(goals(rows))
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
