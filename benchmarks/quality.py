@@ -698,7 +698,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32, help="MiniLM calibration batch size (sentences)")
     parser.add_argument("--distill-batch", type=int, default=16, help="MiniLM distill batch size (sentences)")
     parser.add_argument("--distill-steps", type=int, default=0, help="override the distill step count")
-    parser.add_argument("--minilm-lr", type=float, default=5e-4, help="MiniLM distill learning rate")
+    parser.add_argument("--minilm-lr", type=float, default=1e-4, help="MiniLM distill learning rate")
     parser.add_argument("--digits-lr", type=float, default=1e-3, help="digits distill learning rate")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
