@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -43,8 +42,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from itertools import cycle, islice
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,52 +76,19 @@ DEFAULT_JSON = HERE / "results" / "quality.json"
 
 
 # ----------------------------------------------------------------------------- the levers
-def levers() -> dict[str, bool]:
-    """Which of issue 6's levers this tfx has (the benchmark stands in for missing ones)."""
-    return {
-        "sensitivity": "sensitivity" in tfx.cost.available_strategies(),
-        "calibration": "reserved" not in (inspect.getdoc(tfx.factorize) or "").split("calibration:")[-1][:80],
-        "distill": hasattr(tfx, "distill"),
-    }
-
-
-def _distill_stand_in(
-    student: nn.Module,
-    teacher: nn.Module,
-    data: Iterable[Any],
-    *,
-    steps: int = 200,
-    lr: float = 1e-4,
-    loss: str = "mse",
-    output: Callable[[Any], torch.Tensor] | None = None,
-    progress: bool = True,
-) -> nn.Module:
-    """``tfx.distill``'s contract, used only while tfx has no ``distill`` (results marked so)."""
-    del progress
-    from tfx.passes._capture import call_with
-
-    pick = output or (lambda out: out)
-    teacher.eval()
-    student.train()
-    optimiser = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
-    for inputs in islice(cycle(list(data)), steps):
-        with torch.no_grad():
-            target = pick(call_with(teacher, inputs))
-        pred = pick(call_with(student, inputs))
-        if loss == "mse":
-            value = torch.nn.functional.mse_loss(pred, target)
-        else:
-            value = 1 - torch.nn.functional.cosine_similarity(pred.flatten(1), target.flatten(1)).mean()
-        optimiser.zero_grad()
-        value.backward()
-        optimiser.step()
-    student.eval()
-    return student
-
-
-def distill(student: nn.Module, teacher: nn.Module, data: Sequence[Any], **kwargs: Any) -> nn.Module:
-    fn = getattr(tfx, "distill", _distill_stand_in)
-    return fn(student, teacher, data, **kwargs)
+def check_levers() -> None:
+    """Exit with a message when this tfx lacks issue 6's levers (calibration, sensitivity, distill)."""
+    missing = []
+    if "sensitivity" not in tfx.cost.available_strategies():
+        missing.append("strategy='sensitivity'")
+    if not hasattr(tfx, "distill"):
+        missing.append("tfx.distill")
+    if missing:
+        raise SystemExit(
+            f"benchmarks/quality.py needs {' and '.join(missing)}, which this tfx lacks.\n"
+            "Fix: run it on a tfx with calibration= support, or run the baselines alone: "
+            "--methods uniform-svd,energy-svd,tfx"
+        )
 
 
 # ----------------------------------------------------------------- global-energy SVD baseline
@@ -223,29 +188,23 @@ def plan_allocation(gm: Any, names: Sequence[str]) -> list[dict[str, Any]]:
 
 def _compress(
     method: str, model: nn.Module, budget: int, *, names: Sequence[str], example: Any,
-    calibration: Sequence[Any], kinds: Sequence[str], skip: Sequence[str], outside: int, have: dict[str, bool],
-) -> tuple[nn.Module, list[dict[str, Any]], list[str]]:
+    calibration: Sequence[Any], kinds: Sequence[str], skip: Sequence[str], outside: int,
+) -> tuple[nn.Module, list[dict[str, Any]]]:
     """``model`` compressed to ``budget`` parameters by ``method`` (before any distillation)."""
     if method == "energy-svd":
-        compressed, allocation = energy_svd(model, names, budget - outside)
-        return compressed, allocation, []
-    notes = []
+        return energy_svd(model, names, budget - outside)
     kwargs: dict[str, Any] = {"example_inputs": example, "kinds": kinds, "skip": skip, "progress": False}
     if method == "uniform-svd":
         kwargs.update(forms=("svd",), strategy="uniform")
     elif method in ("tfx-calib", "tfx-calib-distill"):
-        kwargs.update(calibration=calibration, strategy="sensitivity" if have["sensitivity"] else "auto")
-        if not have["sensitivity"]:
-            notes.append("strategy='sensitivity' not in tfx yet: 'auto'")
-        if not have["calibration"]:
-            notes.append("calibration= not used by tfx yet")
+        kwargs.update(calibration=calibration, strategy="sensitivity")
     compressed = tfx.factorize(model, budget, **kwargs).eval()
-    return compressed, plan_allocation(compressed, names), notes
+    return compressed, plan_allocation(compressed, names)
 
 
 def run_method(
     method: str, model: nn.Module, budget: int, *, calibration: Sequence[Any], distill_kwargs: dict[str, Any],
-    have: dict[str, bool], cache: dict[str, Any], **kwargs: Any,
+    cache: dict[str, Any], **kwargs: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Compress ``model`` to ``budget`` parameters with ``method``; the model and a record.
 
@@ -253,29 +212,26 @@ def run_method(
     starts from (a copy) instead of factorizing again.
     """
     if method == "tfx-calib-distill" and "tfx-calib" in cache:
-        compressed, allocation, notes, factorize_s = cache["tfx-calib"]
-        compressed, notes = copy.deepcopy(compressed), list(notes)
+        compressed, allocation, factorize_s = cache["tfx-calib"]
+        compressed = copy.deepcopy(compressed)
     else:
         start = time.perf_counter()
-        compressed, allocation, notes = _compress(method, model, budget, calibration=calibration, have=have, **kwargs)
+        compressed, allocation = _compress(method, model, budget, calibration=calibration, **kwargs)
         factorize_s = time.perf_counter() - start
     if method == "tfx-calib":
-        cache["tfx-calib"] = (compressed, allocation, notes, factorize_s)
+        cache["tfx-calib"] = (compressed, allocation, factorize_s)
     distill_s = 0.0
     if method == "tfx-calib-distill":
-        if not have["distill"]:
-            notes.append("tfx.distill missing: the benchmark's stand-in")
         start = time.perf_counter()
         options = dict(distill_kwargs)
         data = options.pop("data", calibration)
-        compressed = distill(compressed, model, data, progress=False, **options).eval()
+        compressed = tfx.distill(compressed, model, data, progress=False, **options).eval()
         distill_s = time.perf_counter() - start
     record = {
         "params": n_params(compressed),
         "factorize_s": factorize_s,
         "distill_s": distill_s,
         "allocation": allocation,
-        "notes": notes,
     }
     return compressed, record
 
@@ -318,7 +274,7 @@ def embedding_metrics(reference: torch.Tensor, other: torch.Tensor) -> dict[str,
     }
 
 
-def bench_minilm(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, Any]:
+def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
     from tfx.demo import _minilm
 
     model, tokenizer = _minilm()
@@ -344,7 +300,7 @@ def bench_minilm(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, A
         for method in args.methods:
             compressed, record = run_method(
                 method, model, budget, names=names, example=calibration[0], calibration=calibration,
-                kinds=("linear",), skip=skip, distill_kwargs=distill_kwargs, outside=outside, have=have, cache=cache,
+                kinds=("linear",), skip=skip, distill_kwargs=distill_kwargs, outside=outside, cache=cache,
             )
             record["kept"] = (record["params"] - outside) / linear_weights
             record.update(embedding_metrics(reference, minilm_embeddings(compressed, heldout_batches)))
@@ -421,7 +377,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(-1) == y).double().mean())
 
 
-def bench_digits(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, Any]:
+def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
     x_train, y_train, x_test, y_test = digits_data()
     start = time.perf_counter()
     model = train_cnn(x_train, y_train)
@@ -442,7 +398,7 @@ def bench_digits(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, A
         for method in args.methods:
             compressed, record = run_method(
                 method, model, budget, names=names, example=calibration[0], calibration=calibration,
-                kinds=("linear", "conv"), skip=(), distill_kwargs=distill_kwargs, outside=total - weights, have=have,
+                kinds=("linear", "conv"), skip=(), distill_kwargs=distill_kwargs, outside=total - weights,
                 cache=cache,
             )
             record["kept"] = record["params"] / total
@@ -466,11 +422,10 @@ def bench_digits(args: argparse.Namespace, have: dict[str, bool]) -> dict[str, A
 
 # ---------------------------------------------------------------------------------- output
 def _log(row: dict[str, Any], fmt: str) -> None:
-    note = f"  [{'; '.join(row['notes'])}]" if row["notes"] else ""
     print(
         f"  {row['model']:<6} {row['budget']:<5} {METHODS[row['method']]:<28} kept {100 * row['kept']:5.1f}%  "
         + fmt.format(**row)
-        + f"  ({row['factorize_s']:.1f} s + distill {row['distill_s']:.1f} s){note}",
+        + f"  ({row['factorize_s']:.1f} s + distill {row['distill_s']:.1f} s)",
         flush=True,
     )
 
@@ -535,9 +490,6 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         out.append("")
     out += ["## Goals (issue 6)", "", *goals(results), ""]
-    notes = sorted({n for part in ("minilm", "digits") if part in results for r in results[part]["rows"] for n in r["notes"]})
-    if notes:
-        out += ["Stand-ins used in this run (tfx lacked the lever):", "", *(f"* {n}" for n in notes), ""]
     return "\n".join(out)
 
 
@@ -569,7 +521,7 @@ def goals(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _environment(have: dict[str, bool]) -> dict[str, Any]:
+def _environment() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -585,10 +537,9 @@ def _environment(have: dict[str, bool]) -> dict[str, Any]:
     date = datetime.date.today().isoformat()
     line = (
         f"tfx {tfx.__version__} ({commit}), torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
-        f"{os.cpu_count()} cores; levers in tfx: "
-        + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in have.items())
+        f"{os.cpu_count()} cores"
     )
-    return {"date": date, "commit": commit, "torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads(), "levers": have, "line": line}
+    return {"date": date, "commit": commit, "torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads(), "line": line}
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -716,14 +667,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    have = levers()
-    results: dict[str, Any] = {"env": _environment(have)}
+    if set(args.methods) & {"tfx-calib", "tfx-calib-distill"}:
+        check_levers()
+    results: dict[str, Any] = {"env": _environment()}
     print(results["env"]["line"], flush=True)
     start = time.perf_counter()
     if args.only in (None, "minilm"):
-        results["minilm"] = bench_minilm(args, have)
+        results["minilm"] = bench_minilm(args)
     if args.only in (None, "digits"):
-        results["digits"] = bench_digits(args, have)
+        results["digits"] = bench_digits(args)
     results["env"]["seconds"] = time.perf_counter() - start
     if args.only and args.json and args.json.exists():
         # --only re-runs one model: keep the other's numbers from the previous full run.
