@@ -232,6 +232,7 @@ def run_method(
         "factorize_s": factorize_s,
         "distill_s": distill_s,
         "allocation": allocation,
+        "tfx_timings": dict(getattr(getattr(compressed, "tfx_plan", None), "timings", {}) or {}),
     }
     return compressed, record
 
