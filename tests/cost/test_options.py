@@ -232,3 +232,22 @@ def test_candidates_offer_padded_tensorizations_for_a_prime_size() -> None:
     options = candidates(site, torch.randn(1019, 96), ("tt",))
     shapes = {o.tensorized_shape for o in options if o.form == "tt"}
     assert any(math.prod(rows) == 1020 for rows, _ in shapes)
+
+
+def test_rank_grid_alignment_follows_the_hardware() -> None:
+    """Multiples of 8 from 32 by default; multiples of 64 from 128 for half precision on CUDA
+    (checked through the context the candidates set; no GPU needed)."""
+    from tfx.cost._options import _ALIGN, _rank_grid, rank_alignment
+
+    assert rank_alignment(torch.zeros(2, 2)) == 8
+    assert rank_alignment(torch.zeros(2, 2, dtype=torch.bfloat16)) == 8  # CPU bf16: no tensor cores
+    default = _rank_grid(4096)
+    assert all(r % 8 == 0 for r in default if r >= 32)
+    token = _ALIGN.set(64)
+    try:
+        half = _rank_grid(4096)
+    finally:
+        _ALIGN.reset(token)
+    assert all(r % 64 == 0 for r in half if r >= 128) and any(r >= 128 for r in half)
+    assert all(r % 8 == 0 for r in half if r >= 32)
+    assert _ALIGN.get() == 8
