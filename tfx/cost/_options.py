@@ -23,7 +23,7 @@ from ..tensors._rank import tt_rank_bounds
 from ..utils import balanced_tensorization, get_tensorized_shape
 from ._flops import price, price_all
 from ._records import Option, SiteInfo
-from ._whiten import InputStats
+from ._whiten import InputStats, small_eig
 
 __all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra"]
 
@@ -56,19 +56,6 @@ def _rank_grid(full: int, n: int = _GRID) -> list[int]:
             r = max(8, (r // 8) * 8)
         out.add(min(r, full))
     return sorted(out)
-
-
-def _eigvalsh(gram: torch.Tensor) -> torch.Tensor:
-    """eigvalsh, on one thread for small matrices: LAPACK's threaded path is 10-40x slower
-    there (measured on a 2-core machine under load: 0.75 ms vs 31 ms at 128 x 128)."""
-    if gram.shape[0] > 512:
-        return torch.linalg.eigvalsh(gram)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.eigvalsh(gram)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _bond_ranks(sizes: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
@@ -114,7 +101,7 @@ class Spectra:
             # side are the squared singular values (one GEMM and a small eigvalsh).
             gram = matrix @ matrix.T
             gram = gram.double() if gram.shape[0] <= 256 else gram.float()  # energies need no more
-            s2 = _eigvalsh(gram).double().flip(0).clamp(min=0)
+            s2 = small_eig(torch.linalg.eigvalsh, gram, limit=513).double().flip(0).clamp(min=0)
             energy = s2.flip(0).cumsum(0).flip(0).tolist()  # energy[i] = sum_{j>=i} s_j^2
             self._cache[key] = [*energy, 0.0]
         return self._cache[key]
