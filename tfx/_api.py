@@ -308,7 +308,7 @@ def factorize(
     else:
         the_plan = copy.deepcopy(plan)
         _check_plan(the_plan, sites)
-    the_plan.timings["capture + match"] = capture_s
+    the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
     gm = captured.gm
     build = _builder(calibrated)
