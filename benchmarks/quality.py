@@ -18,7 +18,7 @@ Methods: ``uniform SVD`` (tfx, ``forms=("svd",), strategy="uniform"``), ``global
 (implemented here, independent of tfx: truncated SVD with ranks allocated greedily over all
 layers by ``s_i**2 / (m + n)``, the energy kept per parameter), ``tfx default`` (all forms,
 ``strategy="auto"``), ``tfx + calibration`` (``calibration=`` batches of
-``benchmarks/data/calibration.txt`` or of the training images, ``strategy="sensitivity"``) and
+``tfx/_data/calibration.txt`` or of the training images, ``strategy="sensitivity"``) and
 ``tfx + calibration + distill`` (the previous, then ``tfx.distill`` against the original for a
 fixed small number of steps on the same calibration data).
 
@@ -243,7 +243,10 @@ def _budget_params(total: int, outside: int, fraction: float) -> int:
 
 # ------------------------------------------------------------------------------------ MiniLM
 def _sentences(name: str) -> list[str]:
-    return [line.strip() for line in (HERE / "data" / name).read_text().splitlines() if line.strip()]
+    # The calibration sentences ship with tfx (make demo calibrates on them); the held-out
+    # ones live here, beside the benchmark.
+    folder = HERE.parent / "tfx" / "_data" if name == "calibration.txt" else HERE / "data"
+    return [line.strip() for line in (folder / name).read_text().splitlines() if line.strip()]
 
 
 def _tokens(tokenizer: Any, sentences: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
-from torch import fx
+from torch import fx, nn
 
+import tfx
 from tests.passes._models import MLP, Functional, RootFunctional, SmallCNN
 from tfx.cost import Choice
 from tfx.passes import build_layer, capture, emit, find_sites, output_error, rewrite
@@ -145,3 +147,33 @@ def test_rewrite_site_feeding_a_site_directly() -> None:
     rewrite(captured.gm, sites, [full_rank_choice(s) for s in sites])
     gm = emit(captured.gm)
     torch.testing.assert_close(gm(x), model(x))
+
+
+class _ExportOnlyPrimeHead(nn.Module):
+    """A layer with a prime output size behind shape-dependent control flow: symbolic_trace
+    fails, torch.export captures, and the cost model pads 1021 -> 1024 for the TT forms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(64, 1021, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 0:
+            x = x * 1.0
+        return self.head(x)
+
+
+@pytest.mark.parametrize("form", ["tt", "blocktt"])
+def test_padded_site_on_the_export_path(form: str) -> None:
+    """The padded layer replaces the module holding the old weight: the graph's read of that
+    weight goes with it (it used to fail graph.lint())."""
+    model = _ExportOnlyPrimeHead().eval()
+    x = torch.randn(3, 64)
+    gm = tfx.factorize(model, 0.5, example_inputs=(x,), forms=(form,), progress=False)
+    choice = gm.tfx_plan.choice("head")
+    assert gm.tfx_plan.capture == "export" and choice.form == form
+    assert math.prod(choice.tensorized_shape[0]) > 1021  # padded
+    with torch.no_grad():
+        dense = tfx.factorize(model, 1.0, example_inputs=(x,), forms=(form,), progress=False)
+        assert gm(x).shape == (3, 1021)
+        torch.testing.assert_close(dense(x), model(x), rtol=1e-4, atol=1e-5)

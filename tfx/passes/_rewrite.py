@@ -124,8 +124,12 @@ def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inp
                 if n.op in ("get_attr", "call_module"):
                     new.target = f"{prefix}.{n.target}"
                 env[n] = new
+    reads = node.all_input_nodes
     node.replace_all_uses_with(result)
     gm.graph.erase_node(node)
+    for read in reads:  # the old weight / bias reads: their attributes may be gone with the layer
+        if read.op == "get_attr" and not read.users:
+            gm.graph.erase_node(read)
     return result
 
 
