@@ -93,8 +93,11 @@ def _plan_sites(
     calibrated: Calibrated | None = None,
 ) -> FactorizationPlan:
     total = _count_params(model)
+    # A tied weight is one parameter read by several sites (all dense): every site counts it,
+    # so ``fixed`` is what the plan adds to the sites' total -- negative when weights are tied.
     site_params = sum(s.info.dense_params for s in sites)
     fixed = total - site_params
+    outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params for s in sites if s.weight.numel()}.values())
     clock = time.perf_counter()
     options: list[list[Option]] = []
     bar = _progress(len(sites), progress, "tfx: spectra")
@@ -113,7 +116,7 @@ def _plan_sites(
     budget_params, budget_flops = normalise_budget(budget, total, total_flops if has_shapes else None)
     floor = fixed + sum(min(o.params for o in opts) for opts in options)
     if floor > budget_params:
-        raise BudgetError(_budget_message(budget, budget_params, total, fixed, floor, sites))
+        raise BudgetError(_budget_message(budget, budget_params, total, outside, floor, sites))
     site_options = [graph.nodes[s.name]["options"] for s in sites]
     if weights is None and calibrated is not None and calibrated.sensitivity:
         weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]

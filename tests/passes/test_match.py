@@ -237,3 +237,27 @@ def test_find_module_sites_finds_every_layer_module() -> None:
     sites = {s.name: s for s in find_module_sites(model)}
     assert sites.keys() == _layers(model).keys()
     assert all(s.info.path == "module_swap" for s in sites.values())
+
+
+def test_module_swap_path_keeps_tied_weights_tied_and_counts_them_once() -> None:
+    """GPT-2 with its KV cache on: torch.export cannot return the cache object, so capture falls
+    back to the module swap. Its Conv1D layers are sites there too, and the LM head and token
+    embedding, one Parameter, stay dense and tied; the plan's totals are the real ones."""
+    import tfx
+    from tests.passes._models import VOCAB, gpt2_inputs
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    inputs = gpt2_inputs()
+    gm = tfx.factorize(model, 0.5, example_inputs=inputs, forms=("svd",), progress=False)
+    plan = gm.tfx_plan
+    assert plan.capture == "module_swap"
+    by_site = {c.site: c for c in plan.choices}
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"} <= set(by_site)
+    assert by_site["lm_head"].form == "dense" and "tied weight" in by_site["lm_head"].reason
+    assert by_site["transformer.wte"].form == "dense" and "tied weight" in by_site["transformer.wte"].reason
+    assert gm.model.lm_head.weight is gm.model.transformer.wte.weight
+    assert sum(p.numel() for p in gm.parameters()) == plan.total_params_after <= 0.5 * sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        assert gm(*inputs).logits.shape == model(*inputs).logits.shape

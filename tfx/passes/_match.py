@@ -166,6 +166,12 @@ def _site_of_module(module: nn.Module, name: str, node: Any, path: str) -> Site 
         conv = {"stride": tuple(module.stride), "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
                 "dilation": tuple(module.dilation), "groups": module.groups, "padding_mode": module.padding_mode}
         return Site(info, node, x, module.weight.detach(), _detached(module.bias), name + ".weight", conv)
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        # transformers' Conv1D (GPT-2): x @ W + b with W stored (in, out); a module on the
+        # module-swap path (the graph paths see its addmm).
+        matrix = module.weight.detach().t()
+        info = SiteInfo(name, "linear", tuple(matrix.shape), _tokens(x, matrix.shape[1]), module.bias is not None, path=path)
+        return Site(info, node, x, matrix, _detached(module.bias), name + ".weight")
     if type(module) is nn.Embedding:
         shape = _shape(x)
         info = SiteInfo(name, "embedding", tuple(module.weight.shape), math.prod(shape) if shape else 1, False, path=path)
@@ -286,19 +292,13 @@ def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = N
             site = _function_site(gm, node, path)
         if site is not None:
             sites.append(site)
-    users: dict[int, list[str]] = {}
-    for site in sites:
-        users.setdefault(_storage(site), []).append(site.name)
     for site in sites:
         reason = _dense_reason(site, kinds_set, set(skip))
-        shared = users.get(_storage(site), [])
-        if len(shared) > 1 and site.name not in skip:
-            others = sorted({n for n in shared if n != site.name})
-            reason = ("tied weight (shared with " + ", ".join(others) + ")") if others else "weight used by several call sites"
         if reason and site.info.factorizable:
             site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)
         elif reason:
             site.info = dataclasses.replace(site.info, reason=reason)
+    _mark_tied(sites, set(skip))
     return sites
 
 
@@ -306,7 +306,7 @@ def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, sk
     """Sites as modules of ``root`` (the module-swap path: no graph, so no shapes and no node)."""
     kinds_set = set(kinds) if kinds is not None else {"linear", "conv", "embedding"}
     sites = []
-    for name, module in root.named_modules():
+    for name, module in root.named_modules(remove_duplicate=False):
         site = _site_of_module(module, name, None, "module_swap")
         if site is None:
             continue
@@ -314,4 +314,19 @@ def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, sk
         if reason:
             site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)
         sites.append(site)
+    _mark_tied(sites, set(skip))
     return sites
+
+
+def _mark_tied(sites: Sequence[Site], skip: set[str]) -> None:
+    """Sites whose weights share storage (tied, e.g. an LM head and the token embedding) stay
+    dense, with the reason in the plan: never silently untied."""
+    users: dict[int, list[str]] = {}
+    for site in sites:
+        users.setdefault(_storage(site), []).append(site.name)
+    for site in sites:
+        shared = users.get(_storage(site), [])
+        if len(shared) > 1 and site.name not in skip:
+            others = sorted({n for n in shared if n != site.name})
+            reason = ("tied weight (shared with " + ", ".join(others) + ")") if others else "weight used by several call sites"
+            site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)
