@@ -64,6 +64,8 @@ def test_distill_gradients_reach_the_factors() -> None:
         ({"steps": 0}, "steps=0"),
         ({"lr": -1.0}, "lr=-1.0"),
         ({"loss": "kl"}, "loss"),
+        ({"eval_every": 0}, "eval_every=0"),
+        ({"eval_data": []}, "eval_data= is empty"),
     ],
 )
 def test_distill_rejects_bad_options(kwargs: dict, match: str) -> None:
@@ -79,3 +81,36 @@ def test_distill_rejects_empty_data_and_mismatched_outputs() -> None:
     other = nn.Linear(32, 5)
     with pytest.raises(OptionError, match="do not match"):
         tfx.distill(other, teacher, [(torch.randn(2, 32),)], steps=1, progress=False)
+
+
+def test_eval_data_keeps_the_best_state() -> None:
+    """With a learning rate that wrecks the student, the best held-out state is the starting one,
+    and distill hands it back unchanged."""
+    teacher = nn.Sequential(nn.Linear(48, 96), nn.Tanh(), nn.Linear(96, 48)).eval()
+    gen = torch.Generator().manual_seed(3)
+    data = [(torch.randn(32, 48, generator=gen),) for _ in range(4)]
+    held = [(torch.randn(64, 48, generator=gen),)]
+    student = tfx.factorize(teacher, 0.5, example_inputs=data[0], progress=False)
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    tfx.distill(student, teacher, data, steps=20, lr=5.0, eval_data=held, eval_every=5, progress=False)
+    evals = student.tfx_distill_eval
+    assert [s for s, _ in evals] == [0, 5, 10, 15, 20]
+    assert min(v for _, v in evals[1:]) > evals[0][1]  # the huge lr only made things worse
+    assert all(torch.equal(start[k], v) for k, v in student.state_dict().items())
+
+
+def test_eval_data_with_a_sane_lr_keeps_an_improved_state() -> None:
+    teacher = nn.Sequential(nn.Linear(48, 96), nn.Tanh(), nn.Linear(96, 48)).eval()
+    gen = torch.Generator().manual_seed(4)
+    data = [(torch.randn(64, 48, generator=gen),) for _ in range(8)]
+    held = [(torch.randn(128, 48, generator=gen),)]
+    student = tfx.factorize(teacher, 0.3, example_inputs=data[0], progress=False)
+    tfx.distill(student, teacher, data, steps=60, lr=3e-3, eval_data=held, progress=False)
+    evals = student.tfx_distill_eval
+    best = min(v for _, v in evals)
+    assert best < evals[0][1]
+    from tfx._distill import _floats, _loss
+
+    with torch.no_grad():
+        now = float(_loss(_floats(student(*held[0]), None), _floats(teacher(*held[0]), None), "mse"))
+    assert now == pytest.approx(best, rel=1e-5)
