@@ -310,6 +310,34 @@ def test_weight_changed_in_place_is_decomposed_again(built: list[str]) -> None:
     assert _max_rel_error(after, before) > 1e-3
 
 
+def test_weight_rebound_or_retyped_is_seen() -> None:
+    """``param.data = ...`` (new storage, no version bump) and ``model.double()`` (new dtype):
+    the compiled model follows the live parameters, as it would without tfx."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.ReLU(), nn.Linear(64, 64, bias=False)).eval()
+    backend = tfx.backend(budget=0.5, compiler="eager", forms=("svd",))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 64)
+
+    def expected(inputs: torch.Tensor) -> torch.Tensor:
+        h = inputs.double()
+        for i, choice in zip((0, 2), backend.plans[-1].choices):  # type: ignore[attr-defined]
+            u, s, vh = torch.linalg.svd(model[i].weight.double())
+            r = choice.rank
+            h = torch.nn.functional.linear(h, (u[:, :r] * s[:r]) @ vh[:r])
+            h = h.relu() if i == 0 else h
+        return h
+
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x).double(), expected(x), rtol=1e-4, atol=1e-5)
+        model[0].weight.data = model[0].weight.data * 3
+        torch.testing.assert_close(compiled(x).double(), expected(x), rtol=1e-4, atol=1e-5)
+        model.double()
+        y = compiled(x.double())
+        assert y.dtype == torch.float64
+        torch.testing.assert_close(y, expected(x), rtol=1e-8, atol=1e-10)
+
+
 # --- shapes, graph breaks, grad mode ------------------------------------------------------------
 
 

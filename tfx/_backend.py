@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import re
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -172,30 +173,51 @@ class _Lifted:
 
 
 class _Decomposed:
-    """A site's factorized layer and the versions of the weight and bias it was computed from."""
+    """A site's factorized layer and the state of the live weight and bias it was computed from."""
 
-    def __init__(self, site: Site, choice: Choice) -> None:
-        # The weight and bias are views of the live parameters (same version counters); the
-        # nodes are dropped so that the cache keeps no graph alive.
+    def __init__(self, site: Site, choice: Choice, param: nn.Parameter, bias: torch.Tensor | None) -> None:
+        # The nodes are dropped so that the cache keeps no graph alive; the live parameters are
+        # held weakly and read again on refresh, so that ``param.data = ...`` (new storage) is
+        # seen as well as in-place updates (version counters).
         self.site = dataclasses.replace(site, node=None, input=None)
         self.choice = choice
+        self.param = weakref.ref(param)
+        self.bias = weakref.ref(bias) if isinstance(bias, nn.Parameter) else None
+        # Sites read through ``x @ W`` hold the transposed weight.
+        self.transposed = site.weight.dim() == 2 and site.weight.stride() != param.stride()
         self.layer = _inference(build_layer(site, choice))
-        self.versions = _versions(site)
+        self.state = self.live()
+
+    def live(self) -> tuple[Any, ...]:
+        """What identifies the weight's and bias's current values: storage, version, dtype."""
+        out: list[Any] = []
+        for ref, alias in ((self.param, self.site.weight), (self.bias, self.site.bias)):
+            tensor = ref() if ref is not None else alias
+            out.append(None if tensor is None else (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device))
+        return tuple(out)
+
+    def stale(self) -> bool:
+        """Whether the weight or bias changed since the factors were computed."""
+        return self.live() != self.state
 
     def refresh(self) -> None:
-        """Decompose again if the weight or bias changed in place; the layer's tensors are updated in place."""
-        if _versions(self.site) == self.versions:
+        """Decompose again if the weight or bias changed; the layer's tensors are updated in place."""
+        if not self.stale():
             return
+        param = self.param()
+        if param is not None:  # new storage (``param.data = ...``) or new values
+            weight = param.detach()
+            bias = self.bias() if self.bias is not None else None
+            self.site = dataclasses.replace(
+                self.site, weight=weight.t() if self.transposed else weight,
+                bias=bias.detach() if bias is not None else self.site.bias,
+            )
         with torch.inference_mode(False), torch.no_grad():
             fresh = build_layer(self.site, self.choice)
             for old, new in zip(_tensors(self.layer), _tensors(fresh)):
                 old.copy_(new)
-        self.versions = _versions(self.site)
-        logger.info("tfx backend: %s changed in place; decomposed again", self.site.name)
-
-
-def _versions(site: Site) -> tuple[int, int | None]:
-    return site.weight._version, None if site.bias is None else site.bias._version
+        self.state = self.live()
+        logger.info("tfx backend: %s changed; decomposed again", self.site.name)
 
 
 def _tensors(layer: nn.Module) -> list[torch.Tensor]:
@@ -211,13 +233,16 @@ def _cached_builder(lifted: _Lifted, used: list[_Decomposed]) -> Callable[[Site,
             return _inference(build_layer(site, choice))
         key = (
             site.info.kind, choice.form, repr(choice.tensorized_shape), repr(choice.rank),
-            repr(sorted(site.conv.items())), site.padding_idx,
+            repr(sorted(site.conv.items())), site.padding_idx, param.dtype, param.device,
             None if site.bias is None else (site.bias.data_ptr(), tuple(site.bias.shape)),
         )
         per_param = _DECOMPOSED.setdefault(param, {})
         entry = per_param.get(key)
         if entry is None:
-            entry = per_param[key] = _Decomposed(site, choice)
+            bias = None
+            if site.bias is not None:  # the live bias Parameter, when the graph reads one
+                bias = next((p for p in lifted.params.values() if p.data_ptr() == site.bias.data_ptr()), None)
+            entry = per_param[key] = _Decomposed(site, choice, param, bias)
         else:
             entry.refresh()
         used.append(entry)
@@ -237,7 +262,7 @@ def _checked(compiled: Callable[..., Any], used: Sequence[_Decomposed]) -> Calla
 
     def run(*args: Any) -> Any:
         for entry in used:
-            if _versions(entry.site) != entry.versions:
+            if entry.stale():
                 entry.refresh()
         return compiled(*args)
 
