@@ -227,3 +227,28 @@ def test_calibration_leaves_the_model_untouched() -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+def test_sensitivity_needs_floating_outputs() -> None:
+    class Argmax(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(32, 64), nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x))).argmax(-1)
+
+    with pytest.raises(OptionError, match="(?s)floating outputs.*logits"):
+        tfx.factorize(Argmax().eval(), 0.5, example_inputs=(torch.randn(8, 32),),
+                      calibration=[(torch.randn(8, 32),)], strategy="sensitivity", progress=False)
+
+
+def test_calibration_batch_against_a_size_one_example_says_why() -> None:
+    """torch.export keeps a dimension of size 1 at 1: the message says so, not 'wrong format'."""
+    model = tiny_bert()
+    ids = torch.randint(0, 96, (1, 8))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    wider = torch.randint(0, 96, (4, 8))
+    with pytest.raises(OptionError, match="(?s)size 1 at 1.*at least 2"):
+        tfx.factorize(model, 0.6, example_inputs=example, progress=False,
+                      calibration=[{"input_ids": wider, "attention_mask": torch.ones_like(wider)}])

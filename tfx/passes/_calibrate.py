@@ -161,10 +161,19 @@ def collect_statistics(gm: fx.GraphModule, sites: Sequence[Site], batches: Seque
                 try:
                     call_with(gm, batch)
                 except Exception as err:
-                    raise OptionError(
-                        f"calibration batch {i} does not fit the model: {type(err).__name__}: {err}\n"
+                    fix = (
                         "Fix: pass batches in the example_inputs format (a tuple of positional inputs or a "
                         "dict of keyword inputs), with the dtypes and devices the model expects."
+                    )
+                    if "Guard failed" in str(err):  # a shape torch.export specialised
+                        fix = (
+                            "The captured graph is specialised to a size of example_inputs (torch.export "
+                            "keeps a dimension of size 1 at 1, and some models fix others).\nFix: give "
+                            "example_inputs batch and sequence sizes of at least 2, or calibration batches "
+                            "of the example's shapes."
+                        )
+                    raise OptionError(
+                        f"calibration batch {i} does not fit the model: {type(err).__name__}: {err}\n{fix}"
                     ) from err
                 if progress is not None:
                     progress.update(1)
@@ -237,7 +246,14 @@ def measure_sensitivity(gm: fx.GraphModule, sites: Sequence[Site], batch: Any, s
     try:
         with torch.no_grad():
             reference = _outputs(gm, batch)
-            ref_norm2 = sum(float((r**2).sum()) for r in reference) or 1.0
+            ref_norm2 = sum(float((r**2).sum()) for r in reference)
+            if ref_norm2 == 0.0:
+                raise OptionError(
+                    "strategy='sensitivity' measures how a layer's error changes the model's floating "
+                    "outputs, and this model's outputs on the first calibration batch have none (or are all "
+                    "zero), so every layer would look free to compress.\nFix: make the model return its "
+                    "logits or features (not e.g. argmax indices), or use strategy='auto'."
+                )
             for i, site in enumerate(wanted):
                 module = perturbs[site.name]
                 module.scale, module.seed = scale, 1234 + i
