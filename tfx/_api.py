@@ -9,6 +9,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, unknown_option
+from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, TfxWarning, unknown_option
 from .cost import FORMS, Budget, dense_option, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
 from .cost._choose import available_strategies, choose_two
 from .passes import Site, capture, emit, find_sites, output_error, rewrite
@@ -311,6 +312,15 @@ def factorize(
     else:
         the_plan = copy.deepcopy(plan)
         _check_plan(the_plan, sites)
+        if calibration is None and any(n.startswith("calibrated on") for n in the_plan.notes):
+            warnings.warn(
+                "this plan was made with calibration=, and re-applying it without calibration data "
+                "decomposes each weight for the weight, not for the layer's output: same forms and ranks, "
+                "larger output errors than the plan estimates. Pass the same calibration= (or use "
+                "tfx.load, which restores the saved factors).",
+                TfxWarning,
+                stacklevel=2,
+            )
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
     gm = captured.gm
@@ -415,6 +425,8 @@ def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> f
     """Re-apply a saved plan to ``model`` (same architecture) and load the saved factors, bit for bit."""
     data = torch.load(path, map_location="cpu", weights_only=True)
     the_plan = FactorizationPlan.from_json(data["tfx_plan"])
-    gm = factorize(model, example_inputs=example_inputs, plan=the_plan, verify=False, progress=False)
+    with warnings.catch_warnings():  # the saved factors replace whatever the plan decomposes
+        warnings.simplefilter("ignore", TfxWarning)
+        gm = factorize(model, example_inputs=example_inputs, plan=the_plan, verify=False, progress=False)
     gm.load_state_dict(data["state_dict"])
     return gm

@@ -252,3 +252,20 @@ def test_calibration_batch_against_a_size_one_example_says_why() -> None:
     with pytest.raises(OptionError, match="(?s)size 1 at 1.*at least 2"):
         tfx.factorize(model, 0.6, example_inputs=example, progress=False,
                       calibration=[{"input_ids": wider, "attention_mask": torch.ones_like(wider)}])
+
+
+def test_reapplying_a_calibrated_plan_without_calibration_warns(tmp_path) -> None:  # noqa: ANN001
+    model = MLP().eval()
+    batches = [(torch.randn(16, 32),)]
+    gm = tfx.factorize(model, 0.5, example_inputs=batches[0], calibration=batches, progress=False)
+    with pytest.warns(tfx.TfxWarning, match="calibration"):
+        tfx.factorize(model, plan=gm.tfx_plan, progress=False)
+    again = tfx.factorize(model, plan=gm.tfx_plan, calibration=batches, progress=False)  # no warning
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), gm(x))
+    path = tmp_path / "calibrated.pt"
+    tfx.save(gm, path)
+    loaded = tfx.load(model, path)  # restores the saved factors: no warning, same outputs
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), gm(x), rtol=0, atol=0)
