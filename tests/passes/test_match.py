@@ -261,3 +261,31 @@ def test_module_swap_path_keeps_tied_weights_tied_and_counts_them_once() -> None
     assert sum(p.numel() for p in gm.parameters()) == plan.total_params_after <= 0.5 * sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert gm(*inputs).logits.shape == model(*inputs).logits.shape
+
+
+def test_string_padding_convs_are_sites_on_the_export_path() -> None:
+    """``padding="same"`` lowers to ``aten.conv2d.padding`` under torch.export: still a site,
+    factorized, with the same output shape (it used to stay dense without a reason)."""
+    import tfx
+
+    class Same(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(16, 32, 3, padding="same")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 0:  # symbolic_trace fails; torch.export captures
+                x = x * 1.0
+            return self.conv(x)
+
+    model = Same().eval()
+    x = torch.randn(2, 16, 8, 8)
+    gm = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
+    choice = gm.tfx_plan.choice("conv")
+    assert gm.tfx_plan.capture == "export" and choice.form != "dense"
+    layer = gm.get_submodule("conv")
+    with torch.no_grad():
+        weight = layer.weight.to_tensor()
+        expected = torch.nn.functional.conv2d(x, weight, model.conv.bias, padding="same")
+        assert gm(x).shape == model(x).shape
+        torch.testing.assert_close(gm(x), expected, rtol=1e-4, atol=1e-5)

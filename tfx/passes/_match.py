@@ -31,6 +31,8 @@ _LINEAR_FNS = {F.linear, torch._C._nn.linear, aten.linear.default}
 _CONV_FNS = {
     F.conv1d: 1, F.conv2d: 2, F.conv3d: 3,
     aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3,
+    # padding="same" / "valid" lower to these overloads (same arguments, a string padding)
+    aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3,
 }
 _EMBEDDING_FNS = {F.embedding, aten.embedding.default}
 _ADDMM_FNS = {torch.addmm, aten.addmm.default}
