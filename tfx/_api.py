@@ -20,6 +20,7 @@ from torch import fx, nn
 from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, TfxWarning, unknown_option
 from .cost import FORMS, Budget, dense_option, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
 from .cost._choose import available_strategies, choose_two
+from .cost._device import DeviceProfile
 from .passes import Site, capture, emit, find_sites, output_error, rewrite
 from .passes._calibrate import Calibrated, calibrate, whitened_site
 from .passes._match import find_module_sites
@@ -91,7 +92,7 @@ def _edges(gm: fx.GraphModule, sites: Sequence[Site]) -> list[tuple[str, str]]:
 def _plan_sites(
     model: nn.Module, gm: fx.GraphModule, sites: list[Site], budget: Any, forms: Sequence[str],
     strategy: str, path: str, progress: bool, weights: Sequence[float] | None = None,
-    calibrated: Calibrated | None = None,
+    calibrated: Calibrated | None = None, profile: DeviceProfile | None = None,
 ) -> FactorizationPlan:
     total = _count_params(model)
     # A tied weight is one parameter read by several sites (all dense): every site counts it,
@@ -104,7 +105,7 @@ def _plan_sites(
     bar = _progress(len(sites), progress, "tfx: spectra")
     for site in sites:
         stats = calibrated.stats.get(site.name) if calibrated is not None else None
-        options.append(candidates(site.info, site.weight, forms, stats))
+        options.append(candidates(site.info, site.weight, forms, stats, profile))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -119,15 +120,18 @@ def _plan_sites(
     if floor > budget_params:
         raise BudgetError(_budget_message(budget, budget_params, total, outside, floor, sites))
     site_options = [graph.nodes[s.name]["options"] for s in sites]
+    notes = []
+    if profile is not None:
+        site_options, note = _not_slower(site_options, budget_params - fixed, sites)
+        notes += [note] if note else []
     if weights is None and calibrated is not None and calibrated.sensitivity:
         weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]
     if budget_flops is None:
         picks = choose(site_options, budget_params - fixed, strategy=strategy, weights=weights)
     else:
         picks = choose_two(site_options, budget_params - fixed, budget_flops, weights=weights)
-    choices = [_choice(site, opts[i]) for site, opts, i in zip(sites, options, picks)]
+    choices = [_choice(site, opts[i], profile) for site, opts, i in zip(sites, site_options, picks)]
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
-    notes = []
     if calibrated is not None:
         for choice in choices:
             choice.sensitivity = calibrated.sensitivity.get(choice.site)
@@ -136,14 +140,40 @@ def _plan_sites(
     return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path, timings=timings, notes=notes)
 
 
-def _choice(site: Site, option: Option) -> Choice:
+def _choice(site: Site, option: Option, profile: DeviceProfile | None = None) -> Choice:
     info = site.info
+    dense = dense_option(info, site.weight.element_size(), profile)
+    reason = info.reason
+    if profile is not None and option.form != "dense" and option.seconds > dense.seconds:
+        reason = " ".join(filter(None, (reason, f"est. {option.seconds / max(dense.seconds, 1e-12):.2f}x dense time")))
     return Choice(
         site=info.name, kind=info.kind, weight_shape=info.weight_shape, form=option.form,
         tensorized_shape=option.tensorized_shape, rank=option.rank, params_before=info.dense_params,
-        params_after=option.params, flops_before=(dense := dense_option(info, site.weight.element_size())).flops,
-        flops_after=option.flops, error=option.error, path=info.path, reason=info.reason, tokens=info.tokens,
+        params_after=option.params, flops_before=dense.flops,
+        flops_after=option.flops, error=option.error, path=info.path, reason=reason, tokens=info.tokens,
         bytes_before=dense.bytes, bytes_after=option.bytes, order=option.order,
+        seconds_before=dense.seconds, seconds_after=option.seconds,
+    )
+
+
+#: With a device profile, options estimated slower than this fraction of the dense layer's
+#: speed are left out where the budget allows.
+MIN_SPEEDUP = 0.95
+
+
+def _not_slower(options: list[list[Option]], budget: float, sites: Sequence[Site]) -> tuple[list[list[Option]], str]:
+    """Each site's options without those estimated slower than dense (``MIN_SPEEDUP``), when the
+    budget can still be met that way; else all of them and a note saying so."""
+    fast = []
+    for opts in options:
+        dense = next((o for o in opts if o.form == "dense"), None)
+        limit = dense.seconds / MIN_SPEEDUP if dense is not None else float("inf")
+        fast.append([o for o in opts if o.form == "dense" or o.seconds <= limit])
+    if sum(min(o.params for o in opts) for opts in fast) <= budget:
+        return fast, ""
+    return options, (
+        "the parameter budget needs some options the device profile estimates slower than their dense "
+        "layer at the planned batch (see 'x dense time' in the notes); a larger budget avoids them"
     )
 
 
@@ -229,6 +259,7 @@ def plan(
     skip: Sequence[str] = (),
     strategy: str = "auto",
     calibration: Iterable[Any] | None = None,
+    device_profile: DeviceProfile | None = None,
     progress: bool = True,
 ) -> FactorizationPlan:
     """Decide, per layer, the form, tensorized shape and rank under one budget; change nothing.
@@ -239,7 +270,8 @@ def plan(
     _check_strategy(strategy, calibration)
     captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
     calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress)
-    return _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress, calibrated=calibrated)
+    return _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress, calibrated=calibrated,
+                       profile=device_profile)
 
 
 def factorize(
@@ -252,6 +284,7 @@ def factorize(
     skip: Sequence[str] = (),
     strategy: str = "auto",
     calibration: Iterable[Any] | None = None,
+    device_profile: DeviceProfile | None = None,
     verify: bool = True,
     progress: bool = True,
     plan: FactorizationPlan | None = None,
@@ -278,6 +311,11 @@ def factorize(
             factorizes for the layer's *output* on that data: whitened SVD, and Kronecker-factored
             whitening for Tucker / TT / BlockTT; estimated errors become output errors. See
             the quality guide.
+        device_profile: a :class:`~tfx.cost.DeviceProfile` (``tfx.cost.measure_device()``
+            measures this machine once and caches it): each option is then priced in estimated
+            time (FLOPs, bytes and kernel launches), its contraction order chosen by time, and
+            options estimated slower than 0.95x their dense layer at the planned batch are left
+            out where the budget allows (else the plan notes which sites are slower).
         verify: with ``example_inputs``, measure the outputs' max relative error
             against the original and record it in the plan.
         progress: show progress bars.
@@ -308,7 +346,8 @@ def factorize(
     capture_s = time.perf_counter() - start
     calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress)
     if plan is None:
-        the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress, calibrated=calibrated)
+        the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
+                               calibrated=calibrated, profile=device_profile)
     else:
         the_plan = copy.deepcopy(plan)
         _check_plan(the_plan, sites)

@@ -5,12 +5,15 @@ Pure: shapes and numbers (and the dense weights, for their spectra); no fx, no m
 
 from ._budget import Budget, normalise_budget
 from ._choose import available_strategies, choose, register_strategy
+from ._device import DeviceProfile, measure_device
 from ._graph import build_graph
 from ._options import FORMS, candidates, dense_option
 from ._plan import FactorizationPlan
 from ._records import Choice, Option, SiteInfo
 
 __all__ = [
+    "DeviceProfile",
+    "measure_device",
     "Budget",
     "normalise_budget",
     "choose",

@@ -55,6 +55,7 @@ from ..tensors._contract import _limited
 from ..tensors._cp import _cp_equation
 from ..tensors._tt import tt_equation
 from ..tensors._tucker import _tucker_equation
+from ._device import DeviceProfile
 from ._records import Option, SiteInfo
 
 __all__ = ["Cost", "order_costs", "price", "dense_cost", "batch_bucket"]
@@ -68,12 +69,13 @@ class Cost:
 
     flops: int
     elements: int
+    steps: int = 1  # kernels: each priced step is one
 
     def __add__(self, other: Cost) -> Cost:
-        return Cost(self.flops + other.flops, self.elements + other.elements)
+        return Cost(self.flops + other.flops, self.elements + other.elements, self.steps + other.steps)
 
 
-_ZERO = Cost(0, 0)
+_ZERO = Cost(0, 0, 0)
 
 
 def batch_bucket(n: int) -> int:
@@ -302,22 +304,37 @@ def _reconstruct_floor(site: SiteInfo, option: Option) -> int:
     return rebuilt if site.kind == "embedding" else rebuilt * (1 + 2 * site.tokens)
 
 
-def price(site: SiteInfo, option: Option, itemsize: int = 4) -> Option:
-    """``option`` with the FLOPs and bytes of its cheaper order (ties: ``'factors'``), and that order."""
+def _priced(option: Option, cost: Cost, itemsize: int, order: str, profile: DeviceProfile | None) -> Option:
+    nbytes = cost.elements * itemsize
+    seconds = profile.seconds(cost.flops, nbytes, cost.steps) if profile is not None else 0.0
+    return dataclasses.replace(option, flops=cost.flops, bytes=nbytes, order=order, steps=cost.steps, seconds=seconds)
+
+
+def price(site: SiteInfo, option: Option, itemsize: int = 4, profile: DeviceProfile | None = None) -> Option:
+    """``option`` with the FLOPs, bytes and kernel count of its cheaper order, and that order.
+
+    Cheaper means fewer FLOPs (then fewer bytes; ties: ``'factors'``), or with a ``profile``
+    less estimated time, which also counts the bytes and the kernels.
+    """
     if option.form == "dense":
-        cost = dense_cost(site)
-        return dataclasses.replace(option, flops=cost.flops, bytes=cost.elements * itemsize, order="dense")
+        return _priced(option, dense_cost(site), itemsize, "dense", profile)
     factors, reconstruct = _ORDERS[site.kind]
     order, cost = "factors", factors(site, option)
-    # The rebuild's path search is skipped where it cannot win (the usual case): exact, and
-    # it halves the searches.
-    if cost.flops >= _reconstruct_floor(site, option):
+
+    def key(c: Cost) -> tuple[float, ...]:
+        if profile is not None:
+            return (profile.seconds(c.flops, c.elements * itemsize, c.steps),)
+        return (c.flops, c.elements)
+
+    # The rebuild's path search is skipped where it cannot win on FLOPs (the usual case):
+    # exact, and it halves the searches. With a profile, both are always priced.
+    if profile is not None or cost.flops >= _reconstruct_floor(site, option):
         rebuilt = reconstruct(site, option)
-        if (rebuilt.flops, rebuilt.elements) < (cost.flops, cost.elements):
+        if key(rebuilt) < key(cost):
             order, cost = "reconstruct", rebuilt
-    return dataclasses.replace(option, flops=cost.flops, bytes=cost.elements * itemsize, order=order)
+    return _priced(option, cost, itemsize, order, profile)
 
 
-def price_all(site: SiteInfo, options: Sequence[Option], itemsize: int) -> list[Option]:
+def price_all(site: SiteInfo, options: Sequence[Option], itemsize: int, profile: DeviceProfile | None = None) -> list[Option]:
     """:func:`price` for each option of one site."""
-    return [price(site, o, itemsize) for o in options]
+    return [price(site, o, itemsize, profile) for o in options]

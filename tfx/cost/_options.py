@@ -23,6 +23,7 @@ from ..tensors._rank import tt_rank_bounds
 from ..utils import balanced_tensorization, get_tensorized_shape
 from ._flops import price, price_all
 from ._records import Option, SiteInfo
+from ._device import DeviceProfile
 from ._whiten import InputStats, small_eig
 
 __all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra"]
@@ -112,9 +113,9 @@ class Spectra:
         return tails[min(rank, len(tails) - 1)]
 
 
-def dense_option(site: SiteInfo, itemsize: int = 4) -> Option:
+def dense_option(site: SiteInfo, itemsize: int = 4, profile: DeviceProfile | None = None) -> Option:
     """Leaving the site dense (FLOPs and bytes from :mod:`tfx.cost._flops`)."""
-    return price(site, Option("dense", None, None, site.dense_params, 0, 0.0), itemsize)
+    return price(site, Option("dense", None, None, site.dense_params, 0, 0.0), itemsize, profile)
 
 
 def _rel(site_norm2: float, energy: float) -> float:
@@ -293,7 +294,10 @@ def _tensorized_options(
 
 
 # --------------------------------------------------------------------- entry point
-def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS, stats: InputStats | None = None) -> list[Option]:
+def candidates(
+    site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS, stats: InputStats | None = None,
+    profile: DeviceProfile | None = None,
+) -> list[Option]:
     """Every candidate for ``site`` (the dense option included), cheapest first.
 
     Args:
@@ -303,6 +307,8 @@ def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORM
         stats: the site's input statistics (``calibration=``): errors are then relative
             *output* errors on the calibration data, from the spectra of the whitened weight
             (see :mod:`tfx.cost._whiten`); CP and padded options keep weight errors.
+        profile: a :class:`~tfx.cost.DeviceProfile`: each option's order is then chosen by
+            estimated time, and ``Option.seconds`` holds it.
 
     Returns:
         Options sorted by parameter count; options that are not smaller than
@@ -311,13 +317,15 @@ def candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORM
     """
     align = _ALIGN.set(rank_alignment(weight))
     try:
-        return _candidates(site, weight, forms, stats)
+        return _candidates(site, weight, forms, stats, profile)
     finally:
         _ALIGN.reset(align)
 
 
-def _candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str], stats: InputStats | None) -> list[Option]:
-    options = [dense_option(site, weight.element_size())]
+def _candidates(
+    site: SiteInfo, weight: torch.Tensor, forms: Sequence[str], stats: InputStats | None, profile: DeviceProfile | None,
+) -> list[Option]:
+    options = [dense_option(site, weight.element_size(), profile)]
     if site.factorizable:
         spectra = Spectra(weight)
         if site.kind == "conv":
@@ -358,5 +366,5 @@ def _candidates(site: SiteInfo, weight: torch.Tensor, forms: Sequence[str], stat
                     p_spectra._cache[("flat", p_rows)] = spectra.tails((rows, cols), None, 1)
                 options += list(_tensorized_options(site, p_spectra, padded, extra, chain_forms))
     dense = options[0].params
-    kept = [options[0]] + price_all(site, [o for o in options[1:] if o.params < dense], weight.element_size())
+    kept = [options[0]] + price_all(site, [o for o in options[1:] if o.params < dense], weight.element_size(), profile)
     return sorted(kept, key=lambda o: (o.params, o.error))

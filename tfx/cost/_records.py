@@ -61,7 +61,9 @@ class Option:
     ``flops`` and ``bytes`` are those of the cheaper contraction order for the
     site's ``tokens``, named by ``order``: ``'factors'`` (the input contracted with
     the factors), ``'reconstruct'`` (rebuild the weight, then the dense layer), or
-    ``'dense'`` (see ``tfx.cost._flops`` for the conventions).
+    ``'dense'`` (see ``tfx.cost._flops`` for the conventions). ``steps`` counts its
+    kernels; ``seconds`` is its estimated time on a :class:`~tfx.cost.DeviceProfile`
+    (0 when priced without one).
     """
 
     form: str
@@ -72,6 +74,8 @@ class Option:
     error: float
     bytes: int = 0
     order: str = "factors"
+    steps: int = 0
+    seconds: float = 0.0
 
     def key(self) -> tuple[Any, ...]:
         """A hashable identity."""
@@ -106,6 +110,8 @@ class Choice:
     bytes_before: int = 0
     bytes_after: int = 0
     order: str = "auto"
+    seconds_before: float = 0.0
+    seconds_after: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
