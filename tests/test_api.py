@@ -659,3 +659,16 @@ def test_padded_candidates_count_their_real_parameters() -> None:
     gm = tfx.factorize(model, 0.3, example_inputs=(idx,), progress=False)
     assert sum(p.numel() for p in gm.parameters()) == gm.tfx_plan.total_params_after
     assert gm.tfx_plan.total_params_after <= 0.3 * sum(p.numel() for p in model.parameters())
+
+
+def test_plan_says_when_a_form_saves_parameters_but_not_flops() -> None:
+    """BlockTT at moderate compression and one row of input costs more FLOPs than the dense
+    layer; a parameter budget may still take it, and the plan's note says so."""
+    model = nn.Sequential(nn.Linear(512, 512)).eval()
+    plan = tfx.plan(model, 0.5, example_inputs=(torch.randn(1, 512),), forms=("blocktt",), progress=False)
+    choice = plan.choices[0]
+    assert choice.form == "blocktt"
+    assert choice.flops_after > choice.flops_before
+    assert "more FLOPs than dense" in choice.reason and "more FLOPs than dense" in str(plan)
+    svd = tfx.plan(model, 0.5, example_inputs=(torch.randn(64, 512),), forms=("svd",), progress=False).choices[0]
+    assert svd.flops_after < svd.flops_before and "FLOPs" not in svd.reason

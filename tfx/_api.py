@@ -144,6 +144,8 @@ def _choice(site: Site, option: Option, profile: DeviceProfile | None = None) ->
     info = site.info
     dense = dense_option(info, site.weight.element_size(), profile)
     reason = info.reason
+    if option.form != "dense" and option.flops > dense.flops:  # saves parameters, not FLOPs: say so
+        reason = " ".join(filter(None, (reason, "more FLOPs than dense")))
     if profile is not None and option.form != "dense" and option.seconds > dense.seconds:
         reason = " ".join(filter(None, (reason, f"est. {option.seconds / max(dense.seconds, 1e-12):.2f}x dense time")))
     return Choice(
