@@ -3,7 +3,7 @@
 ``seconds = flops / flops_per_s + bytes / bytes_per_s + steps * step_s``: a roofline-style
 sum, with a fixed cost per kernel launch (host overhead on a CPU, launch latency on a GPU).
 :func:`measure_device` fits the three constants with a short timing run (about a second:
-one large matrix product, one large copy, many tiny products) and caches them on disk
+one large matrix product, one large copy, many tiny einsum steps) and caches them on disk
 (``$TFX_CACHE_DIR``, default ``~/.cache/tfx``), keyed by device name, dtype and thread count.
 
 The estimate is coarse by design: it is used to compare a factorized layer with the dense
@@ -103,8 +103,10 @@ def measure_device(
     dst = torch.empty_like(src)
     copy = _timed(lambda: dst.copy_(src), device, 5)
     bytes_per_s = 2 * n * src.element_size() / copy
+    # The per-kernel cost of what a factorized graph runs: each planned step is a pairwise
+    # torch.einsum (string parsing, views and a matmul: about 4x a bare mm's host time on a CPU).
     tiny = torch.randn(4, 4, device=device, dtype=dtype)
-    step_s = _timed(lambda: torch.mm(tiny, tiny), device, 200)
+    step_s = _timed(lambda: torch.einsum("ij,jk->ik", tiny, tiny), device, 200)
     profile = DeviceProfile(
         str(device), str(dtype).replace("torch.", ""), torch.get_num_threads() if device.type == "cpu" else 0,
         flops_per_s, bytes_per_s, step_s,
