@@ -3,7 +3,8 @@
 ``seconds = flops / flops_per_s + bytes / bytes_per_s + steps * step_s``: a roofline-style
 sum, with a fixed cost per kernel launch (host overhead on a CPU, launch latency on a GPU).
 :func:`measure_device` fits the three constants with a short timing run (about a second:
-one large matrix product, one large copy, many tiny einsum steps) and caches them on disk
+one large matrix product, a matrix-vector product over a layer-sized weight, many tiny
+einsum steps and dense layer calls) and caches them on disk
 (``$TFX_CACHE_DIR``, default ``~/.cache/tfx``), keyed by device name, dtype and thread count.
 
 The estimate is coarse by design: it is used to compare a factorized layer with the dense
@@ -41,10 +42,13 @@ class DeviceProfile:
     flops_per_s: float
     bytes_per_s: float
     step_s: float
+    dense_step_s: float = 0.0
 
-    def seconds(self, flops: float, nbytes: float, steps: int) -> float:
-        """Estimated time of ``steps`` kernels doing ``flops`` and moving ``nbytes``."""
-        return flops / self.flops_per_s + nbytes / self.bytes_per_s + steps * self.step_s
+    def seconds(self, flops: float, nbytes: float, steps: int, dense: bool = False) -> float:
+        """Estimated time of ``steps`` kernels doing ``flops`` and moving ``nbytes`` (``dense``:
+        one ``F.linear`` / ``F.conv`` / gather call, whose host cost is ``dense_step_s``)."""
+        launch = self.dense_step_s if dense and self.dense_step_s else self.step_s
+        return flops / self.flops_per_s + nbytes / self.bytes_per_s + steps * launch
 
 
 def _cache_path(device: torch.device, dtype: torch.dtype) -> Path:
@@ -98,18 +102,22 @@ def measure_device(
     b = torch.randn(big, big, device=device, dtype=dtype)
     gemm = _timed(lambda: torch.mm(a, b), device, 3 if device.type == "cpu" else 20)
     flops_per_s = 2 * big**3 / gemm
-    n = (1 << 24) if device.type == "cuda" else (1 << 22)
-    src = torch.randn(n, device=device, dtype=dtype)
-    dst = torch.empty_like(src)
-    copy = _timed(lambda: dst.copy_(src), device, 5)
-    bytes_per_s = 2 * n * src.element_size() / copy
+    # Bandwidth as a layer sees it: a matrix-vector product over a weight of typical size
+    # (on a CPU it sits in the last-level cache between calls, as a model's weights do not
+    # all; an estimate between the two).
+    side = 4096 if device.type == "cuda" else 1024
+    weight = torch.randn(side, side, device=device, dtype=dtype)
+    vector = torch.randn(side, 1, device=device, dtype=dtype)
+    gemv = _timed(lambda: torch.mm(weight, vector), device, 20)
+    bytes_per_s = side * side * weight.element_size() / gemv
     # The per-kernel cost of what a factorized graph runs: each planned step is a pairwise
     # torch.einsum (string parsing, views and a matmul: about 4x a bare mm's host time on a CPU).
     tiny = torch.randn(4, 4, device=device, dtype=dtype)
     step_s = _timed(lambda: torch.einsum("ij,jk->ik", tiny, tiny), device, 200)
+    dense_step_s = _timed(lambda: torch.nn.functional.linear(tiny, tiny), device, 200)
     profile = DeviceProfile(
         str(device), str(dtype).replace("torch.", ""), torch.get_num_threads() if device.type == "cpu" else 0,
-        flops_per_s, bytes_per_s, step_s,
+        flops_per_s, bytes_per_s, step_s, dense_step_s,
     )
     if cache:
         try:

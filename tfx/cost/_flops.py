@@ -306,7 +306,7 @@ def _reconstruct_floor(site: SiteInfo, option: Option) -> int:
 
 def _priced(option: Option, cost: Cost, itemsize: int, order: str, profile: DeviceProfile | None) -> Option:
     nbytes = cost.elements * itemsize
-    seconds = profile.seconds(cost.flops, nbytes, cost.steps) if profile is not None else 0.0
+    seconds = profile.seconds(cost.flops, nbytes, cost.steps, dense=order == "dense") if profile is not None else 0.0
     return dataclasses.replace(option, flops=cost.flops, bytes=nbytes, order=order, steps=cost.steps, seconds=seconds)
 
 
