@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import torch
 
+from _common import tt_ranks
 from tfx.tensors._decompose import block_tt_svd, cp_als, hosvd, truncated_svd, tt_svd
 
 T = TypeVar("T")
@@ -48,22 +49,6 @@ def best_of(fn: Callable[[], T], repeats: int = 3) -> tuple[Timing, T]:
 
 def rel(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact))
-
-
-def tt_ranks(shape: tuple[int, ...], budget: int) -> tuple[int, ...]:
-    """Largest uniform cap R with TT ranks min(R, unfolding bound) fitting the budget."""
-    bounds = [min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape))]
-
-    def ranks(cap: int) -> tuple[int, ...]:
-        return (1, *(min(cap, b) for b in bounds), 1)
-
-    def params(r: tuple[int, ...]) -> int:
-        return sum(r[k] * n * r[k + 1] for k, n in enumerate(shape))
-
-    cap = 1
-    while cap < max(bounds) and params(ranks(cap + 1)) <= budget:
-        cap += 1
-    return ranks(cap)
 
 
 def tt_dense(cores: list[torch.Tensor]) -> torch.Tensor:

@@ -30,7 +30,6 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -44,6 +43,7 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 import tfx
+from _common import cpu_name, load_average, tt_ranks
 from tfx.functional import linear_flops
 from tfx.functional._conv import conv_flops
 from tfx.functional._planning import _input_equation, weight_shapes
@@ -112,6 +112,12 @@ def measure(fn: Callable[[], Any], min_run_time: float) -> float:
         timer.blocked_autorange(min_run_time=min_run_time / REPEATS).median for _ in range(REPEATS)
     ]
     return 1e3 * min(medians)
+
+
+def time_both(row: Any, module: nn.Module, x: torch.Tensor, min_run_time: float) -> None:
+    """Set ``row.fwd`` and ``row.bwd``: forward, and forward + backward, of ``module`` on ``x``."""
+    row.fwd = measure(forward_fn(module, x), min_run_time)
+    row.bwd = measure(backward_fn(module, x), min_run_time)
 
 
 def forward_fn(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -252,20 +258,6 @@ class HandTucker(nn.Module):
 
 
 # ----------------------------------------------------------------------------- cases
-def tt_ranks(shape: Sequence[int], budget: int) -> tuple[int, ...]:
-    """Largest uniform cap R with TT ranks min(R, unfolding bound) within ``budget`` parameters."""
-    bounds = [min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape))]
-
-    def ranks(cap: int) -> tuple[int, ...]:
-        return (1, *(min(cap, b) for b in bounds), 1)
-
-    def params(r: tuple[int, ...]) -> int:
-        return sum(r[k] * n * r[k + 1] for k, n in enumerate(shape))
-
-    cap = 1
-    while cap < max(bounds) and params(ranks(cap + 1)) <= budget:
-        cap += 1
-    return ranks(cap)
 
 
 def best_flops(weight: Any, batch: int) -> int:
@@ -381,10 +373,7 @@ def linear_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
             x = randn(batch, n)
             log(f"{case}: dense")
             d = Row(case, "nn.Linear", dense_params, dense_params, 1.0, kind="dense")
-            d.fwd, d.bwd = (
-                measure(forward_fn(dense, x), min_run_time),
-                measure(backward_fn(dense, x), min_run_time),
-            )
+            time_both(d, dense, x, min_run_time)
             d.dense = d
             rows.append(d)
             dense_flops = 2 * batch * n * n
@@ -454,10 +443,7 @@ def linear_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
                         dense=d,
                     )
                     log(f"{case}: hand {name}")
-                    h.fwd, h.bwd = (
-                        measure(forward_fn(hand, x), min_run_time),
-                        measure(backward_fn(hand, x), min_run_time),
-                    )
+                    time_both(h, hand, x, min_run_time)
                     rows.append(h)
     return rows
 
@@ -483,10 +469,7 @@ def conv_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
     dense_params = n_params(dense)
     d = Row(case, "nn.Conv2d", dense_params, dense_params, 1.0, kind="dense")
     log(f"{case}: dense")
-    d.fwd, d.bwd = (
-        measure(forward_fn(dense, x), min_run_time),
-        measure(backward_fn(dense, x), min_run_time),
-    )
+    time_both(d, dense, x, min_run_time)
     d.dense = d
     rows.append(d)
     dense_flops = 2 * batch * size * size * cout * cin * 9
@@ -529,10 +512,7 @@ def conv_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
                 dense=d,
             )
             log(f"{case}: tltorch {name} {impl}")
-            tl_row.fwd, tl_row.bwd = (
-                measure(forward_fn(tl_layer, x), min_run_time),
-                measure(backward_fn(tl_layer, x), min_run_time),
-            )
+            time_both(tl_row, tl_layer, x, min_run_time)
         row = Row(
             case,
             f"tfx {name} {impl}",
@@ -544,10 +524,7 @@ def conv_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
             dense=d,
         )
         log(f"{case}: tfx {name} {impl}")
-        row.fwd, row.bwd = (
-            measure(forward_fn(layer, x), min_run_time),
-            measure(backward_fn(layer, x), min_run_time),
-        )
+        time_both(row, layer, x, min_run_time)
         rows.append(row)
         if tl_row is not None:
             rows.append(tl_row)
@@ -564,10 +541,7 @@ def embedding_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row
     dense_params = n_params(dense)
     d = Row(case, "nn.Embedding", dense_params, dense_params, kind="dense")
     log(f"{case}: dense")
-    d.fwd, d.bwd = (
-        measure(forward_fn(dense, index), min_run_time),
-        measure(backward_fn(dense, index), min_run_time),
-    )
+    time_both(d, dense, index, min_run_time)
     d.dense = d
     rows.append(d)
     layer = put(tfx.FactorizedEmbedding(num, dim, factorization="blocktt", rank=rank))
@@ -588,10 +562,7 @@ def embedding_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row
             case, "tltorch BlockTT", n_params(tl_layer), dense_params, kind="tltorch", dense=d
         )
         log(f"{case}: tltorch")
-        tl_row.fwd, tl_row.bwd = (
-            measure(forward_fn(tl_layer, index), min_run_time),
-            measure(backward_fn(tl_layer, index), min_run_time),
-        )
+        time_both(tl_row, tl_layer, index, min_run_time)
     row = Row(
         case,
         "tfx BlockTT",
@@ -603,10 +574,7 @@ def embedding_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row
         f"rank {layer.rank}",
     )
     log(f"{case}: tfx")
-    row.fwd, row.bwd = (
-        measure(forward_fn(layer, index), min_run_time),
-        measure(backward_fn(layer, index), min_run_time),
-    )
+    time_both(row, layer, index, min_run_time)
     rows.append(row)
     if tl_row is not None:
         rows.append(tl_row)
@@ -771,15 +739,7 @@ def goals(rows: Sequence[Row]) -> list[str]:
 
 
 def header() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(
-                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    model, load = cpu_name(), load_average()
     tl = f"tltorch {tltorch.__version__}" if tltorch is not None else "tltorch not installed"
     where = f"{model}, {os.cpu_count()} CPUs, 1 torch thread"
     if DEVICE.type == "cuda":

@@ -43,9 +43,7 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -57,6 +55,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import tfx
+from _common import cpu_name, git_commit, load_average
 
 BUDGETS = (0.5, 0.25, 0.1)
 QUICK_BUDGETS = (0.25,)
@@ -377,20 +376,7 @@ def stage_table(rows: Sequence[Result]) -> str:
 
 
 def header(args: argparse.Namespace, clock: Clock) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    cpu, commit, load = cpu_name(), git_commit(), load_average()
     return (
         f"{datetime.datetime.now().isoformat(timespec='minutes')}; {cpu}, {os.cpu_count()} CPUs; "
         f"{clock.threads} torch thread(s); latency: {clock.name}, least of {args.repeats} medians; "

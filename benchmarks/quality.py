@@ -36,9 +36,7 @@ import copy
 import datetime
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 import warnings
@@ -56,6 +54,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import tfx  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from _common import cpu_name, git_commit  # noqa: E402
 
 # copy.deepcopy of an exported GraphModule (the distill column starts from a copy) trips a
 # deprecation inside torch's pytree pickling; it says nothing about the benchmark.
@@ -278,6 +279,22 @@ def embedding_metrics(reference: torch.Tensor, other: torch.Tensor) -> dict[str,
     }
 
 
+def _sweep(
+    name: str, model: nn.Module, budgets: Sequence[float], budget_of: Callable[[float], int], methods: Sequence[str],
+    measure: Callable[[nn.Module, dict[str, Any]], dict[str, Any]], log_format: str, **run_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Every method at every budget: compress with :func:`run_method`, ``measure`` the result, log a row."""
+    rows = []
+    for fraction in budgets:
+        cache: dict[str, Any] = {}
+        for method in methods:
+            compressed, record = run_method(method, model, budget_of(fraction), cache=cache, **run_kwargs)
+            record.update(measure(compressed, record))
+            rows.append({"model": name, "budget": fraction, "method": method, **record})
+            _log(rows[-1], log_format)
+    return rows
+
+
 def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
     from tfx.demo import _minilm
 
@@ -297,19 +314,16 @@ def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
     distill_kwargs = {"steps": steps, "lr": args.minilm_lr, "loss": "mse", "output": lambda out: out.last_hidden_state,
                       "data": distill_data}
     budgets = (0.5,) if args.quick else MINILM_BUDGETS
-    rows = []
-    for fraction in budgets:
-        budget = _budget_params(total, outside, fraction)
-        cache: dict[str, Any] = {}
-        for method in args.methods:
-            compressed, record = run_method(
-                method, model, budget, names=names, example=calibration[0], calibration=calibration,
-                kinds=("linear",), skip=skip, distill_kwargs=distill_kwargs, outside=outside, cache=cache,
-            )
-            record["kept"] = (record["params"] - outside) / linear_weights
-            record.update(embedding_metrics(reference, minilm_embeddings(compressed, heldout_batches)))
-            rows.append({"model": "minilm", "budget": fraction, "method": method, **record})
-            _log(rows[-1], "mean cos {mean_cos:.3f}  p5 {p5_cos:.3f}  NN {nn_agree:.3f}")
+    rows = _sweep(
+        "minilm", model, budgets, lambda fraction: _budget_params(total, outside, fraction), args.methods,
+        lambda compressed, record: {
+            "kept": (record["params"] - outside) / linear_weights,
+            **embedding_metrics(reference, minilm_embeddings(compressed, heldout_batches)),
+        },
+        "mean cos {mean_cos:.3f}  p5 {p5_cos:.3f}  NN {nn_agree:.3f}",
+        names=names, example=calibration[0], calibration=calibration, kinds=("linear",), skip=skip,
+        distill_kwargs=distill_kwargs, outside=outside,
+    )
     return {
         "setup": {
             "model": "all-MiniLM-L6-v2 (pretrained)",
@@ -396,19 +410,13 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
     distill_kwargs = {"steps": steps, "lr": args.digits_lr, "loss": "mse"}
     budgets = (0.1,) if args.quick else DIGITS_BUDGETS
     rows = []
-    for fraction in budgets:
-        budget = int(fraction * total)
-        cache: dict[str, Any] = {}
-        for method in args.methods:
-            compressed, record = run_method(
-                method, model, budget, names=names, example=calibration[0], calibration=calibration,
-                kinds=("linear", "conv"), skip=(), distill_kwargs=distill_kwargs, outside=total - weights,
-                cache=cache,
-            )
-            record["kept"] = record["params"] / total
-            record["accuracy"] = accuracy(compressed, x_test, y_test)
-            rows.append({"model": "digits", "budget": fraction, "method": method, **record})
-            _log(rows[-1], "accuracy {accuracy:.4f}")
+    rows += _sweep(
+        "digits", model, budgets, lambda fraction: int(fraction * total), args.methods,
+        lambda compressed, record: {"kept": record["params"] / total, "accuracy": accuracy(compressed, x_test, y_test)},
+        "accuracy {accuracy:.4f}",
+        names=names, example=calibration[0], calibration=calibration, kinds=("linear", "conv"), skip=(),
+        distill_kwargs=distill_kwargs, outside=total - weights,
+    )
     return {
         "setup": {
             "model": "DigitsCNN (trained here)",
@@ -526,18 +534,7 @@ def goals(results: dict[str, Any]) -> list[str]:
 
 
 def _environment() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
+    cpu, commit = cpu_name(), git_commit()
     date = datetime.date.today().isoformat()
     line = (
         f"tfx {tfx.__version__} ({commit}), torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "

@@ -109,14 +109,20 @@ _SETTINGS = settings(
 )
 
 
+def _drawn_option(data, kind, form):  # noqa: ANN001, ANN202 - hypothesis helper
+    """A drawn site of ``kind`` and one of its ``form`` candidates (the example is skipped when it has none)."""
+    site = data.draw(sites(kind))
+    option = _pick(data.draw, candidates(site.info, site.weight, forms=(form,)), form)
+    assume(option is not None)
+    return site, option
+
+
 # ---------------------------------------------------------------- params
 @pytest.mark.parametrize(("kind", "form"), _CASES)
 @_SETTINGS
 @given(data=st.data())
 def test_candidates_params_equal_emitted_module(kind, form, data) -> None:
-    site = data.draw(sites(kind))
-    option = _pick(data.draw, candidates(site.info, site.weight, forms=(form,)), form)
-    assume(option is not None)
+    site, option = _drawn_option(data, kind, form)
     assert option.params == _emitted_params(site, option)
 
 
@@ -152,9 +158,7 @@ def test_candidates_svd_error_is_truncated_svd_error(kind, data) -> None:
 @_SETTINGS
 @given(data=st.data())
 def test_candidates_error_bounds_emitted_error(kind, form, data) -> None:
-    site = data.draw(sites(kind))
-    option = _pick(data.draw, candidates(site.info, site.weight, forms=(form,)), form)
-    assume(option is not None)
+    site, option = _drawn_option(data, kind, form)
     true = _emitted_error(site, option)
     # float64 rounding slack (assert_close's default rtol/atol); the bound is not loosened.
     assert true <= option.error * (1 + 1e-7) + 1e-7, (option, true)

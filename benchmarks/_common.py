@@ -1,0 +1,50 @@
+"""Pieces the benchmark scripts share: the machine they ran on, and TT ranks for a budget."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+
+from tfx.cost._options import _chain_params
+from tfx.tensors._rank import tt_rank_bounds
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def git_commit() -> str:
+    """The repository's short commit, or 'unknown'."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=HERE
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def tt_ranks(shape: Sequence[int], budget: int) -> tuple[int, ...]:
+    """Largest uniform cap R with TT ranks ``min(R, unfolding bound)`` within ``budget`` parameters."""
+    bounds = tt_rank_bounds(tuple(shape))
+
+    def ranks(cap: int) -> tuple[int, ...]:
+        return tuple(min(cap, b) for b in bounds)
+
+    cap = 1
+    while cap < max(bounds) and _chain_params(shape, ranks(cap + 1)) <= budget:
+        cap += 1
+    return ranks(cap)
