@@ -661,14 +661,48 @@ def test_padded_candidates_count_their_real_parameters() -> None:
     assert gm.tfx_plan.total_params_after <= 0.3 * sum(p.numel() for p in model.parameters())
 
 
-def test_plan_says_when_a_form_saves_parameters_but_not_flops() -> None:
+def test_plan_leaves_out_forms_with_more_flops_than_dense_when_the_budget_allows() -> None:
     """BlockTT at moderate compression and one row of input costs more FLOPs than the dense
-    layer; a parameter budget may still take it, and the plan's note says so."""
-    model = nn.Sequential(nn.Linear(512, 512)).eval()
-    plan = tfx.plan(model, 0.5, example_inputs=(torch.randn(1, 512),), forms=("blocktt",), progress=False)
+    layer: without a device profile the FLOP rule leaves those options out while the budget
+    can be met without them, and plain low-rank is unaffected."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(768, 768)).eval()
+    x = torch.randn(1, 768)
+    unfiltered = _not_slower_off(lambda: tfx.plan(model, 0.5, example_inputs=(x,), progress=False))
+    assert unfiltered.choices[0].flops_after > unfiltered.choices[0].flops_before  # the rule has work to do
+    assert "more FLOPs than dense" in unfiltered.choices[0].reason and "more FLOPs than dense" in str(unfiltered)
+    plan = tfx.plan(model, 0.5, example_inputs=(x,), progress=False)
     choice = plan.choices[0]
-    assert choice.form == "blocktt"
-    assert choice.flops_after > choice.flops_before
-    assert "more FLOPs than dense" in choice.reason and "more FLOPs than dense" in str(plan)
-    svd = tfx.plan(model, 0.5, example_inputs=(torch.randn(64, 512),), forms=("svd",), progress=False).choices[0]
+    assert choice.flops_after <= choice.flops_before / tfx._api.MIN_SPEEDUP
+    assert choice.error < 1.0
+    assert "FLOPs" not in choice.reason and not any("FLOPs" in n for n in plan.notes)
+    svd = tfx.plan(model, 0.5, example_inputs=(torch.randn(64, 768),), forms=("svd",), progress=False).choices[0]
     assert svd.flops_after < svd.flops_before and "FLOPs" not in svd.reason
+
+
+def test_flop_rule_keeps_every_option_and_says_so_when_the_budget_needs_them() -> None:
+    from tfx._api import _not_slower
+    from tfx.cost import Option
+    from tfx.passes._match import find_module_sites
+
+    linear, embedding = find_module_sites(nn.Sequential(nn.Linear(64, 64), nn.Embedding(100, 64)))
+    dense = Option("dense", None, None, 4096, 8192, 0.0)
+    slow = Option("blocktt", ((8, 8), (8, 8)), (1, 4, 1), 512, 9000, 0.5)  # fewer params, more FLOPs
+    fast = Option("svd", ((64,), (64,)), 8, 1032, 2048, 0.6)
+    gather = [Option("dense", None, None, 6400, 0, 0.0), Option("tt", ((10, 10), (8, 8)), (1, 4, 1), 576, 900, 0.5)]
+    kept, note = _not_slower([[dense, slow, fast], gather], 1032 + 576, [linear, embedding], None)
+    assert kept == [[dense, fast], gather] and note == ""  # embeddings keep every option
+    kept, note = _not_slower([[dense, slow, fast], gather], 512 + 576, [linear, embedding], None)
+    assert kept == [[dense, slow, fast], gather] and "more FLOPs than their dense layer" in note
+
+
+def _not_slower_off(make: Any) -> Any:
+    """``make()`` with the speed rule switched off (every option kept)."""
+    import tfx._api as api
+
+    original = api.MIN_SPEEDUP
+    api.MIN_SPEEDUP = 1e-9
+    try:
+        return make()
+    finally:
+        api.MIN_SPEEDUP = original

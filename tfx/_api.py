@@ -121,9 +121,8 @@ def _plan_sites(
         raise BudgetError(_budget_message(budget, budget_params, total, outside, floor, sites))
     site_options = [graph.nodes[s.name]["options"] for s in sites]
     notes = []
-    if profile is not None:
-        site_options, note = _not_slower(site_options, budget_params - fixed, sites)
-        notes += [note] if note else []
+    site_options, note = _not_slower(site_options, budget_params - fixed, sites, profile)
+    notes += [note] if note else []
     if weights is None and calibrated is not None and calibrated.sensitivity:
         weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]
     if budget_flops is None:
@@ -163,19 +162,34 @@ def _choice(site: Site, option: Option, profile: DeviceProfile | None = None) ->
 MIN_SPEEDUP = 0.95
 
 
-def _not_slower(options: list[list[Option]], budget: float, sites: Sequence[Site]) -> tuple[list[list[Option]], str]:
+def _not_slower(
+    options: list[list[Option]], budget: float, sites: Sequence[Site], profile: DeviceProfile | None,
+) -> tuple[list[list[Option]], str]:
     """Each site's options without those estimated slower than dense (``MIN_SPEEDUP``), when the
-    budget can still be met that way; else all of them and a note saying so."""
+    budget can still be met that way; else all of them and a note saying so.
+
+    With a device profile the estimate is its time; without one, FLOPs at the planned batch
+    (embeddings, whose dense gather does no FLOPs, keep every option then).
+    """
     fast = []
-    for opts in options:
+    for site, opts in zip(sites, options):
         dense = next((o for o in opts if o.form == "dense"), None)
-        limit = dense.seconds / MIN_SPEEDUP if dense is not None else float("inf")
-        fast.append([o for o in opts if o.form == "dense" or o.seconds <= limit])
+        if dense is None or (profile is None and site.info.kind == "embedding"):
+            fast.append(opts)
+        elif profile is not None:
+            fast.append([o for o in opts if o.form == "dense" or o.seconds <= dense.seconds / MIN_SPEEDUP])
+        else:
+            fast.append([o for o in opts if o.form == "dense" or o.flops <= dense.flops / MIN_SPEEDUP])
     if sum(min(o.params for o in opts) for opts in fast) <= budget:
         return fast, ""
+    if profile is not None:
+        return options, (
+            "the parameter budget needs some options the device profile estimates slower than their dense "
+            "layer at the planned batch (see 'x dense time' in the notes); a larger budget avoids them"
+        )
     return options, (
-        "the parameter budget needs some options the device profile estimates slower than their dense "
-        "layer at the planned batch (see 'x dense time' in the notes); a larger budget avoids them"
+        "the parameter budget needs some options with more FLOPs than their dense layer at the planned "
+        "batch (see 'more FLOPs than dense' in the notes); a larger budget avoids them"
     )
 
 
@@ -317,7 +331,9 @@ def factorize(
             measures this machine once and caches it): each option is then priced in estimated
             time (FLOPs, bytes and kernel launches), its contraction order chosen by time, and
             options estimated slower than 0.95x their dense layer at the planned batch are left
-            out where the budget allows (else the plan notes which sites are slower).
+            out where the budget allows (else the plan notes which sites are slower). Without a
+            profile the same rule uses FLOPs: linear and convolution options with more than
+            1/0.95 of their dense layer's FLOPs are left out where the budget allows.
         verify: with ``example_inputs``, measure the outputs' max relative error
             against the original and record it in the plan.
         progress: show progress bars.

@@ -250,6 +250,7 @@ _CONTRACTIONS = {
     "matmul",
     "bmm",
     "mm",
+    "addmm",
 }
 
 

@@ -4,7 +4,7 @@
 sum, with a fixed cost per kernel launch (host overhead on a CPU, launch latency on a GPU).
 :func:`measure_device` fits the three constants with a short timing run (about a second:
 one large matrix product, a matrix-vector product over a layer-sized weight, many tiny
-einsum steps and dense layer calls) and caches them on disk
+GEMM steps and dense layer calls) and caches them on disk
 (``$TFX_CACHE_DIR``, default ``~/.cache/tfx``), keyed by device name, dtype and thread count.
 
 The estimate is coarse by design: it is used to compare a factorized layer with the dense
@@ -24,6 +24,9 @@ from typing import Any
 import torch
 
 __all__ = ["DeviceProfile", "measure_device"]
+
+#: Bumped when what is measured changes, so cached profiles of an older kind are measured again.
+_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,7 @@ def _cache_path(device: torch.device, dtype: torch.dtype) -> Path:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{os.cpu_count()}"
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}-{str(dtype).replace('torch.', '')}-{threads}")
-    return root / "devices" / f"{safe}.json"
+    return root / "devices" / f"{safe}-v{_VERSION}.json"
 
 
 def _timed(fn: Any, device: torch.device, repeat: int) -> float:
@@ -110,10 +113,10 @@ def measure_device(
     vector = torch.randn(side, 1, device=device, dtype=dtype)
     gemv = _timed(lambda: torch.mm(weight, vector), device, 20)
     bytes_per_s = side * side * weight.element_size() / gemv
-    # The per-kernel cost of what a factorized graph runs: each planned step is a pairwise
-    # torch.einsum (string parsing, views and a matmul: about 4x a bare mm's host time on a CPU).
+    # The per-kernel cost of what a factorized graph runs: each planned step is a GEMM on
+    # views of its operands (a reshape or permute, then mm; see tfx.functional's traced_program).
     tiny = torch.randn(4, 4, device=device, dtype=dtype)
-    step_s = _timed(lambda: torch.einsum("ij,jk->ik", tiny, tiny), device, 200)
+    step_s = _timed(lambda: torch.mm(tiny.reshape(4, 4), tiny.t()), device, 200)
     dense_step_s = _timed(lambda: torch.nn.functional.linear(tiny, tiny), device, 200)
     profile = DeviceProfile(
         str(device), str(dtype).replace("torch.", ""), torch.get_num_threads() if device.type == "cpu" else 0,

@@ -104,8 +104,7 @@ def factorized_linear(
     if implementation == "reconstructed":
         return F.linear(x, _matrix(weight), bias)
     # x's last dim is unfolded into the weight's input modes inside the plan.
-    y = contract_input(x, weight, in_modes, 1, (out_features,))
-    return y if bias is None else y + bias
+    return contract_input(x, weight, in_modes, 1, (out_features,), bias)
 
 
 def _typed(weight: object, form: type, name: str) -> None:

@@ -119,11 +119,13 @@ def contract_input(
     in_modes: tuple[int, ...],
     n_in_dims: int,
     out_shape: tuple[int, ...] | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Contract the last ``n_in_dims`` dims of ``x`` with the weight modes ``in_modes``.
 
     Leading dims of ``x`` are batch dims and are kept; the result's trailing
-    dims are the weight's remaining modes (or ``out_shape``, their merged sizes).
+    dims are the weight's remaining modes (or ``out_shape``, their merged sizes); ``bias``
+    (broadcast over them) is added.
     """
     sizes = weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape
     in_features = math.prod([sizes[m] for m in in_modes])
@@ -141,8 +143,55 @@ def contract_input(
             entry = cache[key] = input_plan(weight, in_modes, batch)
         plan, in_sizes, out_sizes = entry
     lead = x.shape[:-n_in_dims]
-    y = plan(x.reshape((-1,) + in_sizes), *weight.contraction()[1])
-    return y.reshape(lead + (out_sizes if out_shape is None else out_shape))
+    operands = weight.contraction()[1]
+    if isinstance(x, torch.fx.Proxy) and not getattr(weight, "_complex", False):
+        # fx-traced: the same straight-line (b)mm program as the eager fast path, with a symbolic
+        # batch size, so graphs run GEMMs on views instead of einsum's equation parsing and
+        # output permutes. The optional bias is fused into the last GEMM when it can be.
+        # (Under torch.compile the einsum steps stay: inductor lowers them itself.)
+        program = traced_program(plan, bias is not None)
+        y = program(x.reshape(-1, math.prod(in_sizes)), *operands, *(() if bias is None else (bias,)))
+        return y.reshape(lead + (out_sizes if out_shape is None else out_shape))
+    y = plan(x.reshape((-1,) + in_sizes), *operands)
+    y = y.reshape(lead + (out_sizes if out_shape is None else out_shape))
+    return y if bias is None else y + bias
+
+
+_TRACED: dict[tuple[Any, ...], Any] = {}
+
+
+def traced_program(plan: ContractionPlan, with_bias: bool) -> Any:
+    """Generated ``f(x, *operands[, bias])`` replaying ``plan`` with any number of rows.
+
+    ``x`` is ``(rows, prod(input sizes))``; the result is ``(rows, prod(output sizes))``
+    (bias added, with ``addmm`` when the last step is a plain GEMM). Only torch calls and
+    tensor methods, so fx records them and dynamo traces them.
+    """
+    key = (plan.equation, plan.shapes, plan.steps, with_bias)
+    program = _TRACED.get(key)
+    if program is None:
+        from ..tensors._contract import _Emitter, _Value, emit_steps, make_function
+
+        inputs, out = plan.equation.split("->")
+        terms = inputs.split(",")
+        sizes: dict[str, int | None] = {}
+        for term, shape in zip(terms, plan.shapes):
+            sizes.update(zip(term, shape))
+        hint = plan.shapes[0][0]
+        sizes[out[0]] = None  # the batch letter: -1 in reshapes
+        names = [f"o{i}" for i in range(len(terms) - 1)]
+        values = [_Value("x", terms[0], (1, len(terms[0]) - 1))]
+        values += [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:])]
+        want = (out, (1, len(out) - 1))
+        body, result, fused = emit_steps(plan.steps, values, sizes, hint=hint, want=want)
+        if fused is not None:
+            body.pop()  # the last mm, fused with the bias below
+            body.append(f"return torch.addmm(bias, {fused[0]}, {fused[1]})" if with_bias else f"return torch.mm({fused[0]}, {fused[1]})")
+        else:
+            y = _Emitter(sizes, hint).finish(result, *want)
+            body.append(f"return {y} + bias" if with_bias else f"return {y}")
+        program = _TRACED[key] = make_function("traced_contract", ["x", *names, *(["bias"] if with_bias else [])], body, {})
+    return program
 
 
 # ------------------------------------------------------------------------ eager fast path

@@ -360,22 +360,29 @@ class _Emitter:
         caller can fuse a bias with ``addmm``).
         """
         if len(values) == 2:
-            p, q = (self._squeeze(v, w, out) for v, w in (values, values[::-1]))
+            # Summing only size-1 letters is an outer product: a broadcast multiply, as
+            # torch.einsum runs it and the cost model prices it.
+            shared = (set(values[0].letters) & set(values[1].letters)) - set(out)
+            outer = bool(shared) and all(self.sizes[c] == 1 for c in shared)
+            p, q = (self._squeeze(v, w, out, outer) for v, w in (values, values[::-1]))
             lp, lq = set(p.letters), set(q.letters)
             pure = len(lp) == len(p.letters) and len(lq) == len(q.letters) and len(set(out)) == len(out)
             if pure and lp | lq == set(out) | (lp & lq) and set(out) <= lp | lq:
                 contracted = (lp & lq) - set(out)
                 if not contracted and (lp <= lq or lq <= lp):
                     return self._mul(p, q), None
+                if not contracted:  # a broadcast multiply, as einsum runs (and the cost model prices) it
+                    return self._outer(p, q, out), None
                 return self._matmul(p, q, out, want)
         return self._einsum(values, out), None
 
-    def _squeeze(self, v: _Value, other: _Value, out: str) -> _Value:
-        """``v`` without its size-1 letters that are summed inside it (e.g. a TT end bond).
+    def _squeeze(self, v: _Value, other: _Value, out: str, outer: bool = False) -> _Value:
+        """``v`` without its size-1 letters that are summed inside it (e.g. a TT end bond), or
+        (``outer``) summed with ``other`` too.
 
         Their physical dims stay, as dims of no letter (size 1), so no op is needed.
         """
-        gone = {c for c in v.letters if self.sizes[c] == 1 and c not in out and c not in other.letters}
+        gone = {c for c in v.letters if self.sizes[c] == 1 and c not in out and (outer or c not in other.letters)}
         if not gone:
             return v
         groups = tuple(len([c for c in part if c not in gone]) for part in _split(v.letters, v.groups))
@@ -412,6 +419,16 @@ class _Emitter:
             listed = ", ".join("-1" if d is None else str(d) for d in dims)
             expr += f".reshape({listed},)" if dims else ".reshape(())"
         return _Value(self.new(f"{name} * {expr}"), big.letters, groups)
+
+    def _outer(self, p: _Value, q: _Value, out: str) -> _Value:
+        """The elementwise product of two operands, broadcast over the letters each lacks, as ``out``."""
+        exprs = []
+        for v in (p, q):
+            mine = "".join(c for c in out if c in v.letters)
+            calls, _ = self.arrangement(v, mine, tuple(1 for _ in mine))
+            dims = ["-1" if self.sizes[c] is None else str(self.sizes[c]) if c in v.letters else "1" for c in out]
+            exprs.append(v.name + "".join(calls) + f".reshape({', '.join(dims)},)")
+        return _Value(self.new(f"{exprs[0]} * {exprs[1]}"), out, tuple(1 for _ in out))
 
     def _matmul(self, p: _Value, q: _Value, out: str, want: tuple[str, tuple[int, ...]] | None) -> tuple[_Value, tuple[str, str] | None]:
         batch_sets = set(p.letters) & set(q.letters) & set(out)
@@ -488,7 +505,7 @@ class _Emitter:
         else:  # bmm with F expanded (a stride-0 view) over O: matmul's own dispatch costs more
             ex, cx = self._operand(x, x.letters, (len(o), len(k), len(r)), False)
             groups = (len(o), len(nf), len(r))
-            n_rows, n_k = self._dim(nf), self._dim(k)
+            n_rows, n_k = (-1 if d is None else d for d in (self._dim(nf), self._dim(k)))  # -1: F's own size
             lines = [f"{name} = {ex}", f"{name} = torch.bmm({best[0]}.expand({name}.shape[0], {n_rows}, {n_k}), {name})"]
             ops = 2
         cost = best[1] + cx + ops * _OP_COST + self._finish_cost(letters, groups, want)
