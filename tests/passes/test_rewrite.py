@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -177,3 +179,67 @@ def test_padded_site_on_the_export_path(form: str) -> None:
         dense = tfx.factorize(model, 1.0, example_inputs=(x,), forms=(form,), progress=False)
         assert gm(x).shape == (3, 1021)
         torch.testing.assert_close(dense(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ fast parameter reads
+_SLOW_READ = re.compile(r"= self\.(?!_modules\[|_parameters\[|_buffers\[)")
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_emitted_code_reads_parameters_through_the_module_dicts(case) -> None:
+    """No ``self.a.b`` attribute chain (an ``nn.Module.__getattr__`` per step) is left for a
+    parameter or submodule; the graph keeps its get_attr nodes; outputs are unchanged."""
+    model, gm, inputs = _rewritten(case)
+    reads = [line.strip() for line in gm.code.splitlines() if _SLOW_READ.search(line)]
+    assert reads == [], reads
+    assert "_parameters[" in gm.code
+    assert any(n.op == "get_attr" for n in gm.graph.nodes)
+    torch.testing.assert_close(gm(*inputs), model(*inputs), rtol=1e-9, atol=1e-9)
+
+
+def test_fast_reads_see_replaced_and_reassigned_parameters() -> None:
+    torch.manual_seed(0)
+    model = MLP().double().eval()
+    x = torch.randn(4, 32, dtype=torch.float64)
+    gm = tfx.factorize(model, 0.6, example_inputs=(x,), progress=False)
+    before = gm(x)
+    # load_state_dict(assign=True) puts new Parameter objects in the dicts
+    state = {k: v * 2 if "factor_0" in k else v for k, v in gm.state_dict().items()}
+    gm.load_state_dict(state, assign=True)
+    changed = gm(x)
+    assert not torch.allclose(changed, before)
+    ref = copy.deepcopy(gm)
+    torch.testing.assert_close(ref(x), changed)
+    # a parameter replaced by attribute assignment is read, not a cached object
+    name = next(k for k in state if "factor_0" in k)
+    owner, _, attr = name.rpartition(".")
+    setattr(gm.get_submodule(owner), attr, nn.Parameter(torch.zeros_like(state[name])))
+    assert not torch.allclose(gm(x), changed)
+
+
+def test_fast_reads_keep_plain_attributes_and_survive_recompile_and_pickle(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = MLP().double().eval()
+    x = torch.randn(4, 32, dtype=torch.float64)
+    gm = tfx.factorize(model, 0.6, example_inputs=(x,), progress=False)
+    expected = gm(x)
+    gm.recompile()
+    assert not _SLOW_READ.search(gm.code) and "_parameters[" in gm.code  # the transformer stays registered
+    torch.save(gm, tmp_path / "gm.pt")
+    loaded = torch.load(tmp_path / "gm.pt", weights_only=False)
+    torch.testing.assert_close(loaded(x), expected)
+    # an fx tensor constant is a plain attribute: read as printed
+    graph = fx.Graph()
+    inp = graph.placeholder("x")
+    const = graph.get_attr("_tensor_constant0")
+    graph.output(graph.call_function(torch.add, (inp, const)))
+    root = nn.Module()
+    root._tensor_constant0 = torch.ones(3)
+    plain = fx.GraphModule(root, graph)  # it registers the tensor as a buffer ...
+    del plain._tensor_constant0
+    plain._tensor_constant0 = torch.ones(3)  # ... made a plain attribute again
+    from tfx.passes._emit import fast_reads
+
+    fast_reads(plain)
+    plain.recompile()
+    assert "self._tensor_constant0" in plain.code
+    torch.testing.assert_close(plain(torch.zeros(3)), torch.ones(3))
