@@ -1,4 +1,5 @@
-"""``make bench``: the layer benchmark (benchmarks/layers.py), the decomposition timings, the model
+"""``make bench``: the layer benchmark (benchmarks/layers.py), the decomposition timings, the planned
+layers against dense (benchmarks/profile_check.py: issue 5's minimum speedup), the model
 table (benchmarks/models.py, eager; ``--compiled`` adds inductor columns when run alone), then quality.
 
 The quality benchmark (benchmarks/quality.py) factorizes MiniLM and a digits CNN with five
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import decompose_speed  # noqa: E402
 import layers  # noqa: E402
 import models  # noqa: E402
+import profile_check  # noqa: E402
 import quality  # noqa: E402
 
 
@@ -33,6 +35,9 @@ def main() -> None:
         )
         sys.argv = sys.argv[:1]  # decompose_speed parses its own (empty) command line
         decompose_speed.main()
+    print()
+    print("== benchmarks/profile_check.py: planned layers against dense, with and without a device profile ==", flush=True)
+    profile_check.main([])
     print()
     print(
         "== benchmarks/models.py: ResNet-50, BERT-base, GPT-2 small factorized at 0.5 / 0.25 / 0.1 "

@@ -135,6 +135,18 @@ def _einsum(equation: str, *shapes: tuple[int, ...]) -> Cost:
     return _step_cost(equation, sizes)
 
 
+def _gemm(equation: str, *shapes: tuple[int, ...]) -> Cost:
+    """One pairwise step run as a (batched) GEMM: ``2 m n k`` FLOPs even when ``k`` is 1."""
+    sizes: dict[str, int] = {}
+    for term, shape in zip(equation.split("->")[0].split(","), shapes):
+        sizes.update(zip(term, shape))
+    cost = _step_cost(equation, sizes)
+    inputs, out = equation.split("->")
+    a, b = inputs.split(",")
+    summed = math.prod(sizes[c] for c in a if c in b and c not in out)
+    return Cost(2 * math.prod(sizes[c] for c in out) * summed, cost.elements, cost.steps) if summed == 1 else cost
+
+
 # --------------------------------------------------------------- weight structure
 def _weight(option: Option, tensor_shape: tuple[int, ...]) -> tuple[str, Shapes]:
     """The weight's reconstruction equation and operand shapes, as its ``tfx.tensors`` form builds them."""
@@ -209,7 +221,7 @@ def _embedding_factors(site: SiteInfo, option: Option) -> Cost:
         for k in range(len(rows)):
             cost += Cost(0, 2 * t * rank[k] * cols[k] * rank[k + 1])  # gather
             if k:
-                cost += _einsum("nar,nrbs->nabs", (t, width, rank[k]), (t, rank[k], cols[k], rank[k + 1]))
+                cost += _gemm("nar,nrbs->nabs", (t, width, rank[k]), (t, rank[k], cols[k], rank[k + 1]))
                 width *= cols[k]
         return cost
     # TT: chain the gathered row cores, then expand the column cores.
@@ -217,10 +229,10 @@ def _embedding_factors(site: SiteInfo, option: Option) -> Cost:
     for k in range(d):
         cost += Cost(0, 2 * t * rank[k] * rank[k + 1])  # gather
         if k:
-            cost += _einsum("nr,nrs->ns", (t, rank[k]), (t, rank[k], rank[k + 1]))
+            cost += _gemm("nr,nrs->ns", (t, rank[k]), (t, rank[k], rank[k + 1]))
     width = 1
     for k, size in enumerate(cols):
-        cost += _einsum("nar,rbs->nabs", (t, width, rank[d + k]), (rank[d + k], size, rank[d + k + 1]))
+        cost += _gemm("nar,rbs->nabs", (t, width, rank[d + k]), (rank[d + k], size, rank[d + k + 1]))
         width *= size
     return cost
 

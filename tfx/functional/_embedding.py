@@ -70,12 +70,15 @@ def _gather_tucker(weight: TuckerTensorized, index: torch.Tensor, rows: tuple[in
 def _gather_blocktt(weight: BlockTT, index: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
     # core k: (r_k, i_k, o_k, r_{k+1}); gather i_k per index -> (n, r_k, o_k, r_{k+1}), then chain.
     out = None
-    for digit, core in zip(_digits(index, rows), weight.decomposition):
+    cols, rank = weight.tensorized_shape[1], weight.rank  # static sizes: fx-traceable
+    width = 0
+    for k, (digit, core) in enumerate(zip(_digits(index, rows), weight.decomposition)):
         piece = core[:, digit].movedim(1, 0)  # (n, r_k, o_k, r_{k+1})
         if out is None:
-            out = piece[:, 0]  # (n, o_0, r_1)
-        else:
-            out = torch.einsum("nar,nrbs->nabs", out, piece).flatten(1, 2)
+            out, width = piece[:, 0], cols[0]  # (n, o_0, r_1)
+        else:  # nar,nrbs->nabs as one batched GEMM (no einsum parsing per call)
+            out = torch.bmm(out, piece.reshape(-1, rank[k], cols[k] * rank[k + 1])).reshape(-1, width * cols[k], rank[k + 1])
+            width *= cols[k]
     return out[..., 0]  # type: ignore[index]
 
 
@@ -85,10 +88,13 @@ def _gather_tt(weight: TTTensorized, index: torch.Tensor, rows: tuple[int, ...])
     chain = None  # (n, r)
     for digit, core in zip(_digits(index, rows), cores[:n_rows]):
         piece = core[:, digit].movedim(1, 0)  # (n, r_k, r_{k+1})
-        chain = piece[:, 0] if chain is None else torch.einsum("nr,nrs->ns", chain, piece)
+        chain = piece[:, 0] if chain is None else torch.bmm(chain.unsqueeze(1), piece)[:, 0]  # nr,nrs->ns
     out = chain.unsqueeze(1)  # (n, 1, r)
-    for core in cores[n_rows:]:
-        out = torch.einsum("nar,rbs->nabs", out, core).flatten(1, 2)
+    width = 1
+    for k, core in enumerate(cores[n_rows:], start=n_rows):  # nar,rbs->nabs as one GEMM
+        r, b, s = weight.rank[k], weight.tensor_shape[k], weight.rank[k + 1]  # static: fx-traceable
+        out = torch.mm(out.reshape(-1, r), core.reshape(r, b * s)).reshape(-1, width * b, s)
+        width *= b
     return out[..., 0]
 
 
