@@ -21,6 +21,8 @@ from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, T
 from .cost import FORMS, Budget, dense_option, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
 from .cost._choose import available_strategies, choose_two
 from .cost._device import DeviceProfile
+from .cost._flops import price
+from .cost._refine import refine_svd_ranks
 from .passes import Site, capture, emit, find_sites, output_error, rewrite
 from .passes._calibrate import Calibrated, calibrate, whitened_site
 from .passes._match import find_module_sites
@@ -102,10 +104,12 @@ def _plan_sites(
     outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params for s in sites if s.weight.numel()}.values())
     clock = time.perf_counter()
     options: list[list[Option]] = []
+    kept: list[dict[str, Any]] = []
     bar = _progress(len(sites), progress, "tfx: spectra")
     for site in sites:
         stats = calibrated.stats.get(site.name) if calibrated is not None else None
-        options.append(candidates(site.info, site.weight, forms, stats, profile))
+        kept.append({})
+        options.append(candidates(site.info, site.weight, forms, stats, profile, keep=kept[-1]))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -129,7 +133,10 @@ def _plan_sites(
         picks = choose(site_options, budget_params - fixed, strategy=strategy, weights=weights)
     else:
         picks = choose_two(site_options, budget_params - fixed, budget_flops, weights=weights)
-    choices = [_choice(site, opts[i], profile) for site, opts, i in zip(sites, site_options, picks)]
+    chosen = [opts[i] for opts, i in zip(site_options, picks)]
+    if strategy != "uniform":  # the uniform baseline keeps its grid ranks
+        chosen = _refine(sites, chosen, kept, budget_params - fixed, budget_flops, weights, profile)
+    choices = [_choice(site, option, profile) for site, option in zip(sites, chosen)]
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
     if calibrated is not None:
         for choice in choices:
@@ -137,6 +144,30 @@ def _plan_sites(
         timings = {**calibrated.timings, **timings}
         notes.append(calibrated.note())
     return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path, timings=timings, notes=notes)
+
+
+def _refine(
+    sites: Sequence[Site], chosen: list[Option], kept: Sequence[dict[str, Any]], budget: float,
+    budget_flops: float | None, weights: Sequence[float] | None, profile: DeviceProfile | None,
+) -> list[Option]:
+    """Low-rank picks raised to the in-between ranks the budget still pays for (see tfx.cost._refine)."""
+    dense = [dense_option(s.info, s.weight.element_size(), profile) for s in sites]
+
+    def price_one(i: int, option: Option) -> Option:
+        return price(sites[i].info, option, sites[i].weight.element_size(), profile)
+
+    def allowed(i: int, option: Option) -> bool:  # the speed rule of _not_slower, kept by the upgrade
+        current = chosen[i]
+        if profile is not None:
+            return option.seconds <= max(dense[i].seconds / MIN_SPEEDUP, current.seconds)
+        if sites[i].info.kind == "embedding":
+            return True
+        return option.flops <= max(dense[i].flops / MIN_SPEEDUP, current.flops)
+
+    return refine_svd_ranks(
+        [s.info for s in sites], chosen, [k.get("svd") for k in kept], budget,
+        list(weights) if weights is not None else [1.0] * len(sites), price_one, allowed, budget_flops,
+    )
 
 
 def _choice(site: Site, option: Option, profile: DeviceProfile | None = None) -> Choice:

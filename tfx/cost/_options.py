@@ -296,7 +296,7 @@ def _tensorized_options(
 # --------------------------------------------------------------------- entry point
 def candidates(
     site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS, stats: InputStats | None = None,
-    profile: DeviceProfile | None = None,
+    profile: DeviceProfile | None = None, keep: dict[str, Any] | None = None,
 ) -> list[Option]:
     """Every candidate for ``site`` (the dense option included), cheapest first.
 
@@ -309,6 +309,8 @@ def candidates(
             (see :mod:`tfx.cost._whiten`); CP and padded options keep weight errors.
         profile: a :class:`~tfx.cost.DeviceProfile`: each option's order is then chosen by
             estimated time, and ``Option.seconds`` holds it.
+        keep: a dict that receives what later stages reuse: ``keep["svd"]``, the spectra of
+            the low-rank candidates (for rank refinement, see ``tfx.cost._refine``).
 
     Returns:
         Options sorted by parameter count; options that are not smaller than
@@ -317,13 +319,14 @@ def candidates(
     """
     align = _ALIGN.set(rank_alignment(weight))
     try:
-        return _candidates(site, weight, forms, stats, profile)
+        return _candidates(site, weight, forms, stats, profile, keep)
     finally:
         _ALIGN.reset(align)
 
 
 def _candidates(
     site: SiteInfo, weight: torch.Tensor, forms: Sequence[str], stats: InputStats | None, profile: DeviceProfile | None,
+    keep: dict[str, Any] | None = None,
 ) -> list[Option]:
     options = [dense_option(site, weight.element_size(), profile)]
     if site.factorizable:
@@ -344,6 +347,8 @@ def _candidates(
             if "svd" in forms:
                 svd_spectra = spectra if stats is None else Spectra(stats.whitening().apply(matrix))
                 options += list(_svd_options(site, svd_spectra, rows, cols))
+                if keep is not None:
+                    keep["svd"] = (svd_spectra, rows, cols, _ALIGN.get())
             pairs = _tensorizations(site)
             tensorized = any(f in forms for f in ("tucker", "tt", "blocktt"))
             if stats is not None and stats.full and tensorized:  # one Kronecker whitening per column tensorization

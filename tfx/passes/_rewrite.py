@@ -130,7 +130,26 @@ def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inp
     for read in reads:  # the old weight / bias reads: their attributes may be gone with the layer
         if read.op == "get_attr" and not read.users:
             gm.graph.erase_node(read)
+            _drop_unread(gm, read.target)
     return result
+
+
+def _drop_unread(gm: fx.GraphModule, target: str) -> None:
+    """Delete parameter/buffer ``target`` when no node of the graph reads it any more (e.g. the
+    bias of a bare ``F.linear`` weight, now held by the spliced layer), so the module's
+    parameters are the plan's. Attributes of modules the graph calls are left to those modules."""
+    if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+        return
+    owner_path, _, attr = target.rpartition(".")
+    try:
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+    except AttributeError:
+        return
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    if any(owner_path == c or owner_path.startswith(f"{c}.") for c in called):
+        return  # a module the graph still calls may read it itself
+    if attr in owner._parameters or attr in owner._buffers:
+        delattr(owner, attr)
 
 
 def rewrite(
