@@ -255,20 +255,20 @@ def _conv_factors(site: SiteInfo, option: Option) -> Cost:
     t_in = site.in_tokens or t
     rank = option.rank
     if option.form in ("svd", "tt"):  # build the kernel (rank[1], in, *kernel) from cores 1.., conv, pointwise
-        shape, cost = (rank[1], in_c, rank[2]), _ZERO
-        for j, size in enumerate(kernel, start=2):
-            nxt = (rank[j], size, rank[j + 1])
-            cost += Cost(2 * math.prod(shape) * size * rank[j + 1], math.prod(shape) + math.prod(nxt))
-            shape = (*shape[:-1], size, rank[j + 1])
-            cost += Cost(0, math.prod(shape))
+        # the spatial cores chained first (GEMMs), then one GEMM with the channel core
+        cost, rows = _ZERO, rank[2] * kernel[0]
+        for j, size in enumerate(kernel[1:], start=3):
+            cost += Cost(2 * rows * rank[j] * size * rank[j + 1], rows * rank[j] + rank[j] * size * rank[j + 1] + rows * size * rank[j + 1])
+            rows *= size
+        cost += Cost(2 * rank[1] * in_c * rank[2] * k, rank[1] * in_c * rank[2] + rank[2] * k + rank[1] * in_c * k)
         return cost + _conv(t, in_c, rank[1], k) + _conv(t, rank[1], out_c, 1)
     if option.form == "tucker":  # expand the core's spatial modes, pointwise in, core conv, pointwise out
-        ro, ri = rank[0], rank[1]
-        core, cost = [ro, ri, *rank[2:]], _ZERO
-        for axis, size in enumerate(kernel):
-            before = math.prod(core)
-            core[2 + axis] = size
-            cost += Cost(2 * before * size, before + size * rank[2 + axis] + math.prod(core))
+        ro, ri, r_space = rank[0], rank[1], rank[2:]
+        cost, rows, cols = _ZERO, kernel[0], r_space[0]
+        for size, r in zip(kernel[1:], r_space[1:]):  # the Kronecker product of the spatial factors
+            cost += Cost(rows * size * cols * r, rows * cols + size * r + rows * size * cols * r)
+            rows, cols = rows * size, cols * r
+        cost += Cost(2 * ro * ri * cols * rows, ro * ri * cols + rows * cols + ro * ri * rows)  # one GEMM
         return cost + _conv(t_in, in_c, ri, 1) + _conv(t, ri, ro, k) + _conv(t, ro, out_c, 1)
     # CP, separable: pointwise in, one depthwise 1-D conv per axis, weights into the out factor, pointwise out.
     cost = _conv(t_in, in_c, rank, 1) + Cost(out_c * rank, 2 * out_c * rank + rank)

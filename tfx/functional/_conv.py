@@ -150,11 +150,18 @@ def tucker_conv(
     """Tucker convolution: pointwise to the input rank, core convolution, pointwise out."""
     core, (f_out, f_in, *f_space) = tucker_tensor.decomposition
     order = len(f_space)
-    out_c, in_c = tucker_tensor.shape[:2]
-    r_out, r_in = tucker_tensor.rank[:2]
+    out_c, in_c, *kernel = tucker_tensor.shape
+    r_out, r_in, *r_space = tucker_tensor.rank
     conv = _conv(order)
-    for axis, factor in enumerate(f_space):  # expand the core's spatial modes to kernel sizes
-        core = torch.movedim(torch.tensordot(core, factor, dims=([2 + axis], [1])), -1, 2 + axis)
+    # Expand the core's spatial modes to kernel sizes in one GEMM with the Kronecker product of
+    # the (small) spatial factors: no per-axis tensordot, movedim and copy (static sizes: fx-traceable).
+    kron, rows, cols = f_space[0], kernel[0], r_space[0]
+    for size, rank, factor in zip(kernel[1:], r_space[1:], f_space[1:]):
+        kron = (kron.reshape(rows, 1, cols, 1) * factor.reshape(1, size, 1, rank)).reshape(rows * size, cols * rank)
+        rows, cols = rows * size, cols * rank
+    # (kernel taps x channels pairs) is the fast GEMM orientation: a tall GEMM with a handful of
+    # columns runs several times slower in MKL; the transposed result is copied once by reshape.
+    core = torch.mm(kron, core.reshape(r_out * r_in, cols).transpose(0, 1)).transpose(0, 1).reshape(r_out, r_in, *kernel)
     y = conv(x, _pointwise(order, f_in.transpose(0, 1), r_in, in_c))
     y = _pad(y, pad, padding_mode)
     y = conv(y, core, stride=tuple(stride), dilation=tuple(dilation))
@@ -169,10 +176,18 @@ def tt_conv(
     cores = tt_tensor.decomposition
     order = len(cores) - 2
     conv = _conv(order)
-    rest = cores[1]
-    for core in cores[2:]:
-        rest = torch.tensordot(rest, core, dims=([-1], [0]))
-    kernel = rest[..., 0]  # (rank[1], in, *kernel_size)
+    shape, rank = tt_tensor.shape, tt_tensor.rank  # static sizes: fx-traceable
+    # The kernel (rank[1], in, *kernel_size): chain the small spatial cores first, then one GEMM
+    # with the channel core (a tensordot per core copied the whole kernel at every step).
+    spatial, width = cores[2].reshape(rank[2] * shape[2], rank[3]), shape[2]
+    for j in range(3, order + 2):
+        spatial = torch.mm(spatial, cores[j].reshape(rank[j], shape[j] * rank[j + 1]))
+        spatial = spatial.reshape(rank[2] * width * shape[j], rank[j + 1])
+        width *= shape[j]
+    # Computed transposed, (taps, channel pairs): the tall GEMM with a handful of columns runs
+    # several times slower in MKL; the transposed result is copied once by reshape.
+    kernel = torch.mm(spatial.reshape(rank[2], width).transpose(0, 1), cores[1].reshape(rank[1] * shape[1], rank[2]).transpose(0, 1))
+    kernel = kernel.transpose(0, 1).reshape(rank[1], shape[1], *shape[2:])
     y = conv(_pad(x, pad, padding_mode), kernel, stride=tuple(stride), dilation=tuple(dilation))
     return conv(y, _pointwise(order, cores[0][0], tt_tensor.shape[0], tt_tensor.rank[1]), bias)
 
