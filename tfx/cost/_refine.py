@@ -89,7 +89,9 @@ def refine_svd_ranks(
         if drop <= 0:
             return
         upgrades[i] = candidate
-        heapq.heappush(heap, (-drop / (params - current.params), i, rank))
+        # Gains rounded to 6 digits, ties to the earlier site: float32 spectra of the same weight
+        # can differ in the last bits between runs, which must not reorder the upgrades.
+        heapq.heappush(heap, (-float(f"{drop / (params - current.params):.6g}"), i, rank))
 
     for i in range(len(out)):
         push(i)
