@@ -26,7 +26,7 @@ import quality  # noqa: E402
 
 def main() -> None:
     print("== benchmarks/layers.py: factorized layers vs dense (and tltorch), 1 CPU thread ==")
-    layers.main([])
+    layers.main(["--full"])  # issue 3's table and goals, then issue 5's layer list (forward only)
     if hasattr(decompose_speed, "main"):
         print()
         print(
