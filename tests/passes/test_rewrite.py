@@ -243,3 +243,31 @@ def test_fast_reads_keep_plain_attributes_and_survive_recompile_and_pickle(tmp_p
     plain.recompile()
     assert "self._tensor_constant0" in plain.code
     torch.testing.assert_close(plain(torch.zeros(3)), torch.ones(3))
+
+
+# ------------------------------------------------------------------ single-row layout
+def test_single_row_low_rank_plans_store_factors_column_major() -> None:
+    """A plan for one input row keeps the low-rank factors transposed in memory (same shapes and
+    values); plans for more rows keep them row-major. Outputs, state_dict and training agree."""
+    torch.manual_seed(0)
+    dense = nn.Linear(96, 80).double().eval()
+    budget = 40 * (1 + 96 + 80) + 80
+    one = tfx.factorize(dense, budget, example_inputs=(torch.randn(1, 96, dtype=torch.float64),), forms=("svd",), progress=False)
+    many = tfx.factorize(dense, budget, example_inputs=(torch.randn(64, 96, dtype=torch.float64),), forms=("svd",), progress=False)
+    u1, v1 = one.weight.weight.factors.factor_0, one.weight.weight.factors.factor_1
+    assert u1.shape == (80, 40) and u1.stride() == (1, 80) and v1.stride() == (1, 96)
+    assert many.weight.weight.factors.factor_0.is_contiguous()
+    for x in (torch.randn(1, 96, dtype=torch.float64), torch.randn(7, 3, 96, dtype=torch.float64)):
+        torch.testing.assert_close(one(x), many(x), rtol=1e-10, atol=1e-10)
+    # a state_dict moves between the layouts; the parameter keeps its own
+    many.load_state_dict(one.state_dict())
+    assert many.weight.weight.factors.factor_0.is_contiguous()
+    x = torch.randn(5, 96, dtype=torch.float64)
+    torch.testing.assert_close(one(x), many(x), rtol=1e-12, atol=1e-12)
+    # a training step works on the column-major factors
+    one.train()
+    opt = torch.optim.Adam(one.parameters(), lr=1e-2)
+    before = u1.detach().clone()
+    one(x).square().sum().backward()
+    opt.step()
+    assert not torch.equal(before, u1.detach()) and u1.stride() == (1, 80)

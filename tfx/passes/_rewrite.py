@@ -65,6 +65,25 @@ class Padded(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+def _single_row_layout(layer: FactorizedLinear) -> None:
+    """Store a low-rank layer's two factors column-major (same shapes, values and names).
+
+    A plan for one row of input runs ``x @ V`` and ``(.) @ U.T`` as matrix-vector products,
+    and MKL streams a weight fastest when the product walks its rows: ``U.T`` and ``V.T``
+    contiguous. For an 11008 x 4096 layer at rank 296 the two products take 1.0 ms that way
+    against 2.1 ms on the row-major factors (2 CPU cores, one thread); from 32 rows on, the
+    row-major layout is as fast or faster, so only single-row plans get this one. The
+    strides survive ``state_dict`` / ``load_state_dict`` (a copy into the parameter) and
+    optimizers (``zeros_like`` keeps them).
+    """
+    factors = layer.weight.factors
+    with torch.no_grad():
+        for key in factors._keys:
+            p = factors._parameters.get(key)
+            if p is not None and p.ndim == 2:
+                p.data = p.data.t().contiguous().t()
+
+
 def build_layer(site: Site, choice: Choice) -> nn.Module:
     """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says."""
     weight = site.weight
@@ -82,6 +101,8 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
             set_bias(layer.bias, layer.weight, site.bias)  # type: ignore[arg-type]
         if padded:
             return Padded(layer, math.prod(cols) - in_features, out_features, site.bias)
+        if len(rows) == len(cols) == 1 and choice.order == "factors" and (choice.tokens or site.info.tokens) <= 1:
+            _single_row_layout(layer)
         return layer
     if site.info.kind == "embedding":
         tensor = _tensorized(site, choice, **extra)
