@@ -1,7 +1,9 @@
-"""Pieces the benchmark scripts share: the machine they ran on, and TT ranks for a budget."""
+"""Pieces the benchmark scripts share: the machine they ran on, the report's first line and
+its output, and TT ranks for a budget."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import subprocess
@@ -35,6 +37,26 @@ def git_commit() -> str:
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages."""
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def machine(threads: int) -> str:
+    """``'<CPU model>, <n> CPUs, <threads> torch thread(s)'``."""
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, {threads} torch thread(s)"
+
+
+def stamp(*parts: str) -> str:
+    """A report's first line: the time to the minute, then ``parts``, joined by ``'; '``."""
+    return "; ".join([datetime.datetime.now().isoformat(timespec="minutes"), *parts])
+
+
+def save(text: str, out: str | None, echo: bool = True) -> str:
+    """Write ``text`` to the file ``out`` (when given), print it (``echo``) and return it."""
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    if echo:
+        print(text)
+    return text
 
 
 def tt_ranks(shape: Sequence[int], budget: int) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from torch.utils.benchmark import Timer
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tfx  # noqa: E402
-from _common import cpu_name, git_commit, load_average  # noqa: E402
+from _common import git_commit, load_average, machine, save, stamp  # noqa: E402
 from layers import TUCKER_RANKS, HandLowRank, HandTucker  # noqa: E402
 
 N = 4096
@@ -86,20 +86,15 @@ def main(argv: list[str] | None = None) -> str:
         rows.append("| " + " | ".join(cells) + " |")
         print(rows[-1], file=sys.stderr, flush=True)
     params = {"low-rank": sum(p.numel() for p in low.weight.parameters()), "Tucker": sum(p.numel() for p in tucker.weight.parameters())}
-    text = "\n".join([
-        f"{cpu_name()}, torch {torch.__version__}, 1 thread, commit {git_commit()}, load {load}",
+    return save("\n".join([
+        stamp(machine(1), f"torch {torch.__version__}", f"commit {git_commit()}", f"load average before: {load}"),
         f"weights: low-rank rank {rank}, {params['low-rank'] / N**2:.1%} of dense; Tucker rank 11^6 on (16,16,16)^2, "
         f"{params['Tucker'] / N**2:.1%}",
         "",
         "| batch | nn.Linear ms | tfx low-rank ms (x dense) | tfx.factorize graph | hand-written | goal | tfx Tucker ms (x dense) | hand-written | goal |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows, "", *verdicts,
-    ]) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
-    return text
+    ]) + "\n", args.out)
 
 
 if __name__ == "__main__":

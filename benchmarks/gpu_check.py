@@ -9,7 +9,6 @@ linear at about 10% of its parameters, fp32 and bf16, against ``nn.Linear``.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import traceback

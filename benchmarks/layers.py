@@ -27,9 +27,7 @@ and 'auto', plus hand-written low-rank and Tucker code); conv 3x3 64->128 on 32x
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import os
 import sys
 import time
 import warnings
@@ -43,7 +41,7 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 import tfx
-from _common import cpu_name, load_average, tt_ranks
+from _common import load_average, machine, save, stamp, tt_ranks
 from tfx.functional import linear_flops
 from tfx.functional._conv import conv_flops
 from tfx.functional._planning import _input_equation, weight_shapes
@@ -739,17 +737,13 @@ def goals(rows: Sequence[Row]) -> list[str]:
 
 
 def header() -> str:
-    model, load = cpu_name(), load_average()
     tl = f"tltorch {tltorch.__version__}" if tltorch is not None else "tltorch not installed"
-    where = f"{model}, {os.cpu_count()} CPUs, 1 torch thread"
+    where = machine(1)
     if DEVICE.type == "cuda":
         where = f"{torch.cuda.get_device_name(DEVICE)} (host: {where})"
-    return (
-        f"{datetime.datetime.now().isoformat(timespec='minutes')}; {where}; "
-        f"{'thread CPU time' if CLOCK == 'cpu' else 'wall-clock time'}; "
-        f"{str(DTYPE).replace('torch.', '')}; "
-        f"torch {torch.__version__}; {tl}; load average before: {load}"
-    )
+    clock = "thread CPU time" if CLOCK == "cpu" else "wall-clock time"
+    return stamp(where, clock, str(DTYPE).replace("torch.", ""), f"torch {torch.__version__}", tl,
+                 f"load average before: {load_average()}")
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -831,7 +825,7 @@ def _run(args: argparse.Namespace) -> str:
         rows += full_cases(min_run_time, log)
     table = markdown(rows)
     checks = "\n".join(goals(rows))
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    load = load_average()
     title = f"Goals (issue 3, forward; measured on {DEVICE.type}, {str(DTYPE)[6:]}):"
     report = f"{head}; load average after: {load}\n\n{table}\n\n{title}\n{checks}\n"
     print()
@@ -839,10 +833,7 @@ def _run(args: argparse.Namespace) -> str:
     print()
     print(title)
     print(checks, flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
-    return report
+    return save(report, args.out, echo=False)
 
 
 if __name__ == "__main__":

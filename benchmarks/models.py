@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
 import statistics
 import sys
@@ -55,7 +54,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import tfx
-from _common import cpu_name, git_commit, load_average
+from _common import git_commit, load_average, machine, save, stamp
 
 BUDGETS = (0.5, 0.25, 0.1)
 QUICK_BUDGETS = (0.25,)
@@ -376,12 +375,9 @@ def stage_table(rows: Sequence[Result]) -> str:
 
 
 def header(args: argparse.Namespace, clock: Clock) -> str:
-    cpu, commit, load = cpu_name(), git_commit(), load_average()
-    return (
-        f"{datetime.datetime.now().isoformat(timespec='minutes')}; {cpu}, {os.cpu_count()} CPUs; "
-        f"{clock.threads} torch thread(s); latency: {clock.name}, least of {args.repeats} medians; "
-        f"tfx.factorize: wall time; float32; "
-        f"torch {torch.__version__}; commit {commit}; load average before: {load}"
+    return stamp(
+        machine(clock.threads), f"latency: {clock.name}, least of {args.repeats} medians", "tfx.factorize: wall time",
+        "float32", f"torch {torch.__version__}", f"commit {git_commit()}", f"load average before: {load_average()}",
     )
 
 
@@ -436,10 +432,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     print("tfx.factorize stages (seconds, from plan.timings):")
     print()
     print(stages, flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
-    return report
+    return save(report, args.out, echo=False)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,6 @@ Nothing here asserts a speed: the numbers are noisy on a shared machine (read th
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +42,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.benchmark import Timer
 
 import tfx
+from _common import load_average, save, stamp
 
 # ----------------------------------------------------------------------------- recording
 
@@ -251,11 +250,8 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     parts = {"linear": linear_cases, "conv": conv_cases, "embedding": embedding_cases}
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    head = (
-        f"{datetime.datetime.now().isoformat(timespec='minutes')}; torch {torch.__version__}; 1 thread; "
-        f"thread CPU time, least of {args.rounds} interleaved medians; load average before: {load}"
-    )
+    head = stamp(f"torch {torch.__version__}", "1 thread",
+                 f"thread CPU time, least of {args.rounds} interleaved medians", f"load average before: {load_average()}")
     lines = [
         head, "",
         "| layer | form | grad | fwd us | aten replay us | kernels only us | overhead us | beyond kernels us | aten ops (kernels) |",
@@ -273,14 +269,9 @@ def main(argv: list[str] | None = None) -> str:
                 )
                 lines.append(line)
                 print(line, flush=True)
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    lines.append(f"\nload average after: {load}")
+    lines.append(f"\nload average after: {load_average()}")
     print(lines[-1])
-    report = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
-    return report
+    return save("\n".join(lines) + "\n", args.out, echo=False)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ asks for at least 0.95 over the suite.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils import benchmark
 
 import tfx
+from _common import machine, save, stamp
 from tfx.cost import measure_device
 
 SIZES = [(768, 768), (3072, 768), (4096, 4096)]
@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> str:
     header = ["layer", "batch", "budget", "dense ms", "plain: form", "plain: speedup", "profile: form",
               "profile: speedup", "profile: est."]
     lines = [
+        stamp(machine(1), f"torch {torch.__version__}"),
         f"device profile: {profile.flops_per_s / 1e9:.1f} GFLOP/s, {profile.bytes_per_s / 1e9:.1f} GB/s, "
-        f"{profile.step_s * 1e6:.1f} us per kernel ({os.cpu_count()} CPUs, 1 torch thread, torch {torch.__version__})",
+        f"{profile.step_s * 1e6:.1f} us per kernel",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -94,12 +95,7 @@ def main(argv: list[str] | None = None) -> str:
         "",
         f"smallest speedup over dense: without a profile {worst['plain']:.2f}x, with it {worst['profile']:.2f}x (goal >= 0.95x)",
     ]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
-    return text
+    return save("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":
