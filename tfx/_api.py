@@ -6,6 +6,7 @@ capture -> find_sites -> candidates -> build_graph -> choose -> (decompose, rewr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -17,13 +18,18 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._errors import BudgetError, OptionError, PlanMismatchError, TensorError, TfxWarning, unknown_option
+from ._errors import (
+    BudgetError, OptionError, PlanMismatchError, TensorError, TfxWarning, UnsupportedSiteError, unknown_option,
+)
 from .cost import FORMS, Budget, dense_option, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
 from .cost._choose import available_strategies, choose_two
 from .cost._device import DeviceProfile
 from .cost._flops import price
 from .cost._refine import refine_svd_ranks
-from .passes import Site, capture, emit, find_sites, output_error, rewrite
+from .passes import Site, capture, find_sites, output_error, rewrite
+from .passes import emit as emit_graph
+from .passes._emit import check_result
+from .passes._swap import DELEGATE_CHILD
 from .passes._calibrate import Calibrated, calibrate, whitened_site
 from .passes._match import find_module_sites
 from .passes._rewrite import build_layer
@@ -238,9 +244,75 @@ def _budget_message(budget: Any, budget_params: float, total: int, fixed: int, f
     )
 
 
-def _prepare(model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str]) -> tuple[Any, list[Site]]:
+EMITS = ("auto", "graph", "modules")
+
+
+def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise OptionError(f"tfx.factorize needs an nn.Module, got {type(model).__name__}.")
+    on_meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if on_meta:
+        raise OptionError(
+            f"{type(model).__name__} has {len(on_meta)} parameters on the meta device (e.g. {on_meta[0]!r}): "
+            "they have shapes but no values, and a factorization is computed from the values.\n"
+            "Fix: load the weights first, e.g. model = AutoModel.from_pretrained(...) without "
+            "device_map='meta', or model.to_empty(device='cpu') followed by load_state_dict(...)."
+        )
+
+
+def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> UnsupportedSiteError:
+    quantized = sorted({type(m).__module__ + "." + type(m).__name__ for m in model.modules()
+                        if ".quantized" in type(m).__module__ or "quantized" in type(m).__name__.lower()})
+    found = (
+        f" It holds quantized layers ({', '.join(quantized)}): their weights are packed integers, "
+        "which tfx does not decompose.\nFix: factorize the float model, then quantize the result."
+        if quantized else
+        f"\nFix: check kinds= ({', '.join(kinds)}), or pass a model whose weights are parameters."
+    )
+    return UnsupportedSiteError(
+        f"nothing to factorize: {type(model).__name__} has no linear, convolution or embedding layer "
+        f"whose weight is an nn.Parameter.{found}"
+    )
+
+
+def _emission(emit: str, captured: Any, sites: list[Site]) -> str:
+    """``'graph'`` or ``'modules'``, and the sites a modules result cannot replace marked dense.
+
+    ``'auto'``: a graph result where the graph is the model's own code (symbolic_trace, or
+    export with a site that is not a layer module); the model with its layers replaced where
+    every site is a layer module (export: the result keeps the signature, ``generate()`` and
+    any batch size), or where the graph is for analysis only (module swap, cache off).
+    """
+    from .passes._swap import module_of
+
+    if emit not in EMITS:
+        raise unknown_option("emit", emit, EMITS)
+    root = captured.model
+    modular = captured.path == "module_swap" or all(
+        module_of(root, s.name, s.weight_target) is not None for s in sites if s.info.factorizable
+    )
+    forced = captured.path == "module_swap" or not captured.graph_faithful
+    if emit == "graph" and forced:
+        why = "a module swap has no graph" if captured.path == "module_swap" else (
+            "the graph was captured with use_cache=False, for analysis only")
+        raise OptionError(f"emit='graph' is not possible here: {why}.\nFix: emit='auto' or emit='modules'.")
+    if emit == "auto":
+        emit = "modules" if forced or (captured.path == "export" and modular) else "graph"
+    if emit == "modules" and captured.path != "module_swap":
+        for site in sites:
+            if site.info.factorizable and module_of(root, site.name, site.weight_target) is None:
+                site.info = dataclasses.replace(
+                    site.info, factorizable=False,
+                    reason="not a layer module (a functional call): kept dense by emit='modules'",
+                )
+    return emit
+
+
+def _prepare(
+    model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str],
+    emit: str = "auto",
+) -> tuple[Any, list[Site], str]:
+    _check_model(model)
     _check_names(forms, FORMS, "form")
     _check_names(kinds, KINDS, "kind")
     _check_skip(model, skip)
@@ -264,11 +336,13 @@ def _prepare(model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds:
     finally:
         model.train(was_training)
     if captured.path == "module_swap":
-        sites = find_module_sites(captured.gm.model, kinds=kinds, skip=skip)  # type: ignore[arg-type]
+        sites = find_module_sites(captured.model, kinds=kinds, skip=skip)
     else:
         sites = find_sites(captured.gm, path=captured.path, kinds=kinds, skip=skip)
+    if not sites:
+        raise _nothing_to_factorize(model, kinds)
     _check_weights(sites)
-    return captured, sites
+    return captured, sites, _emission(emit, captured, sites)
 
 
 def _check_strategy(strategy: str, calibration: Any) -> None:
@@ -308,6 +382,7 @@ def plan(
     calibration: Iterable[Any] | None = None,
     device_profile: DeviceProfile | None = None,
     progress: bool = True,
+    emit: str = "auto",
 ) -> FactorizationPlan:
     """Decide, per layer, the form, tensorized shape and rank under one budget; change nothing.
 
@@ -315,10 +390,13 @@ def plan(
     (print it for the table; ``plan.to_json()`` to save it).
     """
     _check_strategy(strategy, calibration)
-    captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
+    captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
     calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress)
-    return _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress, calibrated=calibrated,
-                       profile=device_profile)
+    the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
+                           calibrated=calibrated, profile=device_profile)
+    the_plan.emit = emission
+    the_plan.notes[:0] = captured.notes
+    return the_plan
 
 
 def factorize(
@@ -335,7 +413,8 @@ def factorize(
     verify: bool = True,
     progress: bool = True,
     plan: FactorizationPlan | None = None,
-) -> fx.GraphModule:
+    emit: str = "auto",
+) -> nn.Module:
     """Factorize every linear, convolution and embedding of ``model`` under one budget.
 
     Args:
@@ -391,12 +470,15 @@ def factorize(
     if plan is None:
         _check_strategy(strategy, calibration)
     start = time.perf_counter()
-    captured, sites = _prepare(model, example_inputs, forms, kinds, skip)
+    if plan is not None and emit == "auto":
+        emit = plan.emit
+    captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
     capture_s = time.perf_counter() - start
     calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress)
     if plan is None:
         the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
                                calibrated=calibrated, profile=device_profile)
+        the_plan.notes[:0] = captured.notes
     else:
         the_plan = copy.deepcopy(plan)
         _check_plan(the_plan, sites)
@@ -409,53 +491,102 @@ def factorize(
                 TfxWarning,
                 stacklevel=2,
             )
+    the_plan.emit = emission
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
-    gm = captured.gm
     build = _builder(calibrated)
-    if captured.path == "module_swap":
-        _swap(gm, sites, the_plan, build)
+    bar = _progress(len(sites), progress, "tfx: decompose")
+    if emission == "modules":
+        result = _emit_modules(captured, sites, the_plan, build, bar)
     else:
-        bar = _progress(len(sites), progress, "tfx: decompose")
+        gm = captured.gm
         rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar, build=build)
-        if bar is not None:
-            bar.close()
+        result = emit_graph(gm)
+    if bar is not None:
+        bar.close()
+    del captured
+    if plan is not None:
+        _recount(result, the_plan)
     the_plan.timings["decompose + rewrite"] = time.perf_counter() - clock
+    result.train(model.training)
     clock = time.perf_counter()
-    gm = emit(gm, prune=captured.path != "module_swap")
-    gm.train(model.training)
-    the_plan.timings["emit"] = time.perf_counter() - clock
-    clock = time.perf_counter()
+    check_result(model, result, the_plan)
     if verify and example_inputs is not None:
-        was = gm.training
-        gm.eval()
-        model_mode = model.training
-        model.eval()
-        try:
-            the_plan.output_error = output_error(model, gm, example_inputs)
-        finally:
-            model.train(model_mode)
-            gm.train(was)
-    if verify and example_inputs is not None:
+        the_plan.output_error = _verify(model, result, example_inputs)
         the_plan.timings["verify"] = time.perf_counter() - clock
     the_plan.timings["total"] = time.perf_counter() - start
-    if captured.path == "export" and _mode_dependent(model) and not any("frozen" in n for n in the_plan.notes):
+    if emission == "graph" and the_plan.capture == "export" and _mode_dependent(model) and not any("frozen" in n for n in the_plan.notes):
         the_plan.notes.append(
             "captured by torch.export in eval mode: dropout is off and batch norm uses its running "
             "statistics in the result, also after .train(); fine-tune the factors with that in mind"
         )
-    _attach_plan(gm, the_plan)
+    _attach_plan(result, the_plan)
     logger.info("tfx.factorize took %.2f s", the_plan.timings["total"])
-    return gm
+    return result
 
 
-def _attach_plan(gm: fx.GraphModule, the_plan: FactorizationPlan) -> None:
+def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
+    """Each factorized choice of a given plan priced at the parameters of the layer that was
+    built for it (a plan edited by hand may carry another count: the plan says what the result does)."""
+    for choice in the_plan.choices:
+        if choice.form != "dense":
+            layer = result.get_submodule(choice.site)
+            layer = getattr(layer, DELEGATE_CHILD, layer)
+            choice.params_after = sum(p.numel() for n, p in layer.named_parameters() if n != "bias")
+
+
+def _emit_modules(captured: Any, sites: Sequence[Site], the_plan: FactorizationPlan, build: Any, bar: Any) -> nn.Module:
+    """The captured copy of the model with its chosen layers replaced (see tfx.passes._swap)."""
+    from .passes._swap import module_of, swap_modules
+
+    root = captured.model
+    targets = []
+    for site in sites:
+        choice = the_plan.choice(site.name)
+        if choice.form == "dense":
+            if bar is not None:
+                bar.update(1)
+            continue
+        module = module_of(root, site.name, site.weight_target) if captured.path != "module_swap" else (
+            root.get_submodule(site.name))
+        targets.append((module, (_module_conv(site, module), choice)))
+    swap_modules(root, targets, lambda item: build(*item), bar)
+    return root
+
+
+def _module_conv(site: Site, module: nn.Module) -> Site:
+    """``site`` with the convolution settings and padding index of its module (a graph shows a
+    reflect-padded conv as a pad and a conv with no padding; the module keeps its own)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        conv = {"stride": tuple(module.stride), "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
+                "dilation": tuple(module.dilation), "groups": module.groups, "padding_mode": module.padding_mode}
+        return dataclasses.replace(site, conv=conv)
+    if isinstance(module, nn.Embedding):
+        return dataclasses.replace(site, padding_idx=module.padding_idx)
+    return site
+
+
+def _verify(model: nn.Module, result: nn.Module, example_inputs: Any) -> float:
+    was, model_mode = result.training, model.training
+    result.eval()
+    model.eval()
+    try:
+        return output_error(model, result, example_inputs)
+    finally:
+        model.train(model_mode)
+        result.train(was)
+
+
+def _attach_plan(gm: nn.Module, the_plan: FactorizationPlan) -> None:
     """Set ``gm.tfx_plan`` so that it survives ``copy.deepcopy(gm)``.
 
     ``GraphModule.__deepcopy__`` rebuilds the module from its graph and drops plain
     attributes; each GraphModule has a class of its own, so the hook is installed there.
+    Any other module keeps its ``__dict__`` through a deep copy.
     """
     gm.tfx_plan = the_plan  # type: ignore[assignment]
+    if not isinstance(gm, fx.GraphModule):
+        return
     cls = type(gm)
     if "_tfx_deepcopy" in cls.__dict__:
         return
@@ -490,14 +621,6 @@ def _check_plan(the_plan: FactorizationPlan, sites: Sequence[Site]) -> None:
         raise PlanMismatchError(f"the model has sites the plan does not cover: {sorted(missing)[:5]}.\nFix: make a new plan.")
 
 
-def _swap(gm: fx.GraphModule, sites: Sequence[Site], the_plan: FactorizationPlan, build: Any) -> None:
-    """Module-swap path: the sites are modules of ``gm.model``; replace them in place."""
-    for site in sites:
-        choice = the_plan.choice(site.name)
-        if choice.form != "dense":
-            gm.model.set_submodule(site.name, build(site, choice))  # type: ignore[union-attr, operator]
-
-
 def save(gm: fx.GraphModule, path: str | Path) -> None:
     """Save a factorized model: its plan (JSON) and its state dict, in one file (``torch.save``).
 
@@ -509,10 +632,29 @@ def save(gm: fx.GraphModule, path: str | Path) -> None:
     torch.save({"tfx_plan": the_plan.to_json(), "state_dict": gm.state_dict()}, path)
 
 
-def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> fx.GraphModule:
-    """Re-apply a saved plan to ``model`` (same architecture) and load the saved factors, bit for bit."""
+def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> nn.Module:
+    """Re-apply a saved plan to ``model`` (same architecture) and load the saved factors, bit for bit.
+
+    Args:
+        model: a model of the architecture the plan was made for (its weights are replaced).
+        path: a file written by :func:`save`.
+        example_inputs: the same kind of inputs the plan was made with; needed when the plan's
+            capture path was ``'export'`` (most Hugging Face models), since the model is captured
+            again the same way.
+
+    Raises:
+        OptionError: the plan was captured by torch.export and no ``example_inputs`` were given.
+        PlanMismatchError: the plan does not fit ``model``.
+    """
     data = torch.load(path, map_location="cpu", weights_only=True)
     the_plan = FactorizationPlan.from_json(data["tfx_plan"])
+    if the_plan.capture == "export" and example_inputs is None:
+        raise OptionError(
+            f"the plan in {str(path)!r} was made on a graph captured by torch.export, and capturing "
+            f"{type(model).__name__} the same way needs example inputs; none were given.\n"
+            "Fix: tfx.load(model, path, example_inputs=...) with inputs like those given to tfx.factorize "
+            "(any batch size)."
+        )
     with warnings.catch_warnings():  # the saved factors replace whatever the plan decomposes
         warnings.simplefilter("ignore", TfxWarning)
         gm = factorize(model, example_inputs=example_inputs, plan=the_plan, verify=False, progress=False)

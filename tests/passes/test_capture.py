@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from torch import fx, nn
 
 from tests.passes._models import (
@@ -17,6 +18,7 @@ from tests.passes._models import (
     tiny_bert,
     tiny_gpt2,
 )
+from tfx import TfxWarning
 from tfx.passes import Captured, capture
 
 
@@ -92,8 +94,10 @@ def test_capture_export_has_aten_linear_nodes_with_module_stack(bert_captured) -
 
 def test_capture_untraceable_without_inputs_takes_module_swap() -> None:
     model = Untraceable().eval()
-    captured = capture(model)
+    with pytest.warns(TfxWarning, match="captured by module swap"):
+        captured = capture(model)
     assert captured.path == "module_swap"
+    assert captured.model is captured.gm.model
     assert any("symbolic_trace" in f for f in captured.failures)
     assert any("not tried" in f for f in captured.failures)
     x = torch.randn(3, 32)
@@ -102,7 +106,8 @@ def test_capture_untraceable_without_inputs_takes_module_swap() -> None:
 
 def test_capture_module_swap_copies_the_model() -> None:
     model = Untraceable()
-    captured = capture(model)
+    with pytest.warns(TfxWarning, match="captured by module swap"):
+        captured = capture(model)
     assert captured.gm.model is not model
     assert captured.gm.model.a.weight is not model.a.weight
 
@@ -110,7 +115,8 @@ def test_capture_module_swap_copies_the_model() -> None:
 def test_capture_data_dependent_model_with_inputs_falls_back_to_module_swap() -> None:
     model = Untraceable().eval()
     x = torch.randn(3, 32)
-    captured = capture(model, (x,))
+    with pytest.warns(TfxWarning, match="(?s)captured by module swap.*because torch.fx.symbolic_trace.*torch.export"):
+        captured = capture(model, (x,))
     assert captured.path == "module_swap"
     assert [f.split(":")[0] for f in captured.failures] == [
         "torch.fx.symbolic_trace",

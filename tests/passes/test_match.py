@@ -239,10 +239,10 @@ def test_find_module_sites_finds_every_layer_module() -> None:
     assert all(s.info.path == "module_swap" for s in sites.values())
 
 
-def test_module_swap_path_keeps_tied_weights_tied_and_counts_them_once() -> None:
-    """GPT-2 with its KV cache on: torch.export cannot return the cache object, so capture falls
-    back to the module swap. Its Conv1D layers are sites there too, and the LM head and token
-    embedding, one Parameter, stay dense and tied; the plan's totals are the real ones."""
+def test_cached_decoder_is_planned_on_a_cache_free_graph_and_keeps_its_cache() -> None:
+    """GPT-2 with its KV cache on: torch.export cannot return the cache object, so capture
+    exports it again with use_cache=False for the analysis (a warning and a plan note say so),
+    and the result is the model itself with its layers replaced: cache, ties and totals kept."""
     import tfx
     from tests.passes._models import VOCAB, gpt2_inputs
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -250,17 +250,22 @@ def test_module_swap_path_keeps_tied_weights_tied_and_counts_them_once() -> None
     config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config).eval()
     inputs = gpt2_inputs()
-    gm = tfx.factorize(model, 0.5, example_inputs=inputs, forms=("svd",), progress=False)
+    with pytest.warns(tfx.TfxWarning, match="use_cache=False"):
+        gm = tfx.factorize(model, 0.5, example_inputs=inputs, forms=("svd",), progress=False)
     plan = gm.tfx_plan
-    assert plan.capture == "module_swap"
+    assert (plan.capture, plan.emit) == ("export", "modules")
+    assert any("use_cache=False" in n for n in plan.notes)
     by_site = {c.site: c for c in plan.choices}
     assert {"transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"} <= set(by_site)
     assert by_site["lm_head"].form == "dense" and "tied weight" in by_site["lm_head"].reason
     assert by_site["transformer.wte"].form == "dense" and "tied weight" in by_site["transformer.wte"].reason
-    assert gm.model.lm_head.weight is gm.model.transformer.wte.weight
+    assert type(gm) is GPT2LMHeadModel
+    assert gm.lm_head.weight is gm.transformer.wte.weight
     assert sum(p.numel() for p in gm.parameters()) == plan.total_params_after <= 0.5 * sum(p.numel() for p in model.parameters())
     with torch.no_grad():
-        assert gm(*inputs).logits.shape == model(*inputs).logits.shape
+        out = gm(*inputs)
+    assert out.logits.shape == model(*inputs).logits.shape
+    assert out.past_key_values is not None
 
 
 def test_string_padding_convs_are_sites_on_the_export_path() -> None:

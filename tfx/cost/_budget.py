@@ -27,6 +27,14 @@ class Budget:
 BudgetSpec = Union[float, int, Budget]
 
 
+def _count_hint(value: float, total: float) -> str:
+    """An int count to suggest for a float above 1: the value itself when it is whole (``500.0``
+    meant 500), else half the model (``1.5`` is not a count of one parameter)."""
+    if value.is_integer():
+        return str(int(value))
+    return f"{int(total) // 2} (half of the model's {int(total)})"
+
+
 def _absolute(value: float | int, total: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BudgetError(
@@ -38,7 +46,7 @@ def _absolute(value: float | int, total: float, what: str) -> float:
             raise BudgetError(
                 f"{what}={value} is a float above 1, but fractions of the model are in (0, 1].\n"
                 f"Fix: {what}=1.0 (keep everything), a smaller fraction such as {what}=0.5, or an int "
-                f"count such as {what}={int(value)}."
+                f"count of parameters such as {what}={_count_hint(value, total)}."
             )
         return value * total
     return float(value)

@@ -45,6 +45,8 @@ class FactorizationPlan:
         version: the plan format version.
         timings: seconds spent in each stage of the ``factorize`` call that made it.
         notes: what the user should know about the result (e.g. modes frozen by capture).
+        emit: how the result was emitted: ``'graph'`` (a ``torch.fx.GraphModule``) or
+            ``'modules'`` (the model itself, its layers replaced by ``tfx.nn`` layers).
 
     Example:
         >>> plan = tfx.plan(model, 0.5, example_inputs=(x,))   # doctest: +SKIP
@@ -62,6 +64,7 @@ class FactorizationPlan:
     version: int = 1
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    emit: str = "graph"
 
     @property
     def total_params_after(self) -> int:
@@ -123,7 +126,7 @@ class FactorizationPlan:
         line = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [line.format(*header), line.format(*("-" * w for w in widths))]
         out += [line.format(*r) for r in rows]
-        tail = f"capture: {self.capture}, strategy: {self.strategy}, budget: {_human(self.budget_params)} params"
+        tail = f"capture: {self.capture}, emit: {self.emit}, strategy: {self.strategy}, budget: {_human(self.budget_params)} params"
         if self.output_error is not None:
             tail += f", verified max relative output error: {self.output_error:.3g}"
         lines = [*out, tail, *(f"note: {n}" for n in self.notes)]

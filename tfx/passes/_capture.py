@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import fx, nn
@@ -32,11 +32,27 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Captured:
-    """A captured model: the graph module, the path taken, and why earlier paths failed."""
+    """A captured model: the graph module, the path taken, and why earlier paths failed.
+
+    Attributes:
+        gm: the graph (on the module-swap path, one opaque call of ``model``).
+        path: ``'symbolic_trace'``, ``'export'`` or ``'module_swap'``.
+        failures: why the earlier paths failed, one line each.
+        model: the model the graph was captured from (the copy ``capture`` was given); a
+            result emitted into the model's own modules is made from it.
+        notes: what the plan must say about this capture (e.g. a batch size that could not
+            be kept dynamic, or the cache turned off for the analysis).
+        graph_faithful: False when the graph is for analysis only and does not compute what
+            the model computes (captured with ``use_cache=False``): then the result must be
+            emitted into the model's own modules.
+    """
 
     gm: fx.GraphModule
     path: str
     failures: list[str]
+    model: nn.Module | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    graph_faithful: bool = True
 
 
 class Tracer(fx.Tracer):
@@ -81,27 +97,75 @@ def _symbolic_trace(model: nn.Module, skip: Sequence[str], example_inputs: Any) 
     return gm
 
 
-def _export(model: nn.Module, example_inputs: Any) -> fx.GraphModule:
+def _export(model: nn.Module, example_inputs: Any, notes: list[str] | None = None) -> fx.GraphModule:
     args, kwargs = split_inputs(example_inputs)
+    widened = _widened(args, kwargs)
+    attempts = [] if widened is None else [(*widened, True)]
+    attempts.append((args, kwargs, False))
     ep = None
-    # Dynamic dimensions where the model allows them: every dimension (torch.export's AUTO
-    # keeps a dimension dynamic unless the model specialises it, so sequence lengths and image
-    # sizes other than the example's work), else the batch dimension only, else static shapes.
-    for spec in (_as_dynamic(model, args, kwargs, every_dim=True), _as_dynamic(model, args, kwargs), None):
-        if spec is False:
-            continue
+    for i, (a, k, wide) in enumerate(attempts):
         try:
-            ep = torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=spec)
+            ep = _export_dynamic(model, a, k, allow_static=not wide)
+            if not wide and widened is not None and notes is not None:
+                notes.append(_MSG_PINNED)
             break
-        except Exception as err:  # noqa: BLE001 - a less dynamic capture is the fallback
-            if spec is None:
+        except Exception as err:  # noqa: BLE001 - the example as given is the fallback
+            if i == len(attempts) - 1:
                 raise
-            logger.info("export with dynamic shapes failed (%s); trying fewer dynamic dimensions", err)
+            logger.info("export of the batch-2 copy of a batch-1 example failed (%s); exporting it as given", err)
     assert ep is not None
     unlifted = ep.module()
     # The module torch.export returns refuses .train(); a plain GraphModule over the same
     # graph and attributes trains. Mode-dependent ops (dropout, batch norm) stay as captured.
     return fx.GraphModule(unlifted, unlifted.graph, model.__class__.__name__)
+
+
+_MSG_PINNED: Final = (
+    "the example has batch size 1 and torch.export could only capture the model at that size "
+    "(it specialises dimensions of size 1), so the graph is pinned to one row; pass an example "
+    "with 2 or more rows to keep the batch dynamic"
+)
+
+
+def _widened(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The example with its batch of one repeated to two rows, or None when it is not a batch of one.
+
+    torch.export specialises every dimension of size 1 (a symbolic size cannot be 0 or 1), so
+    a graph captured on one sentence or one image only runs on one; a two-row copy of the same
+    example captures the batch as a dimension. Only when every tensor input has one row (a
+    tensor with several rows means dimension 0 is not the batch).
+    """
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > 0]
+    if not tensors or any(t.shape[0] != 1 for t in tensors):
+        return None
+
+    def widen(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.expand(2, *value.shape[1:]).clone()
+        return value
+
+    return tuple(widen(a) for a in args), {k: widen(v) for k, v in kwargs.items()}
+
+
+def _export_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], allow_static: bool) -> Any:
+    """``torch.export.export`` with the most dynamic shapes the model allows.
+
+    Every dimension (torch.export's AUTO keeps a dimension dynamic unless the model
+    specialises it, so sequence lengths and image sizes other than the example's work), else
+    the batch dimension only, else (``allow_static``) static shapes.
+    """
+    specs = [_as_dynamic(model, args, kwargs, every_dim=True), _as_dynamic(model, args, kwargs)]
+    if allow_static:
+        specs.append(None)
+    specs = [spec for spec in specs if spec is not False]
+    for i, spec in enumerate(specs):
+        try:
+            return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=spec)
+        except Exception as err:  # noqa: BLE001 - a less dynamic capture is the fallback
+            if i == len(specs) - 1:
+                raise
+            logger.info("export with dynamic shapes failed (%s); trying fewer dynamic dimensions", err)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _as_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], every_dim: bool = False) -> Any:
@@ -140,31 +204,105 @@ def _swap_graph(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(root, graph, model.__class__.__name__)
 
 
+def _first_line(err: BaseException) -> str:
+    """The error's type and first sentence, at most 200 characters."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else ""
+    line = line.split(". ")[0]
+    return f"{type(err).__name__}: {line[:200]}"
+
+
+def _without_cache(model: nn.Module, example_inputs: Any) -> Any:
+    """The example with ``use_cache=False`` added, or None when the model takes no ``use_cache``
+    or the example already sets it."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return None
+    if "use_cache" not in params:
+        return None
+    args, kwargs = split_inputs(example_inputs)
+    if "use_cache" in kwargs:
+        return None
+    names = list(params)
+    if len(args) > names.index("use_cache"):
+        return None
+    named = dict(zip(names, args))
+    return {**named, **kwargs, "use_cache": False}
+
+
 def capture(model: nn.Module, example_inputs: Any = None, skip: Sequence[str] = ()) -> Captured:
     """Capture ``model`` (not modified) by the first path that works.
+
+    1. ``torch.fx.symbolic_trace``;
+    2. ``torch.export`` on ``example_inputs`` (a batch of one is captured on a two-row copy,
+       so the graph keeps the batch dynamic); when that fails and the model takes
+       ``use_cache`` (Hugging Face decoders, whose cache output torch.export may refuse),
+       again with ``use_cache=False``: that graph is for analysis only
+       (``graph_faithful=False``), the result is then emitted into the model's own modules;
+    3. module swap (no graph of the model's insides).
+
+    A fallback that changes what the result can do (the module swap, a batch pinned to one
+    row, the cache turned off for the analysis) is a :class:`~tfx.TfxWarning` naming the path
+    taken and why the earlier one failed, and a note of the plan.
 
     Raises:
         TraceError: when no path works; names the failures and the fixes.
     """
     failures: list[str] = []
     try:
-        return Captured(_symbolic_trace(model, skip, example_inputs), "symbolic_trace", failures)
+        return Captured(_symbolic_trace(model, skip, example_inputs), "symbolic_trace", failures, model)
     except Exception as err:  # noqa: BLE001 - any failure moves on to the next path
-        failures.append(f"torch.fx.symbolic_trace: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        failures.append(f"torch.fx.symbolic_trace: {_first_line(err)}")
     if example_inputs is not None:
+        notes: list[str] = []
         try:
-            return Captured(_export(model, example_inputs), "export", failures)
+            gm = _export(model, example_inputs, notes)
+            _warn_notes(notes)
+            return Captured(gm, "export", failures, model, notes)
         except Exception as err:  # noqa: BLE001
-            failures.append(f"torch.export: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            failures.append(f"torch.export: {_first_line(err)}")
+        no_cache = _without_cache(model, example_inputs)
+        if no_cache is not None:
+            try:
+                gm = _export(model, no_cache, notes)
+                note = (
+                    f"torch.export could not capture {type(model).__name__} with its cache "
+                    f"({failures[-1]}); the graph tfx plans on was captured with use_cache=False, "
+                    "and the result is the model with its layers replaced, cache and all"
+                )
+                _warn_notes([note, *notes])
+                return Captured(gm, "export", failures, model, [note, *notes], graph_faithful=False)
+            except Exception as err:  # noqa: BLE001
+                failures.append(f"torch.export (use_cache=False): {_first_line(err)}")
     else:
         failures.append("torch.export: not tried (no example_inputs)")
     try:
-        return Captured(_swap_graph(model), "module_swap", failures)
+        gm = _swap_graph(model)
     except Exception as err:  # noqa: BLE001
         failures.append(f"module swap: {type(err).__name__}: {err}")
+    else:
+        note = (
+            f"captured by module swap (no graph of {type(model).__name__}'s insides: no shapes, no "
+            "FLOP counts, only the layers the model holds as modules are sites) because "
+            + "; ".join(failures)
+        )
+        _warn_notes([note])
+        return Captured(gm, "module_swap", failures, gm.model, [note])
     raise TraceError(
         f"tfx could not capture {type(model).__name__}.\n  " + "\n  ".join(failures) + "\nFix one of:\n"
         "  - pass example inputs, so torch.export can capture it:  tfx.factorize(model, 0.5, example_inputs=(x,))\n"
         "  - leave the failing module dense:  tfx.factorize(model, 0.5, skip=[\"name.of.module\"])\n"
         "  - use the dynamo path:  torch.compile(model, backend=\"tfx\")"
     )
+
+
+def _warn_notes(notes: Sequence[str]) -> None:
+    import warnings
+
+    from .._errors import TfxWarning
+
+    for note in notes:
+        warnings.warn(f"tfx: {note}.", TfxWarning, stacklevel=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
@@ -9,19 +10,16 @@ import torch
 from torch import fx
 from torch.utils._pytree import tree_flatten
 
+from .._errors import PlanMismatchError, TensorError, TfxWarning
 from ._capture import call_with
 
-__all__ = ["emit", "fast_reads", "output_error"]
+__all__ = ["emit", "fast_reads", "output_error", "check_result"]
 
 
 
 def emit(gm: fx.GraphModule, *, prune: bool = True) -> fx.GraphModule:
     """Lint the rewritten graph, drop dead nodes and (``prune``) unused submodules, recompile
-    (with :func:`fast_reads`).
-
-    The module-swap path passes ``prune=False``: its graph calls the whole model, whose
-    children the graph does not reference one by one.
-    """
+    (with :func:`fast_reads`)."""
     gm.graph.lint()
     for node in gm.graph.nodes:
         # A model written with ``from __future__ import annotations`` gives fx its annotations as
@@ -105,13 +103,76 @@ def _fast_line(line: str, fast: dict[str, str]) -> str:
 
 
 def output_error(reference: Any, candidate: Any, example_inputs: Any) -> float:
-    """Max relative error (max |a - b| / max |a|) over the floating outputs of the two modules."""
+    """Max relative error (max |a - b| / max |a|) over the floating outputs of the two modules.
+
+    Raises:
+        TensorError: ``candidate``'s outputs hold NaN or Inf where ``reference``'s are finite.
+
+    Warns:
+        TfxWarning: ``reference`` itself gives NaN or Inf on ``example_inputs`` (then those
+            positions are left out of the error, and the warning says so).
+    """
     with torch.no_grad():
         expected, _ = tree_flatten(call_with(reference, example_inputs))
         got, _ = tree_flatten(call_with(candidate, example_inputs))
     worst = 0.0
+    original_bad = 0
     for a, b in zip(expected, got):
-        if isinstance(a, torch.Tensor) and a.is_floating_point() and a.numel():
-            scale = float(a.abs().max()) or 1.0
-            worst = max(worst, float((a - b.to(a.dtype)).abs().max()) / scale)
+        if not (isinstance(a, torch.Tensor) and a.is_floating_point() and a.numel()):
+            continue
+        b = b.to(a.dtype)
+        finite = torch.isfinite(a)
+        new_bad = int((finite & ~torch.isfinite(b)).sum())
+        if new_bad:
+            raise TensorError(
+                f"the factorized model gives {new_bad} NaN/Inf output values on example_inputs where the "
+                f"original's are finite.\nFix: leave the layers involved dense (skip=[...]), or check the "
+                "model's dtype (float16 factors can overflow; factorize in float32 and cast after)."
+            )
+        original_bad += int((~finite).sum())
+        if not bool(finite.any()):
+            continue
+        scale = float(a[finite].abs().max()) or 1.0
+        worst = max(worst, float((a[finite] - b[finite]).abs().max()) / scale)
+    if original_bad:
+        warnings.warn(
+            f"tfx: the original model itself gives {original_bad} NaN/Inf output values on example_inputs "
+            "(a NaN/Inf in the inputs or in a weight or bias); the verified output error leaves them out. "
+            "Check the model and the example inputs.",
+            TfxWarning,
+            stacklevel=3,
+        )
     return worst
+
+
+def check_result(model: torch.nn.Module, result: torch.nn.Module, plan: Any) -> None:
+    """The post-conditions of a factorized model, checked on every result of ``tfx.factorize``.
+
+    - a graph result passes ``graph.lint()``;
+    - its parameters, counted on the returned module, are the plan's total (no double count,
+      no factor frozen as a constant);
+    - every tie of the model is still a tie: names that shared one parameter in ``model`` and
+      still exist in ``result`` share one parameter there.
+
+    Raises:
+        PlanMismatchError: a post-condition does not hold (a bug in tfx: please report it).
+    """
+    if isinstance(result, fx.GraphModule):
+        result.graph.lint()
+    counted = sum(p.numel() for p in result.parameters())
+    if counted != plan.total_params_after:
+        raise PlanMismatchError(
+            f"the factorized {type(model).__name__} holds {counted:,} parameters but its plan says "
+            f"{plan.total_params_after:,}: a bug in tfx (please report it with the model)."
+        )
+    after = dict(result.named_parameters(remove_duplicate=False))
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    for names in groups.values():
+        kept = {id(after[n]) for n in names if n in after}
+        if len(kept) > 1:
+            raise PlanMismatchError(
+                f"the tied parameters {names} of {type(model).__name__} are no longer one parameter in "
+                "the factorized model: a bug in tfx (please report it with the model)."
+            )

@@ -158,10 +158,10 @@ def _module_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
 
 def _site_of_module(module: nn.Module, name: str, node: Any, path: str) -> Site | None:
     x = node.args[0] if node is not None and node.args else None
-    if type(module) is nn.Linear:
+    if isinstance(module, nn.Linear):
         info = SiteInfo(name, "linear", tuple(module.weight.shape), _tokens(x, module.in_features), module.bias is not None, path=path)
         return Site(info, node, x, module.weight.detach(), _detached(module.bias), name + ".weight")
-    if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         out = _shape(node)
         tokens = math.prod((out[0], *out[2:])) if out else 1
         info = SiteInfo(name, "conv", tuple(module.weight.shape), tokens, module.bias is not None, path=path, in_tokens=_positions(x))
@@ -174,7 +174,7 @@ def _site_of_module(module: nn.Module, name: str, node: Any, path: str) -> Site 
         matrix = module.weight.detach().t()
         info = SiteInfo(name, "linear", tuple(matrix.shape), _tokens(x, matrix.shape[1]), module.bias is not None, path=path)
         return Site(info, node, x, matrix, _detached(module.bias), name + ".weight")
-    if type(module) is nn.Embedding:
+    if isinstance(module, nn.Embedding):
         shape = _shape(x)
         info = SiteInfo(name, "embedding", tuple(module.weight.shape), math.prod(shape) if shape else 1, False, path=path)
         site = Site(info, node, x, module.weight.detach(), None, name + ".weight", padding_idx=module.padding_idx)
@@ -305,14 +305,29 @@ def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = N
 
 
 def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[Site]:
-    """Sites as modules of ``root`` (the module-swap path: no graph, so no shapes and no node)."""
+    """Sites as modules of ``root`` (the module-swap path: no graph, so no shapes and no node).
+
+    Subclasses of the layer types are sites. One whose ``forward`` is its own and does not go
+    through ``super().forward`` stays dense (tfx cannot see what it computes with its weight),
+    and so do the projections ``nn.MultiheadAttention`` reads directly; each says why.
+    """
+    from ._swap import swap_kind
+
     kinds_set = set(kinds) if kinds is not None else {"linear", "conv", "embedding"}
+    read_by_parent = {id(m.out_proj) for m in root.modules() if isinstance(m, nn.MultiheadAttention)}
     sites = []
     for name, module in root.named_modules(remove_duplicate=False):
         site = _site_of_module(module, name, None, "module_swap")
         if site is None:
             continue
         reason = _dense_reason(site, kinds_set, set(skip))
+        if not reason and id(module) in read_by_parent:
+            reason = "weight read by its nn.MultiheadAttention, not through its forward"
+        if not reason and swap_kind(module) is None:
+            reason = (
+                f"{type(module).__name__} overrides forward without calling super().forward; pass "
+                "example_inputs so torch.export can see what it computes"
+            )
         if reason:
             site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)
         sites.append(site)
