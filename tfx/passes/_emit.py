@@ -159,12 +159,6 @@ def check_result(model: torch.nn.Module, result: torch.nn.Module, plan: Any) -> 
     """
     if isinstance(result, fx.GraphModule):
         result.graph.lint()
-    counted = sum(p.numel() for p in result.parameters())
-    if counted != plan.total_params_after:
-        raise PlanMismatchError(
-            f"the factorized {type(model).__name__} holds {counted:,} parameters but its plan says "
-            f"{plan.total_params_after:,}: a bug in tfx (please report it with the model)."
-        )
     after = dict(result.named_parameters(remove_duplicate=False))
     groups: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -176,3 +170,9 @@ def check_result(model: torch.nn.Module, result: torch.nn.Module, plan: Any) -> 
                 f"the tied parameters {names} of {type(model).__name__} are no longer one parameter in "
                 "the factorized model: a bug in tfx (please report it with the model)."
             )
+    counted = sum(p.numel() for p in result.parameters())
+    if counted != plan.total_params_after:
+        raise PlanMismatchError(
+            f"the factorized {type(model).__name__} holds {counted:,} parameters but its plan says "
+            f"{plan.total_params_after:,}: a bug in tfx (please report it with the model)."
+        )

@@ -1,0 +1,261 @@
+"""The result of ``tfx.factorize`` is a faithful stand-in for the model: one regression test per
+way it was not (a batch pinned by a one-row example, ties broken on the module-swap path, a
+silent change of capture path, a changed signature, NaN verified as 0, a silent no-op on a
+quantized model, meta tensors, ``tfx.load`` without inputs, a misleading budget hint)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import tfx
+from tests.passes._models import MLP, bert_inputs, tiny_bert
+from tfx import BudgetError, OptionError, TensorError, TfxWarning, UnsupportedSiteError
+from tfx.passes import output_error
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 128
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def tiny_llama() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tiny_bart() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BartConfig(
+        vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+    )
+    return transformers.BartForConditionalGeneration(config).eval()
+
+
+def tiny_opt() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,
+        max_position_embeddings=64, word_embed_proj_dim=32,
+    )
+    return transformers.OPTForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def llama_result() -> tuple[nn.Module, nn.Module, torch.Tensor, list[warnings.WarningMessage]]:
+    """A one-layer Llama factorized at 0.5 from a one-row example, and the warnings it gave."""
+    model = tiny_llama()
+    ids = torch.randint(0, VOCAB, (1, 12))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = tfx.factorize(model, 0.5, example_inputs={"input_ids": ids}, progress=False)
+    return model, result, ids, caught
+
+
+def factorize_quietly(model: nn.Module, budget: float, **kwargs) -> nn.Module:  # noqa: ANN003
+    """factorize, with the cache fallback's TfxWarning (tested on its own below) let through."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="tfx: torch.export could not capture", category=TfxWarning)
+        return tfx.factorize(model, budget, progress=False, **kwargs)
+
+
+# ------------------------------------------------------------ 1. one-row examples
+def test_one_row_example_does_not_pin_the_batch_of_an_exported_encoder() -> None:
+    model = tiny_bert()
+    ids = torch.randint(0, 96, (1, 8))
+    result = tfx.factorize(model, 0.5, example_inputs={"input_ids": ids}, progress=False)
+    assert any(c.form != "dense" for c in result.tfx_plan.choices)
+    batch = torch.randint(0, 96, (4, 8))
+    with torch.no_grad():
+        assert result(input_ids=batch).last_hidden_state.shape == (4, 8, 32)
+
+
+def test_one_row_example_does_not_pin_the_batch_of_a_graph_result() -> None:
+    model = tiny_bert()
+    ids = torch.randint(0, 96, (1, 8))
+    gm = tfx.factorize(model, 0.5, example_inputs={"input_ids": ids}, progress=False, emit="graph")
+    assert isinstance(gm, torch.fx.GraphModule)
+    batch = torch.randint(0, 96, (3, 8))
+    with torch.no_grad():
+        expected = model(input_ids=batch).last_hidden_state
+        got = gm(input_ids=batch).last_hidden_state
+    assert got.shape == expected.shape
+
+
+# ------------------------------------------------------------ 2. module swap: subclasses and ties
+def test_module_swap_finds_embedding_subclasses_and_keeps_shared_tables_tied() -> None:
+    model = tiny_bart()
+    with pytest.warns(TfxWarning, match="captured by module swap"):
+        result = tfx.factorize(model, 0.5, progress=False)
+    plan = result.tfx_plan
+    by_site = {c.site: c for c in plan.choices}
+    assert "model.shared" in by_site  # BartScaledWordEmbedding is a site
+    for site in ("model.shared", "lm_head"):
+        assert by_site[site].form == "dense" and "tied" in by_site[site].reason
+    assert result.lm_head.weight is result.model.shared.weight is result.model.encoder.embed_tokens.weight
+    assert n_params(result) == plan.total_params_after <= 0.5 * n_params(model)
+    assert any(c.form != "dense" for c in plan.choices)
+
+
+def test_subclass_with_its_own_forward_keeps_it_and_runs_the_factors() -> None:
+    """OPT's learned positional embedding adds an offset, then calls super().forward: the
+    result keeps its forward and the base call reaches the factorized table."""
+    model = tiny_opt()
+    ids = torch.randint(0, VOCAB, (1, 10))
+    result = factorize_quietly(model, 0.5, example_inputs={"input_ids": ids})
+    positions = result.model.decoder.embed_positions
+    assert result.tfx_plan.choice("model.decoder.embed_positions").form != "dense"
+    assert isinstance(positions, type(model.model.decoder.embed_positions))
+    assert isinstance(positions.tfx_layer, tfx.nn.FactorizedEmbedding)
+    assert "weight" not in dict(positions.named_parameters(recurse=False))
+    assert result.tfx_plan.output_error is not None and result.tfx_plan.output_error < 1.0
+    assert n_params(result) == result.tfx_plan.total_params_after
+
+
+# ------------------------------------------------------------ 3. decoders with a cache
+def test_cached_decoder_fallback_warns_and_the_plan_says_so(llama_result) -> None:  # noqa: ANN001
+    _, result, _, caught = llama_result
+    messages = [str(w.message) for w in caught if issubclass(w.category, TfxWarning)]
+    assert any("could not capture LlamaForCausalLM with its cache" in m and "use_cache=False" in m for m in messages)
+    assert result.tfx_plan.capture == "export"
+    assert any("use_cache=False" in note for note in result.tfx_plan.notes)
+    assert "use_cache=False" in str(result.tfx_plan)
+
+
+def test_cached_decoder_result_exports_and_generates(llama_result) -> None:  # noqa: ANN001
+    model, result, ids, _ = llama_result
+    assert type(result) is type(model)
+    assert any(c.form != "dense" for c in result.tfx_plan.choices)
+    batch = torch.randint(0, VOCAB, (3, 12))
+    program = torch.export.export(result, (), {"input_ids": batch, "use_cache": False}, strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            program.module()(input_ids=batch, use_cache=False).logits, result(input_ids=batch, use_cache=False).logits
+        )
+        out = result.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 15)
+
+
+# ------------------------------------------------------------ 4. the model's signature
+def test_result_accepts_keywords_the_example_did_not_use(llama_result) -> None:  # noqa: ANN001
+    _, result, _, _ = llama_result
+    batch = torch.randint(0, VOCAB, (2, 12))
+    out = result(input_ids=batch, attention_mask=torch.ones_like(batch), labels=batch)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    assert out.past_key_values is not None  # use_cache keeps its default (True)
+
+
+def test_result_keeps_save_pretrained(tmp_path) -> None:  # noqa: ANN001
+    model = tiny_bert()
+    result = tfx.factorize(model, 0.5, example_inputs=bert_inputs(), progress=False)
+    result.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").exists()
+
+
+# ------------------------------------------------------------ 5. NaN is not "verified"
+def test_nan_bias_in_the_original_warns_instead_of_verifying_zero() -> None:
+    model = MLP().eval()
+    with torch.no_grad():
+        model.tiny.bias[0] = float("nan")
+    x = torch.randn(4, 32)
+    with pytest.warns(TfxWarning, match="original model itself gives .* NaN/Inf"):
+        tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
+
+
+def test_nan_in_the_example_warns() -> None:
+    model = MLP().eval()
+    x = torch.randn(4, 32)
+    x[0, 0] = float("nan")
+    with pytest.warns(TfxWarning, match="NaN/Inf"):
+        result = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
+    assert result.tfx_plan.output_error is not None and result.tfx_plan.output_error > 0
+
+
+def test_non_finite_outputs_of_the_result_only_are_a_tensor_error() -> None:
+    model = nn.Linear(8, 8)
+    broken = nn.Linear(8, 8)
+    with torch.no_grad():
+        broken.bias[3] = float("inf")
+    with pytest.raises(TensorError, match="2 NaN/Inf output values .* where the original's are finite"):
+        output_error(model, broken, (torch.randn(2, 8),))
+
+
+# ------------------------------------------------------------ 6. nothing to factorize
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
+def test_quantized_model_says_what_it_found() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(UnsupportedSiteError, match="(?s)nothing to factorize.*quantized layers.*factorize the float model"):
+        tfx.factorize(quantized, 0.5, example_inputs=(torch.randn(2, 64),), progress=False)
+
+
+def test_model_without_sites_is_nothing_to_factorize_not_a_budget_error() -> None:
+    model = nn.Sequential(nn.LayerNorm(16), nn.ReLU())
+    with pytest.raises(UnsupportedSiteError, match="nothing to factorize"):
+        tfx.factorize(model, 0.5, example_inputs=(torch.randn(2, 16),), progress=False)
+
+
+# ------------------------------------------------------------ 9. meta tensors
+def test_meta_device_model_is_a_clear_option_error() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with pytest.raises(OptionError, match="(?s)meta device.*Fix: load the weights"):
+        tfx.factorize(model, 0.5, progress=False)
+
+
+# ------------------------------------------------------------ 10. tfx.load needs the inputs of an export plan
+def test_load_of_an_export_plan_without_example_inputs_names_them(tmp_path) -> None:  # noqa: ANN001
+    model = tiny_bert()
+    result = tfx.factorize(model, 0.5, example_inputs=bert_inputs(), progress=False)
+    tfx.save(result, tmp_path / "bert.tfx")
+    with pytest.raises(OptionError, match="(?s)torch.export.*example_inputs=\\.\\.\\."):
+        tfx.load(tiny_bert(), tmp_path / "bert.tfx")
+    loaded = tfx.load(tiny_bert(), tmp_path / "bert.tfx", example_inputs=bert_inputs())
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(**bert_inputs()).last_hidden_state, result(**bert_inputs()).last_hidden_state, rtol=0, atol=0
+        )
+
+
+# ------------------------------------------------------------ 11. the budget hint
+def test_budget_above_one_does_not_suggest_one_parameter() -> None:
+    model = MLP().eval()
+    with pytest.raises(BudgetError, match="budget=1.5 is a float above 1") as info:
+        tfx.factorize(model, 1.5, example_inputs=(torch.randn(2, 32),), progress=False)
+    assert "budget=1." not in str(info.value).split("budget=1.0")[-1]
+    assert f"budget={n_params(model) // 2} (half of the model" in str(info.value)
+
+
+# ------------------------------------------------------------ post-conditions
+def test_post_conditions_catch_a_result_that_does_not_match_its_plan() -> None:
+    from tfx.passes._emit import check_result
+
+    model = MLP().eval()
+    result = tfx.factorize(model, 0.5, example_inputs=(torch.randn(4, 32),), progress=False)
+    result.extra = nn.Parameter(torch.zeros(3))  # a parameter the plan does not know
+    with pytest.raises(tfx.PlanMismatchError, match="holds .* parameters but its plan says"):
+        check_result(model, result, result.tfx_plan)
+
+
+def test_post_conditions_catch_an_untied_weight() -> None:
+    from tfx.passes._emit import check_result
+
+    model = nn.Sequential(nn.Embedding(32, 16), nn.Linear(16, 32, bias=False))
+    model[1].weight = model[0].weight
+    copy = tfx.factorize(model, 1.0, progress=False, example_inputs=(torch.randint(0, 32, (2, 4)),))
+    head = copy.get_submodule("1")
+    head.weight = nn.Parameter(head.weight.detach().clone())  # untie
+    with pytest.raises(tfx.PlanMismatchError, match="no longer one parameter"):
+        check_result(model, copy, copy.tfx_plan)
