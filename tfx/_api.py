@@ -511,6 +511,11 @@ def factorize(
     result.train(model.training)
     clock = time.perf_counter()
     check_result(model, result, the_plan)
+    if plan is None and the_plan.total_params_after > the_plan.budget_params:
+        raise PlanMismatchError(
+            f"the plan holds {the_plan.total_params_after:,} parameters, above its budget of "
+            f"{the_plan.budget_params:,.0f}: a bug in tfx (please report it with the model)."
+        )
     if verify and example_inputs is not None:
         the_plan.output_error = _verify(model, result, example_inputs)
         the_plan.timings["verify"] = time.perf_counter() - clock

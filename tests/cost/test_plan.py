@@ -94,7 +94,7 @@ def test_plan_table_shows_forms_shapes_ranks_and_reasons() -> None:
     sensitive = next(c for c in _plan().choices if c.sensitivity is not None)
     row = next(line for line in table.splitlines() if line.startswith(sensitive.site + " "))
     assert row[column:].split()[0] == "0.75"
-    assert "capture: export, strategy: dp" in table
+    assert "capture: export, emit: graph, strategy: dp" in table
     assert "verified max relative output error: 0.0123" in table
 
 
