@@ -448,17 +448,32 @@ def factorize(
             against the original and record it in the plan.
         progress: show progress bars.
         plan: re-apply a saved plan exactly (then ``budget`` and ``strategy`` are ignored).
+        emit: the kind of result: ``"graph"`` (a ``torch.fx.GraphModule``), ``"modules"``
+            (a copy of ``model``, of its own class, with its layer modules replaced by
+            ``tfx.nn`` layers; functional sites stay dense) or ``"auto"``: ``"modules"`` for
+            models captured by ``torch.export`` whose sites are all layer modules (most
+            Hugging Face models: ``generate()``, the KV cache and ``save_pretrained`` keep
+            working) and for module swap, else ``"graph"``.
 
     Returns:
-        A ``torch.fx.GraphModule`` with the same call signature, dtype, device and
-        train/eval mode as ``model``; ``gm.tfx_plan`` is the plan.
+        A stand-in for ``model``: the same call signature and defaults, any batch size,
+        the same dtype, device and train/eval mode; ``result.tfx_plan`` is the plan, and
+        ``result.tfx_plan.emit`` says which kind of module it is. Its parameter count is
+        the plan's and every tied weight stays tied (checked on every call).
 
     Raises:
         BudgetError: malformed or unreachable budget (with the smallest reachable one).
         TraceError: no capture path works.
         OptionError: unknown form, kind, strategy, or ``skip`` name; inputs that do not fit.
-        TensorError: NaN/Inf weights.
+        TensorError: NaN/Inf weights, or NaN/Inf outputs of the result where the
+            original's are finite.
+        UnsupportedSiteError: the model has no site at all (e.g. a quantized model).
         PlanMismatchError: ``plan`` does not fit this model.
+
+    Warns:
+        TfxWarning: a capture fallback that changes what the result can do (module swap,
+            a batch pinned to one row, an analysis graph captured with ``use_cache=False``),
+            or an original model that itself gives NaN/Inf on ``example_inputs``.
 
     Example:
         >>> import torch, tfx
