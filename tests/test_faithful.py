@@ -259,3 +259,43 @@ def test_post_conditions_catch_an_untied_weight() -> None:
     head.weight = nn.Parameter(head.weight.detach().clone())  # untie
     with pytest.raises(tfx.PlanMismatchError, match="no longer one parameter"):
         check_result(model, copy, copy.tfx_plan)
+
+
+# ------------------------------------------------------------ 7. factorizing a result again
+def test_factorizing_a_graph_result_again_replans_its_layers_with_exact_counts() -> None:
+    model = MLP().eval()
+    x = torch.randn(8, 32)
+    first = tfx.factorize(model, 0.6, example_inputs=(x,), progress=False)
+    again = tfx.factorize(first, 0.7, example_inputs=(x,), progress=False)
+    plan = again.tfx_plan
+    factorized_first = {c.site for c in first.tfx_plan.choices if c.form != "dense"}
+    assert factorized_first <= {c.site for c in plan.choices}  # the factorized layers are sites again
+    assert n_params(again) == plan.total_params_after <= 0.7 * n_params(first)
+    assert all(p.requires_grad for p in again.parameters())
+    assert not [k for k in again.state_dict() if "_tensor_constant" in k]  # nothing frozen
+    assert plan.choice("encoder.0").params_before == sum(
+        p.numel() for n, p in first.get_submodule("encoder.0").named_parameters() if n != "bias"
+    )
+
+
+def test_refactorizing_at_full_size_reproduces_the_first_result() -> None:
+    model = MLP().eval()
+    x = torch.randn(8, 32)
+    first = tfx.factorize(model, 0.6, example_inputs=(x,), progress=False)
+    plan = first.tfx_plan
+    again = tfx.factorize(first, 1.0, example_inputs=(x,), progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), first(x), rtol=1e-4, atol=1e-5)
+    assert n_params(again) <= plan.total_params_after
+
+
+def test_factorizing_an_exported_result_again_sees_its_layers() -> None:
+    model = tiny_bert()
+    first = tfx.factorize(model, 0.6, example_inputs=bert_inputs(), progress=False)
+    again = tfx.factorize(first, 0.8, example_inputs=bert_inputs(), progress=False)
+    plan = again.tfx_plan
+    sites = {c.site for c in plan.choices}
+    assert not any(".weight.factors" in s for s in sites)  # no factor matrix is a site of its own
+    assert {c.site for c in first.tfx_plan.choices if c.form != "dense"} <= sites
+    assert n_params(again) == plan.total_params_after <= 0.8 * n_params(first)
+    assert type(again) is type(model)

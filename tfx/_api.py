@@ -105,9 +105,9 @@ def _plan_sites(
     total = _count_params(model)
     # A tied weight is one parameter read by several sites (all dense): every site counts it,
     # so ``fixed`` is what the plan adds to the sites' total -- negative when weights are tied.
-    site_params = sum(s.info.dense_params for s in sites)
+    site_params = sum(s.info.dense_params if s.held_params is None else s.held_params for s in sites)
     fixed = total - site_params
-    outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params for s in sites if s.weight.numel()}.values())
+    outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params if s.held_params is None else s.held_params for s in sites if s.weight.numel()}.values())
     clock = time.perf_counter()
     options: list[list[Option]] = []
     kept: list[dict[str, Any]] = []
@@ -186,7 +186,8 @@ def _choice(site: Site, option: Option, profile: DeviceProfile | None = None) ->
         reason = " ".join(filter(None, (reason, f"est. {option.seconds / max(dense.seconds, 1e-12):.2f}x dense time")))
     return Choice(
         site=info.name, kind=info.kind, weight_shape=info.weight_shape, form=option.form,
-        tensorized_shape=option.tensorized_shape, rank=option.rank, params_before=info.dense_params,
+        tensorized_shape=option.tensorized_shape, rank=option.rank,
+        params_before=info.dense_params if site.held_params is None else site.held_params,
         params_after=option.params, flops_before=dense.flops,
         flops_after=option.flops, error=option.error, path=info.path, reason=reason, tokens=info.tokens,
         bytes_before=dense.bytes, bytes_after=option.bytes, order=option.order,
@@ -275,6 +276,33 @@ def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> Unsupported
     )
 
 
+def _with_factorized_layers(root: nn.Module, sites: list[Site], kinds: Sequence[str], skip: Sequence[str]) -> list[Site]:
+    """Sites of an exported graph, with each ``tfx.nn`` layer of ``root`` (a result of
+    ``tfx.factorize`` factorized again) one site instead of its factors' products.
+
+    torch.export traces into the layers, so the graph shows their factors; those sites are
+    replaced by the layers themselves, re-planned from their reconstructions (no graph node:
+    such a model is emitted into its modules).
+    """
+    from .nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
+    from .passes._match import _dense_reason, _site_of_module
+
+    layers = [(n, m) for n, m in root.named_modules() if isinstance(m, (FactorizedLinear, FactorizedConv, FactorizedEmbedding))]
+    if not layers:
+        return sites
+    inside = tuple(f"{name}." for name, _ in layers)
+    kept = [s for s in sites if not s.weight_target.startswith(inside)]
+    for name, layer in layers:
+        site = _site_of_module(layer, name, None, "export")
+        if site is None:
+            continue
+        reason = _dense_reason(site, set(kinds), set(skip))
+        if reason:
+            site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)
+        kept.append(site)
+    return kept
+
+
 def _emission(emit: str, captured: Any, sites: list[Site]) -> str:
     """``'graph'`` or ``'modules'``, and the sites a modules result cannot replace marked dense.
 
@@ -291,10 +319,11 @@ def _emission(emit: str, captured: Any, sites: list[Site]) -> str:
     modular = captured.path == "module_swap" or all(
         module_of(root, s.name, s.weight_target) is not None for s in sites if s.info.factorizable
     )
-    forced = captured.path == "module_swap" or not captured.graph_faithful
+    forced = captured.path == "module_swap" or not captured.graph_faithful or any(s.node is None for s in sites)
     if emit == "graph" and forced:
         why = "a module swap has no graph" if captured.path == "module_swap" else (
-            "the graph was captured with use_cache=False, for analysis only")
+            "the graph was captured with use_cache=False, for analysis only" if not captured.graph_faithful else
+            "the model holds tfx.nn layers, which torch.export traces into")
         raise OptionError(f"emit='graph' is not possible here: {why}.\nFix: emit='auto' or emit='modules'.")
     if emit == "auto":
         emit = "modules" if forced or (captured.path == "export" and modular) else "graph"
@@ -339,6 +368,8 @@ def _prepare(
         sites = find_module_sites(captured.model, kinds=kinds, skip=skip)
     else:
         sites = find_sites(captured.gm, path=captured.path, kinds=kinds, skip=skip)
+        if captured.path == "export":
+            sites = _with_factorized_layers(captured.model, sites, kinds, skip)
     if not sites:
         raise _nothing_to_factorize(model, kinds)
     _check_weights(sites)
@@ -359,6 +390,8 @@ def _check_strategy(strategy: str, calibration: Any) -> None:
 def _calibrate(gm: fx.GraphModule, sites: Sequence[Site], calibration: Any, strategy: str, progress: bool) -> Calibrated | None:
     if calibration is None:
         return None
+    if any(s.node is not None for s in sites):  # sites without a node in a graph: no statistics
+        sites = [s for s in sites if s.node is not None]
     bar = (lambda total, desc: _progress(total, True, desc)) if progress else None
     return calibrate(gm, sites, calibration, sensitivity=strategy == "sensitivity", progress=bar)
 
@@ -563,7 +596,7 @@ def _emit_modules(captured: Any, sites: Sequence[Site], the_plan: FactorizationP
     targets = []
     for site in sites:
         choice = the_plan.choice(site.name)
-        if choice.form == "dense":
+        if choice.form == "dense" and site.held_params is None:
             if bar is not None:
                 bar.update(1)
             continue

@@ -16,8 +16,10 @@ stay dense keep reading the live parameters, as without tfx.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import re
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -61,6 +63,11 @@ _MSG_PIECE: Final = (
     "with {tensors} parameter tensors; a graph break splits a model into pieces, and each must fit. "
     "List the breaks with torch._dynamo.explain(model)(*inputs).)"
 )
+_MSG_SKIP: Final = (
+    "skip={name!r} names no module of {owner}.{hint}\n"
+    "Fix: tfx.backend(budget, skip=[{fix!r}]), with names from model.named_modules() of the module "
+    "torch.compile compiles."
+)
 _MSG_SENSITIVITY: Final = (
     "strategy='sensitivity' weighs layers by their measured effect on the output, which needs "
     "calibration data, and the torch.compile backend takes none.\n"
@@ -68,23 +75,43 @@ _MSG_SENSITIVITY: Final = (
     "calibration=[...]) and then torch.compile the result."
 )
 
-# ``L['self']._modules['encoder']._parameters['weight']``: a root, then attributes and keys.
-_ROOT = re.compile(r"^[LG]\['([A-Za-z_]\w*)'\]")
-_PART = re.compile(r"\.([A-Za-z_]\w*)|\['([^'\]]+)'\]|\[(\d+)\]")
+# --- names: dynamo's sources -> the compiled module's qualified names ------------------------------
+#
+# Dynamo names what a graph reads by *sources*, expressions in the compiled frame:
+# ``L['self']._modules['encoder']._parameters['weight']``, ``G['model']...`` (a global),
+# ``L['fn']...`` (torch.compile of a builtin container such as nn.Sequential), and in the
+# frames it resumes after a graph break, ``L['self']`` is the *inner* module whose forward
+# broke. The plan's site names must be those of ``model.named_modules()``, as in
+# tfx.factorize, so each source is walked to the first module it passes through, and that
+# module is located, by identity, in the module torch.compile compiles.
+
 _CONTAINERS: Final = frozenset({"_modules", "_parameters", "_buffers"})
+# The string form, for sources that cannot be walked: a root, then attributes and keys.
+_ROOT = re.compile(r"^[LG]\[(['\"])([^'\"]+)\1\]")
+_PART = re.compile(r"\.(\w+)|\[(['\"])([^'\"\]]*)\2\]|\[(\d+)\]")
+_GETATTR = re.compile(r"getattr\(([^()]*), (['\"])([^'\"]*)\2\)")
 
 
-def _source_name(node: fx.Node) -> str | None:
-    arg = node.meta.get("grapharg")
-    source = getattr(arg, "source", None)
-    if source is None:
-        return None
+def _source_text(source: Any) -> str:
     name = source.name
     return name() if callable(name) else str(name)
 
 
+def _source_name(node: fx.Node) -> str | None:
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    return None if source is None else _source_text(source)
+
+
 def _qualified_name(source: str) -> tuple[str, str] | None:
-    """``("self", "encoder.weight")`` for ``L['self']._modules['encoder']._parameters['weight']``."""
+    """``("self", "encoder.weight")`` for ``L['self']._modules['encoder']._parameters['weight']``.
+
+    The string fallback of :func:`_walk`. Once the source reaches into ``_modules`` or
+    ``_parameters``, the module path starts there (``L['args'][0]._modules['encoder']``:
+    ``encoder``); without them (dynamo's module-stack paths, ``L['self'].encoder.layer.0``),
+    every part after the root is a name. ``getattr(x, 'name')``, nested too, is ``x['name']``.
+    """
+    while (inner := _GETATTR.sub(r"\1[\2\3\2]", source)) != source:
+        source = inner
     root = _ROOT.match(source)
     if root is None:
         return None
@@ -93,26 +120,173 @@ def _qualified_name(source: str) -> tuple[str, str] | None:
         match = _PART.match(source, pos)
         if match is None:
             return None
-        part = next(g for g in match.groups() if g is not None)
-        if part not in _CONTAINERS:
-            parts.append(part)
+        parts.append(next(g for g in (match.group(1), match.group(3), match.group(4)) if g is not None))
         pos = match.end()
-    return (root.group(1), ".".join(parts)) if parts else None
+    if any(p in _CONTAINERS for p in parts):
+        first = next(i for i, p in enumerate(parts) if p in _CONTAINERS)
+        parts = [p for p in parts[first:] if p not in _CONTAINERS]
+    return (root.group(2), ".".join(parts)) if parts else None
 
 
-def _register(gm: fx.GraphModule, target: str, param: nn.Parameter) -> bool:
-    """Register ``param`` at ``target`` on ``gm``, creating holder modules; False on a clash."""
+def _step(source: Any) -> tuple[str, Any]:
+    """How ``source`` reaches its value from its base's: ``("attr", name)``, ``("item", key)``,
+    ``("same", None)`` (dynamo's wrappers that only mark a module), or ``("other", None)``."""
+    member, index = getattr(source, "member", None), getattr(source, "index", None)
+    if isinstance(member, str):
+        return "attr", member
+    if isinstance(index, (str, int)) and not isinstance(index, bool):
+        return "item", index
+    base = getattr(source, "base", None)
+    if base is not None and _source_text(source) == _source_text(base):
+        return "same", None
+    return "other", None
+
+
+def _walk(source: Any, scope: tuple[dict[str, Any], dict[str, Any]]) -> tuple[nn.Module, str] | None:
+    """The first module along ``source`` (evaluated in the frame's ``(locals, globals)``) and the
+    qualified name of the rest of the path in it; None where a step is not a plain attribute or key."""
+    links = []
+    while source is not None:
+        links.append(source)
+        source = getattr(source, "base", None)
+    links.reverse()
+    root = links[0]
+    local, name = getattr(root, "local_name", None), getattr(root, "global_name", None)
+    try:
+        value = scope[0][local] if isinstance(local, str) else scope[1][name]
+    except (KeyError, TypeError):
+        return None
+    for i, link in enumerate(links):
+        if i:
+            kind, key = _step(link)
+            if kind == "other":
+                return None
+            try:
+                value = getattr(value, key) if kind == "attr" else value[key] if kind == "item" else value
+            except Exception:  # noqa: BLE001 - a source dynamo guards on, no longer evaluable here
+                return None
+        if isinstance(value, nn.Module):
+            steps = [_step(rest) for rest in links[i + 1:]]
+            if any(kind == "other" for kind, _ in steps):
+                return None
+            return value, ".".join(str(key) for kind, key in steps if kind != "same" and key not in _CONTAINERS)
+    return None
+
+
+def _frame_scope() -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The ``(locals, globals)`` of the frame dynamo is compiling; None outside dynamo."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+        return dict(tx.f_locals), tx.f_globals
+    except Exception:  # noqa: BLE001 - called outside dynamo, or another torch's internals
+        return None
+
+
+def _compiled_module() -> nn.Module | None:
+    """The module handed to ``torch.compile`` (or ``module.compile()``) whose call is running:
+    the innermost one on the call stack; None for ``torch.compile(fn)``."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name in ("__call__", "_wrapped_call_impl", "_call_impl"):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, OptimizedModule) and isinstance(owner._orig_mod, nn.Module):
+                return owner._orig_mod
+            if isinstance(owner, nn.Module) and getattr(owner, "_compiled_call_impl", None) is not None:
+                return owner
+        frame = frame.f_back
+    return None
+
+
+class _Names:
+    """Qualified names, as ``named_modules()`` gives them, for one graph piece's parameters and modules.
+
+    They are relative to the compiled module; for ``torch.compile(fn)``, to the first module
+    reached from ``fn``'s frame that this backend has seen (``roots``), so that the frames
+    dynamo resumes inside a submodule after a graph break get the same names.
+    """
+
+    def __init__(self, compiled: nn.Module | None, roots: list[weakref.ref[nn.Module]]) -> None:
+        self.compiled = compiled
+        self.roots = roots
+        self.scope = _frame_scope()
+        self.tops: list[nn.Module] = []
+        self.paths: dict[int, str] = {}  # id(module) -> its name in its top
+        if compiled is not None:
+            self._use(compiled)
+        else:
+            for ref in list(roots):
+                if ref() is None:
+                    roots.remove(ref)
+
+    def _use(self, top: nn.Module) -> None:
+        if all(t is not top for t in self.tops):
+            self.tops.append(top)
+            for name, module in top.named_modules(remove_duplicate=False):
+                self.paths.setdefault(id(module), name)
+
+    def _locate(self, module: nn.Module) -> str | None:
+        if id(module) not in self.paths and self.compiled is None:
+            live = [top for top in (ref() for ref in self.roots) if top is not None]
+            top = next((t for t in live if any(m is module for m in t.modules())), None)
+            if top is None:
+                self.roots.append(weakref.ref(module))
+            self._use(top if top is not None else module)
+        return self.paths.get(id(module))
+
+    def param(self, node: fx.Node, param: nn.Parameter) -> str | None:
+        """The qualified name of the parameter ``node`` (a placeholder) reads."""
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        walked = _walk(source, self.scope) if source is not None and self.scope is not None else None
+        if walked is not None:
+            prefix = self._locate(walked[0])
+            if prefix is not None:
+                return ".".join(filter(None, (prefix, walked[1])))
+        named = _qualified_name(_source_text(source)) if source is not None else None
+        if self.compiled is not None:  # the parameter itself, in the compiled module
+            names = [n for n, p in self.compiled.named_parameters(remove_duplicate=False) if p is param]
+            if names:
+                return next((n for n in names if named and (n == named[1] or n.endswith("." + named[1]))), names[0])
+        return named[1] if named else None
+
+    def module(self, key: str, path: str) -> str:
+        """The qualified name of an entry ``key: (path, type)`` of dynamo's ``nn_module_stack``;
+        ``key`` is the module's ``id`` (``@n`` counts repeated calls)."""
+        head = key.split("@", 1)[0]
+        found = self.paths.get(int(head)) if head.isdigit() else None
+        if found is not None:
+            return found
+        named = _qualified_name(path)
+        return named[1] if named else ""
+
+    def valid(self) -> set[str]:
+        """Every module name the plan of this piece may use: the compiled module's (or the roots')."""
+        tops = [*self.tops, *(t for t in (ref() for ref in self.roots) if t is not None and all(t is not u for u in self.tops))]
+        return {name for top in tops for name, _ in top.named_modules()}
+
+
+def _holder(gm: fx.GraphModule, path: Sequence[str]) -> nn.Module | None:
+    """The module at ``path`` on ``gm``, creating empty holder modules on the way; None on a clash."""
     owner: nn.Module = gm
-    *path, leaf = target.split(".")
     for part in path:
         child = owner._modules.get(part)
         if child is None:
             if hasattr(owner, part):
-                return False
+                return None
             child = nn.Module()
             owner.add_module(part, child)
         owner = child
-    if hasattr(owner, leaf):
+    return owner
+
+
+def _register(gm: fx.GraphModule, target: str, param: nn.Parameter) -> bool:
+    """Register ``param`` at ``target`` on ``gm``, creating holder modules; False on a clash."""
+    *path, leaf = target.split(".")
+    owner = _holder(gm, path)
+    if owner is None or hasattr(owner, leaf):
         return False
     owner.register_parameter(leaf, param)
     return True
@@ -129,34 +303,50 @@ def _unregister(gm: fx.GraphModule, target: str, param: nn.Parameter) -> None:
 
 
 class _Lifted:
-    """The graph's parameter placeholders, read through ``get_attr`` nodes while tfx works."""
+    """The graph's parameter placeholders, read through ``get_attr`` nodes while tfx works.
 
-    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    Each is registered under its qualified name in the compiled module, and the graph's
+    module stacks are renamed the same way, so that :func:`~tfx.passes.find_sites` names
+    the sites as tfx.factorize does (``lm_head``, not ``transformer.wte``, for a tied weight).
+    """
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], names: _Names) -> None:
         self.gm = gm
+        self.names = names
         self.params: dict[str, nn.Parameter] = {}
         self.placeholders: dict[str, fx.Node] = {}
         self.reads: dict[fx.Node, fx.Node] = {}  # the get_attr nodes made here -> their placeholders
+        self.stacks: dict[fx.Node, Any] = {}  # dynamo's module stacks, put back by restore()
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         for node, value in zip(placeholders, example_inputs):
             if isinstance(value, nn.Parameter) and node.users:
                 self._lift(node, value, placeholders[-1])
+        for node in gm.graph.nodes:
+            stack = node.meta.get("nn_module_stack")
+            if stack:
+                self.stacks[node] = stack
+                node.meta["nn_module_stack"] = {
+                    key: (names.module(key, str(path)), kind) for key, (path, kind) in stack.items()
+                }
 
     def _lift(self, node: fx.Node, param: nn.Parameter, last: fx.Node) -> None:
-        source = _source_name(node)
-        named = _qualified_name(source) if source is not None else None
-        candidates = [named[1], f"{named[0]}.{named[1]}"] if named else []
+        name = self.names.param(node, param)
+        candidates = [name] if name else []
         candidates.append(f"_tfx_inputs.{node.name}.weight")  # site name "_tfx_inputs.<placeholder>"
         target = next((t for t in candidates if t not in self.params and _register(self.gm, t, param)), None)
         if target is None:
             return  # stays an input, so find_sites does not see it
         with self.gm.graph.inserting_after(last):
             attr = self.gm.graph.get_attr(target)
-        for user in list(node.users):
-            user.meta.pop("nn_module_stack", None)  # dynamo's paths (L['self'].x) are no module names here
         node.replace_all_uses_with(attr)
         self.params[target] = param
         self.placeholders[target] = node
         self.reads[attr] = node
+
+    def prefixes(self) -> set[str]:
+        """The qualified names of the modules holding the lifted parameters, and their parents."""
+        parts = (t.split(".")[:-1] for t in self.params if not t.startswith("_tfx_inputs."))
+        return {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
 
     def restore(self) -> None:
         """Read every parameter still in use from its placeholder again; unregister them all.
@@ -170,6 +360,8 @@ class _Lifted:
                 self.gm.graph.erase_node(attr)
         for target, param in self.params.items():
             _unregister(self.gm, target, param)
+        for node, stack in self.stacks.items():
+            node.meta["nn_module_stack"] = stack
 
 
 class _Decomposed:
@@ -299,6 +491,8 @@ class _Backend:
         self.mode = mode
         #: The plan of each graph piece compiled so far, in order.
         self.plans: list[FactorizationPlan] = []
+        #: For ``torch.compile(fn)``: the modules its frames reached, that later pieces' names are relative to.
+        self.roots: list[weakref.ref[nn.Module]] = []
 
     def __repr__(self) -> str:
         return f"tfx.backend(budget={self.budget!r}, strategy={self.strategy!r}, compiler={self.compiler!r})"
@@ -323,9 +517,11 @@ class _Backend:
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], used: list[_Decomposed]
     ) -> fx.GraphModule:
         """Rewrite dynamo's graph in place (plan appended to :attr:`plans`); no compilation."""
-        lifted = _Lifted(gm, example_inputs)
+        names = _Names(_compiled_module(), self.roots)
+        lifted = _Lifted(gm, example_inputs, names)
         try:
             sites = find_sites(gm, path=CAPTURE, kinds=self.kinds, skip=self.skip)
+            _check_skip(self.skip, names.valid() | lifted.prefixes() | {s.name for s in sites}, names)
             _check_weights(sites)
             if not any(s.info.factorizable for s in sites):
                 logger.info("tfx backend: no factorizable site in this graph piece; compiled unchanged")
@@ -337,7 +533,11 @@ class _Backend:
                 )
             except BudgetError as err:
                 raise BudgetError(_MSG_PIECE.format(err=err, tensors=len(lifted.params))) from None
-            rewrite(gm, sites, [plan.choice(s.name) for s in sites], build=_cached_builder(lifted, used))
+            choices = [plan.choice(s.name) for s in sites]
+            for site, choice in zip(sites, choices):
+                if choice.form != "dense":  # rewrite registers the layer at the site's name
+                    _holder(gm, site.name.split(".")[:-1])
+            rewrite(gm, sites, choices, build=_cached_builder(lifted, used))
             self.plans.append(plan)
         finally:
             lifted.restore()
@@ -348,6 +548,20 @@ class _Backend:
             # torch._dynamo.functional_export does after changing a graph).
             del gm._param_name_to_source
         return emit(gm)
+
+
+def _check_skip(skip: Sequence[str], known: set[str], names: _Names) -> None:
+    """Raise on a ``skip=`` name that is no module of the compiled module (or, without one, of
+    what this graph piece reads); a module absent from this piece alone is no error."""
+    known.discard("")
+    if not known:
+        return  # a piece that reads no parameter of any module: nothing to check against
+    for name in skip:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            owner = type(names.tops[0]).__name__ if names.tops else "the compiled module"
+            raise OptionError(_MSG_SKIP.format(name=name, owner=owner, hint=hint, fix=close[0] if close else "encoder.layer.0"))
 
 
 def _check_options(

@@ -63,7 +63,11 @@ class Tracer(fx.Tracer):
         self.skip = set(skip)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:  # noqa: D102
-        return module_qualified_name in self.skip or super().is_leaf_module(m, module_qualified_name)
+        from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
+
+        # a factorized layer is a site of its own (a result factorized again), not its factors' ops
+        factorized = isinstance(m, (FactorizedLinear, FactorizedConv, FactorizedEmbedding))
+        return module_qualified_name in self.skip or factorized or super().is_leaf_module(m, module_qualified_name)
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -83,10 +87,45 @@ def call_with(module: Any, example_inputs: Any) -> Any:
     return module(*args, **kwargs)
 
 
+def _fold_layers(gm: fx.GraphModule) -> None:
+    """Fold the ops ``splice`` tagged with the layer they compute back into one call of that layer.
+
+    A ``GraphModule`` returned by ``tfx.factorize`` holds each factorized layer as flat ops;
+    folded, the layer is one ``call_module`` node again, a site the compiler can re-plan.
+    """
+    regions: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        layer = node.meta.get("tfx", {}).get("layer")
+        if layer is not None:
+            regions.setdefault(layer, []).append(node)
+    for layer, nodes in regions.items():
+        inside = set(nodes)
+        inputs = {a for n in nodes for a in n.all_input_nodes if a not in inside}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        try:
+            gm.get_submodule(layer)
+        except AttributeError:
+            continue
+        if len(inputs) != 1 or len(outputs) != 1:
+            continue  # not one input and one output: left as it is
+        with gm.graph.inserting_after(outputs[0]):
+            call = gm.graph.call_module(layer, (next(iter(inputs)),))
+        outputs[0].replace_all_uses_with(call)
+        for node in reversed(nodes):
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
 def _symbolic_trace(model: nn.Module, skip: Sequence[str], example_inputs: Any) -> fx.GraphModule:
-    tracer = Tracer(skip)
-    graph = tracer.trace(model)
-    gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
+    if isinstance(model, fx.GraphModule):
+        # Already a graph (e.g. a result of tfx.factorize): use it as it is. Tracing its code
+        # again would turn the parameters it reads through the module dictionaries into constants.
+        _fold_layers(model)  # in place: ``model`` is capture's own copy
+        gm = fx.GraphModule(model, model.graph, model.__class__.__name__)
+    else:
+        tracer = Tracer(skip)
+        graph = tracer.trace(model)
+        gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
     if example_inputs is not None:
         args, kwargs = split_inputs(example_inputs)
         if kwargs:

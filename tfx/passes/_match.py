@@ -52,6 +52,9 @@ class Site:
         weight_target: the attribute path of the weight (``get_attr`` target or module name + ".weight").
         conv: for convolutions: stride, padding, dilation, groups, padding_mode.
         padding_idx: for embeddings.
+        held_params: for a layer that is already factorized (a ``tfx.nn`` layer, re-planned
+            from its reconstruction ``weight``): the parameters its factors hold now; None
+            for a dense layer (it holds ``info.dense_params``).
     """
 
     info: SiteInfo
@@ -62,6 +65,7 @@ class Site:
     weight_target: str
     conv: dict[str, Any] = dataclasses.field(default_factory=dict)
     padding_idx: int | None = None
+    held_params: int | None = None
 
     @property
     def name(self) -> str:
@@ -156,7 +160,42 @@ def _module_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
     return _site_of_module(module, str(node.target), node, path)
 
 
+def _factorized_site(module: nn.Module, name: str, node: Any, path: str) -> Site | None:
+    """A ``tfx.nn`` layer as a site: its weight is the reconstruction, its held parameters
+    the factors' (a result of ``tfx.factorize`` can be factorized again, with exact counts)."""
+    from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
+
+    if getattr(module, "n_layers", 1) != 1:
+        return None
+    x = node.args[0] if node is not None and node.args else None
+    held = sum(p.numel() for n, p in module.named_parameters() if n != "bias")
+    bias = _detached(getattr(module, "bias", None))
+    with torch.no_grad():
+        if isinstance(module, FactorizedLinear):
+            weight = module.weight.to_matrix().detach()
+            info = SiteInfo(name, "linear", tuple(weight.shape), _tokens(x, weight.shape[1]), bias is not None, path=path)
+            return Site(info, node, x, weight, bias, name + ".weight", held_params=held)
+        if isinstance(module, FactorizedEmbedding):
+            weight = module.weight.to_matrix().detach()
+            shape = _shape(x)
+            info = SiteInfo(name, "embedding", tuple(weight.shape), math.prod(shape) if shape else 1, False, path=path)
+            return Site(info, node, x, weight, None, name + ".weight", padding_idx=module.padding_idx, held_params=held)
+        if isinstance(module, FactorizedConv) and module.groups == 1:
+            weight = module.weight.to_tensor().detach()
+            out = _shape(node)
+            tokens = math.prod((out[0], *out[2:])) if out else 1
+            info = SiteInfo(name, "conv", tuple(weight.shape), tokens, bias is not None, path=path, in_tokens=_positions(x))
+            conv = {"stride": tuple(module.stride), "padding": module.padding, "dilation": tuple(module.dilation),
+                    "groups": 1, "padding_mode": module.padding_mode}
+            return Site(info, node, x, weight, bias, name + ".weight", conv, held_params=held)
+    return None
+
+
 def _site_of_module(module: nn.Module, name: str, node: Any, path: str) -> Site | None:
+    from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
+
+    if isinstance(module, (FactorizedLinear, FactorizedConv, FactorizedEmbedding)):
+        return _factorized_site(module, name, node, path)
     x = node.args[0] if node is not None and node.args else None
     if isinstance(module, nn.Linear):
         info = SiteInfo(name, "linear", tuple(module.weight.shape), _tokens(x, module.in_features), module.bias is not None, path=path)

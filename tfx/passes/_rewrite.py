@@ -84,8 +84,32 @@ def _single_row_layout(layer: FactorizedLinear) -> None:
                 p.data = p.data.t().contiguous().t()
 
 
+def _dense_layer(site: Site) -> nn.Module:
+    """A dense torch layer holding ``site``'s weight (an already factorized site planned dense)."""
+    weight, kind = site.weight.detach().clone(), site.info.kind
+    if kind == "embedding":
+        return nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=site.padding_idx)
+    if kind == "linear":
+        layer: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=site.bias is not None,
+                                     device=weight.device, dtype=weight.dtype)
+    else:
+        conv = site.conv
+        cls = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[weight.dim()]
+        layer = cls(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride=conv["stride"],
+                    padding=conv["padding"], dilation=conv["dilation"], bias=site.bias is not None,
+                    padding_mode=conv["padding_mode"], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if site.bias is not None:
+            layer.bias.copy_(site.bias)
+    return layer
+
+
 def build_layer(site: Site, choice: Choice) -> nn.Module:
-    """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says."""
+    """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says (a dense
+    torch layer for an already factorized site planned dense)."""
+    if choice.form == "dense":
+        return _dense_layer(site)
     weight = site.weight
     extra = {"time_limit": 10.0} if choice.form == "cp" else {}
     implementation = _IMPLEMENTATION.get(choice.order, "auto")
@@ -144,6 +168,9 @@ def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inp
                 new = gm.graph.node_copy(n, lambda a: env[a])
                 if n.op in ("get_attr", "call_module"):
                     new.target = f"{prefix}.{n.target}"
+                # which layer these ops compute: capture folds them back into one call of the
+                # layer when the result is factorized again
+                new.meta["tfx"] = {"layer": prefix}
                 env[n] = new
     reads = node.all_input_nodes
     node.replace_all_uses_with(result)
@@ -184,7 +211,7 @@ def rewrite(
     """
     replaced: dict[fx.Node, Any] = {}  # a site's input may be an earlier site, already spliced away
     for site, choice in zip(sites, choices):
-        if choice.form != "dense":
+        if choice.form != "dense" or site.held_params is not None:
             layer = build(site, choice)
             inputs = replaced.get(site.input, site.input)
             replaced[site.node] = splice(gm, site.node, layer, site.name, inputs, choice.tokens or site.info.tokens)

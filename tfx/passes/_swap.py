@@ -37,8 +37,12 @@ def _base(module: nn.Module) -> type | None:
 
 
 def swap_kind(module: nn.Module) -> str | None:
-    """How ``module`` can be replaced: ``'replace'`` (its forward is its base layer's),
-    ``'delegate'`` (a subclass whose forward calls ``super().forward``), or None."""
+    """How ``module`` can be replaced: ``'replace'`` (its forward is its base layer's, or it is
+    a ``tfx.nn`` layer), ``'delegate'`` (a subclass whose forward calls ``super().forward``), or None."""
+    from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
+
+    if isinstance(module, (FactorizedLinear, FactorizedConv, FactorizedEmbedding)):
+        return "replace"
     base = _base(module)
     if base is None:
         return None
