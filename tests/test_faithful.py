@@ -299,3 +299,14 @@ def test_factorizing_an_exported_result_again_sees_its_layers() -> None:
     assert {c.site for c in first.tfx_plan.choices if c.form != "dense"} <= sites
     assert n_params(again) == plan.total_params_after <= 0.8 * n_params(first)
     assert type(again) is type(model)
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
+def test_partly_quantized_model_says_which_layers_it_left() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    model[2] = torch.ao.quantization.quantize_dynamic(nn.Sequential(model[2]), {nn.Linear}, dtype=torch.qint8)[0]
+    with pytest.warns(TfxWarning, match="quantized layers .* are not sites"):
+        result = tfx.factorize(model, 0.8, example_inputs=(torch.randn(2, 64),), progress=False)
+    assert any("quantized layers" in n for n in result.tfx_plan.notes)
+    assert [c.site for c in result.tfx_plan.choices] == ["0"]

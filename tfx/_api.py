@@ -261,9 +261,13 @@ def _check_model(model: Any) -> None:
         )
 
 
+def _quantized(model: nn.Module) -> list[str]:
+    return sorted({type(m).__module__ + "." + type(m).__name__ for m in model.modules()
+                   if ".quantized" in type(m).__module__ or "quantized" in type(m).__name__.lower()})
+
+
 def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> UnsupportedSiteError:
-    quantized = sorted({type(m).__module__ + "." + type(m).__name__ for m in model.modules()
-                        if ".quantized" in type(m).__module__ or "quantized" in type(m).__name__.lower()})
+    quantized = _quantized(model)
     found = (
         f" It holds quantized layers ({', '.join(quantized)}): their weights are packed integers, "
         "which tfx does not decompose.\nFix: factorize the float model, then quantize the result."
@@ -372,6 +376,12 @@ def _prepare(
             sites = _with_factorized_layers(captured.model, sites, kinds, skip)
     if not sites:
         raise _nothing_to_factorize(model, kinds)
+    quantized = _quantized(model)
+    if quantized:
+        note = (f"quantized layers ({', '.join(quantized)}) are not sites: their weights are packed "
+                "integers; they stay as they are")
+        warnings.warn(f"tfx: {note}.", TfxWarning, stacklevel=3)
+        captured.notes.append(note)
     _check_weights(sites)
     return captured, sites, _emission(emit, captured, sites)
 
