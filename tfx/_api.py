@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -397,13 +397,23 @@ def _check_strategy(strategy: str, calibration: Any) -> None:
         )
 
 
-def _calibrate(gm: fx.GraphModule, sites: Sequence[Site], calibration: Any, strategy: str, progress: bool) -> Calibrated | None:
+def _calibrate(
+    gm: fx.GraphModule, sites: Sequence[Site], calibration: Any, strategy: str, progress: bool, mask: Any = None,
+) -> Calibrated | None:
     if calibration is None:
         return None
     if any(s.node is not None for s in sites):  # sites without a node in a graph: no statistics
         sites = [s for s in sites if s.node is not None]
     bar = (lambda total, desc: _progress(total, True, desc)) if progress else None
-    return calibrate(gm, sites, calibration, sensitivity=strategy == "sensitivity", progress=bar)
+    from .passes._calibrate import attention_mask
+
+    if mask is not None and not callable(mask):
+        raise OptionError(
+            f"calibration_mask={mask!r} is not callable.\nFix: a function from a calibration batch to a boolean "
+            "mask over its positions, e.g. calibration_mask=lambda batch: batch['input_ids'] != pad_id."
+        )
+    return calibrate(gm, sites, calibration, sensitivity=strategy == "sensitivity", progress=bar,
+                     mask=mask if mask is not None else attention_mask)
 
 
 def _builder(calibrated: Calibrated | None) -> Any:
@@ -426,6 +436,7 @@ def plan(
     device_profile: DeviceProfile | None = None,
     progress: bool = True,
     emit: str = "auto",
+    calibration_mask: Callable[[Any], torch.Tensor | None] | None = None,
 ) -> FactorizationPlan:
     """Decide, per layer, the form, tensorized shape and rank under one budget; change nothing.
 
@@ -434,7 +445,7 @@ def plan(
     """
     _check_strategy(strategy, calibration)
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
-    calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress)
+    calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress, calibration_mask)
     the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
                            calibrated=calibrated, profile=device_profile)
     the_plan.emit = emission
@@ -457,6 +468,7 @@ def factorize(
     progress: bool = True,
     plan: FactorizationPlan | None = None,
     emit: str = "auto",
+    calibration_mask: Callable[[Any], torch.Tensor | None] | None = None,
 ) -> nn.Module:
     """Factorize every linear, convolution and embedding of ``model`` under one budget.
 
@@ -479,7 +491,11 @@ def factorize(
             convolution's input second moments on them (streamed, no activations kept) and
             factorizes for the layer's *output* on that data: whitened SVD, and Kronecker-factored
             whitening for Tucker / TT / BlockTT; estimated errors become output errors. See
-            the quality guide.
+            the quality guide. Padded positions are not data: a batch's ``attention_mask``
+            (a dict key, as Hugging Face tokenizers give) leaves them out of the statistics.
+        calibration_mask: a function from a calibration batch to a boolean mask over its
+            positions (True: real data), for models whose batches carry no ``attention_mask``;
+            a linear whose input is ``mask.shape + (features,)`` counts only the True rows.
         device_profile: a :class:`~tfx.cost.DeviceProfile` (``tfx.cost.measure_device()``
             measures this machine once and caches it): each option is then priced in estimated
             time (FLOPs, bytes and kernel launches), its contraction order chosen by time, and
@@ -532,7 +548,8 @@ def factorize(
         emit = plan.emit
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
     capture_s = time.perf_counter() - start
-    calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress)
+    calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress,
+                            calibration_mask)
     if plan is None:
         the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
                                calibrated=calibrated, profile=device_profile)

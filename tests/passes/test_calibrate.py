@@ -273,3 +273,47 @@ def test_reapplying_a_calibrated_plan_without_calibration_warns(tmp_path) -> Non
     loaded = tfx.load(model, path)  # restores the saved factors: no warning, same outputs
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), gm(x), rtol=0, atol=0)
+
+
+def test_padded_positions_are_left_out_of_the_statistics() -> None:
+    """Statistics of a padded batch (attention_mask zeros) equal those of its unpadded rows."""
+    from tfx.passes import capture, find_sites
+    from tfx.passes._calibrate import collect_statistics
+
+    model = tiny_bert().double()
+    ids = torch.randint(1, 96, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0  # the first sentence has 5 tokens, then padding
+    padded = {"input_ids": ids, "attention_mask": mask}
+    captured = capture(model, padded)
+    sites = find_sites(captured.gm, path=captured.path)
+    stats = collect_statistics(captured.gm, sites, [padded])
+    query = next(s for s in sites if s.name.endswith("attention.self.query"))
+    got = stats[query.name]
+    assert got.count == 13  # 5 + 8 rows, not 16
+    rows = []
+    hook = model.encoder.layer[0].attention.self.query.register_forward_hook(
+        lambda _m, args, _out: rows.append(args[0].detach()))
+    with torch.no_grad():
+        model(**padded)
+    hook.remove()
+    x = rows[0][mask.bool()]
+    torch.testing.assert_close(got.moment, x.T @ x)
+
+
+def test_calibration_note_says_what_was_masked() -> None:
+    model = tiny_bert()
+    ids = torch.randint(1, 96, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    gm = tfx.factorize(model, 0.6, example_inputs=batch, calibration=[batch], progress=False)
+    assert any("masked positions (padding) left out of the statistics: 25.0% of rows" in n for n in gm.tfx_plan.notes)
+
+
+def test_calibration_mask_must_be_a_boolean_mask() -> None:
+    model = MLP().eval()
+    batches = [(torch.randn(4, 32),)]
+    with pytest.raises(OptionError, match="calibration_mask returned Tensor"):
+        tfx.factorize(model, 0.5, example_inputs=batches[0], calibration=batches, progress=False,
+                      calibration_mask=lambda b: torch.ones(4))

@@ -35,7 +35,7 @@ from ..cost._whiten import InputStats
 from ._capture import call_with
 from ._match import Site
 
-__all__ = ["collect_statistics", "measure_sensitivity", "MAX_FULL", "calibration_batches"]
+__all__ = ["collect_statistics", "measure_sensitivity", "MAX_FULL", "calibration_batches", "attention_mask"]
 
 #: Inputs wider than this keep only the diagonal of their second moment (memory: an
 #: ``in x in`` float64 matrix per distinct input; 8192 -> 512 MiB).
@@ -78,15 +78,38 @@ def _conv_rows(x: torch.Tensor, weight_shape: Sequence[int], conv: dict[str, Any
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
-class _Observer(nn.Module):
-    """Passes its input through; accumulates the second moment of the site's input rows."""
+class _Mask:
+    """The current batch's mask over positions (True: real data), shared by the observers."""
 
-    def __init__(self, stats: InputStats, kind: str, weight_shape: Sequence[int], conv: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+        self.kept = 0
+        self.seen = 0
+
+
+def attention_mask(batch: Any) -> torch.Tensor | None:
+    """The ``attention_mask`` of a Hugging Face-style batch (a dict, or an object with that key)."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 1:
+        return mask.bool()
+    return None
+
+
+class _Observer(nn.Module):
+    """Passes its input through; accumulates the second moment of the site's input rows.
+
+    With a mask over the batch's positions (``(batch, seq)`` for a ``(batch, seq, features)``
+    input), only the unmasked rows count: padding is not data.
+    """
+
+    def __init__(self, stats: InputStats, kind: str, weight_shape: Sequence[int], conv: dict[str, Any],
+                 mask: _Mask | None = None) -> None:
         super().__init__()
         self.stats = stats
         self.kind = kind
         self.weight_shape = tuple(weight_shape)
         self.conv = conv
+        self.mask = mask
 
     def forward(self, x: Any) -> Any:
         """Record ``x`` (no gradient) and return it."""
@@ -98,9 +121,18 @@ class _Observer(nn.Module):
                         self.stats.unsupported = True
                         return x
                 else:
-                    rows = x.detach().reshape(-1, x.shape[-1])
+                    rows = self._rows(x.detach())
                 self.stats.update(rows)
         return x
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask.value if self.mask is not None else None
+        if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+            rows = x[mask.to(x.device)]
+            self.mask.kept += rows.shape[0]  # type: ignore[union-attr]
+            self.mask.seen += mask.numel()  # type: ignore[union-attr]
+            return rows
+        return x.reshape(-1, x.shape[-1])
 
 
 class _Perturb(nn.Module):
@@ -131,16 +163,24 @@ def _features(site: Site) -> int:
     return math.prod(site.info.weight_shape[1:])
 
 
-def collect_statistics(gm: fx.GraphModule, sites: Sequence[Site], batches: Sequence[Any], progress: Any = None) -> dict[str, InputStats]:
+def collect_statistics(
+    gm: fx.GraphModule, sites: Sequence[Site], batches: Sequence[Any], progress: Any = None,
+    mask_fn: Any = attention_mask, masked: _Mask | None = None,
+) -> dict[str, InputStats]:
     """Per factorizable linear / conv site: the second moment of its input over ``batches``.
 
     ``gm`` is the captured (not yet rewritten) graph module; it is left as it was.
     Embeddings are not calibrated (a few hundred calibration batches see a small part of
     a vocabulary, and weighting rows by frequency would trade the unseen rows away).
 
+    ``mask_fn(batch)`` gives a boolean mask over the batch's positions (by default the
+    batch's ``attention_mask``): a linear whose input rows line up with it (input shape
+    ``mask.shape + (features,)``) records only the unmasked rows. ``masked`` counts them.
+
     Returns:
         ``{site name: InputStats}`` for the sites that were observed.
     """
+    masked = masked if masked is not None else _Mask()
     wanted = [s for s in sites if s.info.factorizable and s.info.kind in ("linear", "conv")]
     shared: dict[Any, InputStats] = {}
     per_site: dict[str, InputStats] = {}
@@ -153,11 +193,20 @@ def collect_statistics(gm: fx.GraphModule, sites: Sequence[Site], batches: Seque
     for site in wanted:
         key = _key(site)
         if key not in observers:
-            observers[key] = _Observer(shared[key], site.info.kind, site.info.weight_shape, site.conv)
+            observers[key] = _Observer(shared[key], site.info.kind, site.info.weight_shape, site.conv, masked)
     undo = _attach(gm, wanted, observers)
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
+                mask = mask_fn(batch) if mask_fn is not None else None
+                if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
+                    raise OptionError(
+                        f"calibration_mask returned {type(mask).__name__} "
+                        f"{getattr(mask, 'dtype', '')} for batch {i}; it must return a boolean tensor "
+                        "over the batch's positions (True: real data) or None.\n"
+                        "Fix: calibration_mask=lambda batch: batch['attention_mask'].bool()"
+                    )
+                masked.value = mask
                 try:
                     call_with(gm, batch)
                 except Exception as err:
@@ -318,6 +367,8 @@ class Calibrated:
     sensitivity: dict[str, float]
     batches: int
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    kept_rows: int = 0
+    masked_rows: int = 0
 
     def note(self) -> str:
         """A line for the plan."""
@@ -325,6 +376,9 @@ class Calibrated:
             f"calibrated on {self.batches} batches: errors of {len(self.stats)} linear/conv sites are relative "
             "output errors on that data (whitened spectra)"
         )
+        if self.masked_rows:
+            share = self.masked_rows / max(self.kept_rows + self.masked_rows, 1)
+            text += f"; masked positions (padding) left out of the statistics: {100 * share:.1f}% of rows"
         if self.sensitivity:
             text += "; sens = how much each site's output error grows by the model's output"
         return text
@@ -332,14 +386,20 @@ class Calibrated:
 
 def calibrate(
     gm: fx.GraphModule, sites: Sequence[Site], calibration: Iterable[Any], *, sensitivity: bool, progress: Any = None,
+    mask: Any = attention_mask,
 ) -> Calibrated:
-    """Collect statistics (and sensitivities) for ``sites`` of the captured ``gm``."""
+    """Collect statistics (and sensitivities) for ``sites`` of the captured ``gm``.
+
+    ``mask`` maps a batch to a boolean mask over its positions (default: its
+    ``attention_mask``); masked positions are left out of the statistics.
+    """
     import time
 
     batches = calibration_batches(calibration)
     clock = time.perf_counter()
     bar = progress(len(batches), "tfx: calibration") if progress else None
-    stats = collect_statistics(gm, sites, batches, bar)
+    masked = _Mask()
+    stats = collect_statistics(gm, sites, batches, bar, mask, masked)
     if bar is not None:
         bar.close()
     timings = {"calibration (statistics)": time.perf_counter() - clock}
@@ -352,4 +412,4 @@ def calibrate(
         if bar is not None:
             bar.close()
         timings["calibration (sensitivity)"] = time.perf_counter() - clock
-    return Calibrated(stats, sens, len(batches), timings)
+    return Calibrated(stats, sens, len(batches), timings, masked.kept, masked.seen - masked.kept)
