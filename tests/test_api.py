@@ -358,15 +358,19 @@ def test_factorize_preserves_float64_conv() -> None:
     assert gm(x).dtype == torch.float64
 
 
-def test_factorize_keeps_tied_weights_dense_and_tied(case) -> None:
+def test_factorize_plans_a_tied_table_once_and_keeps_it_tied(case) -> None:
     if case.name != "gpt2":
         pytest.skip("GPT-2's LM head shares the token embedding")
     gm = case.factorized(0.25)
-    for site in ("transformer.wte", "lm_head"):
-        choice = gm.tfx_plan.choice(site)
-        assert choice.form == "dense"
-        assert "tied" in choice.reason
-    assert gm.transformer.wte.weight is gm.lm_head.weight  # one weight, read by both: still tied
+    rows = [gm.tfx_plan.choice(site) for site in ("transformer.wte", "lm_head")]
+    assert {(c.form, str(c.rank)) for c in rows} and rows[0].form == rows[1].form
+    if rows[0].form == "dense":
+        assert all("tied" in c.reason for c in rows)
+        assert gm.transformer.wte.weight is gm.lm_head.weight
+    else:
+        assert rows[1].params_after == 0  # the table is counted once, at its first reader
+        assert gm.transformer.wte.weight is gm.lm_head.weight  # one tensor module: still tied
+    assert n_params(gm) == gm.tfx_plan.total_params_after
 
 
 def test_factorize_skip_leaves_module_dense() -> None:

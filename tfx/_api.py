@@ -30,6 +30,7 @@ from .passes import Site, capture, find_sites, output_error, rewrite
 from .passes import emit as emit_graph
 from .passes._emit import check_result
 from .passes._swap import DELEGATE_CHILD
+from ._tied import TiedGroup, joint_options, member_choices, tied_builder, tied_groups
 from .passes._calibrate import Calibrated, calibrate, whitened_site
 from .passes._match import find_module_sites
 from .passes._rewrite import build_layer
@@ -101,11 +102,15 @@ def _plan_sites(
     model: nn.Module, gm: fx.GraphModule, sites: list[Site], budget: Any, forms: Sequence[str],
     strategy: str, path: str, progress: bool, weights: Sequence[float] | None = None,
     calibrated: Calibrated | None = None, profile: DeviceProfile | None = None,
+    groups: Sequence[TiedGroup] = (),
 ) -> FactorizationPlan:
     total = _count_params(model)
-    # A tied weight is one parameter read by several sites (all dense): every site counts it,
-    # so ``fixed`` is what the plan adds to the sites' total -- negative when weights are tied.
-    site_params = sum(s.info.dense_params if s.held_params is None else s.held_params for s in sites)
+    # A tied weight read by several sites that stay dense: every site counts it, so ``fixed``
+    # is what the plan adds to the sites' total -- negative then. A tied group planned as one
+    # table (``groups``) counts it once, at its first reader; the others hold 0.
+    followers = {i for g in groups for i in g.members[1:]}
+    site_params = sum(s.info.dense_params if s.held_params is None else s.held_params
+                      for i, s in enumerate(sites) if i not in followers)
     fixed = total - site_params
     outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params if s.held_params is None else s.held_params for s in sites if s.weight.numel()}.values())
     clock = time.perf_counter()
@@ -120,6 +125,11 @@ def _plan_sites(
             bar.update(1)
     if bar is not None:
         bar.close()
+    zero = Option("dense", None, None, 0, 0, 0.0)
+    for group in groups:  # the table's options at the first reader; the others follow it
+        options[group.members[0]] = joint_options(group, sites, forms, profile)
+        for i in group.members[1:]:
+            options[i] = [zero]
     spectra_s = time.perf_counter() - clock
     graph = build_graph([s.info for s in sites], options, _edges(gm, sites))
     clock = time.perf_counter()
@@ -135,6 +145,10 @@ def _plan_sites(
     notes += [note] if note else []
     if weights is None and calibrated is not None and calibrated.sensitivity:
         weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]
+    if groups:  # a table's error reaches every reader
+        weights = list(weights) if weights is not None else [1.0] * len(sites)
+        for group in groups:
+            weights[group.members[0]] = sum(weights[i] for i in group.members)
     if budget_flops is None:
         picks = choose(site_options, budget_params - fixed, strategy=strategy, weights=weights)
     else:
@@ -143,6 +157,10 @@ def _plan_sites(
     if strategy != "uniform":  # the uniform baseline keeps its grid ranks
         chosen = _refine(sites, chosen, kept, budget_params - fixed, budget_flops, weights, profile)
     choices = [_choice(site, option, profile) for site, option in zip(sites, chosen)]
+    for group in groups:
+        rows = member_choices(group, sites, chosen[group.members[0]], profile, lambda s, o: _choice(s, o, profile))
+        for i, row in rows.items():
+            choices[i] = row
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
     if calibrated is not None:
         for choice in choices:
@@ -446,8 +464,9 @@ def plan(
     _check_strategy(strategy, calibration)
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
     calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress, calibration_mask)
+    groups = tied_groups(sites, kinds, skip, captured.model if emission == "modules" else None)
     the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
-                           calibrated=calibrated, profile=device_profile)
+                           calibrated=calibrated, profile=device_profile, groups=groups)
     the_plan.emit = emission
     the_plan.notes[:0] = captured.notes
     return the_plan
@@ -550,9 +569,10 @@ def factorize(
     capture_s = time.perf_counter() - start
     calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress,
                             calibration_mask)
+    groups = tied_groups(sites, kinds, skip, captured.model if emission == "modules" else None)
     if plan is None:
         the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
-                               calibrated=calibrated, profile=device_profile)
+                               calibrated=calibrated, profile=device_profile, groups=groups)
         the_plan.notes[:0] = captured.notes
     else:
         the_plan = copy.deepcopy(plan)
@@ -569,10 +589,11 @@ def factorize(
     the_plan.emit = emission
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
-    build = _builder(calibrated)
+    build = tied_builder(groups, sites, the_plan, _builder(calibrated))
     bar = _progress(len(sites), progress, "tfx: decompose")
     if emission == "modules":
-        result = _emit_modules(captured, sites, the_plan, build, bar)
+        tied = {sites[i].name for g in groups for i in g.members}
+        result = _emit_modules(captured, sites, the_plan, build, bar, tied)
     else:
         gm = captured.gm
         rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar, build=build)
@@ -608,14 +629,19 @@ def factorize(
 def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
     """Each factorized choice of a given plan priced at the parameters of the layer that was
     built for it (a plan edited by hand may carry another count: the plan says what the result does)."""
+    seen: set[int] = set()
     for choice in the_plan.choices:
         if choice.form != "dense":
             layer = result.get_submodule(choice.site)
             layer = getattr(layer, DELEGATE_CHILD, layer)
-            choice.params_after = sum(p.numel() for n, p in layer.named_parameters() if n != "bias")
+            params = [p for n, p in layer.named_parameters() if n != "bias" and id(p) not in seen]
+            seen.update(id(p) for p in params)  # a table shared by tied readers counts once
+            choice.params_after = sum(p.numel() for p in params)
 
 
-def _emit_modules(captured: Any, sites: Sequence[Site], the_plan: FactorizationPlan, build: Any, bar: Any) -> nn.Module:
+def _emit_modules(
+    captured: Any, sites: Sequence[Site], the_plan: FactorizationPlan, build: Any, bar: Any, tied: set[str],
+) -> nn.Module:
     """The captured copy of the model with its chosen layers replaced (see tfx.passes._swap)."""
     from .passes._swap import module_of, swap_modules
 
@@ -627,8 +653,10 @@ def _emit_modules(captured: Any, sites: Sequence[Site], the_plan: FactorizationP
             if bar is not None:
                 bar.update(1)
             continue
-        module = module_of(root, site.name, site.weight_target) if captured.path != "module_swap" else (
-            root.get_submodule(site.name))
+        if captured.path == "module_swap" or site.name in tied:  # a tied reader: the module at its name
+            module = root.get_submodule(site.name)
+        else:
+            module = module_of(root, site.name, site.weight_target)
         targets.append((module, (_module_conv(site, module), choice)))
     swap_modules(root, targets, lambda item: build(*item), bar)
     return root

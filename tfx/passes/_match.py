@@ -333,6 +333,7 @@ def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = N
             site = _function_site(gm, node, path)
         if site is not None:
             sites.append(site)
+    _unique_names(sites)
     for site in sites:
         reason = _dense_reason(site, kinds_set, set(skip))
         if reason and site.info.factorizable:
@@ -341,6 +342,18 @@ def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = N
             site.info = dataclasses.replace(site.info, reason=reason)
     _mark_tied(sites, set(skip))
     return sites
+
+
+def _unique_names(sites: Sequence[Site]) -> None:
+    """A weight called at several places (a functional table read by an embedding and a head,
+    a layer module called twice) is one site per call: the second and later are named
+    ``<name>:1``, ``<name>:2``, ... in graph order, so that every site has its own row."""
+    seen: dict[str, int] = {}
+    for site in sites:
+        count = seen.get(site.name, 0)
+        seen[site.name] = count + 1
+        if count:
+            site.info = dataclasses.replace(site.info, name=f"{site.info.name}:{count}")
 
 
 def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[Site]:

@@ -105,6 +105,26 @@ def _dense_layer(site: Site) -> nn.Module:
     return layer
 
 
+def table_tensor(site: Site, choice: Choice) -> TensorizedTensor:
+    """``site``'s weight as the tensorized matrix ``choice`` says: one table for tied readers."""
+    return _tensorized(site, choice, **({"time_limit": 10.0} if choice.form == "cp" else {}))
+
+
+def tied_layer(site: Site, choice: Choice, tensor: TensorizedTensor) -> nn.Module:
+    """A layer for ``site`` (linear or embedding) that holds ``tensor`` itself: every reader of a
+    tied weight holds the same tensor module, so the result stays tied."""
+    rows, cols = choice.tensorized_shape
+    implementation = _IMPLEMENTATION.get(choice.order, "auto")
+    if site.info.kind == "embedding":
+        return FactorizedEmbedding(math.prod(rows), math.prod(cols), auto_tensorize=False, tensorized_num_embeddings=rows,
+                                   tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx,
+                                   implementation=implementation if choice.order in _IMPLEMENTATION else "factorized")
+    layer = FactorizedLinear(cols, rows, bias=site.bias is not None, factorization=tensor, implementation=implementation)
+    if site.bias is not None:
+        set_bias(layer.bias, layer.weight, site.bias)  # type: ignore[arg-type]
+    return layer
+
+
 def build_layer(site: Site, choice: Choice) -> nn.Module:
     """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says (a dense
     torch layer for an already factorized site planned dense)."""
