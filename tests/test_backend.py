@@ -283,6 +283,60 @@ def test_decomposes_once_across_a_graph_break(built: list[str]) -> None:
     assert _max_rel_error(got, _run(model, x)) <= 1e-5  # rank-4 weights: exact
 
 
+class _Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+        self.b = nn.Linear(64, 64)
+        _low_rank(self.a, self.b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+class _Repeated(nn.Module):
+    """Blocks in a loop, each with a graph break: dynamo compiles block 0's frames once and
+    reuses them, parameters as inputs, for block 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+        _low_rank(*(block.inner for block in self.blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _low_rank(*layers: nn.Linear) -> None:
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.copy_(torch.randn(64, 4) @ torch.randn(4, 64) / 8)
+
+
+@pytest.mark.parametrize("compiler", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_a_graph_reused_for_another_instance_uses_its_weights(compiler: str, built: list[str]) -> None:
+    """Dynamo runs the graph compiled for ``first`` on ``second`` (same class, so same code):
+    the layers get ``second``'s factors (rank-4 weights: exact), each weight decomposed once."""
+    first, second, x = _Pair().eval(), _Pair().eval(), torch.randn(4, 64)
+    backend = tfx.backend(0.5, compiler=compiler)
+    for _ in range(2):
+        for model in (first, second):
+            assert _max_rel_error(_run(torch.compile(model, backend=backend), x), _run(model, x)) <= 1e-5
+    assert len(backend.plans) == 1  # type: ignore[attr-defined]  # one compile, reused
+    assert sorted(built) == ["a", "a", "b", "b"]
+
+
+def test_blocks_resumed_after_a_graph_break_use_their_own_weights(built: list[str]) -> None:
+    model, x = _Repeated().eval(), torch.randn(4, 64)
+    backend = tfx.backend(0.5, compiler="eager")
+    compiled = torch.compile(model, backend=backend)
+    for _ in range(2):
+        assert _max_rel_error(_run(compiled, x), _run(model, x)) <= 1e-5
+    assert sorted(built) == ["blocks.0.inner", "blocks.0.inner"]  # block 1's weight, with block 0's plan
+
+
 def test_budget_is_a_fraction_of_each_graph_piece() -> None:
     model, x = _Twice().eval(), torch.randn(4, 64)
     backend = tfx.backend(budget=0.5, compiler="eager")
@@ -378,6 +432,149 @@ def test_skip_leaves_a_module_dense() -> None:
     assert choice.form == "dense" and "skip" in choice.reason
 
 
+# --- site names: those of tfx.factorize, i.e. the compiled module's named_modules() ------------------
+
+
+def _tiny_bert() -> tuple[nn.Module, torch.Tensor]:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, attn_implementation="eager",
+    )
+    return BertModel(config).eval(), torch.randint(0, 100, (2, 8))
+
+
+def _tiny_gpt2() -> tuple[nn.Module, torch.Tensor]:
+    """GPT-2 with its LM head tied to the token embedding; no cache, which torch.export would refuse."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0,
+        use_cache=False, attn_implementation="eager",
+    )
+    return GPT2LMHeadModel(config).eval(), torch.randint(0, 100, (2, 8))
+
+
+def _tiny_swin() -> tuple[nn.Module, torch.Tensor]:
+    from transformers import SwinConfig, SwinModel
+
+    config = SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=2,
+    )
+    return SwinModel(config).eval(), torch.randn(2, 3, 32, 32)
+
+
+HF_MODELS = {"bert": _tiny_bert, "gpt2": _tiny_gpt2, "swin": _tiny_swin}
+
+
+def _sites(backend: Any) -> set[str]:
+    return {c.site for plan in backend.plans for c in plan.choices}
+
+
+def _factorized_sites(backend: Any) -> set[str]:
+    return {site for plan in backend.plans for site in _factorized(plan)}
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", pytest.param("swin", marks=pytest.mark.slow)])
+def test_backend_site_names_are_those_of_factorize(name: str) -> None:
+    """Hugging Face models: the backend's plan names the sites as tfx.factorize does, by
+    ``named_modules()`` (GPT-2's tied LM head is ``lm_head``, not the embedding it shares a
+    weight with). Tied layers are left out of the factorized sets: tfx.factorize may plan them
+    as one table. Swin is ``slow``: torch.export takes a minute on it; the next test checks
+    its names without export."""
+    model, x = HF_MODELS[name]()
+    backend = tfx.backend(0.5, compiler="eager", progress=False)
+    _run(torch.compile(model, backend=backend), x)
+    plan = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False).tfx_plan
+    assert _sites(backend) == {c.site for c in plan.choices} == _layers(model)
+    tied = _tied(model)
+    assert _factorized_sites(backend) - tied == set(_factorized(plan)) - tied != set()
+
+
+def test_backend_site_names_are_named_modules_on_swin() -> None:
+    model, x = _tiny_swin()
+    backend = tfx.backend(0.5, compiler="eager", progress=False)
+    _run(torch.compile(model, backend=backend), x)
+    assert _sites(backend) == _layers(model)
+    assert _factorized_sites(backend) != set()
+
+
+def _layers(model: nn.Module) -> set[str]:
+    """The names of the model's linear, conv and embedding layers (Conv1D: GPT-2's linear layers)."""
+    kinds = ("Linear", "Conv2d", "Embedding", "Conv1D")
+    return {name for name, module in model.named_modules() if type(module).__name__ in kinds}
+
+
+def _tied(model: nn.Module) -> set[str]:
+    """The modules whose weight is another module's too."""
+    readers: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter):
+            readers.setdefault(id(weight), []).append(name)
+    return {name for names in readers.values() if len(names) > 1 for name in names}
+
+
+class _Block(nn.Module):
+    """A graph break inside: dynamo resumes in this module's own frame, where ``self`` is the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(x)
+        torch._dynamo.graph_break()
+        return self.inner(x)
+
+
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_Block()])
+        self.head = nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks[0](x))
+
+
+@pytest.mark.parametrize("how", ["module", "function", "method", "module.compile"])
+def test_site_names_are_qualified_after_a_graph_break_inside_a_submodule(how: str) -> None:
+    """A piece compiled in a submodule's frame still gets the compiled module's names
+    (``blocks.0.inner``, not ``inner``): for ``torch.compile(model)``, a function calling a
+    global model, a bound ``forward`` and ``model.compile()``."""
+    model, x = _Nested().eval(), torch.randn(4, 64)
+    backend = tfx.backend(0.5, compiler="eager", progress=False)
+    if how == "module.compile":
+        model.compile(backend=backend)
+        _run(model, x)
+    else:
+        target = {"module": model, "function": lambda t: model(t), "method": model.forward}[how]
+        _run(torch.compile(target, backend=backend), x)
+    assert len(backend.plans) == 2  # type: ignore[attr-defined]  # blocks.0 after its break; head
+    assert _factorized_sites(backend) == {"blocks.0.inner", "head"}
+
+
+def test_skip_leaves_a_hugging_face_site_dense() -> None:
+    model, x = _tiny_bert()
+    name = "encoder.layer.0.attention.self.query"
+    backend = tfx.backend(0.5, compiler="eager", skip=[name], progress=False)
+    _run(torch.compile(model, backend=backend), x)
+    (plan,) = backend.plans  # type: ignore[attr-defined]
+    assert plan.choice(name).form == "dense" and "skip" in plan.choice(name).reason
+    assert "encoder.layer.1.attention.self.query" in _factorized(plan)
+
+
+def test_skip_of_a_module_absent_from_a_graph_piece_is_no_error() -> None:
+    """``head`` is in the second piece only: the first compiles, and the second has nothing left
+    to factorize (no plan)."""
+    model, x = _Nested().eval(), torch.randn(4, 64)
+    backend = tfx.backend(0.5, compiler="eager", skip=["head"], progress=False)
+    _run(torch.compile(model, backend=backend), x)
+    assert [_factorized(p) for p in backend.plans] == [["blocks.0.inner"]]  # type: ignore[attr-defined]
+
+
 # --- errors ------------------------------------------------------------------------------------------
 
 
@@ -407,6 +604,29 @@ def test_backend_rejects_bad_options(options: dict[str, Any], match: str) -> Non
 def test_backend_rejects_malformed_budgets(budget: Any, match: str) -> None:
     with pytest.raises(tfx.BudgetError, match=match):
         tfx.backend(budget)
+
+
+@pytest.mark.parametrize(
+    ("make", "skip", "match"),
+    [
+        (_tiny_bert, "encoder.layer.0.atention",
+         r"skip='encoder\.layer\.0\.atention' names no module of BertModel\. "
+         r"Did you mean 'encoder\.layer\.0\.attention'\?"),
+        (lambda: (_Nested().eval(), torch.randn(4, 64)), "blocks.0.iner",
+         r"(?s)names no module of _Nested\. Did you mean 'blocks\.0\.inner'\?"
+         r".*Fix: tfx\.backend\(budget, skip="),
+    ],
+    ids=["bert", "graph-break"],
+)
+def test_unknown_skip_name_raises_with_a_suggestion(make: Any, skip: str, match: str) -> None:
+    """A misspelt ``skip=`` name would leave the module factorized: an error, as in tfx.factorize."""
+    model, x = make()
+    compiled = torch.compile(model, backend=tfx.backend(0.5, compiler="eager", skip=[skip]))
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match="Did you mean") as info:
+        _run(compiled, x)
+    assert isinstance(info.value.inner_exception, tfx.OptionError)
+    with pytest.raises(tfx.OptionError, match=match):
+        raise info.value.inner_exception
 
 
 def test_unreachable_budget_names_the_graph_piece() -> None:

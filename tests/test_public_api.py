@@ -15,7 +15,8 @@ import torch
 import tfx
 import tfx._errors
 
-PACKAGES = [tfx, tfx.tensors]
+# tfx's own packages, and the modules that carry tltorch's module paths.
+PACKAGES = [tfx, tfx.tensors, tfx.factorized_layers, tfx.factorized_tensors, tfx.tensor_hooks]
 _TREE_LINE = re.compile(r"(\w+)\((\w+)(?:, (\w+))?\)")
 
 

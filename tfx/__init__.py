@@ -2,7 +2,9 @@
 
 A drop-in for the TensorLy-Torch (tltorch 0.5) API: factorized and tensorized
 tensors (Dense, CP, Tucker, TT, BlockTT and their complex variants), their
-initialisers and :func:`get_tensorized_shape`.
+initialisers and :func:`get_tensorized_shape`, under tltorch's names and module
+paths (``tfx.factorized_tensors``, ``tfx.factorized_layers``, ``tfx.tensor_hooks``,
+``tfx.functional``, ``tfx.utils``).
 
 Example:
     >>> import torch, tfx
@@ -69,6 +71,11 @@ from .nn import (
     tensor_lasso,
 )
 from .utils import get_tensorized_shape
+
+# tltorch's module paths: tfx.factorized_layers, tfx.factorized_tensors, tfx.tensor_hooks,
+# tfx.utils and tfx.init (tltorch.init is its factorized_tensors.init module).
+from . import factorized_layers, factorized_tensors, tensor_hooks, utils
+from .tensors import _init as init
 
 __version__ = "0.1.0"
 

@@ -11,13 +11,19 @@ parameters on the graph module under their qualified names and reads them throug
 :func:`~tfx.passes.rewrite` and :func:`~tfx.passes.emit` run unchanged; afterwards
 every parameter that is still read goes back to being an input, so the layers that
 stay dense keep reading the live parameters, as without tfx.
+
+Because parameters are inputs, dynamo runs one compiled graph for every module with the
+same code (instances of a class, blocks resumed after a graph break); the factorized
+layers load the factors of the parameters each call passes (:class:`_Use`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -86,6 +92,7 @@ _MSG_SENSITIVITY: Final = (
 # module is located, by identity, in the module torch.compile compiles.
 
 _CONTAINERS: Final = frozenset({"_modules", "_parameters", "_buffers"})
+_EVAL_FRAME: Final = os.path.join("_dynamo", "eval_frame.py")
 # The string form, for sources that cannot be walked: a root, then attributes and keys.
 _ROOT = re.compile(r"^[LG]\[(['\"])([^'\"]+)\1\]")
 _PART = re.compile(r"\.(\w+)|\[(['\"])([^'\"\]]*)\2\]|\[(\d+)\]")
@@ -185,28 +192,45 @@ def _frame_scope() -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 
 def _compiled_module() -> nn.Module | None:
-    """The module handed to ``torch.compile`` (or ``module.compile()``) whose call is running:
-    the innermost one on the call stack; None for ``torch.compile(fn)``."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
+    """The module torch.compile compiles, read off the call stack: the callable ``fn`` of dynamo's
+    innermost entry frame (in ``torch/_dynamo/eval_frame.py``), when it is a module, a module's
+    bound method, or a function that reaches exactly one module (through a closure or a global)."""
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_name in ("__call__", "_wrapped_call_impl", "_call_impl"):
-            owner = frame.f_locals.get("self")
-            if isinstance(owner, OptimizedModule) and isinstance(owner._orig_mod, nn.Module):
-                return owner._orig_mod
-            if isinstance(owner, nn.Module) and getattr(owner, "_compiled_call_impl", None) is not None:
-                return owner
+        if frame.f_code.co_filename.endswith(_EVAL_FRAME):
+            fn = frame.f_locals.get("fn")
+            if callable(fn):
+                return _module_of(fn)
         frame = frame.f_back
     return None
+
+
+def _module_of(fn: Any) -> nn.Module | None:
+    for candidate in (fn, getattr(fn, "__self__", None)):
+        if isinstance(candidate, nn.Module):
+            return candidate
+    found: dict[int, nn.Module] = {}
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, nn.Module):
+            found[id(value)] = value
+    code, scope = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    for name in code.co_names if code is not None else ():
+        value = scope.get(name)
+        if isinstance(value, nn.Module):
+            found[id(value)] = value
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 class _Names:
     """Qualified names, as ``named_modules()`` gives them, for one graph piece's parameters and modules.
 
-    They are relative to the compiled module; for ``torch.compile(fn)``, to the first module
-    reached from ``fn``'s frame that this backend has seen (``roots``), so that the frames
-    dynamo resumes inside a submodule after a graph break get the same names.
+    They are relative to the compiled module, also in the frames dynamo resumes inside a
+    submodule after a graph break. Where that module is unknown (a function reaching several),
+    to the first module seen by this backend (``roots``) that holds the one a source starts at.
     """
 
     def __init__(self, compiled: nn.Module | None, roots: list[weakref.ref[nn.Module]]) -> None:
@@ -215,6 +239,7 @@ class _Names:
         self.scope = _frame_scope()
         self.tops: list[nn.Module] = []
         self.paths: dict[int, str] = {}  # id(module) -> its name in its top
+        self._params: dict[int, list[str]] | None = None  # id(parameter) -> its names, built on demand
         if compiled is not None:
             self._use(compiled)
         else:
@@ -246,11 +271,18 @@ class _Names:
             if prefix is not None:
                 return ".".join(filter(None, (prefix, walked[1])))
         named = _qualified_name(_source_text(source)) if source is not None else None
-        if self.compiled is not None:  # the parameter itself, in the compiled module
-            names = [n for n, p in self.compiled.named_parameters(remove_duplicate=False) if p is param]
-            if names:
-                return next((n for n in names if named and (n == named[1] or n.endswith("." + named[1]))), names[0])
+        names = self._param_names().get(id(param), [])  # the parameter itself, in the compiled module
+        if names:  # tied: the name that ends like the source's path
+            return next((n for n in names if named and (n == named[1] or n.endswith("." + named[1]))), names[0])
         return named[1] if named else None
+
+    def _param_names(self) -> dict[int, list[str]]:
+        if self._params is None:
+            self._params = {}
+            if self.compiled is not None:
+                for name, p in self.compiled.named_parameters(remove_duplicate=False):
+                    self._params.setdefault(id(p), []).append(name)
+        return self._params
 
     def module(self, key: str, path: str) -> str:
         """The qualified name of an entry ``key: (path, type)`` of dynamo's ``nn_module_stack``;
@@ -264,8 +296,8 @@ class _Names:
 
     def valid(self) -> set[str]:
         """Every module name the plan of this piece may use: the compiled module's (or the roots')."""
-        tops = [*self.tops, *(t for t in (ref() for ref in self.roots) if t is not None and all(t is not u for u in self.tops))]
-        return {name for top in tops for name, _ in top.named_modules()}
+        tops = {id(t): t for t in [*self.tops, *(ref() for ref in self.roots)] if t is not None}
+        return {name for top in tops.values() for name, _ in top.named_modules()}
 
 
 def _holder(gm: fx.GraphModule, path: Sequence[str]) -> nn.Module | None:
@@ -318,6 +350,7 @@ class _Lifted:
         self.reads: dict[fx.Node, fx.Node] = {}  # the get_attr nodes made here -> their placeholders
         self.stacks: dict[fx.Node, Any] = {}  # dynamo's module stacks, put back by restore()
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self.positions = {node: i for i, node in enumerate(placeholders)}
         for node, value in zip(placeholders, example_inputs):
             if isinstance(value, nn.Parameter) and node.users:
                 self._lift(node, value, placeholders[-1])
@@ -342,6 +375,10 @@ class _Lifted:
         self.params[target] = param
         self.placeholders[target] = node
         self.reads[attr] = node
+
+    def index(self, target: str | None) -> int | None:
+        """The position among the graph's inputs of the parameter lifted to ``target``."""
+        return None if target is None else self.positions[self.placeholders[target]]
 
     def prefixes(self) -> set[str]:
         """The qualified names of the modules holding the lifted parameters, and their parents."""
@@ -379,6 +416,7 @@ class _Decomposed:
         self.transposed = site.weight.dim() == 2 and site.weight.stride() != param.stride()
         self.layer = _inference(build_layer(site, choice))
         self.state = self.live()
+        self.generation = 0  # counts refreshes, for the graphs' layers that hold a copy (_load)
 
     def live(self) -> tuple[Any, ...]:
         """What identifies the weight's and bias's current values: storage, version, dtype."""
@@ -409,42 +447,104 @@ class _Decomposed:
             for old, new in zip(_tensors(self.layer), _tensors(fresh)):
                 old.copy_(new)
         self.state = self.live()
+        self.generation += 1
         logger.info("tfx backend: %s changed; decomposed again", self.site.name)
+
+    def sibling(self, param: nn.Parameter, bias: Any) -> _Decomposed:
+        """The decomposition of another module's weight (and bias) with this one's choice.
+
+        Cached per Parameter, like every decomposition.
+        """
+        weight = param.detach()
+        site = dataclasses.replace(
+            self.site, weight=weight.t() if self.transposed else weight,
+            bias=bias.detach() if isinstance(bias, torch.Tensor) else self.site.bias,
+        )
+        return _decomposition(site, self.choice, param, bias if isinstance(bias, nn.Parameter) else None)
+
+
+def _decomposition(site: Site, choice: Choice, param: nn.Parameter, bias: nn.Parameter | None) -> _Decomposed:
+    """The cached decomposition of ``param`` for ``choice``; made on the first request."""
+    key = (
+        site.info.kind, choice.form, repr(choice.tensorized_shape), repr(choice.rank),
+        repr(sorted(site.conv.items())), site.padding_idx, param.dtype, param.device,
+        None if site.bias is None else (site.bias.data_ptr(), tuple(site.bias.shape)),
+    )
+    per_param = _DECOMPOSED.setdefault(param, {})
+    entry = per_param.get(key)
+    if entry is None:
+        entry = per_param[key] = _Decomposed(site, choice, param, bias)
+    return entry
 
 
 def _tensors(layer: nn.Module) -> list[torch.Tensor]:
     return [*layer.parameters(), *layer.buffers()]
 
 
-def _cached_builder(lifted: _Lifted, used: list[_Decomposed]) -> Callable[[Site, Choice], nn.Module]:
+# The decomposition whose factors a graph's layer holds (as a copy), and its generation.
+_HOLDS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _load(layer: nn.Module, entry: _Decomposed) -> None:
+    if layer is entry.layer or _HOLDS.get(layer) == (entry, entry.generation):
+        return
+    with torch.no_grad():
+        for old, new in zip(_tensors(layer), _tensors(entry.layer)):
+            old.copy_(new)
+    _HOLDS[layer] = (entry, entry.generation)
+
+
+@dataclasses.dataclass
+class _Use:
+    """A factorized layer of one compiled graph, and where the graph's inputs hold its weight and bias.
+
+    Dynamo reuses a compiled graph for every module that runs the same code (the parameters
+    are graph inputs, which it does not guard by identity): two instances of a class, the
+    blocks of a ``ModuleList`` resumed after a graph break. The factors are the graph's own
+    tensors, so before each call the layer is made to hold those of the parameters passed.
+    """
+
+    layer: nn.Module
+    entry: _Decomposed  # the decomposition the graph was built with
+    weight: int
+    bias: int | None
+
+    def sync(self, args: Sequence[Any]) -> None:
+        """Make the layer hold the factors of the weight (and bias) among ``args``, decomposed once."""
+        entry = self.entry
+        weight = args[self.weight]
+        if weight is not entry.param():
+            entry = entry.sibling(weight, args[self.bias] if self.bias is not None else None)
+            if self.layer is self.entry.layer:  # its factors move to a copy; the layer now holds others
+                self.entry.layer = copy.deepcopy(self.layer)
+                _HOLDS[self.layer] = (self.entry, self.entry.generation)
+        entry.refresh()
+        _load(self.layer, entry)
+
+
+def _cached_builder(lifted: _Lifted, used: list[_Use]) -> Callable[[Site, Choice], nn.Module]:
     """``build`` for :func:`~tfx.passes.rewrite`: one decomposition per (Parameter, choice), reused."""
 
     def build(site: Site, choice: Choice) -> nn.Module:
         param = lifted.params.get(site.weight_target)
         if param is None:
             return _inference(build_layer(site, choice))
-        key = (
-            site.info.kind, choice.form, repr(choice.tensorized_shape), repr(choice.rank),
-            repr(sorted(site.conv.items())), site.padding_idx, param.dtype, param.device,
-            None if site.bias is None else (site.bias.data_ptr(), tuple(site.bias.shape)),
-        )
-        per_param = _DECOMPOSED.setdefault(param, {})
-        entry = per_param.get(key)
-        if entry is None:
-            bias = None
-            if site.bias is not None:  # the live bias Parameter, when the graph reads one
-                bias = next((p for p in lifted.params.values() if p.data_ptr() == site.bias.data_ptr()), None)
-            entry = per_param[key] = _Decomposed(site, choice, param, bias)
-        else:
-            entry.refresh()
-        used.append(entry)
+        bias_target = None
+        if site.bias is not None:  # the live bias Parameter, when the graph reads one
+            ptr = site.bias.data_ptr()
+            bias_target = next((t for t, p in lifted.params.items() if p.data_ptr() == ptr), None)
+        bias = lifted.params[bias_target] if bias_target is not None else None
+        entry = _decomposition(site, choice, param, bias)
+        entry.refresh()
+        used.append(_Use(entry.layer, entry, lifted.index(site.weight_target), lifted.index(bias_target)))
         return entry.layer
 
     return build
 
 
-def _checked(compiled: Callable[..., Any], used: Sequence[_Decomposed]) -> Callable[..., Any]:
-    """``compiled``, after re-decomposing any weight changed in place since (a few int compares per call).
+def _checked(compiled: Callable[..., Any], used: Sequence[_Use]) -> Callable[..., Any]:
+    """``compiled``, after loading the factors of the parameters each call passes (a few compares
+    per layer): re-decomposed if changed in place since, decomposed if another module's.
 
     The factors are the compiled graph's own tensors, so updating them in place is all
     it takes: no recompilation. The plan (form and rank) stays as chosen.
@@ -453,9 +553,8 @@ def _checked(compiled: Callable[..., Any], used: Sequence[_Decomposed]) -> Calla
         return compiled
 
     def run(*args: Any) -> Any:
-        for entry in used:
-            if entry.stale():
-                entry.refresh()
+        for use in used:
+            use.sync(args)
         return compiled(*args)
 
     return run
@@ -500,7 +599,7 @@ class _Backend:
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):
             warnings.warn(_MSG_GRAD, TfxWarning, stacklevel=2)
-        used: list[_Decomposed] = []
+        used: list[_Use] = []
         gm = self._factorize_graph(gm, example_inputs, used)
         if self.compiler == "eager":
             return _checked(_without_grad(gm), used)
@@ -514,7 +613,7 @@ class _Backend:
         return _checked(compiled, used)
 
     def _factorize_graph(
-        self, gm: fx.GraphModule, example_inputs: Sequence[Any], used: list[_Decomposed]
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any], used: list[_Use]
     ) -> fx.GraphModule:
         """Rewrite dynamo's graph in place (plan appended to :attr:`plans`); no compilation."""
         names = _Names(_compiled_module(), self.roots)
@@ -622,8 +721,10 @@ def backend(
             (a parameter count per piece) or :class:`~tfx.Budget`.
         forms: the forms to consider, as in :func:`tfx.factorize`.
         kinds: the layer kinds to factorize, as in :func:`tfx.factorize`.
-        skip: qualified names of modules to leave dense (relative to the module
-            whose ``forward`` dynamo compiles, e.g. ``"encoder.layer.0"``).
+        skip: qualified names of modules to leave dense, as ``named_modules()`` of the
+            compiled module gives them (e.g. ``"encoder.layer.0"``), the names of the plans'
+            sites too. A name that is no module of it raises :class:`~tfx.OptionError` when
+            dynamo hands the backend its first graph.
         strategy: the allocation strategy, as in :func:`tfx.factorize`.
         progress: show progress bars while planning.
         compiler: ``"inductor"`` (the default) or ``"eager"``, which runs the
@@ -637,7 +738,9 @@ def backend(
 
     Raises:
         BudgetError: a malformed budget (here) or one a graph piece cannot reach (at compile time).
-        OptionError: an unknown form, kind, strategy, compiler or keyword.
+        OptionError: an unknown form, kind, strategy, compiler or keyword (here), or a
+            ``skip=`` name that is no module of the compiled model (at compile time,
+            wrapped by dynamo in ``BackendCompilerFailed``).
 
     Example:
         >>> import torch, tfx

@@ -7,9 +7,12 @@ as a product of ``order`` factors, e.g. ``768 -> (4, 12, 16)``. This module hold
   with the same results wherever tltorch tensorizes, and a :class:`~tfx._errors.TfxWarning`
   (instead of a silent lower order) where a size cannot be split;
 - :func:`tensorizations` and :func:`balanced_tensorization`, the full search space
-  the cost model picks from.
+  the cost model picks from;
+- tltorch's integer helpers :func:`factorize` and :func:`merge_ints`, and its factor
+  lists ``FactorList``, ``ParameterList`` and ``ComplexFactorList`` (re-exported from
+  :mod:`tfx.tensors`), so ``tltorch.utils`` code runs on ``tfx.utils``.
 
-Pure integer arithmetic: no torch, no global state.
+The shape functions are pure integer arithmetic: no torch, no global state.
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ import logging
 import math
 import operator
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Final
 
 from ._errors import ShapeError, TfxWarning
 
-__all__ = ["get_tensorized_shape", "tensorizations", "balanced_tensorization", "prod"]
+__all__ = [
+    "get_tensorized_shape",
+    "tensorizations",
+    "balanced_tensorization",
+    "prod",
+    "factorize",
+    "merge_ints",
+    "FactorList",
+    "ParameterList",
+    "ComplexFactorList",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -476,3 +489,65 @@ def get_tensorized_shape(
     if verbose:
         logger.info("Tensorizing (in, out)=(%d, %d) -> (%s, %s)", in_features, out_features, *shape)
     return shape
+
+
+# --------------------------------------------------------------------------- #
+# tltorch's integer helpers (tltorch.utils.tensorize_shape)
+# --------------------------------------------------------------------------- #
+
+
+def factorize(value: int, min_value: int = 2, remaining: int = -1) -> tuple[int, ...]:
+    """Split an integer into its smallest divisors >= ``min_value`` (tltorch's helper).
+
+    This is the integer factorization ``tltorch.utils.tensorize_shape.factorize``
+    that :func:`get_tensorized_shape` builds on, not the model compiler
+    :func:`tfx.factorize`. Divisors are peeled off smallest first while what is
+    left exceeds ``min_value``; the last entry is the remainder.
+
+    Args:
+        value: the integer to split, >= 1.
+        min_value: the smallest divisor to use, >= 1 (1 behaves as 2; tltorch
+            recurses forever there).
+        remaining: the most divisors to peel off before stopping; -1 for no limit.
+
+    Returns:
+        Integers whose product is ``value``, non-decreasing except for the remainder.
+
+    Raises:
+        ShapeError: if ``value`` or ``min_value`` is not a positive integer.
+
+    Example:
+        >>> factorize(12)
+        (2, 2, 3)
+        >>> factorize(64, remaining=2)
+        (2, 2, 16)
+    """
+    value = _as_int("value", value, "integer to factorize", 1, "factorize(768)")
+    min_value = _as_int("min_value", min_value, "smallest divisor", 1, "factorize(768, min_value=2)")
+    remaining = operator.index(remaining)
+    max_parts = None if remaining < 0 else remaining + 1
+    return tuple(_greedy_split(value, min_value, max_parts))
+
+
+def merge_ints(values: Sequence[int], size: int) -> Sequence[int]:
+    """Multiply the two smallest values together until ``size`` are left (tltorch's helper).
+
+    Args:
+        values: positive integers, e.g. from :func:`factorize`.
+        size: the length to stop at.
+
+    Returns:
+        The merged values as a sorted tuple; ``values`` itself when it has at most one entry.
+
+    Example:
+        >>> merge_ints((2, 2, 3, 5), 2)
+        (5, 12)
+    """
+    if len(values) <= 1:
+        return values
+    return _merge_smallest(list(values), size)
+
+
+# tltorch.utils also holds the factor lists; they are torch modules, defined with the forms.
+from .tensors._compat import ComplexFactorList, ParameterList  # noqa: E402
+from .tensors._factor_list import FactorList  # noqa: E402

@@ -11,8 +11,17 @@ import torch.nn.functional as F
 import tfx
 from tests.helpers import family
 from tests.nn._helpers import PLAIN_FORMS, randn
-from tfx.functional import conv_flops, convolve, cp_conv, cp_conv_mobilenet, tt_conv, tucker_conv
-from tfx.functional._conv import conv_padding
+from tfx.functional import (
+    conv_flops,
+    convNd,
+    convolve,
+    cp_conv,
+    cp_conv_mobilenet,
+    general_conv1d,
+    tt_conv,
+    tucker_conv,
+)
+from tfx.functional.convolution import general_conv1d_
 
 F64 = torch.float64
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -97,15 +106,46 @@ def test_convolve_grouped_reconstructed_matches_dense(form: str) -> None:
         (cp_conv, "ComplexCP"),
     ],
 )
-def test_form_convolutions_match_dense_conv(fn: Any, form: str) -> None:
+def test_form_convolutions_with_tltorch_signature_match_dense_conv(fn: Any, form: str) -> None:
     kernel = _kernel(form, 2)
-    x = randn(2, 3, 7, 8, form=form)
+    x, bias = randn(2, 3, 7, 8, form=form), randn(4, form=form)
     stride, dilation = (1, 2), (2, 1)
-    pad = conv_padding((1, 0), kernel.shape[2:], dilation, stride)
-    out = fn(x, kernel, None, stride, pad, dilation)
+    # tltorch's positional order: (x, weight, bias, stride, padding, dilation)
+    out = fn(x, kernel, bias, stride, (1, 0), dilation)
     torch.testing.assert_close(
-        out, _reference(x, kernel, stride=stride, padding=(1, 0), dilation=dilation)
+        out, _reference(x, kernel, bias, stride=stride, padding=(1, 0), dilation=dilation)
     )
+
+
+@pytest.mark.parametrize(("fn", "form"), [(cp_conv, "Tucker"), (tucker_conv, "CP"), (tt_conv, "CP")])
+def test_form_convolution_given_another_form_raises(fn: Any, form: str) -> None:
+    with pytest.raises(tfx.UnsupportedSiteError, match=r"needs a \w+ kernel, got .*\nFix: convolve"):
+        fn(randn(1, 3, 5, 5), _kernel(form, 2))
+
+
+@pytest.mark.parametrize("implementation", ["factorized", "reconstructed"])
+def test_convnd_is_convolve_with_tltorch_argument_order(implementation: str) -> None:
+    kernel = _kernel("Tucker", 3)
+    x, bias = randn(2, 3, 7, 8, 6), randn(4)
+    out = convNd(x, kernel, bias, 1, 1, 1, implementation)
+    torch.testing.assert_close(out, _reference(x, kernel, bias, padding=1))
+
+
+@pytest.mark.parametrize(("fn", "mode"), [(general_conv1d, 2), (general_conv1d, 3), (general_conv1d_, -1)])
+def test_general_conv1d_convolves_along_one_mode(fn: Any, mode: int) -> None:
+    x, kernel, bias = randn(2, 4, 7, 6), torch.randn(6, 2, 3, dtype=F64), randn(6)
+    out = fn(x, kernel, mode, bias, stride=2, padding=1, groups=2, dilation=1)
+    shape = [1, 1]
+    shape[mode % 4 - 2] = 3
+    step, pad = [1, 1], [0, 0]
+    step[mode % 4 - 2], pad[mode % 4 - 2] = 2, 1
+    expected = F.conv2d(x, kernel.reshape(6, 2, *shape), bias, tuple(step), tuple(pad), 1, 2)
+    torch.testing.assert_close(out, expected)
+
+
+def test_general_conv1d_on_a_non_spatial_mode_raises() -> None:
+    with pytest.raises(tfx.ShapeError, match=r"mode=1 is not a spatial dim .*\nFix: mode in \[2, 3\]"):
+        general_conv1d(randn(2, 4, 7, 6), torch.randn(6, 4, 3, dtype=F64), 1)
 
 
 @pytest.mark.parametrize("form", ["CP", "Tucker", "TT"])

@@ -82,7 +82,7 @@ def bias_of(layer: nn.Module, indices: int | None = None) -> torch.Tensor | None
     bias = layer.bias
     if bias is None:
         return None
-    n_out = len(layer.output_shape[1:] or layer.output_shape) if isinstance(layer, tfx.TRL) else 1
+    n_out = len(layer.output_shape) if isinstance(layer, tfx.TRL) else 1
     n_out += 1 if getattr(layer, "n_layers", 1) > 1 else 0
     if not bias.is_complex() and bias.dim() == n_out + 1:
         bias = torch.view_as_complex(bias)
@@ -185,7 +185,7 @@ def make_embedding(form: str, **kwargs: Any) -> tfx.FactorizedEmbedding:
 def make_trl(form: str, **kwargs: Any) -> tfx.TRL:
     """(batch, 3, 4) -> (batch, 2, 3), float64."""
     kwargs.setdefault("rank", 0.5)
-    return tfx.TRL((5, 3, 4), (5, 2, 3), factorization=form, dtype=F64, **kwargs)
+    return tfx.TRL((3, 4), (2, 3), factorization=form, dtype=F64, **kwargs)
 
 
 def make_tcl(**kwargs: Any) -> tfx.TCL:

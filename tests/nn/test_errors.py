@@ -324,10 +324,10 @@ def test_from_embedding_sparse_raises() -> None:
 
 
 # ------------------------------------------------------------------ TRL / TCL
-@pytest.mark.parametrize("input_shape", [5, (5,)])
+@pytest.mark.parametrize("input_shape", [(), (5, 0)])
 def test_trl_input_shape_without_modes_raises(input_shape: object) -> None:
     with pytest.raises(
-        tfx.ShapeError, match=r"TRL input_shape=\(5,\) must be \(batch, \*in\).*\nFix: e.g. TRL"
+        tfx.ShapeError, match=r"TRL input_shape=.* must be a non-empty tuple of positive ints"
     ):
         tfx.TRL(input_shape, (5, 3))  # type: ignore[arg-type]
 
@@ -344,7 +344,7 @@ def test_tcl_rank_of_the_wrong_length_raises() -> None:
         tfx.ShapeError,
         match=r"TCL rank=\(2,\) needs one entry per input mode \(3, 4\).\nFix: e.g. rank=\(1, 2\)",
     ):
-        tfx.TCL((3, 4), 2)
+        tfx.TCL((3, 4), (2,))
 
 
 # ------------------------------------------------------------------ hooks

@@ -153,7 +153,7 @@ def _layers() -> list:
         pytest.param(lambda: make_embedding("CP"), (torch.tensor([1, 5, 9]),), id="embedding-CP"),
         pytest.param(lambda: make_trl("Tucker"), (randn(5, 3, 4),), id="trl-Tucker"),
         pytest.param(
-            lambda: tfx.TRL((5, 4, 5), (5, 6), factorization=_my_cp()),
+            lambda: tfx.TRL((4, 5), (6,), factorization=_my_cp()),
             (randn(5, 4, 5),),
             id="trl-MyCP",
         ),

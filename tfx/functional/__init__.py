@@ -3,12 +3,33 @@
 Every function here takes tfx factorized tensors (or plain tensors) and is a
 straight sequence of torch calls: ``torch.fx`` records it, ``torch.compile``
 traces it without graph breaks, and no contraction path is searched per call.
+Every function of tltorch 0.5's ``tltorch.functional`` is here under its name
+and signature (tltorch keeps some in submodules; ``convolution`` and ``linear``
+exist here as those paths too).
 """
 
-from ._conv import conv_flops, convolve, cp_conv, cp_conv_mobilenet, tt_conv, tucker_conv
+from . import convolution, linear
+from ._conv import (
+    conv_flops,
+    convNd,
+    convolve,
+    cp_conv,
+    cp_conv_mobilenet,
+    general_conv1d,
+    tt_conv,
+    tucker_conv,
+)
 from ._embedding import factorized_embedding, gather_rows
 from ._linear import factorized_linear, linear_blocktt, linear_cp, linear_flops, linear_tt, linear_tucker
-from ._regression import factorized_tensordot, tcl, tensor_regression, trl
+from ._regression import (
+    factorized_tensordot,
+    tcl,
+    tensor_dot_cp,
+    tensor_dot_tucker,
+    tensor_regression,
+    trl,
+    tucker_trl,
+)
 
 __all__ = [
     "factorized_linear",
@@ -18,6 +39,8 @@ __all__ = [
     "linear_blocktt",
     "linear_flops",
     "convolve",
+    "convNd",
+    "general_conv1d",
     "cp_conv",
     "cp_conv_mobilenet",
     "tucker_conv",
@@ -27,6 +50,9 @@ __all__ = [
     "gather_rows",
     "tensor_regression",
     "trl",
+    "tucker_trl",
     "tcl",
     "factorized_tensordot",
+    "tensor_dot_tucker",
+    "tensor_dot_cp",
 ]

@@ -15,10 +15,15 @@ computes exactly what ``F.conv{1,2,3}d`` computes on the reconstructed kernel.
 * TT: a convolution into the first bond, then pointwise out.
 * ``'reconstructed'``: one convolution with the reconstructed kernel (the only
   implementation that supports ``groups > 1``).
+
+The public per-form functions (``cp_conv``, ``cp_conv_mobilenet``,
+``tucker_conv``, ``tt_conv``), ``convNd`` and ``general_conv1d`` keep tltorch
+0.5's signatures; they check the form and call :func:`convolve`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Union
@@ -31,6 +36,9 @@ from ..tensors import CPTensor, DenseTensor, FactorizedTensor, TTTensor, TuckerT
 
 __all__ = [
     "convolve",
+    "convNd",
+    "general_conv1d",
+    "general_conv1d_",
     "cp_conv",
     "cp_conv_mobilenet",
     "tucker_conv",
@@ -42,6 +50,7 @@ __all__ = [
 IntOrSeq = Union[int, Sequence[int]]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 CONV_IMPLEMENTATIONS = ("factorized", "reconstructed", "mobilenet", "auto")
+_LOG = logging.getLogger(__name__)
 
 
 def _conv(order: int) -> Callable[..., torch.Tensor]:
@@ -109,7 +118,7 @@ def _cp_sandwich(
     return conv(y, _pointwise(order, f_out * weights, out_c, rank), bias)
 
 
-def cp_conv(
+def _cp_conv(
     x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
     pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
 ) -> torch.Tensor:
@@ -127,7 +136,7 @@ def cp_conv(
     return _cp_sandwich(x, cp_tensor, bias, pad, padding_mode, separable)
 
 
-def cp_conv_mobilenet(
+def _cp_conv_mobilenet(
     x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
     pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
 ) -> torch.Tensor:
@@ -143,7 +152,7 @@ def cp_conv_mobilenet(
     return _cp_sandwich(x, cp_tensor, bias, pad, padding_mode, rank_one)
 
 
-def tucker_conv(
+def _tucker_conv(
     x: torch.Tensor, tucker_tensor: TuckerTensor, bias: torch.Tensor | None, stride: Sequence[int],
     pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
 ) -> torch.Tensor:
@@ -168,7 +177,7 @@ def tucker_conv(
     return conv(y, _pointwise(order, f_out, out_c, r_out), bias)
 
 
-def tt_conv(
+def _tt_conv(
     x: torch.Tensor, tt_tensor: TTTensor, bias: torch.Tensor | None, stride: Sequence[int],
     pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
 ) -> torch.Tensor:
@@ -193,9 +202,9 @@ def tt_conv(
 
 
 _FACTORIZED: dict[type, Callable[..., torch.Tensor]] = {
-    CPTensor: cp_conv,
-    TuckerTensor: tucker_conv,
-    TTTensor: tt_conv,
+    CPTensor: _cp_conv,
+    TuckerTensor: _tucker_conv,
+    TTTensor: _tt_conv,
 }
 
 
@@ -259,13 +268,162 @@ def convolve(
                 f"implementation='mobilenet' needs a CP kernel, got {type(weight).__name__}.\n"
                 "Fix: factorization='cp', or implementation='factorized'."
             )
-        return cp_conv_mobilenet(x, weight, bias, stride_t, pad, dilation_t, padding_mode)
+        return _cp_conv_mobilenet(x, weight, bias, stride_t, pad, dilation_t, padding_mode)
     for form, fn in _FACTORIZED.items():
         if isinstance(weight, form):
             return fn(x, weight, bias, stride_t, pad, dilation_t, padding_mode)
     raise UnsupportedSiteError(  # pragma: no cover - every registered form is handled above
         f"no factorized convolution for {type(weight).__name__}; use implementation='reconstructed'."
     )
+
+
+# ------------------------------------------------------------ tltorch's per-form functions
+def _form(weight: object, form: type, name: str) -> None:
+    if not isinstance(weight, form):
+        raise UnsupportedSiteError(
+            f"{name} needs a {form.__name__} kernel, got {type(weight).__name__}.\n"
+            "Fix: convolve(x, weight, ...), which takes every form."
+        )
+
+
+def cp_conv(
+    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """tltorch's ``cp_conv``: a separable CP convolution (pointwise, a depthwise 1-D conv per spatial dim, pointwise).
+
+    Args:
+        x: ``(batch, in_channels, *spatial)``.
+        cp_tensor: a CP kernel ``(out_channels, in_channels, *kernel_size)``.
+        bias: optional ``(out_channels,)``.
+        stride, padding, dilation: as ``F.conv{1,2,3}d``.
+        padding_mode: tfx's addition, as in :func:`convolve`.
+
+    Example:
+        >>> import torch, tfx
+        >>> w = tfx.FactorizedTensor.new((16, 8, 3, 3), rank=4, factorization="cp")
+        >>> tfx.functional.cp_conv(torch.randn(2, 8, 10, 10), w, padding=1).shape
+        torch.Size([2, 16, 10, 10])
+    """
+    _form(cp_tensor, CPTensor, "cp_conv")
+    return convolve(x, cp_tensor, bias, stride, padding, dilation, padding_mode=padding_mode)
+
+
+def cp_conv_mobilenet(
+    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """tltorch's ``cp_conv_mobilenet``: a CP convolution as pointwise, one depthwise conv, pointwise.
+
+    Arguments as :func:`cp_conv`.
+
+    Example:
+        >>> import torch, tfx
+        >>> w = tfx.FactorizedTensor.new((16, 8, 3, 3), rank=4, factorization="cp")
+        >>> tfx.functional.cp_conv_mobilenet(torch.randn(2, 8, 10, 10), w, stride=2).shape
+        torch.Size([2, 16, 4, 4])
+    """
+    _form(cp_tensor, CPTensor, "cp_conv_mobilenet")
+    return convolve(x, cp_tensor, bias, stride, padding, dilation, padding_mode=padding_mode, implementation="mobilenet")
+
+
+def tucker_conv(
+    x: torch.Tensor, tucker_tensor: TuckerTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """tltorch's ``tucker_conv``: pointwise to the input rank, a convolution with the core, pointwise out.
+
+    Arguments as :func:`cp_conv`, with a Tucker kernel ``(out_channels, in_channels, *kernel_size)``.
+
+    Example:
+        >>> import torch, tfx
+        >>> w = tfx.FactorizedTensor.new((16, 8, 3, 3), rank=0.5, factorization="tucker")
+        >>> tfx.functional.tucker_conv(torch.randn(2, 8, 10, 10), w, padding=1).shape
+        torch.Size([2, 16, 10, 10])
+    """
+    _form(tucker_tensor, TuckerTensor, "tucker_conv")
+    return convolve(x, tucker_tensor, bias, stride, padding, dilation, padding_mode=padding_mode)
+
+
+def tt_conv(
+    x: torch.Tensor, tt_tensor: TTTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """tltorch's ``tt_conv``: a convolution into the first TT bond, then pointwise out.
+
+    The TT kernel is ``(out_channels, in_channels, *kernel_size)``, as for every
+    other form (tltorch orders a TT kernel ``(in_channels, *kernel_size, out_channels)``).
+    Other arguments as :func:`cp_conv`.
+
+    Example:
+        >>> import torch, tfx
+        >>> w = tfx.FactorizedTensor.new((16, 8, 3, 3), rank=0.5, factorization="tt")
+        >>> tfx.functional.tt_conv(torch.randn(2, 8, 10, 10), w, padding=1).shape
+        torch.Size([2, 16, 10, 10])
+    """
+    _form(tt_tensor, TTTensor, "tt_conv")
+    return convolve(x, tt_tensor, bias, stride, padding, dilation, padding_mode=padding_mode)
+
+
+def convNd(  # noqa: N802 - tltorch's name
+    x: torch.Tensor, weight: FactorizedTensor | torch.Tensor, bias: torch.Tensor | None = None,
+    stride: IntOrSeq = 1, padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, implementation: str = "factorized",
+) -> torch.Tensor:
+    """tltorch's ``convNd``: :func:`convolve` with tltorch's argument order (no ``groups``).
+
+    Example:
+        >>> import torch, tfx
+        >>> w = tfx.FactorizedTensor.new((4, 3, 3), rank=0.5, factorization="tucker")
+        >>> tfx.functional.convNd(torch.randn(2, 3, 9), w, padding=1, implementation="reconstructed").shape
+        torch.Size([2, 4, 9])
+    """
+    return convolve(x, weight, bias, stride, padding, dilation, implementation=implementation)
+
+
+def general_conv1d(
+    x: torch.Tensor, kernel: torch.Tensor, mode: int, bias: torch.Tensor | None = None, stride: int = 1,
+    padding: int = 0, groups: int = 1, dilation: int = 1, verbose: bool = False,
+) -> torch.Tensor:
+    """tltorch's ``general_conv1d``: a 1-D convolution of ``x`` along its dim ``mode`` only.
+
+    Args:
+        x: ``(batch, in_channels, *spatial)``, with 1 to 3 spatial dims.
+        kernel: ``(out_channels, in_channels // groups, kernel_size)``.
+        mode: the spatial dim of ``x`` to convolve along (2 is the first).
+        bias: optional ``(out_channels,)``.
+        stride, padding, groups, dilation: along ``mode``, as ``F.conv1d``.
+        verbose: log the shapes (at INFO level; tltorch prints them).
+
+    Returns:
+        ``x`` with ``out_channels`` channels, convolved along ``mode``; the other
+        spatial dims are unchanged.
+
+    Example:
+        >>> import torch, tfx
+        >>> y = tfx.functional.general_conv1d(torch.randn(2, 3, 9, 8), torch.randn(5, 3, 3), mode=3, padding=1)
+        >>> y.shape
+        torch.Size([2, 5, 9, 8])
+    """
+    order = x.dim() - 2
+    conv = _conv(order)
+    axis = (mode % x.dim() if mode < 0 else mode) - 2
+    if not 0 <= axis < order:
+        raise ShapeError(
+            f"general_conv1d: mode={mode} is not a spatial dim of an input of shape {tuple(x.shape)}.\n"
+            f"Fix: mode in {list(range(2, x.dim()))}."
+        )
+    if verbose:
+        _LOG.info("general_conv1d: %s with %s along mode %d, stride=%s, padding=%s, groups=%s",
+                  tuple(x.shape), tuple(kernel.shape), mode, stride, padding, groups)
+
+    def along(value: int, rest: int) -> tuple[int, ...]:
+        return tuple(value if i == axis else rest for i in range(order))
+
+    kernel = kernel.reshape(*kernel.shape[:2], *along(kernel.shape[-1], 1))
+    return conv(x, kernel, bias, along(stride, 1), along(padding, 0), along(dilation, 1), groups)
+
+
+general_conv1d_ = general_conv1d  # tltorch's second spelling (a permute-based variant, same result)
 
 
 def conv_flops(weight: FactorizedTensor, spatial_out: int, batch: int, stride: Sequence[int] = ()) -> dict[str, int]:

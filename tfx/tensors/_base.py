@@ -100,9 +100,23 @@ class FactorizedTensor(nn.Module):
             tensor: the dense tensor.
             rank: int, tuple, ``'same'`` or a float fraction of the dense parameters.
             factorization: the form's name, case-insensitive.
-            **kwargs: passed to the decomposition.
+            **kwargs: passed to the decomposition. ``decomposition=`` runs a tensorly
+                decomposition instead of tfx's: a callable such as
+                ``tensorly.decomposition.parafac`` or a name such as ``"tucker"``
+                (tensorly's global backend is left as it is).
+
+        Example:
+            >>> import torch, tfx
+            >>> t = torch.randn(4, 5, 6, dtype=torch.float64)
+            >>> tfx.FactorizedTensor.from_tensor(t, rank=(2, 3, 3), factorization="tucker", decomposition="tucker").rank
+            (2, 3, 3)
         """
         form = _lookup(cls._factorizations, factorization, "tensor")
+        if kwargs.get("decomposition") is not None:
+            from ._tensorly import decompose
+
+            return decompose(form, tensor, rank, **kwargs)
+        kwargs.pop("decomposition", None)
         return form.from_tensor(tensor, rank, **kwargs)
 
     # ------------------------------------------------------------ the interface
@@ -208,6 +222,50 @@ class FactorizedTensor(nn.Module):
         """Index mode by mode; ``modes`` holds one int, slice or 1-D index tensor per mode."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ tensorly
+    @classmethod
+    def from_tensorly(cls, value: Any, tensorized_shape: Sequence[Any] | None = None) -> Any:
+        """Build this form from a tensorly value, copying it into new Parameters.
+
+        Called on a root class (``FactorizedTensor``, ``TensorizedTensor``), the form
+        matching the value is picked: a tensorly ``CPTensor`` gives a ``CPTensor``, a
+        ``TuckerTensor`` a ``TuckerTensor``, a ``TTTensor`` a ``TTTensor``, a ``TTMatrix``
+        a ``BlockTT``, a tensor or NumPy array a ``DenseTensor``.
+
+        Args:
+            value: a tensorly ``CPTensor``, ``TuckerTensor``, ``TTTensor``, ``TTMatrix``,
+                the matching tuple (``(weights, factors)``, ``(core, factors)``, a list of
+                cores) or a dense tensor; torch tensors or NumPy arrays.
+            tensorized_shape: for tensorized forms, how to group the value's modes
+                (a ``TTMatrix`` carries its own rows and columns).
+
+        Example:
+            >>> import torch, tfx
+            >>> from tensorly.cp_tensor import CPTensor
+            >>> cp = CPTensor((torch.ones(2), [torch.randn(3, 2), torch.randn(4, 2)]))
+            >>> tfx.CPTensor.from_tensorly(cp).shape
+            (3, 4)
+        """
+        from ._tensorly import from_tensorly
+
+        return from_tensorly(cls, value, tensorized_shape)
+
+    def to_tensorly(self) -> Any:
+        """This tensor as tensorly's type for the form, sharing the factors (autograd kept).
+
+        CP, Tucker and TT forms give tensorly's ``CPTensor``, ``TuckerTensor`` and
+        ``TTTensor`` (tensorized ones over ``tensor_shape``), a ``BlockTT`` of one matrix a
+        ``TTMatrix``, a dense form its tensor.
+
+        Example:
+            >>> import tfx
+            >>> type(tfx.TTTensor.new((3, 4, 5), rank=2).to_tensorly()).__name__
+            'TTTensor'
+        """
+        from ._tensorly import to_tensorly
+
+        return to_tensorly(self)
+
 
 class TensorizedTensor(FactorizedTensor):
     """A matrix (or batch of matrices) whose rows and columns are tensorized.
@@ -256,8 +314,17 @@ class TensorizedTensor(FactorizedTensor):
         factorization: str = "CP",
         **kwargs: Any,
     ) -> TensorizedTensor:
-        """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) into the named form."""
+        """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) into the named form.
+
+        ``decomposition=`` (a callable or a name from ``tensorly.decomposition``) runs a
+        tensorly decomposition instead of tfx's, as in :meth:`FactorizedTensor.from_tensor`.
+        """
         form = _lookup(cls._factorizations, factorization, "tensorized")
+        if kwargs.get("decomposition") is not None:
+            from ._tensorly import decompose
+
+            return decompose(form, tensor, rank, tensorized_shape=tensorized_shape, **kwargs)
+        kwargs.pop("decomposition", None)
         return form.from_tensor(tensor, tensorized_shape, rank, **kwargs)
 
     @classmethod

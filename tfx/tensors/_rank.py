@@ -3,17 +3,27 @@
 A rank spec is what tltorch accepts: an int, a tuple, ``'same'`` (as many
 parameters as the dense tensor) or a float (that fraction of the dense
 parameter count). It is normalised once, at construction, with the same
-integer results as tltorch 0.5 / tensorly for the same inputs, except that
-a rank the shape cannot hold is never returned:
+integer results as tltorch 0.5 / tensorly for the same inputs. Two policies:
 
-* one int for a TT is the largest bond rank: each bond takes
-  ``min(rank, its bound)``;
-* an explicit tuple (or a Tucker int) above the largest valid rank raises
-  :class:`~tfx.RankError` naming that largest rank;
-* a fraction is solved for first, with tltorch's formulas (whose rounding can
-  land a little above or below the fraction), then bounded by the largest
-  valid rank: a fraction asks for a size, not for particular ranks, so a
-  bounded rank is the faithful answer, never an error.
+* ``overcomplete=True`` (a new, trainable tensor, e.g. ``TuckerTensor.new``,
+  and every Tucker decomposition): tltorch's ranks exactly, even where they
+  exceed what the shape can hold. A Tucker int is that rank on every mode, a
+  TT int is every inner bond, a tuple is taken as given, a fraction is
+  tltorch's solution, unbounded. Over-complete factors are legitimate for
+  training from scratch; decompositions pad the components the tensor cannot
+  fill (see ``TuckerTensor.from_tensor``), so the shape is tltorch's and the
+  reconstruction exact.
+* ``overcomplete=False`` (the default; TT decompositions and BlockTT): a rank
+  the shape cannot hold is never returned.
+
+  - one int for a TT is the largest bond rank: each bond takes
+    ``min(rank, its bound)`` (as tensorly's ``tensor_train`` reads it);
+  - an explicit tuple (or a Tucker int) above the largest valid rank raises
+    :class:`~tfx.RankError` naming that largest rank;
+  - a fraction is solved for first, with tltorch's formulas (whose rounding
+    can land a little above or below the fraction), then bounded by the
+    largest valid rank: a fraction asks for a size, not for particular ranks,
+    so a bounded rank is the faithful answer, never an error.
 """
 
 from __future__ import annotations
@@ -115,32 +125,45 @@ def _solve_tucker_fraction(shape: Sequence[int], fixed: Sequence[int], fraction:
 
 
 def tucker_rank(
-    shape: Sequence[int], rank: RankSpec, *, fixed_modes: Sequence[int] | None = None
+    shape: Sequence[int],
+    rank: RankSpec,
+    *,
+    fixed_modes: Sequence[int] | None = None,
+    overcomplete: bool = False,
 ) -> tuple[int, ...]:
-    """Normalise a Tucker rank spec: one rank per mode, each at most that mode's size.
+    """Normalise a Tucker rank spec: one rank per mode.
 
     Args:
         shape: the tensor's shape.
         rank: int (the same rank on every mode), tuple, ``'same'`` or a float.
-        fixed_modes: modes kept at full rank when solving a fraction.
+        fixed_modes: modes kept at full rank (their size) for an int or a fraction.
+        overcomplete: allow ranks above the mode sizes, as tltorch does (for new,
+            trainable tensors and padded decompositions); a fraction is then
+            tltorch's solution, unbounded. Otherwise each rank is at most its
+            mode's size: a fraction is bounded and an explicit rank above raises.
 
     Returns:
         The rank tuple.
 
     Raises:
-        RankError: for malformed specs or ranks above the mode sizes.
+        RankError: for malformed specs, or (unless ``overcomplete``) ranks above
+            the mode sizes.
 
     Example:
         >>> tucker_rank((5, 4, 3, 3), 0.5)
         (4, 3, 2, 2)
+        >>> tucker_rank((6, 2, 4, 5), 3, overcomplete=True)
+        (3, 3, 3, 3)
     """
     shape = tuple(shape)
     what = f"Tucker tensor of shape {shape}"
     fixed = sorted({m % len(shape) for m in (fixed_modes or ())})
     if is_fraction(rank):
         c = _solve_tucker_fraction(shape, fixed, _fraction(rank, what))
+        solved = (max(1, int(round(s * c))) for s in shape)
         return tuple(
-            s if i in fixed else min(s, max(1, int(round(s * c)))) for i, s in enumerate(shape)
+            s if i in fixed else (r if overcomplete else min(s, r))
+            for i, (s, r) in enumerate(zip(shape, solved))
         )
     if isinstance(rank, int) and not isinstance(rank, bool):
         _check_int(rank, what)
@@ -152,7 +175,7 @@ def tucker_rank(
                 f"rank={tuple(ranks)} has {len(ranks)} entries but the {what} has "
                 f"{len(shape)} modes.\nFix: pass one rank per mode, e.g. rank={shape}."
             )
-    if any(r > s for r, s in zip(ranks, shape)):
+    if not overcomplete and any(r > s for r, s in zip(ranks, shape)):
         largest = tuple(min(r, s) for r, s in zip(ranks, shape))
         raise RankError(
             f"rank={rank!r} is too large for a {what}: the rank of each mode is at most its "
@@ -186,24 +209,49 @@ def _tt_fraction(shape: Sequence[int], fraction: float) -> tuple[int, ...]:
     return (1, *(max(int(round(d * solution)), 1) for d in avg), 1)
 
 
-def tt_rank(shape: Sequence[int], rank: RankSpec, *, what: str | None = None) -> tuple[int, ...]:
+def tt_rank(
+    shape: Sequence[int], rank: RankSpec, *, what: str | None = None, overcomplete: bool = False
+) -> tuple[int, ...]:
     """Normalise a TT rank spec: a tuple of ``len(shape) + 1`` ranks with boundary 1s.
+
+    Args:
+        shape: the tensor's shape (for a BlockTT, the merged sizes of its cores).
+        rank: int, tuple (boundary 1s included), ``'same'`` or a float.
+        what: how errors name the tensor.
+        overcomplete: tltorch's ranks for a new, trainable tensor (tensorly's
+            ``validate_tt_rank``): an int is every inner bond and a fraction is
+            tltorch's solution, both unbounded, and a tuple is taken as given.
+            Otherwise an int is the largest bond rank (each bond takes
+            ``min(rank, its bound)``), a fraction is bounded, and a tuple above
+            the bounds raises.
+
+    Returns:
+        The rank tuple.
+
+    Raises:
+        RankError: for malformed specs, boundary ranks other than 1, or (unless
+            ``overcomplete``) a tuple above the bounds.
 
     Example:
         >>> tt_rank((4, 4, 4), 2)
         (1, 2, 2, 1)
+        >>> tt_rank((2, 3, 4), 5), tt_rank((2, 3, 4), 5, overcomplete=True)
+        ((1, 2, 4, 1), (1, 5, 5, 1))
     """
     shape = tuple(shape)
     what = what or f"TT tensor of shape {shape}"
     bounds = tt_rank_bounds(shape)
     if is_fraction(rank):
         ranks = _tt_fraction(shape, _fraction(rank, what))
-        return tuple(min(r, b) for r, b in zip(ranks, bounds))
+        return ranks if overcomplete else tuple(min(r, b) for r, b in zip(ranks, bounds))
     if isinstance(rank, int) and not isinstance(rank, bool):
         # One int is the largest bond rank (tensorly's tensor_train reads it so): bonds
         # that cannot hold it (near the ends) take their own largest rank. No bond exceeds
-        # what the shape allows, and the tensor is the one asked for.
+        # what the shape allows, and the tensor is the one asked for. A new tensor takes it
+        # on every bond, as tltorch's TTTensor.new does.
         _check_int(rank, what)
+        if overcomplete:
+            return (1, *([rank] * (len(shape) - 1)), 1)
         return tuple(min(rank, b) for b in bounds)
     else:
         ranks = _as_int_tuple(rank, what)
@@ -218,7 +266,7 @@ def tt_rank(shape: Sequence[int], rank: RankSpec, *, what: str | None = None) ->
                 f"rank={tuple(ranks)} for a {what} must start and end with 1 (boundary ranks).\n"
                 f"Fix: rank=(1, {', '.join(map(str, ranks[1:-1]))}, 1)."
             )
-    if any(r > b for r, b in zip(ranks, bounds)):
+    if not overcomplete and any(r > b for r, b in zip(ranks, bounds)):
         largest = tuple(min(r, b) for r, b in zip(ranks, bounds))
         raise RankError(
             f"rank={rank!r} is too large for a {what}: bond k cannot exceed "

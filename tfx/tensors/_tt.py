@@ -52,8 +52,38 @@ def tt_init_std(std: float, rank: Sequence[int]) -> float:
     return (std**2 / paths) ** (1.0 / (2 * order))
 
 
+def padded_tt_svd(tensor: torch.Tensor, rank: Sequence[int]) -> list[torch.Tensor]:
+    """TT-SVD at ``rank``, padding the bonds whose rank exceeds their bound.
+
+    Bond ``k`` holds at most ``min(prod(shape[:k]), prod(shape[k:]))``
+    components, so it is decomposed at that bound and the extra components are
+    appended: their rows of core ``k`` are zero, so the reconstruction is exactly
+    the TT-SVD's, and their columns of core ``k - 1`` repeat existing ones, so a
+    gradient reaches the zero rows and training can use them.
+    """
+    bounds = _rank.tt_rank_bounds(tuple(tensor.shape))
+    fit = tuple(min(int(r), b) for r, b in zip(rank, bounds))
+    cores = _decompose.tt_svd(tensor, fit)
+    for k in range(1, len(fit) - 1):
+        extra = int(rank[k]) - fit[k]
+        if extra > 0:
+            left, right = cores[k - 1], cores[k]
+            repeat = torch.arange(extra, device=left.device) % fit[k]
+            cores[k - 1] = torch.cat([left, left[..., repeat]], dim=-1)
+            cores[k] = torch.cat([right, right.new_zeros((extra, *right.shape[1:]))], dim=0)
+    return cores
+
+
 class TTTensor(Storage, FactorizedTensor, name="TT"):
     """Tensor-train factorization: cores of shape ``(rank[k], shape[k], rank[k + 1])``.
+
+    :meth:`new` takes tltorch's ranks, over-complete ones included (an int is
+    every inner bond: ``TTTensor.new((2, 3, 4), rank=5).rank == (1, 5, 5, 1)``),
+    as tltorch does for tensors trained from scratch. :meth:`from_tensor` takes
+    an int as the largest bond rank (``(1, 2, 4, 1)`` there, as tltorch's
+    ``tensor_train`` gives) and raises :class:`~tfx.RankError` for a tuple above
+    the bounds. :meth:`init_from_tensor` keeps this tensor's rank, padding bonds
+    above their bound with components that reconstruct to zero.
 
     Example:
         >>> import torch, tfx
@@ -93,9 +123,13 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> TTTensor:
-        """A new TT tensor, initialised (std 1 reconstruction by default)."""
+        """A new TT tensor, initialised (std 1 reconstruction by default).
+
+        The rank is tltorch's (tensorly's ``validate_tt_rank``), over-complete
+        bonds included: an int is every inner bond, a fraction tltorch's solution.
+        """
         shape = check_shape(shape, "TTTensor.new")
-        rank = _rank.tt_rank(shape, rank)
+        rank = _rank.tt_rank(shape, rank, overcomplete=True)
         factors = [
             new_parameter((rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex)
             for k, s in enumerate(shape)
@@ -104,7 +138,12 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
 
     @classmethod
     def from_tensor(cls, tensor: torch.Tensor, rank: Any = "same", **kwargs: Any) -> TTTensor:  # type: ignore[override]
-        """Decompose ``tensor`` by TT-SVD. Keeps dtype and device."""
+        """Decompose ``tensor`` by TT-SVD. Keeps dtype and device.
+
+        An int is the largest bond rank and a fraction is bounded, as tltorch's
+        ``tensor_train`` truncates them; a tuple above a bond's bound raises
+        :class:`~tfx.RankError`.
+        """
         tensor = decomposition_input(tensor, cls._complex)
         shape = tuple(tensor.shape)
         rank = _rank.tt_rank(shape, rank)
@@ -112,10 +151,16 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         return cls([to_storage(f, cls._complex) for f in factors], shape, rank)
 
     def init_from_tensor(self, tensor: torch.Tensor, **kwargs: Any) -> TTTensor:
-        """Decompose ``tensor`` at this rank, in place (TT-SVD)."""
+        """Decompose ``tensor`` at this rank, in place (TT-SVD).
+
+        The rank is kept: bonds above their bound (an over-complete tensor from
+        :meth:`new`) are padded with components that reconstruct to zero, so the
+        result is exact where the bound allows. tltorch 0.5 shrinks the rank
+        instead.
+        """
         tensor = decomposition_input(tensor, self._complex).reshape(self.shape)
         device, _ = self._param_device_dtype()
-        factors = _decompose.tt_svd(tensor, self.rank, **kwargs)
+        factors = padded_tt_svd(tensor, self.rank, **kwargs)
         self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
         return self
 
@@ -226,10 +271,10 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> TTTensorized:
-        """A new tensorized TT tensor, initialised."""
+        """A new tensorized TT tensor, initialised; ranks as in :meth:`TTTensor.new`."""
         tshape = parse_tensorized_shape(tensorized_shape)
         full = tensor_shape_of(tshape)
-        rank = _rank.tt_rank(full, rank)
+        rank = _rank.tt_rank(full, rank, overcomplete=True)
         factors = [
             new_parameter((rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex)
             for k, s in enumerate(full)
@@ -249,10 +294,10 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
         return cls([to_storage(f, cls._complex) for f in factors], tshape, rank)
 
     def init_from_tensor(self, tensor: torch.Tensor, **kwargs: Any) -> TTTensorized:
-        """Decompose ``tensor`` at this rank, in place (TT-SVD)."""
+        """Decompose ``tensor`` at this rank, in place (TT-SVD; over-complete bonds padded)."""
         tensor = decomposition_input(tensor, self._complex).reshape(self.tensor_shape)
         device, _ = self._param_device_dtype()
-        factors = _decompose.tt_svd(tensor, self.rank, **kwargs)
+        factors = padded_tt_svd(tensor, self.rank, **kwargs)
         self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
         return self
 

@@ -38,6 +38,33 @@ def _tucker_equation(order: int) -> str:
     return ranks + "," + ",".join(f"{m}{r}" for m, r in zip(modes, ranks)) + "->" + modes
 
 
+def padded_hosvd(
+    tensor: torch.Tensor, rank: Sequence[int], **kwargs: Any
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """HOSVD at ``rank``, padding the modes whose rank exceeds their size.
+
+    A mode of size ``s`` holds at most ``s`` components, so it is decomposed at
+    ``s`` (its factor is then a full orthonormal basis) and the ``rank - s``
+    extra components are appended: their core slices are zero, so the
+    reconstruction is exactly the HOSVD's, and their factor columns repeat the
+    basis columns, so they are not dead weight: training moves the zero core
+    slices (a gradient reaches them through the non-zero columns).
+    """
+    modes = kwargs.get("modes")
+    modes = range(tensor.ndim) if modes is None else [m % tensor.ndim for m in modes]
+    sizes = [int(tensor.shape[m]) for m in modes]
+    fit = [min(int(r), s) for r, s in zip(rank, sizes)]
+    core, factors = _decompose.hosvd(tensor, fit, **kwargs)
+    for k, (mode, r, f) in enumerate(zip(modes, rank, fit)):
+        if r > f:
+            repeat = torch.arange(r - f, device=factors[k].device) % f
+            factors[k] = torch.cat([factors[k], factors[k][:, repeat]], dim=1)
+            extra = list(core.shape)
+            extra[mode] = r - f
+            core = torch.cat([core, core.new_zeros(extra)], dim=mode)
+    return core, factors
+
+
 def _contract_mode(core: torch.Tensor, vector: torch.Tensor, mode: int) -> torch.Tensor:
     """Contract ``core`` with ``vector`` along ``mode`` (the mode disappears)."""
     return torch.tensordot(vector, core, dims=([0], [mode]))
@@ -45,6 +72,15 @@ def _contract_mode(core: torch.Tensor, vector: torch.Tensor, mode: int) -> torch
 
 class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
     """Tucker factorization: ``core x_0 factors[0] x_1 factors[1] ...``.
+
+    Ranks follow tltorch 0.5: an int is that rank on every mode, even a mode
+    smaller than it (``TuckerTensor.new((6, 2, 4, 5), rank=3)`` has rank
+    ``(3, 3, 3, 3)``); such over-complete factors are legitimate for training
+    from scratch. Decompositions (:meth:`from_tensor`, :meth:`init_from_tensor`
+    and the layers' ``from_linear`` / ``from_conv`` / ``from_embedding``) keep
+    that shape and stay exact: a mode whose rank exceeds its size is
+    decomposed at its size, and the extra components get zero core slices (and
+    factor columns repeating the mode's basis, so training can use them).
 
     Args:
         core: the core tensor, of shape ``rank``.
@@ -91,9 +127,19 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> TuckerTensor:
-        """A new Tucker tensor, initialised (std 1 reconstruction by default)."""
+        """A new Tucker tensor, initialised (std 1 reconstruction by default).
+
+        The rank is tltorch's, over-complete ones included: an int is that rank on
+        every mode (modes in ``fixed_rank_modes`` keep their size), a tuple is
+        taken as given, a fraction is tltorch's solution.
+
+        Example:
+            >>> import tfx
+            >>> tfx.TuckerTensor.new((6, 2, 4, 5), rank=3).rank
+            (3, 3, 3, 3)
+        """
         shape = check_shape(shape, "TuckerTensor.new")
-        rank = _rank.tucker_rank(shape, rank, fixed_modes=fixed_rank_modes)
+        rank = _rank.tucker_rank(shape, rank, fixed_modes=fixed_rank_modes, overcomplete=True)
         core = new_parameter(rank, device=device, dtype=dtype, complex_form=cls._complex)
         factors = [
             new_parameter((s, r), device=device, dtype=dtype, complex_form=cls._complex)
@@ -105,11 +151,24 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
     def from_tensor(  # type: ignore[override]
         cls, tensor: torch.Tensor, rank: Any = "same", fixed_rank_modes: Sequence[int] | None = None, **kwargs: Any
     ) -> TuckerTensor:
-        """Decompose ``tensor`` by (sequentially truncated) HOSVD. Keeps dtype and device."""
+        """Decompose ``tensor`` by (sequentially truncated) HOSVD. Keeps dtype and device.
+
+        The rank is normalised as in :meth:`new` (tltorch's ranks). A rank above a
+        mode's size gives tltorch's over-complete shape with an exact
+        reconstruction: the mode is decomposed at its size and the extra
+        components have zero core slices.
+
+        Example:
+            >>> import torch, tfx
+            >>> x = torch.randn(6, 2, 4, 5, dtype=torch.float64)
+            >>> t = tfx.TuckerTensor.from_tensor(x, rank=(6, 3, 4, 5))
+            >>> t.rank, torch.allclose(t.to_tensor(), x)
+            ((6, 3, 4, 5), True)
+        """
         tensor = decomposition_input(tensor, cls._complex)
         shape = tuple(tensor.shape)
-        rank = _rank.tucker_rank(shape, rank, fixed_modes=fixed_rank_modes)
-        core, factors = _decompose.hosvd(tensor, rank, **kwargs)
+        rank = _rank.tucker_rank(shape, rank, fixed_modes=fixed_rank_modes, overcomplete=True)
+        core, factors = padded_hosvd(tensor, rank, **kwargs)
         return cls(to_storage(core, cls._complex), [to_storage(f, cls._complex) for f in factors], shape, rank)
 
     def init_from_tensor(
@@ -120,6 +179,9 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         **kwargs: Any,
     ) -> TuckerTensor:
         """Decompose ``tensor`` at this rank, in place.
+
+        A rank above a mode's size is filled as in :meth:`from_tensor`: exact,
+        the extra components with zero core slices.
 
         Args:
             tensor: the tensor, of this tensor's shape, or with the
@@ -146,7 +208,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
                 "Fix: build the Tucker tensor with rank 1 on those modes, and pass the tensor "
                 "without them."
             )
-        core, factors = _decompose.hosvd(tensor, [self.rank[m] for m in kept], **kwargs)
+        core, factors = padded_hosvd(tensor, [self.rank[m] for m in kept], **kwargs)
         device, _ = self._param_device_dtype()
         for m in unsqueezed:
             scale = 1.0 / sizes[m] if unsqueezed_init == "average" else float(unsqueezed_init)
@@ -251,10 +313,16 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> TuckerTensorized:
-        """A new tensorized Tucker tensor, initialised."""
+        """A new tensorized Tucker tensor, initialised; ranks as in :meth:`TuckerTensor.new`.
+
+        Example:
+            >>> import tfx
+            >>> tfx.TuckerTensorized.new(((5, 8, 25), (2, 4, 4)), rank=8).rank
+            (8, 8, 8, 8, 8, 8)
+        """
         tshape = parse_tensorized_shape(tensorized_shape)
         full = tensor_shape_of(tshape)
-        rank = _rank.tucker_rank(full, rank, fixed_modes=fixed_rank_modes)
+        rank = _rank.tucker_rank(full, rank, fixed_modes=fixed_rank_modes, overcomplete=True)
         core = new_parameter(rank, device=device, dtype=dtype, complex_form=cls._complex)
         factors = [
             new_parameter((s, r), device=device, dtype=dtype, complex_form=cls._complex) for s, r in zip(full, rank)
@@ -265,12 +333,17 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
     def from_tensor(  # type: ignore[override]
         cls, tensor: torch.Tensor, tensorized_shape: Sequence[Any], rank: Any = "same", **kwargs: Any
     ) -> TuckerTensorized:
-        """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) by HOSVD."""
+        """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) by HOSVD.
+
+        Ranks as in :meth:`TuckerTensor.from_tensor`: a rank above a mode's size
+        keeps tltorch's over-complete shape, with an exact reconstruction.
+        """
         tshape = parse_tensorized_shape(tensorized_shape)
         full = tensor_shape_of(tshape)
         tensor = decomposition_input(tensor, cls._complex).reshape(full)
-        rank = _rank.tucker_rank(full, rank, fixed_modes=kwargs.pop("fixed_rank_modes", None))
-        core, factors = _decompose.hosvd(tensor, rank, **kwargs)
+        fixed = kwargs.pop("fixed_rank_modes", None)
+        rank = _rank.tucker_rank(full, rank, fixed_modes=fixed, overcomplete=True)
+        core, factors = padded_hosvd(tensor, rank, **kwargs)
         return cls(to_storage(core, cls._complex), [to_storage(f, cls._complex) for f in factors], tshape, rank)
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TuckerTensorized:
