@@ -30,6 +30,7 @@ from .passes import Site, capture, find_sites, output_error, rewrite
 from .passes import emit as emit_graph
 from .passes._emit import check_result
 from .passes._swap import DELEGATE_CHILD
+from ._shared import SiblingGroup, expand, group_options, merge_shared_steps, shared_builder, sibling_groups
 from ._tied import TiedGroup, joint_options, member_choices, tied_builder, tied_groups
 from .passes._calibrate import Calibrated, calibrate, whitened_site
 from .passes._match import find_module_sites
@@ -103,6 +104,8 @@ def _plan_sites(
     strategy: str, path: str, progress: bool, weights: Sequence[float] | None = None,
     calibrated: Calibrated | None = None, profile: DeviceProfile | None = None,
     groups: Sequence[TiedGroup] = (),
+    siblings: Sequence[SiblingGroup] = (),
+    graph_result: bool = True,
 ) -> FactorizationPlan:
     total = _count_params(model)
     # A tied weight read by several sites that stay dense: every site counts it, so ``fixed``
@@ -130,6 +133,16 @@ def _plan_sites(
         options[group.members[0]] = joint_options(group, sites, forms, profile)
         for i in group.members[1:]:
             options[i] = [zero]
+    if weights is None and calibrated is not None and calibrated.sensitivity:
+        weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]
+    site_weights = list(weights) if weights is not None else [1.0] * len(sites)
+    for sib in siblings:  # joint and separate options of the group at its first member
+        stats = calibrated.stats.get(sites[sib.members[0]].name) if calibrated is not None else None
+        member_weights = [site_weights[i] for i in sib.members]
+        options[sib.members[0]] = group_options(sib, sites, [options[i] for i in sib.members], stats,
+                                                member_weights, graph_result)
+        for i in sib.members[1:]:
+            options[i] = [zero]
     spectra_s = time.perf_counter() - clock
     graph = build_graph([s.info for s in sites], options, _edges(gm, sites))
     clock = time.perf_counter()
@@ -143,20 +156,29 @@ def _plan_sites(
     notes = []
     site_options, note = _not_slower(site_options, budget_params - fixed, sites, profile)
     notes += [note] if note else []
-    if weights is None and calibrated is not None and calibrated.sensitivity:
-        weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]
-    if groups:  # a table's error reaches every reader
-        weights = list(weights) if weights is not None else [1.0] * len(sites)
-        for group in groups:
-            weights[group.members[0]] = sum(weights[i] for i in group.members)
+    if groups or siblings:  # a table's error reaches every reader; a group's, every member
+        weights = list(site_weights)
+        for group in [*groups, *siblings]:
+            weights[group.members[0]] = sum(site_weights[i] for i in group.members)
     if budget_flops is None:
         picks = choose(site_options, budget_params - fixed, strategy=strategy, weights=weights)
     else:
         picks = choose_two(site_options, budget_params - fixed, budget_flops, weights=weights)
     chosen = [opts[i] for opts, i in zip(site_options, picks)]
+    make_choice = lambda site, option: _choice(site, option, profile)  # noqa: E731
+    joint_rows: dict[int, Choice] = {}
+    for sib in siblings:
+        rows, separate = expand(sib, sites, chosen[sib.members[0]], make_choice)
+        if separate:  # each member on its own option, which refinement may still raise
+            for i, option in separate.items():
+                chosen[i] = option
+        else:
+            joint_rows.update(rows)
+            for i in sib.members:
+                kept[i] = {}
     if strategy != "uniform":  # the uniform baseline keeps its grid ranks
-        chosen = _refine(sites, chosen, kept, budget_params - fixed, budget_flops, weights, profile)
-    choices = [_choice(site, option, profile) for site, option in zip(sites, chosen)]
+        chosen = _refine(sites, chosen, kept, budget_params - fixed, budget_flops, site_weights, profile)
+    choices = [joint_rows.get(i) or _choice(site, option, profile) for i, (site, option) in enumerate(zip(sites, chosen))]
     for group in groups:
         rows = member_choices(group, sites, chosen[group.members[0]], profile, lambda s, o: _choice(s, o, profile))
         for i, row in rows.items():
@@ -296,6 +318,18 @@ def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> Unsupported
         f"nothing to factorize: {type(model).__name__} has no linear, convolution or embedding layer "
         f"whose weight is an nn.Parameter.{found}"
     )
+
+
+def _groups(
+    sites: list[Site], kinds: Sequence[str], skip: Sequence[str], forms: Sequence[str], captured: Any, emission: str,
+) -> tuple[list[TiedGroup], list[SiblingGroup]]:
+    """The graph's groups: tied weights (one table), and linears that read one input (one basis)."""
+    root = captured.model if emission == "modules" else None
+    groups = tied_groups(sites, kinds, skip, root)
+    if "svd" not in forms:
+        return groups, []
+    tied = {i for g in groups for i in g.members}
+    return groups, sibling_groups(sites, tied, root)
 
 
 def _with_factorized_layers(root: nn.Module, sites: list[Site], kinds: Sequence[str], skip: Sequence[str]) -> list[Site]:
@@ -466,9 +500,10 @@ def plan(
     _check_strategy(strategy, calibration)
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
     calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress, calibration_mask)
-    groups = tied_groups(sites, kinds, skip, captured.model if emission == "modules" else None)
+    groups, siblings = _groups(sites, kinds, skip, forms, captured, emission)
     the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
-                           calibrated=calibrated, profile=device_profile, groups=groups)
+                           calibrated=calibrated, profile=device_profile, groups=groups, siblings=siblings,
+                           graph_result=emission == "graph")
     the_plan.emit = emission
     the_plan.notes[:0] = captured.notes
     return the_plan
@@ -572,10 +607,11 @@ def factorize(
     capture_s = time.perf_counter() - start
     calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress,
                             calibration_mask)
-    groups = tied_groups(sites, kinds, skip, captured.model if emission == "modules" else None)
+    groups, siblings = _groups(sites, kinds, skip, forms, captured, emission)
     if plan is None:
         the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
-                               calibrated=calibrated, profile=device_profile, groups=groups)
+                               calibrated=calibrated, profile=device_profile, groups=groups, siblings=siblings,
+                               graph_result=emission == "graph")
         the_plan.notes[:0] = captured.notes
     else:
         the_plan = copy.deepcopy(plan)
@@ -593,6 +629,7 @@ def factorize(
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
     build = tied_builder(groups, sites, the_plan, _builder(calibrated))
+    build = shared_builder(sites, the_plan, lambda site: calibrated.stats.get(site.name) if calibrated else None, build)
     bar = _progress(len(sites), progress, "tfx: decompose")
     if emission == "modules":
         tied = {sites[i].name for g in groups for i in g.members}
@@ -600,6 +637,7 @@ def factorize(
     else:
         gm = captured.gm
         rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar, build=build)
+        merge_shared_steps(gm, {c.site for c in the_plan.choices if c.group})  # siblings: x V once
         result = emit_graph(gm)
     if bar is not None:
         bar.close()

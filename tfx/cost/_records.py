@@ -89,7 +89,8 @@ class Choice:
     ``order`` is the contraction order the emitted layer runs (``'factors'`` or
     ``'reconstruct'``; ``'auto'`` in plans saved before it was recorded: the layer
     then decides by itself). ``bytes_before`` / ``bytes_after`` estimate memory
-    traffic (0 in plans saved before they were recorded).
+    traffic (0 in plans saved before they were recorded). ``group`` names the shared input
+    basis a site's factors use with its siblings (None: its own factors).
     """
 
     site: str
@@ -112,6 +113,7 @@ class Choice:
     order: str = "auto"
     seconds_before: float = 0.0
     seconds_after: float = 0.0
+    group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""

@@ -125,6 +125,38 @@ def tied_layer(site: Site, choice: Choice, tensor: TensorizedTensor) -> nn.Modul
     return layer
 
 
+def shared_basis_layer(members: list[Site], rank: int, stats: Any = None) -> dict[str, nn.Module]:
+    """Layers for sibling linears over one input basis: ``W_k ~ U_k diag(w) V^T``, with ``V``
+    and ``w`` one pair of parameters held by every member (from one truncated SVD of the
+    stacked weights, whitened by the shared input's statistics when given)."""
+    from ..tensors import CPTensorized
+    from ..tensors._decompose import truncated_svd
+
+    first = members[0].weight
+    stacked = torch.cat([m.weight.double() for m in members])
+    if stats is not None:
+        whitening = stats.whitening()
+        u, s, vh = truncated_svd(whitening.apply(stacked), rank)
+        stacked = whitening.undo((u * s) @ vh)
+    u, s, vh = truncated_svd(stacked, rank)
+    left = (u * s).to(first.dtype)
+    basis = nn.Parameter(vh.T.contiguous().to(first.dtype))
+    weights = nn.Parameter(torch.ones(rank, dtype=first.dtype, device=first.device))
+    n_in = first.shape[1]
+    layers: dict[str, nn.Module] = {}
+    offset = 0
+    for member in members:
+        out = member.weight.shape[0]
+        factor = nn.Parameter(left[offset:offset + out].contiguous())
+        offset += out
+        tensor = CPTensorized(weights, [factor, basis], ((out,), (n_in,)), rank)
+        layer = FactorizedLinear((n_in,), (out,), bias=member.bias is not None, factorization=tensor, implementation="factorized")
+        if member.bias is not None:
+            set_bias(layer.bias, layer.weight, member.bias)  # type: ignore[arg-type]
+        layers[member.name] = layer
+    return layers
+
+
 def build_layer(site: Site, choice: Choice) -> nn.Module:
     """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says (a dense
     torch layer for an already factorized site planned dense)."""

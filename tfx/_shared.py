@@ -1,0 +1,246 @@
+"""Sibling layers that read one input share an input basis.
+
+Linear sites that read the same tensor (one fx node: Q/K/V, gate/up, parallel branches)
+get, beside their separate options, joint options: one truncated SVD of the stacked matrix
+``[W_1; W_2; ...] ~ [U_1; U_2; ...] diag(w) V^T`` (whitened by the input's statistics when
+calibrated: the siblings' input moment is literally one), ``V`` and ``w`` stored once. The
+planner picks, per group, between the joint options and the frontier of separate ones (a
+multiple-choice knapsack over group options). In a graph result ``x V`` is computed once
+(the siblings' identical first steps are merged); in a result made of the model's own
+modules each sibling holds the same ``V`` and ``w`` parameters.
+
+Joins passes (sites) and cost (options), like ``_api``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .cost import Choice, Option
+from .cost._choose import _penalty
+from .cost._options import _ALIGN, _rank_grid, rank_alignment
+from .passes import Site
+
+__all__ = ["SiblingGroup", "sibling_groups", "group_options", "expand", "shared_builder", "merge_shared_steps"]
+
+#: The form of a joint option in the plan's rows.
+FORM = "svd"
+
+
+@dataclasses.dataclass
+class SiblingGroup:
+    """Linear sites reading one input; ``members[0]`` carries the group's options in the planner.
+
+    Attributes:
+        members: indices into the site list, in graph order.
+        name: the basis's name in the plan (``'<first member>+<k-1>'``).
+        energies: per member, the cumulative energy of its rows in the stacked SVD's
+            components (for the per-member error at each rank).
+        norms: per member, its (whitened) squared norm.
+        joint: the group's joint options (filled by :func:`group_options`).
+        separate: for each separate option of the group, the member picks it stands for.
+    """
+
+    members: list[int]
+    name: str
+    energies: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    norms: list[float] = dataclasses.field(default_factory=list)
+    separate: dict[int, list[Option]] = dataclasses.field(default_factory=dict)
+
+
+def sibling_groups(sites: Sequence[Site], exclude: set[int], root: nn.Module | None = None) -> list[SiblingGroup]:
+    """Groups of two or more factorizable linear sites that read one graph node."""
+    from .passes._swap import module_of
+
+    by_input: dict[Any, list[int]] = {}
+    for i, site in enumerate(sites):
+        if i in exclude or site.node is None or site.held_params is not None:
+            continue
+        if site.info.kind != "linear" or not site.info.factorizable:
+            continue
+        if root is not None and module_of(root, site.name, site.weight_target) is None:
+            continue
+        by_input.setdefault((site.input, site.info.weight_shape[1], site.weight.dtype), []).append(i)
+    return [
+        SiblingGroup(members, f"{sites[members[0]].name}+{len(members) - 1}")
+        for members in by_input.values() if len(members) > 1
+    ]
+
+
+def _stacked(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> torch.Tensor:
+    stacked = torch.cat([sites[i].weight.double() for i in group.members])
+    return stats.whitening().apply(stacked) if stats is not None else stacked
+
+
+def _effective_error(errors: Sequence[float], weights: Sequence[float]) -> float:
+    """One error whose penalty, at the summed weight, is the members' summed penalty."""
+    total = sum(weights)
+    loss = sum(w * -math.log(max(1.0 - e * e, 1e-6)) for e, w in zip(errors, weights)) / max(total, 1e-30)
+    return math.sqrt(max(0.0, 1.0 - math.exp(-loss)))
+
+
+def group_options(
+    group: SiblingGroup, sites: Sequence[Site], member_options: Sequence[Sequence[Option]], stats: Any,
+    weights: Sequence[float], graph_result: bool,
+) -> list[Option]:
+    """The group's options: joint ranks of the stacked SVD, and the frontier of separate picks.
+
+    ``member_options[k]`` are member ``k``'s own options; ``weights`` their planner weights.
+    FLOPs of a joint option: ``x V`` once in a graph result (``graph_result``), once per
+    member in a result made of modules.
+    """
+    outs = [sites[i].info.weight_shape[0] for i in group.members]
+    n_in = sites[group.members[0]].info.weight_shape[1]
+    tokens = sites[group.members[0]].info.tokens
+    u, s, _ = torch.linalg.svd(_stacked(group, sites, stats), full_matrices=False)
+    scaled = u * s
+    offsets = [0, *itertools.accumulate(outs)]
+    group.energies = [scaled[a:b].square().sum(0).cumsum(0) for a, b in zip(offsets, offsets[1:])]
+    group.norms = [float(e[-1]) for e in group.energies]
+    token = _ALIGN.set(rank_alignment(sites[group.members[0]].weight))
+    try:
+        ranks = [r for r in _rank_grid(min(sum(outs), n_in)) if r * (1 + sum(outs) + n_in) < sum(outs) * n_in]
+    finally:
+        _ALIGN.reset(token)
+    options = []
+    for r in ranks:
+        errors = member_errors(group, r)
+        basis = (1 if graph_result else len(outs)) * n_in
+        flops = 2 * tokens * r * (basis + sum(outs))
+        nbytes = r * (1 + sum(outs) + n_in) + tokens * (n_in + r + sum(outs))
+        options.append(Option(FORM, ((sum(outs),), (n_in,)), r, r * (1 + sum(outs) + n_in), flops,
+                              _effective_error(errors, weights), nbytes, "factors"))
+    group.separate = {}
+    for picks in _frontier(member_options, weights):
+        option = Option(
+            "separate", None, None, sum(o.params for o in picks), sum(o.flops for o in picks),
+            _effective_error([o.error for o in picks], weights), sum(o.bytes for o in picks), "factors",
+            sum(o.steps for o in picks), sum(o.seconds for o in picks),
+        )
+        group.separate[id(option)] = list(picks)
+        options.append(option)
+    return sorted(options, key=lambda o: (o.params, o.error))
+
+
+def member_errors(group: SiblingGroup, rank: int) -> list[float]:
+    """Each member's relative error at ``rank`` of the joint basis."""
+    return [
+        math.sqrt(max(0.0, 1.0 - float(e[rank - 1]) / n)) if n > 0 else 0.0
+        for e, n in zip(group.energies, group.norms)
+    ]
+
+
+def _frontier(member_options: Sequence[Sequence[Option]], weights: Sequence[float]) -> list[tuple[Option, ...]]:
+    """Separate picks on the members' joint error/params frontier: for a sweep of multipliers,
+    each member's best option alone (the Lagrangian of the group's own knapsack)."""
+    seen: dict[tuple[int, ...], tuple[Option, ...]] = {}
+    for lam in [0.0, *(10.0 ** (k / 4) for k in range(-40, 9))]:
+        idx = tuple(
+            min(range(len(opts)), key=lambda j, opts=opts, w=w: (_penalty(opts[j], w) + lam * opts[j].params, opts[j].params))
+            for opts, w in zip(member_options, weights)
+        )
+        seen.setdefault(idx, tuple(opts[j] for opts, j in zip(member_options, idx)))
+    cheapest = tuple(min(range(len(opts)), key=lambda j, opts=opts: opts[j].params) for opts in member_options)
+    seen.setdefault(cheapest, tuple(opts[j] for opts, j in zip(member_options, cheapest)))
+    return list(seen.values())
+
+
+def expand(
+    group: SiblingGroup, sites: Sequence[Site], chosen: Option, make_choice: Callable[[Site, Option], Choice],
+) -> tuple[dict[int, Choice], dict[int, Option]]:
+    """The group's pick as one plan row per member (and, for separate picks, each member's option)."""
+    if chosen.form == "separate":
+        picks = dict(zip(group.members, group.separate[id(chosen)]))
+        return {i: make_choice(sites[i], picks[i]) for i in group.members}, picks
+    r = int(chosen.rank)
+    n_in = sites[group.members[0]].info.weight_shape[1]
+    errors = member_errors(group, r)
+    rows: dict[int, Choice] = {}
+    names = ", ".join(sites[i].name for i in group.members)
+    for k, i in enumerate(group.members):
+        out = sites[i].info.weight_shape[0]
+        share = dataclasses.replace(chosen, tensorized_shape=((out,), (n_in,)), rank=r,
+                                    params=r * out + (r * (1 + n_in) if k == 0 else 0), error=errors[k],
+                                    flops=chosen.flops if k == 0 else 0, bytes=chosen.bytes if k == 0 else 0)
+        choice = make_choice(sites[i], share)
+        choice.group = group.name
+        choice.reason = f"shared input basis with {names} (rank {r})"
+        rows[i] = choice
+    return rows, {}
+
+
+def shared_builder(
+    sites: Sequence[Site], plan: Any, stats_of: Callable[[Site], Any], build: Callable[[Site, Choice], nn.Module],
+) -> Callable[[Site, Choice], nn.Module]:
+    """``build``, except that members of a joint group get layers over one shared basis."""
+    from .passes._rewrite import shared_basis_layer
+
+    by_group: dict[str, list[Site]] = {}
+    for site in sites:
+        row = plan.choice(site.name)
+        if getattr(row, "group", None):
+            by_group.setdefault(row.group, []).append(site)
+    made: dict[str, dict[str, nn.Module]] = {}
+
+    def build_one(site: Site, choice: Choice) -> nn.Module:
+        name = getattr(choice, "group", None)
+        if not name:
+            return build(site, choice)
+        if name not in made:
+            members = by_group[name]
+            made[name] = shared_basis_layer(members, int(choice.rank), stats_of(members[0]))
+        return made[name][site.name]
+
+    return build_one
+
+
+def merge_shared_steps(gm: fx.GraphModule, layers: set[str]) -> int:
+    """Merge the identical steps of the spliced ``layers`` that read the same parameters from the
+    same input (the ``x V`` of siblings sharing a basis): common-subexpression elimination over
+    their ops, with parameters compared by identity. Returns the nodes removed."""
+    canon: dict[Any, fx.Node] = {}
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if node.meta.get("tfx", {}).get("layer") not in layers or node.op not in ("get_attr", "call_function", "call_method"):
+            continue
+        if node.op == "get_attr":
+            key: Any = ("get_attr", id(_resolve(gm, str(node.target))))
+        else:
+            key = (node.op, node.target, _hashable(node.args), _hashable(node.kwargs))
+        if key in canon:
+            node.replace_all_uses_with(canon[key])
+            gm.graph.erase_node(node)
+            removed += 1
+        else:
+            canon[key] = node
+    return removed
+
+
+def _resolve(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_hashable(v) for v in value))
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, fx.Node):
+        return ("node", id(value))
+    if isinstance(value, torch.Tensor):
+        return ("tensor", id(value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))
+    return value
