@@ -317,3 +317,32 @@ def test_calibration_mask_must_be_a_boolean_mask() -> None:
     with pytest.raises(OptionError, match="calibration_mask returned Tensor"):
         tfx.factorize(model, 0.5, example_inputs=batches[0], calibration=batches, progress=False,
                       calibration_mask=lambda b: torch.ones(4))
+
+
+def test_embedding_rows_the_data_uses_are_kept_more_precise() -> None:
+    """A table calibrated on lookups of a few rows keeps those rows closer than an uncalibrated one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(200, 32), nn.Linear(32, 8)).eval()
+    used = torch.arange(20)
+    batches = [(used[torch.randint(0, 20, (16, 12))],) for _ in range(4)]
+    errors = {}
+    for calibration in (None, batches):
+        gm = tfx.factorize(model, 0.6, example_inputs=batches[0], calibration=calibration, forms=("svd",),
+                           kinds=("embedding",), progress=False)
+        assert gm.tfx_plan.choice("0").form == "svd"
+        with torch.no_grad():
+            table = gm.get_submodule("0").weight.to_matrix()
+            original = model[0].weight[used]
+            errors[calibration is None] = float((table[used] - original).norm() / original.norm())
+    assert errors[False] < 0.5 * errors[True]
+    assert any("weighted by how often the data looks up each row" in n for n in gm.tfx_plan.notes)
+
+
+def test_row_counts_skip_out_of_range_indices() -> None:
+    from tfx.cost._whiten import RowCounts
+
+    counts = RowCounts(5)
+    counts.update(torch.tensor([0, 1, 1, 4]))
+    assert counts.counts.tolist() == [1.0, 2.0, 0.0, 0.0, 1.0] and counts.count == 4
+    counts.update(torch.tensor([7]))
+    assert counts.unsupported

@@ -345,7 +345,12 @@ def _candidates(
             rows, cols = _matrix_sizes(site)
             matrix = weight.reshape(rows, cols)
             if "svd" in forms:
-                svd_spectra = spectra if stats is None else Spectra(stats.whitening().apply(matrix))
+                if stats is None:
+                    svd_spectra = spectra
+                elif site.kind == "embedding":  # rows weighted by how often the data looks them up
+                    svd_spectra = Spectra(stats.apply(matrix.double()))
+                else:
+                    svd_spectra = Spectra(stats.whitening().apply(matrix))
                 options += list(_svd_options(site, svd_spectra, rows, cols))
                 if keep is not None:
                     keep["svd"] = (svd_spectra, rows, cols, _ALIGN.get())

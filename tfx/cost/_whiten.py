@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["InputStats", "Whitening", "DAMPING", "modes_product"]
+__all__ = ["RowCounts", "InputStats", "Whitening", "DAMPING", "modes_product"]
 
 #: Relative damping of the second moment (a fraction of its mean eigenvalue).
 DAMPING = float(__import__("os").environ.get("TFX_DAMPING", "1e-2"))
@@ -191,3 +191,48 @@ def relative_output_error(weight: torch.Tensor, approx: torch.Tensor, cov: torch
     else:
         num, den = float(((e @ cov) * e).sum()), float(((w @ cov) * w).sum())
     return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+
+
+class RowCounts:
+    """How often each row of an embedding table is looked up in the calibration data.
+
+    The table is then factorized for the lookups the data makes: rows are weighted by
+    ``sqrt(count + alpha)`` (``alpha`` the mean count, so a row the data never uses still
+    weighs as an average one), the weighted table ``D W`` is decomposed and ``D^-1`` maps it
+    back; errors are frequency-weighted relative errors.
+
+    Example:
+        >>> counts = RowCounts(4)
+        >>> counts.update(torch.tensor([[0, 0, 3]]))
+        >>> counts.scales().tolist()[0] > counts.scales().tolist()[1]
+        True
+    """
+
+    full = False  # no column whitening: tensorized candidates keep weight errors
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.counts = torch.zeros(rows, dtype=torch.float64)
+        self.count = 0
+        self.unsupported = False
+
+    def update(self, indices: torch.Tensor) -> None:
+        """Add the looked-up row indices of one batch."""
+        flat = indices.detach().reshape(-1).long().cpu()
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.rows):
+            self.unsupported = True
+            return
+        self.counts += torch.bincount(flat, minlength=self.rows).double()
+        self.count += flat.numel()
+
+    def scales(self) -> torch.Tensor:
+        """The row weights ``sqrt(count + mean count)``."""
+        return (self.counts + self.count / self.rows).sqrt()
+
+    def apply(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``D W``."""
+        return matrix * self.scales().to(matrix.device, matrix.dtype)[:, None]
+
+    def undo(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``D^-1 W``."""
+        return matrix / self.scales().to(matrix.device, matrix.dtype)[:, None]

@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from .._errors import OptionError
-from ..cost._whiten import InputStats
+from ..cost._whiten import InputStats, RowCounts
 from ._capture import call_with
 from ._match import Site
 
@@ -113,6 +113,10 @@ class _Observer(nn.Module):
 
     def forward(self, x: Any) -> Any:
         """Record ``x`` (no gradient) and return it."""
+        if self.kind == "embedding":
+            if isinstance(x, torch.Tensor) and not x.is_floating_point():
+                self.stats.update(x)
+            return x
         if isinstance(x, torch.Tensor) and x.is_floating_point():
             with torch.no_grad():
                 if self.kind == "conv":
@@ -170,8 +174,9 @@ def collect_statistics(
     """Per factorizable linear / conv site: the second moment of its input over ``batches``.
 
     ``gm`` is the captured (not yet rewritten) graph module; it is left as it was.
-    Embeddings are not calibrated (a few hundred calibration batches see a small part of
-    a vocabulary, and weighting rows by frequency would trade the unseen rows away).
+    Embeddings count how often each row is looked up (:class:`~tfx.cost._whiten.RowCounts`):
+    their low-rank candidates are then fitted to the rows the data uses, unseen rows still
+    weighing as an average one.
 
     ``mask_fn(batch)`` gives a boolean mask over the batch's positions (by default the
     batch's ``attention_mask``): a linear whose input rows line up with it (input shape
@@ -181,13 +186,16 @@ def collect_statistics(
         ``{site name: InputStats}`` for the sites that were observed.
     """
     masked = masked if masked is not None else _Mask()
-    wanted = [s for s in sites if s.info.factorizable and s.info.kind in ("linear", "conv")]
-    shared: dict[Any, InputStats] = {}
-    per_site: dict[str, InputStats] = {}
+    wanted = [s for s in sites if s.info.factorizable and s.info.kind in ("linear", "conv", "embedding")]
+    shared: dict[Any, Any] = {}
+    per_site: dict[str, Any] = {}
     for site in wanted:
         key = _key(site)
         if key not in shared:
-            shared[key] = InputStats(_features(site), full=_features(site) <= MAX_FULL)
+            if site.info.kind == "embedding":
+                shared[key] = RowCounts(site.info.weight_shape[0])
+            else:
+                shared[key] = InputStats(_features(site), full=_features(site) <= MAX_FULL)
         per_site[site.name] = shared[key]
     observers: dict[Any, _Observer] = {}
     for site in wanted:
@@ -331,6 +339,10 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
     from ..tensors import FactorizedTensor, TensorizedTensor
     from ..tensors._decompose import truncated_svd
 
+    if stats is not None and site.info.kind == "embedding" and choice.form == "svd":
+        rank = int(choice.rank)
+        u, s, vh = truncated_svd(stats.apply(site.weight.double()), rank)
+        return dataclasses.replace(site, weight=stats.undo((u * s) @ vh).to(site.weight.dtype))
     if stats is None or choice.form in ("dense", "cp") or site.info.kind not in ("linear", "conv"):
         return site
     weight = site.weight
@@ -372,10 +384,13 @@ class Calibrated:
 
     def note(self) -> str:
         """A line for the plan."""
+        counted = sum(isinstance(s, RowCounts) for s in self.stats.values())
         text = (
-            f"calibrated on {self.batches} batches: errors of {len(self.stats)} linear/conv sites are relative "
-            "output errors on that data (whitened spectra)"
+            f"calibrated on {self.batches} batches: errors of {len(self.stats) - counted} linear/conv sites are "
+            "relative output errors on that data (whitened spectra)"
         )
+        if counted:
+            text += f"; low-rank errors of {counted} embeddings are weighted by how often the data looks up each row"
         if self.masked_rows:
             share = self.masked_rows / max(self.kept_rows + self.masked_rows, 1)
             text += f"; masked positions (padding) left out of the statistics: {100 * share:.1f}% of rows"
