@@ -117,9 +117,13 @@ def test_form_convolutions_with_tltorch_signature_match_dense_conv(fn: Any, form
     )
 
 
-@pytest.mark.parametrize(("fn", "form"), [(cp_conv, "Tucker"), (tucker_conv, "CP"), (tt_conv, "CP")])
+@pytest.mark.parametrize(
+    ("fn", "form"), [(cp_conv, "Tucker"), (tucker_conv, "CP"), (tt_conv, "CP")]
+)
 def test_form_convolution_given_another_form_raises(fn: Any, form: str) -> None:
-    with pytest.raises(tfx.UnsupportedSiteError, match=r"needs a \w+ kernel, got .*\nFix: convolve"):
+    with pytest.raises(
+        tfx.UnsupportedSiteError, match=r"needs a \w+ kernel, got .*\nFix: convolve"
+    ):
         fn(randn(1, 3, 5, 5), _kernel(form, 2))
 
 
@@ -131,7 +135,9 @@ def test_convnd_is_convolve_with_tltorch_argument_order(implementation: str) -> 
     torch.testing.assert_close(out, _reference(x, kernel, bias, padding=1))
 
 
-@pytest.mark.parametrize(("fn", "mode"), [(general_conv1d, 2), (general_conv1d, 3), (general_conv1d_, -1)])
+@pytest.mark.parametrize(
+    ("fn", "mode"), [(general_conv1d, 2), (general_conv1d, 3), (general_conv1d_, -1)]
+)
 def test_general_conv1d_convolves_along_one_mode(fn: Any, mode: int) -> None:
     x, kernel, bias = randn(2, 4, 7, 6), torch.randn(6, 2, 3, dtype=F64), randn(6)
     out = fn(x, kernel, mode, bias, stride=2, padding=1, groups=2, dilation=1)
@@ -144,7 +150,9 @@ def test_general_conv1d_convolves_along_one_mode(fn: Any, mode: int) -> None:
 
 
 def test_general_conv1d_on_a_non_spatial_mode_raises() -> None:
-    with pytest.raises(tfx.ShapeError, match=r"mode=1 is not a spatial dim .*\nFix: mode in \[2, 3\]"):
+    with pytest.raises(
+        tfx.ShapeError, match=r"mode=1 is not a spatial dim .*\nFix: mode in \[2, 3\]"
+    ):
         general_conv1d(randn(2, 4, 7, 6), torch.randn(6, 4, 3, dtype=F64), 1)
 
 

@@ -98,18 +98,22 @@ LINEAR_FORMS = [
 
 
 def _tltorch_shaped(y: torch.Tensor, modes: tuple[int, ...], flat: bool) -> torch.Tensor:
-    """tltorch's output layout: (rows, *modes) for CP / Tucker / TT, (rows, features) for BlockTT."""
+    """tltorch's output layout: (rows, *modes) for CP / Tucker / TT, flat for BlockTT."""
     return y if flat else y.reshape(y.shape[0], *modes)
 
 
 @pytest.mark.parametrize(("fn", "form", "flat"), LINEAR_FORMS)
-def test_linear_form_functions_match_dense_in_tltorch_layout(fn: Any, form: str, flat: bool) -> None:
+def test_linear_form_functions_match_dense_in_tltorch_layout(
+    fn: Any, form: str, flat: bool
+) -> None:
     weight = tfx.TensorizedTensor.new(((2, 3), (4, 2)), rank=0.6, factorization=form, dtype=F64)
     x, bias = randn(5, 8, form=form), randn(6, form=form)
     matrix = dense(weight)
     expected = _tltorch_shaped(x @ matrix.T, (2, 3), flat)
     torch.testing.assert_close(fn(x, weight), expected)
-    torch.testing.assert_close(fn(x, weight, bias=bias), expected + _tltorch_shaped(bias[None], (2, 3), flat))
+    torch.testing.assert_close(
+        fn(x, weight, bias=bias), expected + _tltorch_shaped(bias[None], (2, 3), flat)
+    )
 
 
 @pytest.mark.parametrize(("fn", "form", "flat"), LINEAR_FORMS)
@@ -163,13 +167,17 @@ def test_linear_form_functions_trace_with_fx() -> None:
     torch.testing.assert_close(traced(x), model(x))
 
 
-# ------------------------------------------------------------------ factorized_linear, tltorch's reshape
+# ------------------------------------------------------------ factorized_linear, tltorch's reshape
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_factorized_linear_reads_a_higher_order_plain_weight_as_a_matrix(implementation: str) -> None:
+def test_factorized_linear_reads_a_higher_order_plain_weight_as_a_matrix(
+    implementation: str,
+) -> None:
     weight = tfx.FactorizedTensor.new((2, 3, 4, 2), rank=0.6, factorization="tucker", dtype=F64)
     x, bias = randn(5, 8), randn(6)
     expected = F.linear(x, weight.to_tensor().reshape(-1, 8), bias)
-    torch.testing.assert_close(factorized_linear(x, weight, bias, implementation=implementation), expected)
+    torch.testing.assert_close(
+        factorized_linear(x, weight, bias, implementation=implementation), expected
+    )
 
 
 def test_factorized_linear_with_in_features_cutting_a_mode_uses_the_reshaped_weight() -> None:
@@ -181,7 +189,9 @@ def test_factorized_linear_with_in_features_cutting_a_mode_uses_the_reshaped_wei
 
 def test_factorized_linear_reshapes_a_tensor_weight_to_in_features() -> None:
     weight, x = torch.randn(2, 3, 8, dtype=F64), randn(4, 8)
-    torch.testing.assert_close(factorized_linear(x, weight, in_features=8), F.linear(x, weight.reshape(6, 8)))
+    torch.testing.assert_close(
+        factorized_linear(x, weight, in_features=8), F.linear(x, weight.reshape(6, 8))
+    )
 
 
 def test_factorized_linear_is_differentiable_through_the_factors() -> None:

@@ -277,7 +277,9 @@ def full_rank_linear(form: str) -> dict[str, Any]:
     shapes = {"in_tensorized_features": (3, 4), "out_tensorized_features": (2, 5)}
     if fam == "tucker":
         return {**shapes, "rank": (2, 5, 3, 4)}
-    if fam in ("tt", "blocktt"):
+    if fam == "tt":  # the bounds of the chain (2, 5, 3, 4): a new TT takes an int as given
+        return {**shapes, "rank": (1, 2, 10, 4, 1)}
+    if fam == "blocktt":
         return {**shapes, "rank": 10**6}  # one int is capped to each bond's bound
     return shapes
 
@@ -287,8 +289,8 @@ def full_rank(form: str, shape: Sequence[int]) -> Any:
     fam = family(form)
     if fam == "tucker":
         return tuple(shape)
-    if fam == "tt":
-        return 10**6
+    if fam == "tt":  # the unfolding bounds (a new TT takes an int as given, as tltorch does)
+        return tfx.tensors._rank.tt_rank_bounds(shape)
     if fam == "dense":
         return "same"
     raise ValueError(f"no exact full rank for {form} of order {len(shape)}")

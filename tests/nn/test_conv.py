@@ -169,9 +169,16 @@ def test_conv_tucker_fixed_rank_modes_keep_full_rank() -> None:
     assert layer.rank[1] < 6
 
 
-def test_conv_rank_is_validated_against_the_kernel_shape() -> None:
-    with pytest.raises(tfx.RankError, match=r"largest valid rank is \(4, 3, 3, 3\)"):
-        tfx.FactorizedConv(3, 4, 3, order=2, factorization="tucker", rank=(4, 4, 3, 3))
+def test_conv_accepts_an_over_complete_tucker_rank_as_tltorch_does() -> None:
+    # a kernel trained from scratch may be over-complete (in_channels=3 < rank 4)
+    layer = tfx.FactorizedConv(3, 4, 3, order=2, factorization="tucker", rank=(4, 4, 3, 3))
+    assert layer.rank == (4, 4, 3, 3)
+    assert tuple(layer.weight.factors[1].shape) == (3, 4)
+
+
+def test_conv_rank_is_validated_against_the_kernel_order() -> None:
+    with pytest.raises(tfx.RankError, match=r"has 3 entries but the Tucker .* has 4 modes"):
+        tfx.FactorizedConv(3, 4, 3, order=2, factorization="tucker", rank=(4, 4, 3))
 
 
 def test_conv_has_bias_is_an_alias_of_bias() -> None:
@@ -323,7 +330,10 @@ def test_from_conv_list_at_full_rank_reproduces_each_conv() -> None:
         for _ in range(3)
     ]
     layer = tfx.FactorizedConv.from_conv_list(
-        convs, rank=10**6, factorization="tt", implementation="factorized"
+        convs,
+        rank=full_rank("TT", (3, *convs[0].weight.shape)),
+        factorization="tt",
+        implementation="factorized",
     )
     assert layer.n_layers == 3
     x = randn(2, 3, 7, 7)

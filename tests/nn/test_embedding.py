@@ -131,8 +131,10 @@ def _full_rank(form: str) -> dict[str, Any]:
     shapes = {"tensorized_num_embeddings": (2, 3, 4), "tensorized_embedding_dim": (2, 2, 3)}
     if fam == "tucker":
         return {**shapes, "rank": (2, 3, 4, 2, 2, 3)}
-    if fam in ("tt", "blocktt"):
-        return {**shapes, "rank": 10**6}
+    if fam == "tt":  # the bounds of the chain (2, 3, 4, 2, 2, 3)
+        return {**shapes, "rank": (1, 2, 6, 12, 6, 3, 1)}
+    if fam == "blocktt":
+        return {**shapes, "rank": 10**6}  # one int is capped to each bond's bound
     return shapes
 
 
@@ -177,7 +179,7 @@ def test_from_embedding_list_at_full_rank_reproduces_each_embedding() -> None:
     layer = tfx.FactorizedEmbedding.from_embedding_list(
         embeddings,
         factorization="tt",
-        rank=10**6,
+        rank=(1, 3, 6, 18, 12, 6, 3, 1),  # the bounds of the chain (3, 2, 3, 4, 2, 2, 3)
         tensorized_num_embeddings=(2, 3, 4),
         tensorized_embedding_dim=(2, 2, 3),
     )

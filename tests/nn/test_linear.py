@@ -252,8 +252,8 @@ def test_from_linear_list_at_full_rank_reproduces_each_linear() -> None:
 def test_from_linear_list_of_bias_free_linears_is_bias_free() -> None:
     linears = [nn.Linear(12, 10, bias=False, dtype=torch.float64) for _ in range(2)]
     layer = tfx.FactorizedLinear.from_linear_list(
-        linears, (3, 4), (2, 5), rank=10**6, factorization="tt"
-    )
+        linears, (3, 4), (2, 5), rank=(1, 2, 4, 12, 4, 1), factorization="tt"
+    )  # the bounds of the chain (2, 2, 5, 3, 4)
     assert layer.bias is None
     x = randn(4, 12)
     torch.testing.assert_close(layer(x, indices=1), linears[1](x))

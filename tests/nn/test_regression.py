@@ -169,15 +169,17 @@ def test_trl_given_a_weight_of_another_shape_raises() -> None:
     with pytest.raises(
         tfx.ShapeError,
         match=r"needs a weight of shape \(2, 3, 4, 2, 5\) \(input_shape \+ output_shape\); the "
-        r"factorization given has shape \(3, 4, 5\).\nFix: input_shape and output_shape without the "
-        r"batch size: TRL\(\(3, 4\), \(5,\), factorization=weight\)",
+        r"factorization given has shape \(3, 4, 5\).\nFix: input_shape and output_shape "
+        r"without the batch size: TRL\(\(3, 4\), \(5,\), factorization=weight\)",
     ):
         tfx.TRL((2, 3, 4), (2, 5), factorization=weight)
 
 
 def test_trl_given_a_weight_of_other_input_modes_suggests_them() -> None:
     weight = tfx.FactorizedTensor.new((4, 5), rank=3, factorization="cp")
-    with pytest.raises(tfx.ShapeError, match=r"Fix: TRL\(\(4,\), \(5,\), factorization=weight\), or"):
+    with pytest.raises(
+        tfx.ShapeError, match=r"Fix: TRL\(\(4,\), \(5,\), factorization=weight\), or"
+    ):
         tfx.TRL((3, 4), (5,), factorization=weight)
 
 
@@ -194,7 +196,9 @@ def test_trl_init_from_linear_of_the_wrong_size_raises() -> None:
 @pytest.mark.parametrize("modes", [(3,), (-1,)])
 def test_trl_init_from_linear_with_an_output_mode_unsqueezed_raises(modes: tuple) -> None:
     layer = tfx.TRL((10, 4, 4), (12,), rank=(10, 1, 1, 12), factorization="tucker")
-    with pytest.raises(tfx.ShapeError, match=r"must be input modes, 0 to 2 \(input_shape=\(10, 4, 4\)\)"):
+    with pytest.raises(
+        tfx.ShapeError, match=r"must be input modes, 0 to 2 \(input_shape=\(10, 4, 4\)\)"
+    ):
         layer.init_from_linear(nn.Linear(10, 12), unsqueezed_modes=modes)
 
 

@@ -313,7 +313,9 @@ def test_new_rejects_a_negative_rank(form: str) -> None:
 
 def test_rank_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="too large"):
-        tfx.FactorizedTensor.new((5, 4, 3, 3), rank=30, factorization="tucker")
+        tfx.FactorizedTensor.from_tensor(
+            torch.randn(5, 4, 3, 3), rank=(1, 6, 9, 3, 1), factorization="tt"
+        )
 
 
 # ------------------------------------------------------------------ indexing

@@ -379,3 +379,64 @@ def test_tucker_init_from_tensor_unsqueezed_init_scales() -> None:
     x = torch.randn(3, 4, dtype=torch.float64)
     t.init_from_tensor(x, unsqueezed_modes=[2], unsqueezed_init=0.5)
     torch.testing.assert_close(t.to_tensor(), (0.5 * x).unsqueeze(2).expand(3, 4, 5))
+
+
+# ------------------------------------------------------------- over-complete ranks
+TUCKER_FORMS = [f for f in PLAIN_FORMS if family(f) == "tucker"]
+TT_FORMS = [f for f in PLAIN_FORMS if family(f) == "tt"]
+
+
+@pytest.mark.parametrize("form", TUCKER_FORMS)
+def test_tucker_from_tensor_over_complete_rank_is_exact_at_tltorch_shape(form: str) -> None:
+    x = random_input((6, 2, 4, 5), form)
+    t = tfx.FactorizedTensor.from_tensor(x, rank=(6, 3, 4, 5), factorization=form)
+    assert t.rank == (6, 3, 4, 5)
+    assert tuple(t.factors[1].shape[:2]) == (2, 3)
+    torch.testing.assert_close(t.to_tensor(), x)
+
+
+@pytest.mark.parametrize("form", TUCKER_FORMS)
+def test_tucker_over_complete_components_have_zero_core_slices(form: str) -> None:
+    t = tfx.FactorizedTensor.from_tensor(random_input((3, 2, 4), form), rank=3, factorization=form)
+    core, factors = t.decomposition
+    assert t.rank == (3, 3, 3)
+    assert bool((core[:, 2:] == 0).all()) and bool((core[..., 3:] == 0).all())
+    assert bool((factors[1][:, 2] != 0).any())  # a repeated basis column, not zero
+
+
+def test_tensorized_tucker_from_matrix_over_complete_rank_is_exact() -> None:
+    matrix = torch.randn(12, 6, dtype=torch.float64)
+    t = tfx.TensorizedTensor.from_matrix(matrix, (3, 4), (2, 3), rank=5, factorization="tucker")
+    assert t.rank == (5, 5, 5, 5)
+    torch.testing.assert_close(t.to_matrix(), matrix)
+
+
+@pytest.mark.parametrize("form", TUCKER_FORMS + TT_FORMS)
+def test_init_from_tensor_keeps_an_over_complete_rank_and_is_exact(form: str) -> None:
+    rank = 5 if family(form) == "tucker" else (1, 5, 5, 1)
+    t = tfx.FactorizedTensor.new((2, 3, 4), rank=rank, factorization=form, dtype=torch.float64)
+    before = [tuple(p.shape) for p in t.parameters()]
+    x = random_input((2, 3, 4), form)
+    torch.testing.assert_close(t.init_from_tensor(x).to_tensor(), x)
+    assert [tuple(p.shape) for p in t.parameters()] == before
+
+
+def test_tensorized_tt_init_from_matrix_keeps_an_over_complete_rank_and_is_exact() -> None:
+    t = tfx.TensorizedTensor.new(((3, 4), (2, 3)), rank=7, factorization="tt", dtype=torch.float64)
+    assert t.rank == (1, 7, 7, 7, 1)
+    matrix = torch.randn(12, 6, dtype=torch.float64)
+    torch.testing.assert_close(t.init_from_matrix(matrix).to_matrix(), matrix)
+    assert t.rank == (1, 7, 7, 7, 1)
+
+
+@pytest.mark.parametrize("form", ["Tucker", "TT"])
+def test_over_complete_padding_is_trainable(form: str) -> None:
+    rank = 4 if form == "Tucker" else (1, 4, 4, 1)
+    t = tfx.FactorizedTensor.new((2, 3, 4), rank=rank, factorization=form, dtype=torch.float64)
+    t.init_from_tensor(torch.randn(2, 3, 4, dtype=torch.float64))
+    (t.to_tensor() * torch.randn(2, 3, 4, dtype=torch.float64)).sum().backward()
+    if form == "Tucker":
+        grad = t.core.grad[2:]  # mode 0 (size 2) has 2 padded components
+    else:
+        grad = t.factors[1].grad[2:]  # bond 1 (bound 2) has 2 padded components
+    assert bool((grad != 0).any())

@@ -1,4 +1,9 @@
-"""Rank normalisation (tfx/tensors/_rank.py): idempotent, bounded, tensorly's integers."""
+"""Rank normalisation (tfx/tensors/_rank.py): idempotent, bounded, tensorly's integers.
+
+Two policies: the default bounds every rank by what the shape can hold;
+``overcomplete=True`` (new tensors, Tucker decompositions) returns tltorch's
+ranks exactly, above the bounds too.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pytest
 import tensorly.cp_tensor
 import tensorly.tt_tensor
 import tensorly.tucker_tensor
+import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -189,9 +195,71 @@ def test_blocktt_new_rejects_a_rank_above_the_core_bounds() -> None:
 
 
 @pytest.mark.parametrize("rank", [30, (30, 30, 30, 30), (5, 4, 3, 4)])
-def test_tucker_new_rejects_a_rank_above_the_mode_sizes(rank: Any) -> None:
+def test_tucker_rank_rejects_a_rank_above_the_mode_sizes(rank: Any) -> None:
     with pytest.raises(tfx.RankError, match=r"largest valid rank is \(5, 4, 3, 3\)"):
-        tfx.FactorizedTensor.new((5, 4, 3, 3), rank=rank, factorization="tucker")
+        _rank.tucker_rank((5, 4, 3, 3), rank)
+
+
+def test_tucker_new_takes_an_int_above_a_mode_size_on_every_mode() -> None:
+    t = tfx.TuckerTensor.new((6, 2, 4, 5), rank=3)
+    assert t.rank == (3, 3, 3, 3)
+    assert [tuple(f.shape) for f in t.factors] == [(6, 3), (2, 3), (4, 3), (5, 3)]
+
+
+def test_tucker_new_over_complete_keeps_fixed_rank_modes_full() -> None:
+    assert tfx.TuckerTensor.new((6, 2, 4, 5), rank=3, fixed_rank_modes=(1,)).rank == (3, 2, 3, 3)
+
+
+def test_tensorized_tucker_new_takes_an_int_above_the_mode_sizes() -> None:
+    t = tfx.TensorizedTensor.new(((5, 8, 25), (2, 4, 4)), rank=8, factorization="tucker")
+    assert t.rank == (8,) * 6
+
+
+def test_tt_new_takes_an_int_on_every_bond_as_tltorch_does() -> None:
+    assert tfx.TTTensor.new((2, 3, 4), rank=5).rank == (1, 5, 5, 1)
+
+
+def test_tt_from_tensor_takes_an_int_as_the_largest_bond_rank() -> None:
+    assert tfx.TTTensor.from_tensor(torch.randn(2, 3, 4), rank=5).rank == (1, 2, 4, 1)
+
+
+def test_tt_new_takes_a_tuple_above_the_bounds() -> None:
+    assert tfx.TTTensor.new((2, 3, 4), rank=(1, 5, 5, 1)).rank == (1, 5, 5, 1)
+
+
+@given(data=st.data(), shape=shapes())
+def test_tucker_rank_over_complete_matches_tensorly(
+    data: st.DataObject, shape: tuple[int, ...]
+) -> None:
+    spec = data.draw(st.one_of(fractions(), st.integers(1, 8)))
+    expected = tuple(
+        int(r) for r in _tensorly(tensorly.tucker_tensor.validate_tucker_rank, shape, rank=spec)
+    )
+    assert _rank.tucker_rank(shape, spec, overcomplete=True) == expected
+
+
+@given(data=st.data(), shape=shapes(min_order=2))
+def test_tt_rank_over_complete_matches_tensorly(
+    data: st.DataObject, shape: tuple[int, ...]
+) -> None:
+    spec = data.draw(st.one_of(fractions(), st.integers(1, 8)))
+    expected = tuple(
+        int(r) for r in _tensorly(tensorly.tt_tensor.validate_tt_rank, shape, rank=spec)
+    )
+    assert _rank.tt_rank(shape, spec, overcomplete=True) == expected
+
+
+@given(data=st.data(), shape=shapes())
+def test_over_complete_tucker_rank_is_idempotent(
+    data: st.DataObject, shape: tuple[int, ...]
+) -> None:
+    rank = _rank.tucker_rank(shape, data.draw(st.integers(1, 8)), overcomplete=True)
+    assert _rank.tucker_rank(shape, rank, overcomplete=True) == rank
+
+
+def test_over_complete_tt_rank_still_checks_the_boundary_ranks() -> None:
+    with pytest.raises(tfx.RankError, match="must start and end with 1"):
+        _rank.tt_rank((2, 3, 4), (2, 5, 5, 1), overcomplete=True)
 
 
 def test_tucker_rank_error_suggests_the_clipped_rank() -> None:
@@ -226,7 +294,9 @@ def _escaped(value: tuple[int, ...]) -> str:
 
 def test_tt_rank_error_names_the_bounds_on_a_conv_kernel() -> None:
     with pytest.raises(tfx.RankError, match=r"largest valid rank is \(1, 5, 9, 3, 1\)"):
-        tfx.FactorizedTensor.new((5, 4, 3, 3), rank=(1, 10, 10, 10, 1), factorization="tt")
+        tfx.FactorizedTensor.from_tensor(
+            torch.randn(5, 4, 3, 3), rank=(1, 10, 10, 10, 1), factorization="tt"
+        )
 
 
 def test_tt_rank_of_one_int_caps_each_bond_at_its_bound() -> None:

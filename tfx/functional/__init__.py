@@ -8,7 +8,8 @@ and signature (tltorch keeps some in submodules; ``convolution`` and ``linear``
 exist here as those paths too).
 """
 
-from . import convolution, linear
+from . import convolution as convolution
+from . import linear as linear
 from ._conv import (
     conv_flops,
     convNd,
@@ -20,7 +21,14 @@ from ._conv import (
     tucker_conv,
 )
 from ._embedding import factorized_embedding, gather_rows
-from ._linear import factorized_linear, linear_blocktt, linear_cp, linear_flops, linear_tt, linear_tucker
+from ._linear import (
+    factorized_linear,
+    linear_blocktt,
+    linear_cp,
+    linear_flops,
+    linear_tt,
+    linear_tucker,
+)
 from ._regression import (
     factorized_tensordot,
     tcl,

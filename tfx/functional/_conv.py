@@ -290,13 +290,15 @@ def cp_conv(
     x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
     padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """tltorch's ``cp_conv``: a separable CP convolution (pointwise, a depthwise 1-D conv per spatial dim, pointwise).
+    """Separable CP convolution, tltorch's ``cp_conv``: pointwise, a depthwise 1-D conv per dim, pointwise.
 
     Args:
         x: ``(batch, in_channels, *spatial)``.
         cp_tensor: a CP kernel ``(out_channels, in_channels, *kernel_size)``.
         bias: optional ``(out_channels,)``.
-        stride, padding, dilation: as ``F.conv{1,2,3}d``.
+        stride: as ``F.conv{1,2,3}d``.
+        padding: as ``F.conv{1,2,3}d``, or ``'same'`` / ``'valid'``.
+        dilation: as ``F.conv{1,2,3}d``.
         padding_mode: tfx's addition, as in :func:`convolve`.
 
     Example:
@@ -313,7 +315,7 @@ def cp_conv_mobilenet(
     x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
     padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """tltorch's ``cp_conv_mobilenet``: a CP convolution as pointwise, one depthwise conv, pointwise.
+    """CP convolution as pointwise, one depthwise conv, pointwise: tltorch's ``cp_conv_mobilenet``.
 
     Arguments as :func:`cp_conv`.
 
@@ -331,7 +333,7 @@ def tucker_conv(
     x: torch.Tensor, tucker_tensor: TuckerTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
     padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """tltorch's ``tucker_conv``: pointwise to the input rank, a convolution with the core, pointwise out.
+    """Tucker convolution, tltorch's ``tucker_conv``: pointwise to the input rank, the core, pointwise out.
 
     Arguments as :func:`cp_conv`, with a Tucker kernel ``(out_channels, in_channels, *kernel_size)``.
 
@@ -349,7 +351,7 @@ def tt_conv(
     x: torch.Tensor, tt_tensor: TTTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
     padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """tltorch's ``tt_conv``: a convolution into the first TT bond, then pointwise out.
+    """TT convolution, tltorch's ``tt_conv``: a convolution into the first TT bond, then pointwise out.
 
     The TT kernel is ``(out_channels, in_channels, *kernel_size)``, as for every
     other form (tltorch orders a TT kernel ``(in_channels, *kernel_size, out_channels)``).
@@ -369,7 +371,7 @@ def convNd(  # noqa: N802 - tltorch's name
     x: torch.Tensor, weight: FactorizedTensor | torch.Tensor, bias: torch.Tensor | None = None,
     stride: IntOrSeq = 1, padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, implementation: str = "factorized",
 ) -> torch.Tensor:
-    """tltorch's ``convNd``: :func:`convolve` with tltorch's argument order (no ``groups``).
+    """Convolve as :func:`convolve` does, with tltorch's ``convNd`` argument order (no ``groups``).
 
     Example:
         >>> import torch, tfx
@@ -384,14 +386,17 @@ def general_conv1d(
     x: torch.Tensor, kernel: torch.Tensor, mode: int, bias: torch.Tensor | None = None, stride: int = 1,
     padding: int = 0, groups: int = 1, dilation: int = 1, verbose: bool = False,
 ) -> torch.Tensor:
-    """tltorch's ``general_conv1d``: a 1-D convolution of ``x`` along its dim ``mode`` only.
+    """A 1-D convolution of ``x`` along its dim ``mode`` only: tltorch's ``general_conv1d``.
 
     Args:
         x: ``(batch, in_channels, *spatial)``, with 1 to 3 spatial dims.
         kernel: ``(out_channels, in_channels // groups, kernel_size)``.
         mode: the spatial dim of ``x`` to convolve along (2 is the first).
         bias: optional ``(out_channels,)``.
-        stride, padding, groups, dilation: along ``mode``, as ``F.conv1d``.
+        stride: along ``mode``, as ``F.conv1d``.
+        padding: along ``mode`` (zeros), as ``F.conv1d``.
+        groups: as ``F.conv1d``.
+        dilation: along ``mode``, as ``F.conv1d``.
         verbose: log the shapes (at INFO level; tltorch prints them).
 
     Returns:

@@ -38,7 +38,7 @@ Implementation = Literal["factorized", "reconstructed", "auto"]
 IMPLEMENTATIONS = ("factorized", "reconstructed", "auto")
 
 _MSG_TRANSPOSE: Final = (
-    "{name}: transpose={value!r} must be True or False (tltorch's third argument is `transpose`; "
+    "{name}: transpose={value} must be True or False (tltorch's third argument is `transpose`; "
     "tfx takes `bias` by keyword only).\nFix: {name}(x, weight, bias=bias) or "
     "{name}(x, weight, transpose=False)."
 )
@@ -208,11 +208,12 @@ def _linear_form(
     x: torch.Tensor, weight: FactorizedTensor, transpose: bool, bias: torch.Tensor | None,
     form: type, name: str, *, flat: bool,
 ) -> torch.Tensor:
-    """tltorch's ``linear_*``: rows of ``x`` times ``W.T`` (or ``W``), shaped as tltorch returns them."""
+    """Rows of ``x`` times ``W.T`` (or ``W``), shaped as tltorch's ``linear_*`` return them."""
     if not isinstance(weight, form):
         raise OptionError(f"{name} needs a {form.__name__}, got {type(weight).__name__}; use factorized_linear.")
     if not isinstance(transpose, bool):
-        raise OptionError(_MSG_TRANSPOSE.format(name=name, value=transpose))
+        value = f"<a tensor of shape {tuple(transpose.shape)}>" if isinstance(transpose, torch.Tensor) else repr(transpose)
+        raise OptionError(_MSG_TRANSPOSE.format(name=name, value=value))
     rows, cols = _row_col_modes(weight)
     if transpose:
         in_shape, out_shape, in_modes = cols, rows, tuple(range(len(rows), len(rows) + len(cols)))
@@ -228,7 +229,7 @@ def _linear_form(
 def linear_cp(
     x: torch.Tensor, weight: CPTensor, transpose: bool = True, *, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """tltorch's ``linear_cp``: the rows of ``x`` times a CP weight's ``W.T`` (or ``W``), factor by factor.
+    """Rows of ``x`` times a CP weight's ``W.T`` (or ``W``), factor by factor: tltorch's ``linear_cp``.
 
     ``x`` is read as rows of the weight's input modes (``x.reshape(-1, *in_shape)``),
     as tltorch does, so it may end in ``in_features`` or in the tensorized input shape.
@@ -265,7 +266,7 @@ def linear_tucker(
     *,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """tltorch's ``linear_tucker``: the rows of ``x`` times a Tucker weight's ``W.T`` (or ``W``).
+    """Rows of ``x`` times a Tucker weight's ``W.T`` (or ``W``): tltorch's ``linear_tucker``.
 
     Args:
         x: ``(..., in_features)`` or ``(..., *in_shape)`` (the output's with ``transpose=False``).
@@ -313,7 +314,7 @@ def linear_tt(
 def linear_blocktt(
     x: torch.Tensor, weight: BlockTT, transpose: bool = True, *, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """tltorch's ``linear_blocktt``: the rows of ``x`` times a BlockTT weight's ``W.T`` (or ``W``), core by core.
+    """Rows of ``x`` times a BlockTT weight's ``W.T`` (or ``W``), core by core: tltorch's ``linear_blocktt``.
 
     Args:
         x: ``(..., in_features)`` or ``(..., *in_shape)`` (the output's with ``transpose=False``).

@@ -77,7 +77,7 @@ def _mode_list(value: Any) -> list[int]:
 def _contraction_modes(
     modes: Modes, x_shape: tuple[int, ...], sizes: tuple[int, ...], name: str
 ) -> tuple[list[int], list[int]]:
-    """tensorly's reading of ``modes``, normalised to non-negative dims and checked."""
+    """Read ``modes`` as tensorly does; normalised to non-negative dims and checked."""
     if isinstance(modes, int):
         pair: tuple[Any, Any] = (list(range(len(x_shape) - modes, len(x_shape))), list(range(modes)))
     else:
@@ -88,7 +88,7 @@ def _contraction_modes(
             pair = (modes, modes)  # one list of modes, the same for both
     try:
         mx, mw = _mode_list(pair[0]), _mode_list(pair[1])
-    except TypeError:
+    except (TypeError, ValueError):
         raise ShapeError(_MSG_MODES.format(name=name, modes=modes, why="is not an int or lists of ints")) from None
     why = ""
     if len(mx) != len(mw):
@@ -109,7 +109,7 @@ def _contraction_modes(
 
 
 def _tensor_dot(x: torch.Tensor, weight: FactorizedTensor, modes: Modes, batched: Modes, name: str) -> torch.Tensor:
-    """x's free dims, then the weight's modes except the contracted ones (batched ones kept, in weight order)."""
+    """Contract to x's free dims, then the weight's modes but the contracted ones (batched kept, in order)."""
     no_batch = isinstance(batched, (tuple, list)) and not batched
     if isinstance(x, torch.fx.Proxy):
         if isinstance(modes, int) and modes > 0 and no_batch:
@@ -137,7 +137,7 @@ def _tensor_dot(x: torch.Tensor, weight: FactorizedTensor, modes: Modes, batched
 def tensor_dot_tucker(
     tensor: torch.Tensor, tucker: TuckerTensor, modes: Modes, batched_modes: Modes = ()
 ) -> torch.Tensor:
-    """tltorch's ``tensor_dot_tucker``: ``tensor`` contracted with a Tucker tensor on ``modes``, through its factors.
+    """Contract ``tensor`` with a Tucker tensor on ``modes``, through its factors: tltorch's ``tensor_dot_tucker``.
 
     Args:
         tensor: a dense tensor.
@@ -163,7 +163,7 @@ def tensor_dot_tucker(
 
 
 def tensor_dot_cp(tensor: torch.Tensor, cp: CPTensor, modes: Modes) -> torch.Tensor:
-    """tltorch's ``tensor_dot_cp``: ``tensor`` contracted with a CP tensor on ``modes``, through its factors.
+    """Contract ``tensor`` with a CP tensor on ``modes``, through its factors: tltorch's ``tensor_dot_cp``.
 
     Args:
         tensor: a dense tensor.
@@ -204,7 +204,7 @@ def tensor_regression(x: torch.Tensor, weight: FactorizedTensor, bias: torch.Ten
 def tucker_trl(
     x: torch.Tensor, weight: FactorizedTensor, project_input: bool = False, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """tltorch's ``tucker_trl``: :func:`tensor_regression`, with tltorch's argument order.
+    """Tensor regression (:func:`tensor_regression`) with the arguments of tltorch's ``tucker_trl``.
 
     ``project_input`` is accepted and has no effect on the result: tltorch uses
     it to project the input onto the factors first; tfx always contracts
@@ -221,7 +221,9 @@ def tucker_trl(
 
 
 def trl(x: torch.Tensor, weight: FactorizedTensor, bias: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-    """tltorch's ``trl``: :func:`tensor_regression` (``project_input=`` accepted, as for tltorch's Tucker weights).
+    """Tensor regression (:func:`tensor_regression`) with the arguments of tltorch's ``trl``.
+
+    ``project_input=`` is accepted (tltorch passes it on for Tucker weights) and has no effect.
 
     Example:
         >>> import torch, tfx
