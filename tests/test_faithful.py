@@ -311,3 +311,35 @@ def test_partly_quantized_model_says_which_layers_it_left() -> None:
         result = tfx.factorize(model, 0.8, example_inputs=(torch.randn(2, 64),), progress=False)
     assert any("quantized layers" in n for n in result.tfx_plan.notes)
     assert [c.site for c in result.tfx_plan.choices] == ["0"]
+
+
+# ------------------------------------------------------------ inplace: no second copy
+def test_inplace_rewrites_the_model_itself_without_a_copy(monkeypatch) -> None:  # noqa: ANN001
+    import copy as copy_module
+
+    model = tiny_bert()
+    reference = copy_module.deepcopy(model)
+    inputs = bert_inputs()
+    real = copy_module.deepcopy
+
+    def no_model_copy(value, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if isinstance(value, nn.Module) and value is model:
+            raise AssertionError("inplace=True deep-copied the model")
+        return real(value, *args, **kwargs)
+
+    monkeypatch.setattr(copy_module, "deepcopy", no_model_copy)
+    result = tfx.factorize(model, 0.5, example_inputs=inputs, progress=False, inplace=True)
+    monkeypatch.undo()
+    assert result is model
+    assert n_params(result) == result.tfx_plan.total_params_after <= 0.5 * n_params(reference)
+    assert result.tfx_plan.output_error is not None and result.tfx_plan.output_error > 0
+    assert output_error(reference, result, inputs) == pytest.approx(result.tfx_plan.output_error, rel=1e-6)
+
+
+def test_default_leaves_the_model_untouched() -> None:
+    model = tiny_bert()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = tfx.factorize(model, 0.5, example_inputs=bert_inputs(), progress=False)
+    assert result is not model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p1 is p2 for p1 in model.parameters() for p2 in result.parameters())

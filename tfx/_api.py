@@ -26,9 +26,9 @@ from .cost._choose import available_strategies, choose_two
 from .cost._device import DeviceProfile
 from .cost._flops import price
 from .cost._refine import refine_svd_ranks
-from .passes import Site, capture, find_sites, output_error, rewrite
+from .passes import Site, capture, find_sites, rewrite
 from .passes import emit as emit_graph
-from .passes._emit import check_result
+from .passes._emit import check_result, compare_outputs, tie_groups
 from .passes._swap import DELEGATE_CHILD
 from ._shared import SiblingGroup, expand, group_options, merge_shared_steps, shared_builder, sibling_groups
 from ._tied import TiedGroup, joint_options, member_choices, tied_builder, tied_groups
@@ -396,6 +396,7 @@ def _emission(emit: str, captured: Any, sites: list[Site]) -> str:
 def _prepare(
     model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str],
     emit: str = "auto",
+    inplace: bool = False,
 ) -> tuple[Any, list[Site], str]:
     _check_model(model)
     _check_names(forms, FORMS, "form")
@@ -403,21 +404,23 @@ def _prepare(
     _check_skip(model, skip)
     was_training = model.training
     model.eval()  # capture and verify in inference mode; the result gets the original's mode back
+    reference = None
     try:
         if example_inputs is not None:
             from .passes._capture import call_with
 
             with torch.no_grad():
                 try:
-                    call_with(model, example_inputs)
+                    reference = call_with(model, example_inputs)
                 except Exception as err:
                     raise OptionError(
                         f"the model cannot run on example_inputs: {type(err).__name__}: {err}\n"
                         "Fix: pass a tuple of positional inputs or a dict of keyword inputs that model(...) accepts."
                     ) from err
         # Capture a copy: the returned module must share nothing with ``model``, so that
-        # training it leaves the original untouched.
-        captured = capture(copy.deepcopy(model), example_inputs, skip)
+        # training it leaves the original untouched -- unless the caller gives the model up.
+        captured = capture(model if inplace else copy.deepcopy(model), example_inputs, skip)
+        captured.reference = reference
     finally:
         model.train(was_training)
     if captured.path == "module_swap":
@@ -525,6 +528,7 @@ def factorize(
     plan: FactorizationPlan | None = None,
     emit: str = "auto",
     calibration_mask: Callable[[Any], torch.Tensor | None] | None = None,
+    inplace: bool = False,
 ) -> nn.Module:
     """Factorize every linear, convolution and embedding of ``model`` under one budget.
 
@@ -564,6 +568,10 @@ def factorize(
             against the original and record it in the plan.
         progress: show progress bars.
         plan: re-apply a saved plan exactly (then ``budget`` and ``strategy`` are ignored).
+        inplace: rewrite ``model`` itself instead of a deep copy, so that a model as large as
+            the memory allows can be factorized (no second copy of its weights). The original
+            is consumed: with a ``"modules"`` result the returned module *is* ``model``;
+            with a graph result ``model``'s modules may have been changed. Default: a copy.
         emit: the kind of result: ``"graph"`` (a ``torch.fx.GraphModule``), ``"modules"``
             (a copy of ``model``, of its own class, with its layer modules replaced by
             ``tfx.nn`` layers; functional sites stay dense) or ``"auto"``: ``"modules"`` for
@@ -603,7 +611,9 @@ def factorize(
     start = time.perf_counter()
     if plan is not None and emit == "auto":
         emit = plan.emit
-    captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
+    ties = tie_groups(model)  # before anything changes (inplace=True changes ``model`` itself)
+    captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit, inplace)
+    reference = captured.reference
     capture_s = time.perf_counter() - start
     calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress,
                             calibration_mask)
@@ -647,14 +657,14 @@ def factorize(
     the_plan.timings["decompose + rewrite"] = time.perf_counter() - clock
     result.train(model.training)
     clock = time.perf_counter()
-    check_result(model, result, the_plan)
+    check_result(ties, result, the_plan)
     if plan is None and the_plan.total_params_after > the_plan.budget_params:
         raise PlanMismatchError(
             f"the plan holds {the_plan.total_params_after:,} parameters, above its budget of "
             f"{the_plan.budget_params:,.0f}: a bug in tfx (please report it with the model)."
         )
     if verify and example_inputs is not None:
-        the_plan.output_error = _verify(model, result, example_inputs)
+        the_plan.output_error = _verify(result, reference, example_inputs)
         the_plan.timings["verify"] = time.perf_counter() - clock
     the_plan.timings["total"] = time.perf_counter() - start
     if emission == "graph" and the_plan.capture == "export" and _mode_dependent(model) and not any("frozen" in n for n in the_plan.notes):
@@ -715,14 +725,14 @@ def _module_conv(site: Site, module: nn.Module) -> Site:
     return site
 
 
-def _verify(model: nn.Module, result: nn.Module, example_inputs: Any) -> float:
-    was, model_mode = result.training, model.training
+def _verify(result: nn.Module, reference: Any, example_inputs: Any) -> float:
+    """The result's max relative output error against the original's outputs, recorded in eval
+    mode before anything changed."""
+    was = result.training
     result.eval()
-    model.eval()
     try:
-        return output_error(model, result, example_inputs)
+        return compare_outputs(reference, result, example_inputs)
     finally:
-        model.train(model_mode)
         result.train(was)
 
 

@@ -45,6 +45,8 @@ class Captured:
         graph_faithful: False when the graph is for analysis only and does not compute what
             the model computes (captured with ``use_cache=False``): then the result must be
             emitted into the model's own modules.
+        reference: the model's outputs on the example inputs, recorded before anything
+            changed (``tfx.factorize`` verifies the result against them).
     """
 
     gm: fx.GraphModule
@@ -53,6 +55,7 @@ class Captured:
     model: nn.Module | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     graph_faithful: bool = True
+    reference: Any = None
 
 
 class Tracer(fx.Tracer):

@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_flatten
 from .._errors import PlanMismatchError, TensorError, TfxWarning
 from ._capture import call_with
 
-__all__ = ["emit", "fast_reads", "output_error", "check_result"]
+__all__ = ["emit", "fast_reads", "output_error", "compare_outputs", "check_result", "tie_groups"]
 
 
 
@@ -113,7 +113,14 @@ def output_error(reference: Any, candidate: Any, example_inputs: Any) -> float:
             positions are left out of the error, and the warning says so).
     """
     with torch.no_grad():
-        expected, _ = tree_flatten(call_with(reference, example_inputs))
+        expected = call_with(reference, example_inputs)
+    return compare_outputs(expected, candidate, example_inputs)
+
+
+def compare_outputs(expected: Any, candidate: Any, example_inputs: Any) -> float:
+    """:func:`output_error` against outputs recorded before (``expected``, any pytree)."""
+    expected, _ = tree_flatten(expected)
+    with torch.no_grad():
         got, _ = tree_flatten(call_with(candidate, example_inputs))
     worst = 0.0
     original_bad = 0
@@ -145,14 +152,23 @@ def output_error(reference: Any, candidate: Any, example_inputs: Any) -> float:
     return worst
 
 
-def check_result(model: torch.nn.Module, result: torch.nn.Module, plan: Any) -> None:
+def tie_groups(model: torch.nn.Module) -> list[list[str]]:
+    """The names under which each parameter shared by several names is reachable."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def check_result(model: Any, result: torch.nn.Module, plan: Any) -> None:
     """The post-conditions of a factorized model, checked on every result of ``tfx.factorize``.
 
     - a graph result passes ``graph.lint()``;
     - its parameters, counted on the returned module, are the plan's total (no double count,
       no factor frozen as a constant);
     - every tie of the model is still a tie: names that shared one parameter in ``model`` and
-      still exist in ``result`` share one parameter there.
+      still exist in ``result`` share one parameter there (``model`` may be the model, or its
+      :func:`tie_groups` recorded before it was changed in place).
 
     Raises:
         PlanMismatchError: a post-condition does not hold (a bug in tfx: please report it).
@@ -160,19 +176,17 @@ def check_result(model: torch.nn.Module, result: torch.nn.Module, plan: Any) -> 
     if isinstance(result, fx.GraphModule):
         result.graph.lint()
     after = dict(result.named_parameters(remove_duplicate=False))
-    groups: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
-    for names in groups.values():
+    name = type(model).__name__ if isinstance(model, torch.nn.Module) else "model"
+    for names in tie_groups(model) if isinstance(model, torch.nn.Module) else model:
         kept = {id(after[n]) for n in names if n in after}
         if len(kept) > 1:
             raise PlanMismatchError(
-                f"the tied parameters {names} of {type(model).__name__} are no longer one parameter in "
+                f"the tied parameters {names} of {name} are no longer one parameter in "
                 "the factorized model: a bug in tfx (please report it with the model)."
             )
     counted = sum(p.numel() for p in result.parameters())
     if counted != plan.total_params_after:
         raise PlanMismatchError(
-            f"the factorized {type(model).__name__} holds {counted:,} parameters but its plan says "
+            f"the factorized {name} holds {counted:,} parameters but its plan says "
             f"{plan.total_params_after:,}: a bug in tfx (please report it with the model)."
         )
