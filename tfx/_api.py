@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import logging
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -611,7 +612,7 @@ def factorize(
     start = time.perf_counter()
     if plan is not None and emit == "auto":
         emit = plan.emit
-    ties = tie_groups(model)  # before anything changes (inplace=True changes ``model`` itself)
+    ties = tie_groups(model) if isinstance(model, nn.Module) else []  # before inplace=True changes it
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit, inplace)
     reference = captured.reference
     capture_s = time.perf_counter() - start
@@ -656,6 +657,8 @@ def factorize(
         _recount(result, the_plan)
     the_plan.timings["decompose + rewrite"] = time.perf_counter() - clock
     result.train(model.training)
+    if emission == "modules":
+        _declare_shared(result)
     clock = time.perf_counter()
     check_result(ties, result, the_plan)
     if plan is None and the_plan.total_params_after > the_plan.budget_params:
@@ -675,6 +678,23 @@ def factorize(
     _attach_plan(result, the_plan)
     logger.info("tfx.factorize took %.2f s", the_plan.timings["total"])
     return result
+
+
+def _declare_shared(result: nn.Module) -> None:
+    """Tell a Hugging Face model's ``save_pretrained`` which of its parameters tfx shares (a
+    tied table's factors, a shared input basis): it refuses shared tensors it was not told of.
+    Each shared parameter is saved once, under its first name; ``tfx.save`` keeps them all."""
+    if not hasattr(result, "save_pretrained"):
+        return
+    ours = {}
+    for names in tie_groups(result):
+        if not any(".weight.factors." in n or n.endswith(".weight.weights") or ".tfx_layer." in n for n in names):
+            continue  # the model's own ties: declared by the model
+        keep, *rest = sorted(names)
+        ours.update({re.escape(name) + "$": keep for name in rest})
+    if ours:
+        declared = dict(getattr(result, "_tied_weights_keys", None) or {})
+        result._tied_weights_keys = {**declared, **ours}  # type: ignore[assignment]
 
 
 def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
@@ -705,7 +725,7 @@ def _emit_modules(
                 bar.update(1)
             continue
         if captured.path == "module_swap" or site.name in tied:  # a tied reader: the module at its name
-            module = root.get_submodule(site.name)
+            module = root.get_submodule(site.name.split(":")[0])  # "<module>:k": its k-th call
         else:
             module = module_of(root, site.name, site.weight_target)
         targets.append((module, (_module_conv(site, module), choice)))

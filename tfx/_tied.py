@@ -90,7 +90,7 @@ def tied_groups(
         nodes = {s.node for s in group if s.node is not None}
         if not all(_only_members(s, nodes) for s in group):
             continue
-        if root is not None and not all(_swappable(root, s) for s in group):
+        if root is not None and not (all(_swappable(root, s) for s in group) and _held_only_by(root, group)):
             continue
         owner = next((i for i in members if sites[i].info.kind == "linear"), members[0])
         groups.append(TiedGroup(members, owner))
@@ -99,10 +99,18 @@ def tied_groups(
 
 def _swappable(root: nn.Module, site: Site) -> bool:
     try:
-        module = root.get_submodule(site.name)
+        module = root.get_submodule(site.name.split(":")[0])  # "<module>:k": the module's k-th call
     except AttributeError:
         return False
     return swap_kind(module) is not None and getattr(module, "weight", None) is not None
+
+
+def _held_only_by(root: nn.Module, group: Sequence[Site]) -> bool:
+    """Every module of ``root`` holding the group's weight is one of its members (BART's
+    ``shared`` table, never called, would keep a dense copy of a factorized table)."""
+    weight = root.get_submodule(group[0].name.split(":")[0]).weight
+    members = {id(root.get_submodule(s.name.split(":")[0])) for s in group}
+    return all(id(m) in members for m in root.modules() if getattr(m, "weight", None) is weight)
 
 
 def joint_options(

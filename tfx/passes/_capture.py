@@ -315,7 +315,10 @@ def capture(model: nn.Module, example_inputs: Any = None, skip: Sequence[str] = 
                     f"({failures[-1]}); the graph tfx plans on was captured with use_cache=False, "
                     "and the result is the model with its layers replaced, cache and all"
                 )
-                _warn_notes([note, *notes])
+                # Not a warning: the result is the model itself, cache included; only the
+                # analysis graph differs, and the plan says so.
+                logger.info("%s", note)
+                _warn_notes(notes)
                 return Captured(gm, "export", failures, model, [note, *notes], graph_faithful=False)
             except Exception as err:  # noqa: BLE001
                 failures.append(f"torch.export (use_cache=False): {_first_line(err)}")

@@ -88,7 +88,12 @@ def _delegating_class(cls: type, base: type) -> type:
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             return getattr(self, DELEGATE_CHILD)(*args, **kwargs)
 
-        call = type(f"_Factorized{base.__name__}Call", (base,), {"forward": forward, "__module__": __name__})
+        def weight(self: nn.Module) -> Any:
+            """The factorized weight (its ``dtype`` and ``device`` are what code around it reads)."""
+            return getattr(self, DELEGATE_CHILD).weight
+
+        call = type(f"_Factorized{base.__name__}Call", (base,),
+                    {"forward": forward, "weight": property(weight), "__module__": __name__})
         doc = f"{cls.__name__} whose base {base.__name__} call runs the factorized layer ``{DELEGATE_CHILD}``."
         _DELEGATES[cls] = type(f"Factorized{cls.__name__}", (cls, call), {"__module__": __name__, "__doc__": doc})
     return _DELEGATES[cls]
@@ -104,6 +109,16 @@ def _delegate(module: nn.Module, layer: nn.Module) -> None:
     setattr(module, DELEGATE_CHILD, layer)
 
 
+def _keep_bias(module: nn.Module, layer: nn.Module) -> None:
+    """Give ``layer`` the module's own bias Parameter (same values): a bias tied elsewhere
+    (RoBERTa's ``lm_head.bias`` is ``lm_head.decoder.bias``) stays tied, and nothing is copied."""
+    old, new = module._parameters.get("bias"), getattr(layer, "_parameters", {}).get("bias")
+    if isinstance(old, nn.Parameter) and isinstance(new, nn.Parameter) and old.shape == new.shape:
+        with_values = bool((old.detach() == new.detach()).all())
+        if with_values:
+            layer.bias = old
+
+
 def swap_modules(
     root: nn.Module, targets: Sequence[tuple[nn.Module, Any]], build: Callable[[Any], nn.Module],
     progress: Any = None,
@@ -111,6 +126,7 @@ def swap_modules(
     """Replace each ``(module, item)`` of ``targets`` in ``root`` by ``build(item)``, in place."""
     for module, item in targets:
         layer = build(item)
+        _keep_bias(module, layer)
         if swap_kind(module) == "delegate":
             _delegate(module, layer)
         else:

@@ -102,8 +102,9 @@ class FactorizedTensor(nn.Module):
             factorization: the form's name, case-insensitive.
             **kwargs: passed to the decomposition. ``decomposition=`` runs a tensorly
                 decomposition instead of tfx's: a callable such as
-                ``tensorly.decomposition.parafac`` or a name such as ``"tucker"``
-                (tensorly's global backend is left as it is).
+                ``tensorly.decomposition.parafac``, a name such as ``"tucker"``, or
+                ``True`` for the form's usual one (tensorly's global backend is left
+                as it is).
 
         Example:
             >>> import torch, tfx
@@ -112,11 +113,11 @@ class FactorizedTensor(nn.Module):
             (2, 3, 3)
         """
         form = _lookup(cls._factorizations, factorization, "tensor")
-        if kwargs.get("decomposition") is not None:
+        decomposition = kwargs.pop("decomposition", None)
+        if decomposition is not None and decomposition is not False:
             from ._tensorly import decompose
 
-            return decompose(form, tensor, rank, **kwargs)
-        kwargs.pop("decomposition", None)
+            return decompose(form, tensor, rank, decomposition, **kwargs)
         return form.from_tensor(tensor, rank, **kwargs)
 
     # ------------------------------------------------------------ the interface
@@ -157,6 +158,27 @@ class FactorizedTensor(nn.Module):
     def ndim(self) -> int:
         """Number of dimensions of the (matricized, for tensorized forms) tensor."""
         return len(self.shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the dense tensor (of its factors; complex forms: the complex dtype), as
+        code written for a dense ``weight`` reads it (``layer.weight.dtype``)."""
+        first = next(iter(self.parameters()), None)
+        if first is None:
+            first = next(iter(self.buffers()), None)
+        if first is None:
+            return torch.get_default_dtype()
+        if getattr(self, "_complex", False) and not first.is_complex():
+            return torch.complex64 if first.dtype == torch.float32 else torch.complex128
+        return first.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the factors."""
+        first = next(iter(self.parameters()), None)
+        if first is None:
+            first = next(iter(self.buffers()), None)
+        return first.device if first is not None else torch.device("cpu")
 
     def dim(self) -> int:
         """Same as :attr:`ndim`."""
@@ -320,11 +342,11 @@ class TensorizedTensor(FactorizedTensor):
         tensorly decomposition instead of tfx's, as in :meth:`FactorizedTensor.from_tensor`.
         """
         form = _lookup(cls._factorizations, factorization, "tensorized")
-        if kwargs.get("decomposition") is not None:
+        decomposition = kwargs.pop("decomposition", None)
+        if decomposition is not None and decomposition is not False:
             from ._tensorly import decompose
 
-            return decompose(form, tensor, rank, tensorized_shape=tensorized_shape, **kwargs)
-        kwargs.pop("decomposition", None)
+            return decompose(form, tensor, rank, decomposition, tensorized_shape, **kwargs)
         return form.from_tensor(tensor, tensorized_shape, rank, **kwargs)
 
     @classmethod
