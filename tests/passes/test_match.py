@@ -241,7 +241,7 @@ def test_find_module_sites_finds_every_layer_module() -> None:
 
 def test_cached_decoder_is_planned_on_a_cache_free_graph_and_keeps_its_cache() -> None:
     """GPT-2 with its KV cache on: torch.export cannot return the cache object, so capture
-    exports it again with use_cache=False for the analysis (a warning and a plan note say so),
+    exports it again with use_cache=False for the analysis (a plan note says so),
     and the result is the model itself with its layers replaced: cache, ties and totals kept."""
     import tfx
     from tests.passes._models import VOCAB, gpt2_inputs
@@ -250,8 +250,7 @@ def test_cached_decoder_is_planned_on_a_cache_free_graph_and_keeps_its_cache() -
     config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config).eval()
     inputs = gpt2_inputs()
-    with pytest.warns(tfx.TfxWarning, match="use_cache=False"):
-        gm = tfx.factorize(model, 0.5, example_inputs=inputs, forms=("svd",), progress=False)
+    gm = tfx.factorize(model, 0.5, example_inputs=inputs, forms=("svd",), progress=False)
     plan = gm.tfx_plan
     assert (plan.capture, plan.emit) == ("export", "modules")
     assert any("use_cache=False" in n for n in plan.notes)
