@@ -703,7 +703,7 @@ def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
     seen: set[int] = set()
     for choice in the_plan.choices:
         if choice.form != "dense":
-            layer = result.get_submodule(choice.site)
+            layer = result.get_submodule(choice.site.split(":")[0])  # "<module>:k": its k-th call
             layer = getattr(layer, DELEGATE_CHILD, layer)
             params = [p for n, p in layer.named_parameters() if n != "bias" and id(p) not in seen]
             seen.update(id(p) for p in params)  # a table shared by tied readers counts once
