@@ -198,7 +198,7 @@ def test_backend_graph_has_the_plan_and_outputs_of_factorize(name: str) -> None:
     gm = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
     (plan,) = backend.plans  # type: ignore[attr-defined]
     assert [c.site for c in plan.choices] == [c.site for c in gm.tfx_plan.choices]
-    if not any(c.group for c in gm.tfx_plan.choices):  # the backend plans no shared input bases
+    if name != "bert":  # factorize plans BERT's query/key/value as a group; the backend, one by one
         assert _decisions(plan) == _decisions(gm.tfx_plan)
     assert plan.total_params_before == gm.tfx_plan.total_params_before
     assert plan.capture == "dynamo"

@@ -3,8 +3,14 @@
 from ._conv import FactorizedConv
 from ._embedding import FactorizedEmbedding
 from ._hooks import (
+    CPDropout,
+    CPLasso,
     TensorDropout,
     TensorLasso,
+    TTDropout,
+    TTLasso,
+    TuckerDropout,
+    TuckerLasso,
     remove_tensor_dropout,
     remove_tensor_lasso,
     tensor_dropout,
@@ -20,9 +26,15 @@ __all__ = [
     "TRL",
     "TCL",
     "TensorDropout",
+    "CPDropout",
+    "TuckerDropout",
+    "TTDropout",
     "tensor_dropout",
     "remove_tensor_dropout",
     "TensorLasso",
+    "CPLasso",
+    "TuckerLasso",
+    "TTLasso",
     "tensor_lasso",
     "remove_tensor_lasso",
 ]

@@ -122,15 +122,20 @@ class FactorizedEmbedding(nn.Module):
         embedding_layer: nn.Embedding,
         rank: Any = 8,
         factorization: str = "blocktt",
+        n_tensorized_modes: int = 2,
         decompose_weights: bool = True,
         auto_tensorize: bool = True,
         decomposition_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> FactorizedEmbedding:
-        """Factorize an ``nn.Embedding`` (``padding_idx`` honoured; dtype and device kept)."""
+        """Factorize an ``nn.Embedding`` (``padding_idx`` honoured; dtype and device kept).
+
+        ``n_tensorized_modes`` defaults to 2, as in tltorch (the constructor's default is 3).
+        """
         return cls.from_embedding_list(
-            [embedding_layer], rank=rank, factorization=factorization, decompose_weights=decompose_weights,
-            auto_tensorize=auto_tensorize, decomposition_kwargs=decomposition_kwargs, _single=True, **kwargs,
+            [embedding_layer], rank=rank, factorization=factorization, n_tensorized_modes=n_tensorized_modes,
+            decompose_weights=decompose_weights, auto_tensorize=auto_tensorize,
+            decomposition_kwargs=decomposition_kwargs, _single=True, **kwargs,
         )
 
     @classmethod
@@ -139,13 +144,15 @@ class FactorizedEmbedding(nn.Module):
         embedding_layer_list: Sequence[nn.Embedding],
         rank: Any = 8,
         factorization: str = "blocktt",
+        n_tensorized_modes: int = 2,
         decompose_weights: bool = True,
         auto_tensorize: bool = True,
         decomposition_kwargs: dict[str, Any] | None = None,
         _single: bool = False,
         **kwargs: Any,
     ) -> FactorizedEmbedding:
-        """One stacked layer jointly factorizing same-shaped embeddings."""
+        """One stacked layer jointly factorizing same-shaped embeddings (``n_tensorized_modes``
+        2 by default, as in tltorch)."""
         first = embedding_layer_list[0]
         for emb in embedding_layer_list:
             _check_embedding(emb)
@@ -153,8 +160,8 @@ class FactorizedEmbedding(nn.Module):
                 raise ShapeError("from_embedding_list needs embeddings of one shape and padding_idx.")
         n, d = first.weight.shape
         layer = cls(
-            n, d, auto_tensorize=auto_tensorize, factorization=factorization, rank=rank,
-            n_layers=1 if _single else len(embedding_layer_list), device=first.weight.device,
+            n, d, auto_tensorize=auto_tensorize, n_tensorized_modes=n_tensorized_modes, factorization=factorization,
+            rank=rank, n_layers=1 if _single else len(embedding_layer_list), device=first.weight.device,
             dtype=first.weight.dtype, padding_idx=first.padding_idx, **kwargs,
         )
         if decompose_weights:

@@ -49,6 +49,9 @@ from ..tensors._base import _lookup
 
 __all__ = [
     "TensorDropout",
+    "CPDropout",
+    "TuckerDropout",
+    "TTDropout",
     "tensor_dropout",
     "remove_tensor_dropout",
     "TensorLasso",
@@ -135,14 +138,16 @@ def reduced(
     return _same_form(tensor, cores, (1, *(int(c.shape[-1]) for c in cores[:-1]), 1))
 
 
-def _tracing() -> bool:
+def _tracing(like: Any) -> bool:
     """Whether a graph is being captured (fx, jit, dynamo, export): shapes must stay static."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)
     return bool(
-        torch.compiler.is_compiling()
+        isinstance(like, torch.fx.Proxy)
+        or torch.compiler.is_compiling()
         or exporting()
         or torch.jit.is_tracing()
-        or torch.fx._symbolic_trace.is_fx_tracing()
+        # the flag itself: torch's is_fx_tracing() logs a warning on its first call
+        or getattr(torch.fx._symbolic_trace, "_is_fx_tracing_flag", False)
     )
 
 
@@ -164,10 +169,12 @@ class TensorDropout:
         min_values: at least this many components are kept per sampled dimension.
         drop_test: also drop in eval mode.
         implementation: ``"reduce"`` returns a tensor of smaller rank (the
-            dropped components removed, as tltorch does); ``"mask"`` zeroes them
-            at full rank (static shapes); ``"auto"`` uses ``"mask"`` while
-            tracing or compiling (``torch.fx``, ``torch.jit``, ``torch.compile``,
-            ``torch.export``) and ``"reduce"`` otherwise.
+            dropped components removed, as tltorch does; each new combination
+            of ranks plans its contractions once, so on small layers ``"mask"``
+            can be faster); ``"mask"`` zeroes them at full rank (static
+            shapes); ``"auto"`` uses ``"mask"`` while tracing or compiling
+            (``torch.fx``, ``torch.jit``, ``torch.compile``, ``torch.export``)
+            and ``"reduce"`` otherwise.
 
     Raises:
         OptionError: ``proba`` outside [0, 1), ``min_values < 1`` or an unknown
@@ -180,6 +187,9 @@ class TensorDropout:
         >>> t.train()().rank
         (1, 1, 1)
     """
+
+    _forms: ClassVar[tuple[type, ...]] = (FactorizedTensor,)
+    _form_name: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -219,11 +229,12 @@ class TensorDropout:
             return tensor
         like = next(iter(tensor.factors))
         keeps = [self._keep(s, like) if s > self.min_dim else None for s in sizes]
+        if all(k is None for k in keeps):
+            return tensor
         scale = 1.0 / (1 - self.proba) if training else 1.0
-        mask = self.implementation == "mask" or (self.implementation == "auto" and _tracing())
+        mask = self.implementation == "mask" or (self.implementation == "auto" and _tracing(like))
         if mask:
-            dtype = like.dtype if not getattr(tensor, "_complex", False) else torch.float32
-            return scaled(tensor, [None if k is None else (k * scale).to(dtype) for k in keeps])
+            return scaled(tensor, [None if k is None else (k * scale).to(like.dtype) for k in keeps])
         kept = [None if k is None else k.nonzero().squeeze(1) for k in keeps]
         n_sampled = sum(k is not None for k in keeps)
         return reduced(tensor, kept, scale**n_sampled)
@@ -242,11 +253,17 @@ class TensorDropout:
         """Register tensor dropout on ``module``; returns it.
 
         Raises:
-            OptionError: ``module`` is not a factorized tensor or already has tensor dropout.
+            OptionError: ``module`` is not a factorized tensor (of this class's
+                forms, for :class:`CPDropout`, ...) or already has tensor dropout.
         """
         if not isinstance(module, FactorizedTensor):
             raise OptionError(f"tensor dropout applies to tfx factorized tensors, got {type(module).__name__}.")
-        if any(isinstance(h, cls) for h in module._forward_hooks.values()):
+        if not isinstance(module, cls._forms):
+            raise OptionError(
+                f"{cls.__name__} applies to {cls._form_name} tensors, got a {module._name} tensor.\n"
+                "Fix: tfx.tensor_dropout(tensor, p=...), which serves every form."
+            )
+        if any(isinstance(h, TensorDropout) for h in module._forward_hooks.values()):
             raise OptionError("tensor dropout is already applied to this tensor.\nFix: remove_tensor_dropout(tensor) first.")
         hook = cls(proba, min_dim=min_dim, min_values=min_values, drop_test=drop_test, implementation=implementation)
         module.register_forward_hook(hook)
@@ -259,7 +276,7 @@ class TensorDropout:
         Raises:
             OptionError: ``module`` has no tensor dropout (tltorch raises a ValueError too).
         """
-        keys = [k for k, h in module._forward_hooks.items() if isinstance(h, cls)]
+        keys = [k for k, h in module._forward_hooks.items() if isinstance(h, TensorDropout)]
         if not keys:
             raise OptionError(
                 f"{type(module).__name__} has no tensor dropout to remove.\n"
@@ -268,6 +285,34 @@ class TensorDropout:
         for key in keys:
             del module._forward_hooks[key]
         return module
+
+
+class CPDropout(TensorDropout):
+    """Tensor dropout restricted to CP tensors (tltorch's class): drops rank-one terms.
+
+    Example:
+        >>> import tfx
+        >>> t = tfx.nn.CPDropout.apply(tfx.CPTensor.new((3, 4, 5), rank=6), 0.999, min_dim=1)
+        >>> t.train()().rank
+        1
+    """
+
+    _forms = (CPTensor,)
+    _form_name = "CP"
+
+
+class TuckerDropout(TensorDropout):
+    """Tensor dropout restricted to Tucker tensors (tltorch's class): drops each mode's components."""
+
+    _forms = (TuckerTensor,)
+    _form_name = "Tucker"
+
+
+class TTDropout(TensorDropout):
+    """Tensor dropout restricted to TT (and BlockTT) tensors (tltorch's class): drops bond components."""
+
+    _forms = (TTTensor, BlockTT)
+    _form_name = "TT"
 
 
 def tensor_dropout(
@@ -342,10 +387,7 @@ def _gates_of(module: nn.Module) -> list[Any]:
     gates = getattr(module, "lasso_weights", None)
     if gates is None:
         return []
-    return [gates] if isinstance(gates, torch.Tensor) else list(gates)
-
-
-_LASSO_FIX = "Fix: tfx.tensor_lasso(factorization={name!r}), or tfx.TensorLasso(...) for any form."
+    return [gates] if isinstance(gates, (torch.Tensor, torch.fx.Proxy)) else list(gates)
 
 
 class TensorLasso:
@@ -411,7 +453,8 @@ class TensorLasso:
             return tensor
         if isinstance(gates[0], torch.fx.Proxy):
             # fx tracing: in-place updates of parameters cannot be replayed by a graph, so the
-            # clamp and threshold are applied out of place (the penalty is not tracked there).
+            # clamp and threshold are applied out of place, and the penalty (a side effect) is
+            # not tracked: a traced graph gates the tensor but does not add to lasso.loss.
             gates = [self._filtered(g) for g in gates]
         else:
             with torch.no_grad():
@@ -420,9 +463,9 @@ class TensorLasso:
                         gate.clamp_(-1, 1)
                     if self.threshold:
                         gate.masked_fill_(gate <= self.threshold, 0.0)
-        for gate in gates:
-            self.n_element += math.prod(gate.shape)
-            self._loss = self._loss + self.penalty * gate.abs().sum()
+            for gate in gates:
+                self.n_element += math.prod(gate.shape)
+                self._loss = self._loss + self.penalty * gate.abs().sum()
         indices = inputs[0] if inputs else None
         if indices is not None:
             # Stacked layers: forward(indices) returned an indexed tensor; gate the whole
@@ -441,9 +484,6 @@ class TensorLasso:
         """``tensor`` with each rank component multiplied by its gate in ``lasso_weights``."""
         return scaled(tensor, list(lasso_weights))
 
-    def _gate_shape(self, size: int) -> tuple[int, ...]:
-        return (size,)
-
     def apply(self, module: FactorizedTensor) -> FactorizedTensor:
         """Add gates (ones) to ``module`` and register the hook, before any other hook; returns it.
 
@@ -456,20 +496,26 @@ class TensorLasso:
         """
         if not isinstance(module, FactorizedTensor):
             raise OptionError(f"tensor lasso applies to tfx factorized tensors, got {type(module).__name__}.")
-        if not isinstance(module, self._forms) or not rank_sizes(module):
-            kind = f"{type(self).__name__} applies to {self._form_name} tensors" if self._form_name else (
-                "tensor lasso needs rank components to penalise")
+        sizes = rank_sizes(module)
+        if not sizes:
             raise OptionError(
-                f"{kind}; a {module._name} tensor has none.\n" + _LASSO_FIX.format(name=module._name.lower())
-                if not rank_sizes(module) else
-                f"{kind}, got a {module._name} tensor.\n" + _LASSO_FIX.format(name=module._name.lower())
+                f"tensor lasso needs rank components to penalise; a {module._name} tensor has none.\n"
+                "Fix: apply it to a CP, Tucker, TT or BlockTT tensor."
+            )
+        if not isinstance(module, self._forms):
+            raise OptionError(
+                f"{type(self).__name__} applies to {self._form_name} tensors, got a {module._name} tensor.\n"
+                f"Fix: tfx.tensor_lasso(factorization={module._name.lower()!r}), or tfx.TensorLasso(...) "
+                "for any form."
             )
         if hasattr(module, "lasso_weights"):
             raise OptionError("tensor lasso is already applied to this tensor.\nFix: remove_tensor_lasso(tensor) first.")
         first = next(iter(module.parameters()))
-        gates = [nn.Parameter(torch.ones(self._gate_shape(s), device=first.device, dtype=first.dtype))
-                 for s in rank_sizes(module)]
-        module.lasso_weights = gates[0] if isinstance(self, CPLasso) else _Gates(gates)
+        # tltorch's parameter shapes: CP one (rank,) vector, Tucker (rank[k],) per mode,
+        # TT (1, 1, rank[k]) per inner bond.
+        lead = (1, 1) if isinstance(module, (TTTensor, BlockTT)) else ()
+        gates = [nn.Parameter(torch.ones((*lead, s), device=first.device, dtype=first.dtype)) for s in sizes]
+        module.lasso_weights = gates[0] if isinstance(module, CPTensor) else _Gates(gates)
         module.register_forward_hook(self, prepend=True)
         return module
 
@@ -512,7 +558,7 @@ class CPLasso(TensorLasso):
     Example:
         >>> import tfx
         >>> t = tfx.CPTensor.new((3, 4, 5), rank=6)
-        >>> _ = tfx.CPLasso(penalty=0.1).apply(t)
+        >>> _ = tfx.nn.CPLasso(penalty=0.1).apply(t)
         >>> tuple(t.lasso_weights.shape)
         (6,)
     """
@@ -527,7 +573,7 @@ class TuckerLasso(TensorLasso):
     Example:
         >>> import tfx
         >>> t = tfx.TuckerTensor.new((3, 4, 5), rank=(2, 3, 4))
-        >>> _ = tfx.TuckerLasso().apply(t)
+        >>> _ = tfx.nn.TuckerLasso().apply(t)
         >>> [tuple(g.shape) for g in t.lasso_weights]
         [(2,), (3,), (4,)]
     """
@@ -545,16 +591,13 @@ class TTLasso(TensorLasso):
     Example:
         >>> import tfx
         >>> t = tfx.TTTensor.new((3, 4, 5), rank=(1, 2, 3, 1))
-        >>> _ = tfx.TTLasso().apply(t)
+        >>> _ = tfx.nn.TTLasso().apply(t)
         >>> [tuple(g.shape) for g in t.lasso_weights]
         [(1, 1, 2), (1, 1, 3)]
     """
 
     _forms = (TTTensor, BlockTT)
     _form_name = "TT"
-
-    def _gate_shape(self, size: int) -> tuple[int, ...]:
-        return (1, 1, size)
 
 
 def _form_class(name: str) -> type:

@@ -52,7 +52,7 @@ def tt_init_std(std: float, rank: Sequence[int]) -> float:
     return (std**2 / paths) ** (1.0 / (2 * order))
 
 
-def padded_tt_svd(tensor: torch.Tensor, rank: Sequence[int]) -> list[torch.Tensor]:
+def _padded_tt_svd(tensor: torch.Tensor, rank: Sequence[int]) -> list[torch.Tensor]:
     """TT-SVD at ``rank``, padding the bonds whose rank exceeds their bound.
 
     Bond ``k`` holds at most ``min(prod(shape[:k]), prod(shape[k:]))``
@@ -160,7 +160,7 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         """
         tensor = decomposition_input(tensor, self._complex).reshape(self.shape)
         device, _ = self._param_device_dtype()
-        factors = padded_tt_svd(tensor, self.rank, **kwargs)
+        factors = _padded_tt_svd(tensor, self.rank, **kwargs)
         self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
         return self
 
@@ -297,7 +297,7 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
         """Decompose ``tensor`` at this rank, in place (TT-SVD; over-complete bonds padded)."""
         tensor = decomposition_input(tensor, self._complex).reshape(self.tensor_shape)
         device, _ = self._param_device_dtype()
-        factors = padded_tt_svd(tensor, self.rank, **kwargs)
+        factors = _padded_tt_svd(tensor, self.rank, **kwargs)
         self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
         return self
 

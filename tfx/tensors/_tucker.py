@@ -38,7 +38,7 @@ def _tucker_equation(order: int) -> str:
     return ranks + "," + ",".join(f"{m}{r}" for m, r in zip(modes, ranks)) + "->" + modes
 
 
-def padded_hosvd(
+def _padded_hosvd(
     tensor: torch.Tensor, rank: Sequence[int], **kwargs: Any
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """HOSVD at ``rank``, padding the modes whose rank exceeds their size.
@@ -168,7 +168,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         tensor = decomposition_input(tensor, cls._complex)
         shape = tuple(tensor.shape)
         rank = _rank.tucker_rank(shape, rank, fixed_modes=fixed_rank_modes, overcomplete=True)
-        core, factors = padded_hosvd(tensor, rank, **kwargs)
+        core, factors = _padded_hosvd(tensor, rank, **kwargs)
         return cls(to_storage(core, cls._complex), [to_storage(f, cls._complex) for f in factors], shape, rank)
 
     def init_from_tensor(
@@ -208,7 +208,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
                 "Fix: build the Tucker tensor with rank 1 on those modes, and pass the tensor "
                 "without them."
             )
-        core, factors = padded_hosvd(tensor, [self.rank[m] for m in kept], **kwargs)
+        core, factors = _padded_hosvd(tensor, [self.rank[m] for m in kept], **kwargs)
         device, _ = self._param_device_dtype()
         for m in unsqueezed:
             scale = 1.0 / sizes[m] if unsqueezed_init == "average" else float(unsqueezed_init)
@@ -343,7 +343,7 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
         tensor = decomposition_input(tensor, cls._complex).reshape(full)
         fixed = kwargs.pop("fixed_rank_modes", None)
         rank = _rank.tucker_rank(full, rank, fixed_modes=fixed, overcomplete=True)
-        core, factors = padded_hosvd(tensor, rank, **kwargs)
+        core, factors = _padded_hosvd(tensor, rank, **kwargs)
         return cls(to_storage(core, cls._complex), [to_storage(f, cls._complex) for f in factors], tshape, rank)
 
     def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TuckerTensorized:
