@@ -225,6 +225,13 @@ def test_register_strategy_makes_name_available(registry) -> None:
     assert choose([[opt(5, 0.0), opt(2, 0.5)]], 10, strategy="cheapest") == [1]
 
 
+def test_register_strategy_refuses_a_taken_name_unless_replacing(registry) -> None:
+    with pytest.raises(tfx.OptionError, match="strategy 'auto' is already registered"):
+        register_strategy("auto", lambda options, budget, weights: [0] * len(options))
+    register_strategy("auto", lambda options, budget, weights: [0] * len(options), replace=True)
+    assert choose([[opt(5, 0.0), opt(2, 0.5)]], 10, strategy="auto") == [0]
+
+
 def test_register_strategy_receives_options_budget_and_weights(registry) -> None:
     seen = {}
 

@@ -128,8 +128,10 @@ def test_plan_json_is_plain_json() -> None:
 def test_plan_choice_looks_up_by_site() -> None:
     plan = _plan()
     assert plan.choice("conv").form == "tucker"
-    with pytest.raises(KeyError):
+    with pytest.raises(tfx.PlanMismatchError, match="no site 'nope'"):
         plan.choice("nope")
+    with pytest.raises(tfx.PlanMismatchError, match="did you mean 'conv'"):
+        plan.choice("conv2")
 
 
 def test_plan_from_model_round_trips_and_lists_every_site() -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from .._errors import BudgetError, unknown_option
+from .._errors import BudgetError, OptionError, unknown_option
 from ._records import Option
 
 __all__ = ["choose", "choose_two", "register_strategy", "available_strategies", "Strategy"]
@@ -164,8 +164,18 @@ def _closest(opts: Sequence[Option], fraction: float) -> int:
 _STRATEGIES: dict[str, Strategy] = {"auto": _auto, "greedy": _greedy, "dp": _dp, "uniform": _uniform, "sensitivity": _auto}
 
 
-def register_strategy(name: str, fn: Strategy) -> None:
-    """Register an allocation strategy ``fn(options, budget, weights) -> picks`` under ``name``."""
+def register_strategy(name: str, fn: Strategy, *, replace: bool = False) -> None:
+    """Register an allocation strategy ``fn(options, budget, weights) -> picks`` under ``name``.
+
+    Raises:
+        OptionError: ``name`` is taken and ``replace`` is False (as opt_einsum refuses a
+            duplicate path name: a plugin silently replacing ``"auto"`` changes every plan).
+    """
+    if name in _STRATEGIES and not replace:
+        raise OptionError(
+            f"strategy {name!r} is already registered.\nFix: pick another name, or "
+            f"tfx.cost.register_strategy({name!r}, fn, replace=True) to replace it."
+        )
     _STRATEGIES[name] = fn
 
 

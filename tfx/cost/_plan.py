@@ -92,11 +92,23 @@ class FactorizationPlan:
         return sum(c.bytes_after for c in self.choices)
 
     def choice(self, site: str) -> Choice:
-        """The choice made for ``site``."""
+        """The choice made for ``site``.
+
+        Raises:
+            PlanMismatchError: the plan has no such site (the message names the closest ones).
+        """
         for c in self.choices:
             if c.site == site:
                 return c
-        raise KeyError(site)
+        import difflib
+
+        from .._errors import PlanMismatchError
+
+        close = difflib.get_close_matches(site, [c.site for c in self.choices], n=3)
+        raise PlanMismatchError(
+            f"the plan has no site {site!r}" + (f"; did you mean {', '.join(map(repr, close))}?" if close else ".")
+            + "\nFix: use a name from [c.site for c in plan.choices]."
+        )
 
     # ------------------------------------------------------------------ output
     def table(self) -> str:
