@@ -707,7 +707,7 @@ def test_plan_leaves_out_forms_with_more_flops_than_dense_when_the_budget_allows
     assert "more FLOPs than dense" in unfiltered.choices[0].reason and "more FLOPs than dense" in str(unfiltered)
     plan = tfx.plan(model, 0.5, example_inputs=(x,), progress=False)
     choice = plan.choices[0]
-    assert choice.flops_after <= choice.flops_before / tfx._api.MIN_SPEEDUP
+    assert choice.flops_after <= choice.flops_before / tfx.cost._planner.MIN_SPEEDUP
     assert choice.error < 1.0
     assert "FLOPs" not in choice.reason and not any("FLOPs" in n for n in plan.notes)
     svd = tfx.plan(model, 0.5, example_inputs=(torch.randn(64, 768),), forms=("svd",), progress=False).choices[0]
@@ -715,11 +715,11 @@ def test_plan_leaves_out_forms_with_more_flops_than_dense_when_the_budget_allows
 
 
 def test_flop_rule_keeps_every_option_and_says_so_when_the_budget_needs_them() -> None:
-    from tfx._api import _not_slower
     from tfx.cost import Option
+    from tfx.cost._planner import not_slower as _not_slower
     from tfx.passes._match import find_module_sites
 
-    linear, embedding = find_module_sites(nn.Sequential(nn.Linear(64, 64), nn.Embedding(100, 64)))
+    linear, embedding = (s.info for s in find_module_sites(nn.Sequential(nn.Linear(64, 64), nn.Embedding(100, 64))))
     dense = Option("dense", None, None, 4096, 8192, 0.0)
     slow = Option("blocktt", ((8, 8), (8, 8)), (1, 4, 1), 512, 9000, 0.5)  # fewer params, more FLOPs
     fast = Option("svd", ((64,), (64,)), 8, 1032, 2048, 0.6)
@@ -732,11 +732,11 @@ def test_flop_rule_keeps_every_option_and_says_so_when_the_budget_needs_them() -
 
 def _not_slower_off(make: Any) -> Any:
     """``make()`` with the speed rule switched off (every option kept)."""
-    import tfx._api as api
+    import tfx.cost._planner as planner
 
-    original = api.MIN_SPEEDUP
-    api.MIN_SPEEDUP = 1e-9
+    original = planner.MIN_SPEEDUP
+    planner.MIN_SPEEDUP = 1e-9
     try:
         return make()
     finally:
-        api.MIN_SPEEDUP = original
+        planner.MIN_SPEEDUP = original

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import re
 import time
 import warnings
@@ -20,20 +19,19 @@ import torch
 from torch import fx, nn
 
 from ._errors import (
-    BudgetError, OptionError, PlanMismatchError, TensorError, TfxWarning, UnsupportedSiteError, unknown_option,
+    OptionError, PlanMismatchError, TensorError, TfxWarning, UnsupportedSiteError, unknown_option,
 )
-from .cost import FORMS, Budget, dense_option, Choice, FactorizationPlan, Option, build_graph, candidates, choose, normalise_budget
-from .cost._choose import available_strategies, choose_two
-from .cost._device import DeviceProfile
-from .cost._flops import price
-from .cost._refine import refine_svd_ranks
-from .passes import Site, capture, find_sites, rewrite
-from .passes import emit as emit_graph
-from .passes._emit import check_result, compare_outputs, tie_groups
-from .passes._swap import DELEGATE_CHILD
 from ._shared import SiblingGroup, expand, group_options, merge_shared_steps, shared_builder, sibling_groups
 from ._tied import TiedGroup, joint_options, member_choices, tied_builder, tied_groups
+from .cost import FORMS, Budget, Choice, FactorizationPlan, Option, build_graph, candidates
+from .cost._choose import available_strategies
+from .cost._device import DeviceProfile
+from .cost import Group, plan_graph
+from .passes import Site, capture, find_sites, rewrite
+from .passes import emit as emit_graph
 from .passes._calibrate import Calibrated, calibrate, whitened_site
+from .passes._emit import check_result, compare_outputs, tie_groups
+from .passes._swap import DELEGATE_CHILD
 from .passes._match import find_module_sites
 from .passes._rewrite import build_layer
 
@@ -108,15 +106,10 @@ def _plan_sites(
     siblings: Sequence[SiblingGroup] = (),
     graph_result: bool = True,
 ) -> FactorizationPlan:
+    """Candidates for every site and group, the graph, then the planner (tfx.cost.plan_graph)."""
     total = _count_params(model)
-    # A tied weight read by several sites that stay dense: every site counts it, so ``fixed``
-    # is what the plan adds to the sites' total -- negative then. A tied group planned as one
-    # table (``groups``) counts it once, at its first reader; the others hold 0.
-    followers = {i for g in groups for i in g.members[1:]}
-    site_params = sum(s.info.dense_params if s.held_params is None else s.held_params
-                      for i, s in enumerate(sites) if i not in followers)
-    fixed = total - site_params
-    outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params if s.held_params is None else s.held_params for s in sites if s.weight.numel()}.values())
+    outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params if s.held_params is None
+                           else s.held_params for s in sites if s.weight.numel()}.values())
     clock = time.perf_counter()
     options: list[list[Option]] = []
     kept: list[dict[str, Any]] = []
@@ -129,161 +122,56 @@ def _plan_sites(
             bar.update(1)
     if bar is not None:
         bar.close()
-    zero = Option("dense", None, None, 0, 0, 0.0)
-    for group in groups:  # the table's options at the first reader; the others follow it
-        options[group.members[0]] = joint_options(group, sites, forms, profile)
-        for i in group.members[1:]:
-            options[i] = [zero]
     if weights is None and calibrated is not None and calibrated.sensitivity:
         weights = [calibrated.sensitivity.get(s.name, 1.0) for s in sites]
     site_weights = list(weights) if weights is not None else [1.0] * len(sites)
-    for sib in siblings:  # joint and separate options of the group at its first member
-        stats = calibrated.stats.get(sites[sib.members[0]].name) if calibrated is not None else None
-        member_weights = [site_weights[i] for i in sib.members]
-        options[sib.members[0]] = group_options(sib, sites, [options[i] for i in sib.members], stats,
-                                                member_weights, graph_result)
-        for i in sib.members[1:]:
-            options[i] = [zero]
-    spectra_s = time.perf_counter() - clock
-    graph = build_graph([s.info for s in sites], options, _edges(gm, sites))
-    clock = time.perf_counter()
-    total_flops = sum(dense_option(s.info).flops for s in sites)
-    has_shapes = any(s.info.tokens > 1 for s in sites) or sites == []
-    budget_params, budget_flops = normalise_budget(budget, total, total_flops if has_shapes else None)
-    floor = fixed + sum(min(o.params for o in opts) for opts in options)
-    if floor > budget_params:
-        raise BudgetError(_budget_message(budget, budget_params, total, outside, floor, sites))
-    site_options = [graph.nodes[s.name]["options"] for s in sites]
-    notes = []
-    site_options, note = _not_slower(site_options, budget_params - fixed, sites, profile)
-    notes += [note] if note else []
-    if groups or siblings:  # a table's error reaches every reader; a group's, every member
-        weights = list(site_weights)
-        for group in [*groups, *siblings]:
-            weights[group.members[0]] = sum(site_weights[i] for i in group.members)
-    if budget_flops is None:
-        picks = choose(site_options, budget_params - fixed, strategy=strategy, weights=weights)
-    else:
-        picks = choose_two(site_options, budget_params - fixed, budget_flops, weights=weights)
-    chosen = [opts[i] for opts, i in zip(site_options, picks)]
-    make_choice = lambda site, option: _choice(site, option, profile)  # noqa: E731
-    joint_rows: dict[int, Choice] = {}
+    nodes = [
+        {"itemsize": s.weight.element_size(), "held": s.held_params, "kept": k, "weight": w}
+        for s, k, w in zip(sites, kept, site_weights)
+    ]
+    planned = [_tied_node(g, sites, forms, profile) for g in groups]
     for sib in siblings:
-        rows, separate = expand(sib, sites, chosen[sib.members[0]], make_choice)
-        if separate:  # each member on its own option, which refinement may still raise
-            for i, option in separate.items():
-                chosen[i] = option
-        else:
-            joint_rows.update(rows)
-            for i in sib.members:
-                kept[i] = {}
-    if strategy != "uniform":  # the uniform baseline keeps its grid ranks
-        chosen = _refine(sites, chosen, kept, budget_params - fixed, budget_flops, site_weights, profile)
-    choices = [joint_rows.get(i) or _choice(site, option, profile) for i, (site, option) in enumerate(zip(sites, chosen))]
-    for group in groups:
-        rows = member_choices(group, sites, chosen[group.members[0]], profile, lambda s, o: _choice(s, o, profile))
-        for i, row in rows.items():
-            choices[i] = row
+        stats = calibrated.stats.get(sites[sib.members[0]].name) if calibrated is not None else None
+        member = [options[i] for i in sib.members]
+        sib_options = group_options(sib, sites, member, stats, [site_weights[i] for i in sib.members], graph_result)
+        planned.append(_sibling_node(sib, sites, sib_options))
+    spectra_s = time.perf_counter() - clock
+    graph = build_graph([s.info for s in sites], options, _edges(gm, sites), extra=nodes, groups=planned)
+    clock = time.perf_counter()
+    the_plan = plan_graph(graph, budget, total=total, strategy=strategy, profile=profile, outside=outside)
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
     if calibrated is not None:
-        for choice in choices:
+        for choice in the_plan.choices:
             choice.sensitivity = calibrated.sensitivity.get(choice.site)
         timings = {**calibrated.timings, **timings}
-        notes.append(calibrated.note())
-    return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, capture=path, timings=timings, notes=notes)
+        the_plan.notes.append(calibrated.note())
+    the_plan.capture, the_plan.timings = path, timings
+    return the_plan
 
 
-def _refine(
-    sites: Sequence[Site], chosen: list[Option], kept: Sequence[dict[str, Any]], budget: float,
-    budget_flops: float | None, weights: Sequence[float] | None, profile: DeviceProfile | None,
-) -> list[Option]:
-    """Low-rank picks raised to the in-between ranks the budget still pays for (see tfx.cost._refine)."""
-    dense = [dense_option(s.info, s.weight.element_size(), profile) for s in sites]
+def _tied_node(group: TiedGroup, sites: Sequence[Site], forms: Sequence[str], profile: DeviceProfile | None) -> Group:
+    """A tied table as a planner group: its options counted once, a row per reader."""
+    names = [sites[i].name for i in group.members]
 
-    def price_one(i: int, option: Option) -> Option:
-        return price(sites[i].info, option, sites[i].weight.element_size(), profile)
+    def rows(option: Option, make: Any) -> dict[str, Choice]:
+        made = member_choices(group, sites, option, profile, lambda site, o: make(site.name, o))
+        return {sites[i].name: row for i, row in made.items()}
 
-    def allowed(i: int, option: Option) -> bool:  # the speed rule of _not_slower, kept by the upgrade
-        current = chosen[i]
-        if profile is not None:
-            return option.seconds <= max(dense[i].seconds / MIN_SPEEDUP, current.seconds)
-        if sites[i].info.kind == "embedding":
-            return True
-        return option.flops <= max(dense[i].flops / MIN_SPEEDUP, current.flops)
-
-    return refine_svd_ranks(
-        [s.info for s in sites], chosen, [k.get("svd") for k in kept], budget,
-        list(weights) if weights is not None else [1.0] * len(sites), price_one, allowed, budget_flops,
-    )
+    return Group("tied:" + names[0], names, joint_options(group, sites, forms, profile), True, rows)
 
 
-def _choice(site: Site, option: Option, profile: DeviceProfile | None = None) -> Choice:
-    info = site.info
-    dense = dense_option(info, site.weight.element_size(), profile)
-    reason = info.reason
-    if option.form != "dense" and option.flops > dense.flops:  # saves parameters, not FLOPs: say so
-        reason = " ".join(filter(None, (reason, "more FLOPs than dense")))
-    if profile is not None and option.form != "dense" and option.seconds > dense.seconds:
-        reason = " ".join(filter(None, (reason, f"est. {option.seconds / max(dense.seconds, 1e-12):.2f}x dense time")))
-    return Choice(
-        site=info.name, kind=info.kind, weight_shape=info.weight_shape, form=option.form,
-        tensorized_shape=option.tensorized_shape, rank=option.rank,
-        params_before=info.dense_params if site.held_params is None else site.held_params,
-        params_after=option.params, flops_before=dense.flops,
-        flops_after=option.flops, error=option.error, path=info.path, reason=reason, tokens=info.tokens,
-        bytes_before=dense.bytes, bytes_after=option.bytes, order=option.order,
-        seconds_before=dense.seconds, seconds_after=option.seconds,
-    )
+def _sibling_node(group: SiblingGroup, sites: Sequence[Site], options: list[Option]) -> Group:
+    """Siblings reading one input as a planner group: joint bases, or their separate picks."""
+    names = [sites[i].name for i in group.members]
 
+    def rows(option: Option, make: Any) -> dict[str, Choice] | None:
+        made, _ = expand(group, sites, option, lambda site, o: make(site.name, o))
+        return {sites[i].name: row for i, row in made.items()}
 
-#: With a device profile, options estimated slower than this fraction of the dense layer's
-#: speed are left out where the budget allows.
-MIN_SPEEDUP = 0.95
+    def separate(option: Option) -> dict[str, Option] | None:
+        return dict(zip(names, group.separate[id(option)])) if option.form == "separate" else None
 
-
-def _not_slower(
-    options: list[list[Option]], budget: float, sites: Sequence[Site], profile: DeviceProfile | None,
-) -> tuple[list[list[Option]], str]:
-    """Each site's options without those estimated slower than dense (``MIN_SPEEDUP``), when the
-    budget can still be met that way; else all of them and a note saying so.
-
-    With a device profile the estimate is its time; without one, FLOPs at the planned batch
-    (embeddings, whose dense gather does no FLOPs, keep every option then).
-    """
-    fast = []
-    for site, opts in zip(sites, options):
-        dense = next((o for o in opts if o.form == "dense"), None)
-        if dense is None or (profile is None and site.info.kind == "embedding"):
-            fast.append(opts)
-        elif profile is not None:
-            fast.append([o for o in opts if o.form == "dense" or o.seconds <= dense.seconds / MIN_SPEEDUP])
-        else:
-            fast.append([o for o in opts if o.form == "dense" or o.flops <= dense.flops / MIN_SPEEDUP])
-    if sum(min(o.params for o in opts) for opts in fast) <= budget:
-        return fast, ""
-    if profile is not None:
-        return options, (
-            "the parameter budget needs some options the device profile estimates slower than their dense "
-            "layer at the planned batch (see 'x dense time' in the notes); a larger budget avoids them"
-        )
-    return options, (
-        "the parameter budget needs some options with more FLOPs than their dense layer at the planned "
-        "batch (see 'more FLOPs than dense' in the notes); a larger budget avoids them"
-    )
-
-
-def _budget_message(budget: Any, budget_params: float, total: int, fixed: int, floor: float, sites: Sequence[Site]) -> str:
-    dense = sorted((s for s in sites if not s.info.factorizable), key=lambda s: -s.info.dense_params)
-    held = "; ".join(f"{s.name} ({s.info.kind} {'x'.join(map(str, s.info.weight_shape))}: {s.info.reason})" for s in dense[:3])
-    from .cost._plan import _human
-
-    return (
-        f"budget={budget!r} ({_human(budget_params)} of {_human(total)} params) is below the smallest "
-        f"reachable size, {_human(floor)} ({100 * floor / total:.1f}%).\n"
-        f"  {_human(fixed)} params sit outside the linear/conv/embedding sites (norms, biases, other layers)"
-        + (f"; the largest sites that stay dense: {held}" if held else "")
-        + f".\nFix: budget >= {math.ceil(1000 * floor / total) / 1000:.3f}, or allow more sites (kinds=, skip=)."
-    )
+    return Group("basis:" + group.name, names, options, False, rows, separate)
 
 
 EMITS = ("auto", "graph", "modules")

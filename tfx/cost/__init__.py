@@ -9,6 +9,7 @@ from ._device import DeviceProfile, measure_device
 from ._graph import build_graph
 from ._options import FORMS, candidates, dense_option
 from ._plan import FactorizationPlan
+from ._planner import Group, plan_graph
 from ._records import Choice, Option, SiteInfo
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "register_strategy",
     "available_strategies",
     "build_graph",
+    "plan_graph",
+    "Group",
     "FORMS",
     "candidates",
     "dense_option",
