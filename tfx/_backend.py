@@ -636,7 +636,7 @@ class _Backend:
             for site, choice in zip(sites, choices):
                 if choice.form != "dense":  # rewrite registers the layer at the site's name
                     _holder(gm, site.name.split(".")[:-1])
-            rewrite(gm, sites, choices, build=_cached_builder(lifted, used))
+            rewrite(gm, sites, choices, build=_cached_builder(lifted, used), keep_bias=False)
             self.plans.append(plan)
         finally:
             lifted.restore()

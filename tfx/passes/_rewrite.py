@@ -252,19 +252,51 @@ def _drop_unread(gm: fx.GraphModule, target: str) -> None:
         delattr(owner, attr)
 
 
+def _bias_parameter(gm: fx.GraphModule, site: Site) -> nn.Parameter | None:
+    """The bias Parameter the site's node reads, if any."""
+    node = site.node
+    if node is None:
+        return None
+    if node.op == "call_module":
+        bias = getattr(gm.get_submodule(str(node.target)), "bias", None)
+    else:
+        from ._match import _ADDMM_FNS, _arg
+
+        arg = node.args[0] if node.target in _ADDMM_FNS else _arg(node, 2, "bias")
+        bias = None
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            bias = gm
+            for part in str(arg.target).split("."):
+                bias = getattr(bias, part)
+    return bias if isinstance(bias, nn.Parameter) else None
+
+
+def _keep_bias(layer: nn.Module, bias: nn.Parameter | None) -> None:
+    """Give ``layer`` the site's own bias Parameter (same values), so a bias tied elsewhere
+    (RoBERTa's ``lm_head.bias``) or read by several calls (ALBERT's shared layers) stays one."""
+    new = layer._parameters.get("bias")
+    if bias is not None and isinstance(new, nn.Parameter) and new.shape == bias.shape:
+        if bool((new.detach() == bias.detach()).all()):
+            layer.bias = bias
+
+
 def rewrite(
     gm: fx.GraphModule, sites: list[Site], choices: list[Choice], progress: Any = None, *,
-    build: Callable[[Site, Choice], nn.Module] = build_layer,
+    build: Callable[[Site, Choice], nn.Module] = build_layer, keep_bias: bool = True,
 ) -> None:
     """Replace every site whose choice is not dense; ``progress`` is an optional tqdm-like bar.
 
     ``build`` makes each site's layer (:func:`build_layer` by default; the torch.compile
-    backend passes one that caches the decompositions).
+    backend passes one that caches the decompositions). ``keep_bias``: the layer takes the
+    site's own bias Parameter (a tied bias stays tied); the backend, whose parameters are
+    graph inputs, passes False.
     """
     replaced: dict[fx.Node, Any] = {}  # a site's input may be an earlier site, already spliced away
     for site, choice in zip(sites, choices):
         if choice.form != "dense" or site.held_params is not None:
             layer = build(site, choice)
+            if keep_bias:
+                _keep_bias(layer, _bias_parameter(gm, site))
             inputs = replaced.get(site.input, site.input)
             replaced[site.node] = splice(gm, site.node, layer, site.name, inputs, choice.tokens or site.info.tokens)
         if progress is not None:
