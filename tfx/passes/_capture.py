@@ -152,7 +152,7 @@ def _export(model: nn.Module, example_inputs: Any, notes: list[str] | None = Non
                 notes.append(_MSG_PINNED)
             break
         except Exception as err:  # noqa: BLE001 - the example as given is the fallback
-            if i == len(attempts) - 1:
+            if i == len(attempts) - 1 or _output_not_exportable(err):
                 raise
             logger.info("export of the batch-2 copy of a batch-1 example failed (%s); exporting it as given", err)
     assert ep is not None
@@ -167,6 +167,12 @@ _MSG_PINNED: Final = (
     "(it specialises dimensions of size 1), so the graph is pinned to one row; pass an example "
     "with 2 or more rows to keep the batch dynamic"
 )
+
+
+def _output_not_exportable(err: BaseException) -> bool:
+    """torch.export refused an output type (a model's cache object): other shapes fail the same way."""
+    text = str(err)
+    return "which is not a known type" in text or "register a pytree" in text
 
 
 def _widened(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
@@ -204,7 +210,7 @@ def _export_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
         try:
             return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=spec)
         except Exception as err:  # noqa: BLE001 - a less dynamic capture is the fallback
-            if i == len(specs) - 1:
+            if i == len(specs) - 1 or _output_not_exportable(err):
                 raise
             logger.info("export with dynamic shapes failed (%s); trying fewer dynamic dimensions", err)
     raise AssertionError("unreachable")  # pragma: no cover
