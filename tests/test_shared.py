@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -46,7 +47,7 @@ def low_rank_attention() -> tuple[nn.Module, torch.Tensor]:
 
 def test_siblings_with_a_common_basis_take_the_joint_option(low_rank_attention) -> None:  # noqa: ANN001
     model, x = low_rank_attention
-    result = tfx.factorize(model, 0.5, example_inputs=(x,), forms=("svd",), progress=False)
+    result = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
     rows = siblings(result.tfx_plan)
     assert {r.group for r in rows} == {"q+2"} and len({r.rank for r in rows}) == 1 and rows[0].rank >= 8
     assert all(r.error < 1e-6 for r in rows)
@@ -57,7 +58,7 @@ def test_siblings_with_a_common_basis_take_the_joint_option(low_rank_attention) 
 
 def test_graph_result_computes_the_shared_basis_product_once(low_rank_attention) -> None:  # noqa: ANN001
     model, x = low_rank_attention
-    gm = tfx.factorize(model, 0.5, example_inputs=(x,), forms=("svd",), progress=False)
+    gm = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
     assert isinstance(gm, torch.fx.GraphModule)
     basis = gm.get_submodule("q").weight.factors.factor_1
     reads = [n for n in gm.graph.nodes if n.op == "get_attr" and gm.get_parameter(str(n.target)) is basis]
@@ -77,7 +78,8 @@ def test_modules_result_members_hold_one_basis() -> None:
         for layer in (attention.query, attention.key, attention.value):
             layer.weight.copy_(torch.randn(64, 8) @ basis)
     ids = torch.randint(0, 96, (2, 12))
-    result = tfx.factorize(model, 0.6, example_inputs={"input_ids": ids}, forms=("svd",), progress=False)
+    batch = {"input_ids": ids}
+    result = tfx.factorize(model, 0.6, example_inputs=batch, calibration=[batch], forms=("svd",), progress=False)
     assert result.tfx_plan.emit == "modules"
     got = result.encoder.layer[0].attention.self
     rows = [result.tfx_plan.choice(f"encoder.layer.0.attention.self.{n}") for n in ("query", "key", "value")]
@@ -90,6 +92,13 @@ def test_random_siblings_keep_separate_options_when_better() -> None:
     torch.manual_seed(0)
     model = Attention(basis=None).eval()
     x = torch.randn(4, 10, 64)
+    result = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
+    assert all(r.group is None for r in siblings(result.tfx_plan))
+
+
+def test_shared_bases_need_calibration_data(low_rank_attention) -> None:  # noqa: ANN001
+    """Without data the joint error is a weight error, which flatters the joint option."""
+    model, x = low_rank_attention
     result = tfx.factorize(model, 0.5, example_inputs=(x,), forms=("svd",), progress=False)
     assert all(r.group is None for r in siblings(result.tfx_plan))
 
@@ -113,9 +122,11 @@ def test_joint_basis_at_full_rank_reproduces_every_member_in_float64() -> None:
 
 def test_saved_plan_with_a_shared_basis_loads_bit_for_bit(low_rank_attention, tmp_path) -> None:  # noqa: ANN001
     model, x = low_rank_attention
-    result = tfx.factorize(model, 0.5, example_inputs=(x,), forms=("svd",), progress=False)
+    result = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
     tfx.save(result, tmp_path / "attention.tfx")
-    loaded = tfx.load(Attention(basis=None).eval(), tmp_path / "attention.tfx", example_inputs=(x,))
+    with warnings.catch_warnings():  # re-applied without the calibration data: the factors are loaded anyway
+        warnings.simplefilter("ignore", tfx.TfxWarning)
+        loaded = tfx.load(Attention(basis=None).eval(), tmp_path / "attention.tfx", example_inputs=(x,))
     assert {r.group for r in siblings(loaded.tfx_plan)} == {"q+2"}
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result(x), rtol=0, atol=0)

@@ -346,3 +346,49 @@ def test_row_counts_skip_out_of_range_indices() -> None:
     assert counts.counts.tolist() == [1.0, 2.0, 0.0, 0.0, 1.0] and counts.count == 4
     counts.update(torch.tensor([7]))
     assert counts.unsupported
+
+
+def test_sensitivity_ignores_padded_positions() -> None:
+    """The same sentences padded to different lengths give the same sensitivities."""
+    from tfx.passes import capture, find_sites
+    from tfx.passes._calibrate import measure_sensitivity
+
+    model = tiny_bert().double()
+    ids = torch.randint(1, 96, (2, 6))
+    results = []
+    for pad in (0, 5):
+        padded = torch.cat([ids, torch.zeros(2, pad, dtype=ids.dtype)], dim=1)
+        mask = torch.cat([torch.ones(2, 6, dtype=torch.long), torch.zeros(2, pad, dtype=torch.long)], dim=1)
+        batch = {"input_ids": padded, "attention_mask": mask}
+        captured = capture(model, batch)
+        sites = find_sites(captured.gm, path=captured.path)
+        results.append(measure_sensitivity(captured.gm, sites, batch, mask=mask.bool()))
+    large = {name: value for name, value in results[0].items() if value > 1e-2}
+    assert large  # sites whose error reaches the output
+    for name, value in large.items():  # the noise draws differ (other shapes), the measure does not
+        assert results[1][name] == pytest.approx(value, rel=0.2)  # unmasked: 33% apart here
+
+
+def test_embedding_row_counts_leave_padding_out() -> None:
+    from tfx.passes import capture, find_sites
+    from tfx.passes._calibrate import collect_statistics
+
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 4)).eval()
+    ids = torch.tensor([[3, 4, 0, 0], [5, 0, 0, 0]])
+    batch = {"ids": ids}
+
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+            return self.net(ids)
+
+    wrapped = Wrap().eval()
+    batch = {"ids": ids, "attention_mask": (ids != 0).long()}
+    captured = capture(wrapped, batch)
+    sites = find_sites(captured.gm, path=captured.path)
+    stats = collect_statistics(captured.gm, sites, [batch])
+    counts = stats["net.0"]
+    assert counts.count == 3 and counts.counts[0] == 0

@@ -115,7 +115,12 @@ class _Observer(nn.Module):
         """Record ``x`` (no gradient) and return it."""
         if self.kind == "embedding":
             if isinstance(x, torch.Tensor) and not x.is_floating_point():
-                self.stats.update(x)
+                mask = self.mask.value if self.mask is not None else None
+                if mask is not None and tuple(x.shape) == tuple(mask.shape):
+                    x_seen = x[mask.to(x.device)]  # padding is not data: the pad row's lookups do not count
+                else:
+                    x_seen = x
+                self.stats.update(x_seen)
             return x
         if isinstance(x, torch.Tensor) and x.is_floating_point():
             with torch.no_grad():
@@ -142,18 +147,33 @@ class _Observer(nn.Module):
 class _Perturb(nn.Module):
     """Adds Gaussian noise of relative size ``scale`` to its input when ``scale`` > 0."""
 
-    def __init__(self) -> None:
+    def __init__(self, mask: torch.Tensor | None = None) -> None:
         super().__init__()
         self.scale = 0.0
         self.seed = 0
+        self.mask = mask
 
     def forward(self, y: Any) -> Any:
-        """``y`` plus noise of norm ``scale * |y|`` (or ``y`` when off)."""
+        """``y`` plus noise of norm ``scale * |y|`` (or ``y`` when off); with a mask over the
+        batch's positions, on the real positions only (padding is not data)."""
         if not self.scale or not isinstance(y, torch.Tensor) or not y.is_floating_point():
             return y
         gen = torch.Generator(device=y.device).manual_seed(self.seed)
         noise = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
-        return y + noise * (self.scale * y.norm() / noise.norm().clamp_min(1e-30))
+        keep = _positions_mask(self.mask, y)
+        if keep is not None:
+            noise = noise * keep
+            y_norm = (y * keep).norm()
+        else:
+            y_norm = y.norm()
+        return y + noise * (self.scale * y_norm / noise.norm().clamp_min(1e-30))
+
+
+def _positions_mask(mask: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
+    """``mask`` broadcast over ``y``'s trailing dims when ``y`` starts with the mask's shape."""
+    if mask is None or y.dim() <= mask.dim() or tuple(y.shape[: mask.dim()]) != tuple(mask.shape):
+        return None
+    return mask.to(y.device, y.dtype).reshape(*mask.shape, *([1] * (y.dim() - mask.dim())))
 
 
 def _key(site: Site) -> Any:
@@ -283,26 +303,35 @@ def _attach(gm: fx.GraphModule, sites: Sequence[Site], modules: dict[Any, nn.Mod
     return undo
 
 
-def _outputs(gm: nn.Module, batch: Any) -> list[torch.Tensor]:
+def _outputs(gm: nn.Module, batch: Any, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
     flat, _ = tree_flatten(call_with(gm, batch))
-    return [t.detach().double() for t in flat if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    out = []
+    for t in flat:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            keep = _positions_mask(mask, t)
+            out.append(t.detach().double() * (keep.double() if keep is not None else 1.0))
+    return out
 
 
-def measure_sensitivity(gm: fx.GraphModule, sites: Sequence[Site], batch: Any, scale: float = 0.05, progress: Any = None) -> dict[str, float]:
+def measure_sensitivity(
+    gm: fx.GraphModule, sites: Sequence[Site], batch: Any, scale: float = 0.05, progress: Any = None,
+    mask: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Per factorizable site: how much a relative error at its output grows by the model's output.
 
     One forward per site on ``batch`` (the first calibration batch), with noise of relative
     norm ``scale`` added to that site's output; the result is the squared relative change of
     the model's floating outputs divided by ``scale ** 2`` (1 means an error passes through
-    unchanged; residual connections and normalisation usually damp it).
+    unchanged; residual connections and normalisation usually damp it). With ``mask`` (the
+    batch's real positions), noise goes to and outputs are compared at those positions only.
     """
     wanted = [s for s in sites if s.info.factorizable]
-    perturbs = {site.name: _Perturb() for site in wanted}
+    perturbs = {site.name: _Perturb(mask) for site in wanted}
     undo = _attach(gm, wanted, perturbs, after=True)
     out: dict[str, float] = {}
     try:
         with torch.no_grad():
-            reference = _outputs(gm, batch)
+            reference = _outputs(gm, batch, mask)
             ref_norm2 = sum(float((r**2).sum()) for r in reference)
             if ref_norm2 == 0.0:
                 raise OptionError(
@@ -315,7 +344,7 @@ def measure_sensitivity(gm: fx.GraphModule, sites: Sequence[Site], batch: Any, s
                 module = perturbs[site.name]
                 module.scale, module.seed = scale, 1234 + i
                 try:
-                    got = _outputs(gm, batch)
+                    got = _outputs(gm, batch, mask)
                 finally:
                     module.scale = 0.0
                 change = sum(float(((g - r) ** 2).sum()) for g, r in zip(got, reference))
@@ -423,7 +452,7 @@ def calibrate(
         clock = time.perf_counter()
         wanted = [s for s in sites if s.info.factorizable]
         bar = progress(len(wanted), "tfx: sensitivity") if progress else None
-        sens = measure_sensitivity(gm, sites, batches[0], progress=bar)
+        sens = measure_sensitivity(gm, sites, batches[0], progress=bar, mask=mask(batches[0]) if mask else None)
         if bar is not None:
             bar.close()
         timings["calibration (sensitivity)"] = time.perf_counter() - clock
