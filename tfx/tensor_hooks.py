@@ -5,32 +5,5 @@ hooks are tfx's (:mod:`tfx.nn`); the per-form classes (``CPDropout``, ``CPLasso`
 are here too, as tltorch keeps them in ``tensor_hooks._tensor_dropout`` and ``_tensor_lasso``.
 """
 
-from .nn import (
-    CPDropout,
-    CPLasso,
-    TensorDropout,
-    TensorLasso,
-    TTDropout,
-    TTLasso,
-    TuckerDropout,
-    TuckerLasso,
-    remove_tensor_dropout,
-    remove_tensor_lasso,
-    tensor_dropout,
-    tensor_lasso,
-)
-
-__all__ = [
-    "TensorDropout",
-    "CPDropout",
-    "TuckerDropout",
-    "TTDropout",
-    "tensor_dropout",
-    "remove_tensor_dropout",
-    "TensorLasso",
-    "CPLasso",
-    "TuckerLasso",
-    "TTLasso",
-    "tensor_lasso",
-    "remove_tensor_lasso",
-]
+from .nn._hooks import *  # noqa: F403 - the hooks' module is this module's content
+from .nn._hooks import __all__ as __all__  # noqa: PLC0414

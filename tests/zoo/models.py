@@ -100,262 +100,81 @@ _T: dict[str, Any] = {
 _SPECIAL = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 1}
 
 
-# ------------------------------------------------------------------ decoders with a KV cache
-def _gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _hf(model: str, config: str, **settings: Any) -> Callable[[], nn.Module]:
+    """A builder of ``transformers.<model>(transformers.<config>(**settings))``, seeded, in eval mode."""
 
-    return GPT2LMHeadModel(
-        GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, **_SPECIAL)
-    )
+    def make() -> nn.Module:
+        import transformers
 
+        return getattr(transformers, model)(getattr(transformers, config)(**settings))
 
-def _llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    return LlamaForCausalLM(LlamaConfig(**_T, num_key_value_heads=2, **_SPECIAL))
-
-
-def _qwen2() -> nn.Module:
-    # Tied LM head on a RoPE model with biased q/k/v projections.
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    return Qwen2ForCausalLM(
-        Qwen2Config(**_T, num_key_value_heads=2, tie_word_embeddings=True, **_SPECIAL)
-    )
-
-
-def _opt() -> nn.Module:
-    # OPTLearnedPositionalEmbedding: an nn.Embedding subclass with an offset of 2.
-    from transformers import OPTConfig, OPTForCausalLM
-
-    return OPTForCausalLM(
-        OPTConfig(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            num_hidden_layers=2,
-            ffn_dim=128,
-            num_attention_heads=4,
-            max_position_embeddings=64,
-            word_embed_proj_dim=64,
-            **_SPECIAL,
-        )
-    )
-
-
-def _gpt_neo() -> nn.Module:
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
-
-    return GPTNeoForCausalLM(
-        GPTNeoConfig(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            num_layers=2,
-            num_heads=4,
-            attention_types=[[["global", "local"], 1]],
-            window_size=8,
-            intermediate_size=128,
-            max_position_embeddings=64,
-            **_SPECIAL,
-        )
-    )
-
-
-def _phi() -> nn.Module:
-    from transformers import PhiConfig, PhiForCausalLM
-
-    return PhiForCausalLM(PhiConfig(**_T, partial_rotary_factor=0.5, **_SPECIAL))
-
-
-def _bloom() -> nn.Module:
-    # ALiBi instead of positions; fused query_key_value.
-    from transformers import BloomConfig, BloomForCausalLM
-
-    return BloomForCausalLM(
-        BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4, **_SPECIAL)
-    )
-
-
-# ------------------------------------------------------------------ encoders
-def _bert() -> nn.Module:
-    from transformers import BertConfig, BertModel
-
-    return BertModel(BertConfig(**_T, pad_token_id=0))
-
-
-def _distilbert() -> nn.Module:
-    from transformers import DistilBertConfig, DistilBertModel
-
-    return DistilBertModel(
-        DistilBertConfig(
-            vocab_size=VOCAB,
-            dim=64,
-            n_layers=2,
-            n_heads=4,
-            hidden_dim=128,
-            max_position_embeddings=64,
-            pad_token_id=0,
-        )
-    )
-
-
-def _roberta() -> nn.Module:
-    # Masked-LM head tied to the word embeddings; positions derived from the padding id.
-    from transformers import RobertaConfig, RobertaForMaskedLM
-
-    return RobertaForMaskedLM(RobertaConfig(**_T | {"max_position_embeddings": 80}, **_SPECIAL))
-
-
-def _albert() -> nn.Module:
-    # One layer's weights applied twice, and factorized embeddings (16 -> 64 projection).
-    from transformers import AlbertConfig, AlbertModel
-
-    return AlbertModel(
-        AlbertConfig(**_T, embedding_size=16, num_hidden_groups=1, inner_group_num=1, **_SPECIAL)
-    )
-
-
-def _electra() -> nn.Module:
-    from transformers import ElectraConfig, ElectraModel
-
-    return ElectraModel(ElectraConfig(**_T, embedding_size=32, pad_token_id=0))
-
-
-def _deberta_v2() -> nn.Module:
-    # Disentangled relative-position attention.
-    from transformers import DebertaV2Config, DebertaV2Model
-
-    return DebertaV2Model(
-        DebertaV2Config(
-            **_T,
-            relative_attention=True,
-            pos_att_type=["p2c", "c2p"],
-            position_buckets=16,
-            max_relative_positions=32,
-            pad_token_id=0,
-        )
-    )
-
-
-# ------------------------------------------------------------------ encoder-decoders
-def _bart() -> nn.Module:
-    # BartScaledWordEmbedding, shared by encoder, decoder and the LM head.
-    from transformers import BartConfig, BartForConditionalGeneration
-
-    return BartForConditionalGeneration(
-        BartConfig(
-            vocab_size=VOCAB,
-            d_model=64,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=128,
-            decoder_ffn_dim=128,
-            max_position_embeddings=64,
-            scale_embedding=True,
-            decoder_start_token_id=2,
-            forced_eos_token_id=None,
-            **_SPECIAL,
-        )
-    )
-
-
-def _t5() -> nn.Module:
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    return T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=VOCAB,
-            d_model=64,
-            d_kv=16,
-            d_ff=128,
-            num_layers=1,
-            num_decoder_layers=1,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
-
-
-# ------------------------------------------------------------------ vision
-def _vit() -> nn.Module:
-    from transformers import ViTConfig, ViTModel
-
-    return ViTModel(
-        ViTConfig(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            image_size=32,
-            patch_size=8,
-            num_channels=3,
-        )
-    )
-
-
-def _resnet() -> nn.Module:
-    # Convolutions and batch norms, and a linear classifier (64 -> 16).
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    return ResNetForImageClassification(
-        ResNetConfig(
-            num_channels=3,
-            embedding_size=16,
-            hidden_sizes=[32, 64],
-            depths=[1, 1],
-            layer_type="basic",
-            num_labels=16,
-        )
-    )
-
-
-def _convnext() -> nn.Module:
-    from transformers import ConvNextConfig, ConvNextModel
-
-    return ConvNextModel(
-        ConvNextConfig(
-            num_channels=3,
-            num_stages=2,
-            hidden_sizes=[32, 64],
-            depths=[1, 1],
-            patch_size=4,
-            image_size=32,
-        )
-    )
+    return _seeded(make)
 
 
 def _entries() -> list[Arch]:
-    causal = {"causal": True}
+    causal, seq2seq = {"causal": True}, {"seq2seq": True}
+    vision = {"text": False}
     return [
-        Arch("gpt2", _seeded(_gpt2), _text, **causal),
-        Arch("llama", _seeded(_llama), _text, **causal),
-        Arch("qwen2", _seeded(_qwen2), _text, **causal),
-        Arch("opt", _seeded(_opt), _text, **causal),
-        Arch("gpt_neo", _seeded(_gpt_neo), _text, **causal),
-        Arch("phi", _seeded(_phi), _text, **causal),
-        Arch("bloom", _seeded(_bloom), _text, **causal),
-        Arch("bert", _seeded(_bert), _text),
-        Arch("distilbert", _seeded(_distilbert), _text),
-        Arch("roberta", _seeded(_roberta), _text),
-        Arch("albert", _seeded(_albert), _text),
-        Arch("electra", _seeded(_electra), _text),
-        Arch("deberta_v2", _seeded(_deberta_v2), _text),
-        Arch("bart", _seeded(_bart), _seq2seq, seq2seq=True),
-        Arch("t5", _seeded(_t5), _seq2seq, seq2seq=True),
-        Arch("vit", _seeded(_vit), _pixels(32), text=False, variable_length=False),
-        Arch("resnet", _seeded(_resnet), _pixels_any, text=False),
-        Arch("convnext", _seeded(_convnext), _pixels_any, text=False),
+        # ---------------------------------------------------------- decoders with a KV cache
+        Arch("gpt2", _hf("GPT2LMHeadModel", "GPT2Config", vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
+                         n_positions=64, **_SPECIAL), _text, **causal),
+        Arch("llama", _hf("LlamaForCausalLM", "LlamaConfig", **_T, num_key_value_heads=2, **_SPECIAL),
+             _text, **causal),
+        # a tied LM head on a RoPE model with biased q/k/v projections
+        Arch("qwen2", _hf("Qwen2ForCausalLM", "Qwen2Config", **_T, num_key_value_heads=2,
+                          tie_word_embeddings=True, **_SPECIAL), _text, **causal),
+        # OPTLearnedPositionalEmbedding: an nn.Embedding subclass with an offset of 2
+        Arch("opt", _hf("OPTForCausalLM", "OPTConfig", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                        ffn_dim=128, num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=64,
+                        **_SPECIAL), _text, **causal),
+        Arch("gpt_neo", _hf("GPTNeoForCausalLM", "GPTNeoConfig", vocab_size=VOCAB, hidden_size=64, num_layers=2,
+                            num_heads=4, attention_types=[[["global", "local"], 1]], window_size=8,
+                            intermediate_size=128, max_position_embeddings=64, **_SPECIAL), _text, **causal),
+        Arch("phi", _hf("PhiForCausalLM", "PhiConfig", **_T, partial_rotary_factor=0.5, **_SPECIAL),
+             _text, **causal),
+        # ALiBi instead of positions; fused query_key_value
+        Arch("bloom", _hf("BloomForCausalLM", "BloomConfig", vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4,
+                          **_SPECIAL), _text, **causal),
+        # ---------------------------------------------------------- encoders
+        Arch("bert", _hf("BertModel", "BertConfig", **_T, pad_token_id=0), _text),
+        Arch("distilbert", _hf("DistilBertModel", "DistilBertConfig", vocab_size=VOCAB, dim=64, n_layers=2,
+                               n_heads=4, hidden_dim=128, max_position_embeddings=64, pad_token_id=0), _text),
+        # a masked-LM head tied to the word embeddings; positions derived from the padding id
+        Arch("roberta", _hf("RobertaForMaskedLM", "RobertaConfig", **_T | {"max_position_embeddings": 80},
+                            **_SPECIAL), _text),
+        # one layer's weights applied twice, and factorized embeddings (16 -> 64 projection)
+        Arch("albert", _hf("AlbertModel", "AlbertConfig", **_T, embedding_size=16, num_hidden_groups=1,
+                           inner_group_num=1, **_SPECIAL), _text),
+        Arch("electra", _hf("ElectraModel", "ElectraConfig", **_T, embedding_size=32, pad_token_id=0), _text),
+        # disentangled relative-position attention
+        Arch("deberta_v2", _hf("DebertaV2Model", "DebertaV2Config", **_T, relative_attention=True,
+                               pos_att_type=["p2c", "c2p"], position_buckets=16, max_relative_positions=32,
+                               pad_token_id=0), _text),
+        # ---------------------------------------------------------- encoder-decoders
+        # BartScaledWordEmbedding, shared by encoder, decoder and the LM head
+        Arch("bart", _hf("BartForConditionalGeneration", "BartConfig", vocab_size=VOCAB, d_model=64,
+                         encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+                         encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64, scale_embedding=True,
+                         decoder_start_token_id=2, forced_eos_token_id=None, **_SPECIAL), _seq2seq, **seq2seq),
+        Arch("t5", _hf("T5ForConditionalGeneration", "T5Config", vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128,
+                       num_layers=1, num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8,
+                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1), _seq2seq, **seq2seq),
+        # ---------------------------------------------------------- vision
+        Arch("vit", _hf("ViTModel", "ViTConfig", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, image_size=32, patch_size=8, num_channels=3),
+             _pixels(32), variable_length=False, **vision),
+        # convolutions and batch norms, and a linear classifier (64 -> 16)
+        Arch("resnet", _hf("ResNetForImageClassification", "ResNetConfig", num_channels=3, embedding_size=16,
+                           hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic", num_labels=16),
+             _pixels_any, **vision),
+        Arch("convnext", _hf("ConvNextModel", "ConvNextConfig", num_channels=3, num_stages=2, hidden_sizes=[32, 64],
+                             depths=[1, 1], patch_size=4, image_size=32), _pixels_any, **vision),
     ]
 
 
 ZOO: dict[str, Arch] = {arch.name: arch for arch in _entries()}
 
-# The default run, one architecture per code path: a decoder with a KV cache and a tied LM
-# head (gpt2), an encoder (bert), an encoder-decoder whose shared table and positions are
-# nn.Embedding subclasses (bart: BartScaledWordEmbedding, BartLearnedPositionalEmbedding),
-# and a vision model with convolutions and batch norm (resnet). About a minute on 2 cores.
-FAST: frozenset[str] = frozenset({"gpt2", "bert", "resnet"})  # BART, OPT: tests/test_faithful.py
+# The default run: a decoder with a KV cache and a tied LM head (gpt2), an encoder (bert) and a
+# vision model with convolutions and batch norm (resnet). The nn.Embedding subclasses of BART
+# and OPT run by default in tests/test_faithful.py; every architecture runs with -m slow.
+FAST: frozenset[str] = frozenset({"gpt2", "bert", "resnet"})
