@@ -21,6 +21,7 @@ from torch import nn
 
 import tfx
 import tfx._backend
+from tests.passes._models import sequential_cnn
 
 INDUCTOR_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
 pytestmark = pytest.mark.filterwarnings(INDUCTOR_WARNING)
@@ -72,13 +73,6 @@ def _low_rank_mlp(rank: int = 4) -> nn.Module:
     return model
 
 
-def _cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
-    ).eval()
-
-
 def _bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
@@ -91,7 +85,7 @@ def _bert() -> nn.Module:
 
 MODELS = {
     "mlp": (_mlp, lambda: torch.randn(8, 64)),
-    "cnn": (_cnn, lambda: torch.randn(2, 3, 16, 16)),
+    "cnn": (sequential_cnn, lambda: torch.randn(2, 3, 16, 16)),
     "bert": (_bert, lambda: torch.randint(0, 128, (2, 8))),
 }
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.export import Dim
 
 import tfx
+from tests.passes._models import sequential_cnn
 
 # torch 2.13's ONNX exporter deep-copies a deprecated pytree LeafSpec inside
 # ExportedProgram.run_decompositions (torch/export/exported_program.py), whatever the model.
@@ -69,13 +70,6 @@ def _mlp() -> nn.Module:
     ).eval()
 
 
-def _cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
-    ).eval()
-
-
 def _bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
@@ -104,7 +98,7 @@ def _bert_inputs(batch: int) -> Inputs:
 
 CASES = {
     "mlp": Case(_mlp, _tensor_inputs(64), batch=4),
-    "cnn": Case(_cnn, _tensor_inputs(3, 16, 16), batch=2),
+    "cnn": Case(sequential_cnn, _tensor_inputs(3, 16, 16), batch=2),
     "bert": Case(_bert, _bert_inputs, batch=2),
 }
 NAMES = list(CASES)

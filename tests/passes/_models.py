@@ -21,6 +21,7 @@ __all__ = [
     "RootFunctional",
     "Untraceable",
     "GroupedConvs",
+    "sequential_cnn",
     "tiny_bert",
     "tiny_gpt2",
     "bert_inputs",
@@ -170,6 +171,14 @@ class GroupedConvs(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.plain(self.tiny(self.depthwise(self.grouped(x))))
+
+
+def sequential_cnn() -> nn.Module:
+    """Two 3x3 convolutions, global pooling and a linear head, as one ``nn.Sequential`` (eval)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
 
 
 def tiny_bert() -> nn.Module:
