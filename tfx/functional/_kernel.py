@@ -35,18 +35,18 @@ has an output and an input channel mode, then the kernel sizes.
 Fix: pass the full kernel, e.g. (out_channels, in_channels, 3, 3)."""
 
 
-def _moves_channels(factorization: str, caller: str) -> bool:
-    """Whether ``factorization`` stores the output channels last (TT, as in tltorch)."""
+def _moves_channels(factorization: str, order: int, caller: str, what: str) -> bool:
+    """Whether ``factorization`` stores the output channels last (TT, as in tltorch), checking
+    that a ``what`` of ``order`` modes has the two channel modes to move."""
     if not isinstance(factorization, str):
         raise OptionError(
             _MSG_FACTORIZATION.format(value=factorization, kind=type(factorization).__name__, caller=caller)
         )
-    return factorization.lower() == "tt"
-
-
-def _check_order(order: int, caller: str, what: str) -> None:
+    if factorization.lower() != "tt":
+        return False
     if order < 2:
         raise ShapeError(_MSG_ORDER.format(caller=caller, what=what, order=order))
+    return True
 
 
 def kernel_shape_to_factorization_shape(factorization: str, kernel_shape: Sequence[int]) -> tuple[int, ...]:
@@ -70,9 +70,8 @@ def kernel_shape_to_factorization_shape(factorization: str, kernel_shape: Sequen
         (16, 8, 3, 3)
     """
     shape = tuple(int(s) for s in kernel_shape)
-    if not _moves_channels(factorization, "kernel_shape_to_factorization_shape"):
+    if not _moves_channels(factorization, len(shape), "kernel_shape_to_factorization_shape", "kernel shape"):
         return shape
-    _check_order(len(shape), "kernel_shape_to_factorization_shape", "kernel shape")
     return (*shape[1:], shape[0])
 
 
@@ -97,9 +96,8 @@ def factorization_shape_to_kernel_shape(factorization: str, factorization_shape:
         (16, 8, 3, 3)
     """
     shape = tuple(int(s) for s in factorization_shape)
-    if not _moves_channels(factorization, "factorization_shape_to_kernel_shape"):
+    if not _moves_channels(factorization, len(shape), "factorization_shape_to_kernel_shape", "factorization shape"):
         return shape
-    _check_order(len(shape), "factorization_shape_to_kernel_shape", "factorization shape")
     return (shape[-1], *shape[:-1])
 
 
@@ -122,9 +120,8 @@ def kernel_to_tensor(factorization: str, kernel: torch.Tensor) -> torch.Tensor:
         >>> kernel_to_tensor("tt", torch.zeros(16, 8, 3, 3)).shape
         torch.Size([8, 3, 3, 16])
     """
-    if not _moves_channels(factorization, "kernel_to_tensor"):
+    if not _moves_channels(factorization, kernel.dim(), "kernel_to_tensor", "kernel"):
         return kernel
-    _check_order(kernel.dim(), "kernel_to_tensor", "kernel")
     return torch.movedim(kernel, 0, -1)
 
 
@@ -150,7 +147,6 @@ def tensor_to_kernel(factorization: str, tensor: torch.Tensor) -> torch.Tensor:
         >>> tensor_to_kernel("tt", torch.zeros(8, 3, 3, 16)).shape
         torch.Size([16, 8, 3, 3])
     """
-    if not _moves_channels(factorization, "tensor_to_kernel"):
+    if not _moves_channels(factorization, tensor.dim(), "tensor_to_kernel", "tensor"):
         return tensor
-    _check_order(tensor.dim(), "tensor_to_kernel", "tensor")
     return torch.movedim(tensor, -1, 0)
