@@ -27,9 +27,10 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import tfx  # noqa: E402
 from _common import git_commit, load_average, machine, save, stamp  # noqa: E402
 from layers import TUCKER_RANKS, HandLowRank, HandTucker  # noqa: E402
+
+import tfx  # noqa: E402
 
 N = 4096
 BATCHES = (1, 32, 512)
@@ -61,10 +62,21 @@ def main(argv: list[str] | None = None) -> str:
     for b, batch in enumerate(BATCHES):
         x = torch.randn(batch, N)
         # the compiler's own low-rank graph for this batch (rank refined to a multiple of 8: 200)
-        graph = tfx.factorize(dense, rank * (1 + 2 * N) + N, example_inputs=(x,), forms=("svd",), progress=False, verify=False)
+        graph = tfx.factorize(
+            dense,
+            rank * (1 + 2 * N) + N,
+            example_inputs=(x,),
+            forms=("svd",),
+            progress=False,
+            verify=False,
+        )
         contenders = {
-            "nn.Linear": dense, "tfx low-rank": low, "graph low-rank": graph, "hand low-rank": hands["low-rank"],
-            "tfx Tucker": tucker, "hand Tucker": hands["Tucker"],
+            "nn.Linear": dense,
+            "tfx low-rank": low,
+            "graph low-rank": graph,
+            "hand low-rank": hands["low-rank"],
+            "tfx Tucker": tucker,
+            "hand Tucker": hands["Tucker"],
         }
         with torch.no_grad():
             for layer in contenders.values():
@@ -78,23 +90,48 @@ def main(argv: list[str] | None = None) -> str:
         for form in ("low-rank", "Tucker"):
             mine, hand = t_dense / best[f"tfx {form}"], t_dense / best[f"hand {form}"]
             goal = GOALS[form][b]
-            cells += [f"{1e3 * best[f'tfx {form}']:.3f} ({mine:.1f}x)", f"{hand:.1f}x", f"{goal:g}x"]
+            cells += [
+                f"{1e3 * best[f'tfx {form}']:.3f} ({mine:.1f}x)",
+                f"{hand:.1f}x",
+                f"{goal:g}x",
+            ]
             if form == "low-rank":
-                cells.insert(-2, f"{t_dense / best['graph low-rank']:.1f}x (r{graph.tfx_plan.choices[0].rank})")
-            verdicts.append(f"- {'met' if mine >= goal else 'MISSED'}: {form} at batch {batch}: {mine:.1f}x "
-                            f"(goal {goal:g}x; hand-written {hand:.1f}x)")
+                cells.insert(
+                    -2,
+                    f"{t_dense / best['graph low-rank']:.1f}x (r{graph.tfx_plan.choices[0].rank})",
+                )
+            verdicts.append(
+                f"- {'met' if mine >= goal else 'MISSED'}: {form} at batch {batch}: {mine:.1f}x "
+                f"(goal {goal:g}x; hand-written {hand:.1f}x)"
+            )
         rows.append("| " + " | ".join(cells) + " |")
         print(rows[-1], file=sys.stderr, flush=True)
-    params = {"low-rank": sum(p.numel() for p in low.weight.parameters()), "Tucker": sum(p.numel() for p in tucker.weight.parameters())}
-    return save("\n".join([
-        stamp(machine(1), f"torch {torch.__version__}", f"commit {git_commit()}", f"load average before: {load}"),
-        f"weights: low-rank rank {rank}, {params['low-rank'] / N**2:.1%} of dense; Tucker rank 11^6 on (16,16,16)^2, "
-        f"{params['Tucker'] / N**2:.1%}",
-        "",
-        "| batch | nn.Linear ms | tfx low-rank ms (x dense) | tfx.factorize graph | hand-written | goal | tfx Tucker ms (x dense) | hand-written | goal |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows, "", *verdicts,
-    ]) + "\n", args.out)
+    params = {
+        "low-rank": sum(p.numel() for p in low.weight.parameters()),
+        "Tucker": sum(p.numel() for p in tucker.weight.parameters()),
+    }
+    return save(
+        "\n".join(
+            [
+                stamp(
+                    machine(1),
+                    f"torch {torch.__version__}",
+                    f"commit {git_commit()}",
+                    f"load average before: {load}",
+                ),
+                f"weights: low-rank rank {rank}, {params['low-rank'] / N**2:.1%} of dense; Tucker rank 11^6 on (16,16,16)^2, "
+                f"{params['Tucker'] / N**2:.1%}",
+                "",
+                "| batch | nn.Linear ms | tfx low-rank ms (x dense) | tfx.factorize graph | hand-written | goal | tfx Tucker ms (x dense) | hand-written | goal |",
+                "|---|---|---|---|---|---|---|---|---|",
+                *rows,
+                "",
+                *verdicts,
+            ]
+        )
+        + "\n",
+        args.out,
+    )
 
 
 if __name__ == "__main__":

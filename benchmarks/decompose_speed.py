@@ -18,8 +18,8 @@ from functools import partial
 from typing import TypeVar
 
 import torch
-
 from _common import tt_ranks
+
 from tfx.tensors._decompose import block_tt_svd, cp_als, hosvd, truncated_svd, tt_svd
 
 T = TypeVar("T")

@@ -33,12 +33,20 @@ def main() -> None:
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     n = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
-    gm = tfx.factorize(model, args.budget, example_inputs=inputs, forms=tuple(args.forms.split(",")), progress=False)
+    gm = tfx.factorize(
+        model,
+        args.budget,
+        example_inputs=inputs,
+        forms=tuple(args.forms.split(",")),
+        progress=False,
+    )
     total = time.perf_counter() - start
     plan = gm.tfx_plan
-    print(f"BERT-base-sized encoder ({args.layers} layers, {n / 1e6:.1f}M params), budget {args.budget}: "
-          f"{plan.total_params_after / 1e6:.1f}M params after, factorize {total:.1f} s "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f})")
+    print(
+        f"BERT-base-sized encoder ({args.layers} layers, {n / 1e6:.1f}M params), budget {args.budget}: "
+        f"{plan.total_params_after / 1e6:.1f}M params after, factorize {total:.1f} s "
+        f"(torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f})"
+    )
     for stage, seconds in plan.timings.items():
         print(f"  {stage:<22} {seconds:7.2f} s")
 

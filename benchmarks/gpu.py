@@ -186,20 +186,31 @@ def time_forward(layer: nn.Module, x: torch.Tensor, timer: Timer, row: Case) -> 
         )
 
 
-def build(out_f: int, in_f: int, fraction: float, dtype_name: str, device: torch.device) -> dict[str, nn.Module]:
+def build(
+    out_f: int, in_f: int, fraction: float, dtype_name: str, device: torch.device
+) -> dict[str, nn.Module]:
     """The dense layer and its factorized versions, all from one random weight."""
     torch.manual_seed(0)
     dtype = getattr(torch, dtype_name)
     dense = nn.Linear(in_f, out_f, device=device, dtype=torch.float32)
     r = low_rank(out_f, in_f, fraction, RANK_MULTIPLE[dtype_name])
     lr = tfx.FactorizedLinear.from_linear(
-        dense, rank=r, factorization="cp", in_tensorized_features=(in_f,),
-        out_tensorized_features=(out_f,), implementation="auto",
+        dense,
+        rank=r,
+        factorization="cp",
+        in_tensorized_features=(in_f,),
+        out_tensorized_features=(out_f,),
+        implementation="auto",
     )
     tucker = tfx.FactorizedLinear.from_linear(
         dense, rank=fraction, factorization="tucker", implementation="auto"
     )
-    made = {"nn.Linear": dense, "tfx low-rank": lr, "hand low-rank": HandLowRank(lr), "tfx Tucker": tucker}
+    made = {
+        "nn.Linear": dense,
+        "tfx low-rank": lr,
+        "hand low-rank": HandLowRank(lr),
+        "tfx Tucker": tucker,
+    }
     return {k: m.to(dtype=dtype).eval() for k, m in made.items()}
 
 
@@ -214,7 +225,9 @@ def check(layers: dict[str, nn.Module], in_f: int, dtype: torch.dtype, device: t
     return f"{err:.1e}"
 
 
-def run_cases(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> list[Case]:
+def run_cases(
+    args: argparse.Namespace, device: torch.device, log: Callable[[str], None]
+) -> list[Case]:
     timer = Timer(device, args.target_ms)
     rows: list[Case] = []
     for dtype_name in args.dtypes:
@@ -230,10 +243,17 @@ def run_cases(args: argparse.Namespace, device: torch.device, log: Callable[[str
                 for batch in args.batches:
                     torch.manual_seed(1)
                     x = torch.randn(batch, in_f, device=device, dtype=dtype)
-                    common = dict(size=(out_f, in_f), fraction=fraction, dtype=dtype_name,
-                                  batch=batch, dense_params=dense_params)
+                    common = dict(
+                        size=(out_f, in_f),
+                        fraction=fraction,
+                        dtype=dtype_name,
+                        batch=batch,
+                        dense_params=dense_params,
+                    )
                     if batch not in dense_rows:  # the dense layer does not depend on the fraction
-                        d = Case(**common, layer="nn.Linear", params=dense_params, rank="-", ideal=1.0)
+                        d = Case(
+                            **common, layer="nn.Linear", params=dense_params, rank="-", ideal=1.0
+                        )
                         log(f"{dtype_name} {out_f}x{in_f} B={batch}: nn.Linear")
                         time_forward(layers["nn.Linear"], x, timer, d)
                         d.dense = d
@@ -244,14 +264,22 @@ def run_cases(args: argparse.Namespace, device: torch.device, log: Callable[[str
                     for name in ("tfx low-rank", "hand low-rank", "tfx Tucker"):
                         layer = layers[name]
                         rank = str(layers["tfx Tucker"].rank if name == "tfx Tucker" else lr.rank)
-                        row = Case(**common, layer=name, params=n_params(layer), rank=rank.replace(" ", ""),
-                                   ideal=ideal if "low-rank" in name else None, dense=d,
-                                   note=f"check {err}" if name == "hand low-rank" else "")
+                        row = Case(
+                            **common,
+                            layer=name,
+                            params=n_params(layer),
+                            rank=rank.replace(" ", ""),
+                            ideal=ideal if "low-rank" in name else None,
+                            dense=d,
+                            note=f"check {err}" if name == "hand low-rank" else "",
+                        )
                         log(f"{dtype_name} {out_f}x{in_f} at {fraction:g} B={batch}: {name}")
                         try:
                             time_forward(layer, x, timer, row)
                         except Exception as exc:  # noqa: BLE001
-                            row.note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+                            row.note = (
+                                f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+                            )
                             traceback.print_exc()
                         rows.append(row)
                 del layers
@@ -270,8 +298,10 @@ def _x(v: float | None) -> str:
 
 
 def markdown(rows: Sequence[Case]) -> str:
-    head = ("| dtype | linear (out x in) | params target | batch | layer | rank | params (% dense) | ideal "
-            "| eager ms | eager x dense | graph ms | graph x dense | note |")
+    head = (
+        "| dtype | linear (out x in) | params target | batch | layer | rank | params (% dense) | ideal "
+        "| eager ms | eager x dense | graph ms | graph x dense | note |"
+    )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         dense = r.layer == "nn.Linear"
@@ -292,21 +322,34 @@ def goals(rows: Sequence[Case]) -> list[str]:
     def best(r: Case) -> float | None:
         return r.speedup("graph") if r.graph_ms is not None else r.speedup("eager")
 
-    big = [r for r in rows if r.size == (4096, 4096) and r.fraction == 0.1 and r.batch == 2048
-           and r.dtype == "bfloat16" and r.layer != "nn.Linear"]
+    big = [
+        r
+        for r in rows
+        if r.size == (4096, 4096)
+        and r.fraction == 0.1
+        and r.batch == 2048
+        and r.dtype == "bfloat16"
+        and r.layer != "nn.Linear"
+    ]
     for r in big:
         s = best(r)
         verdict = "not run" if s is None else ("met" if s >= 6 else "MISSED")
-        out.append(f"- {verdict}: 4096x4096 at 10% >= 6x dense at batch 2048, bf16: {r.layer} "
-                   f"{_x(s)} (rank {r.rank}, {100 * r.params / r.dense_params:.1f}% params)")
+        out.append(
+            f"- {verdict}: 4096x4096 at 10% >= 6x dense at batch 2048, bf16: {r.layer} "
+            f"{_x(s)} (rank {r.rank}, {100 * r.params / r.dense_params:.1f}% params)"
+        )
     if not big:
         out.append("- not checked: 4096x4096 at 10%, batch 2048, bf16 was not in this run")
     small = [r for r in rows if r.batch <= 32 and r.layer.startswith("tfx")]
     slower = [r for r in small if (best(r) or 0) < 1.0]
-    out.append(f"- {'met' if not slower else 'MISSED'}: tfx layers at batch <= 32 never slower than dense: "
-               f"{len(slower)} of {len(small)} slower")
-    out += [f"  - {r.dtype} {r.size[0]}x{r.size[1]} at {r.fraction:g}, B={r.batch}, {r.layer}: {_x(best(r))}"
-            for r in slower]
+    out.append(
+        f"- {'met' if not slower else 'MISSED'}: tfx layers at batch <= 32 never slower than dense: "
+        f"{len(slower)} of {len(small)} slower"
+    )
+    out += [
+        f"  - {r.dtype} {r.size[0]}x{r.size[1]} at {r.fraction:g}, B={r.batch}, {r.layer}: {_x(best(r))}"
+        for r in slower
+    ]
     return out
 
 
@@ -317,17 +360,28 @@ def header(device: torch.device) -> str:
     else:
         where = f"{platform.processor() or 'CPU'} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
         how = "time.perf_counter (CPU smoke test, not a GPU measurement)"
-    return (f"{datetime.datetime.now().isoformat(timespec='minutes')}; {where}; torch {torch.__version__}; "
-            f"tfx {tfx.__version__}; {how}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
+    return (
+        f"{datetime.datetime.now().isoformat(timespec='minutes')}; {where}; torch {torch.__version__}; "
+        f"tfx {tfx.__version__}; {how}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test)")
-    parser.add_argument("--quick", action="store_true",
-                        help="768x768 and 3072x768 at 10%%, batch 1 and 32 only (smoke test)")
-    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated: float32, bfloat16, float16")
-    parser.add_argument("--target-ms", type=float, default=25.0, help="length of each timed batch of calls")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="768x768 and 3072x768 at 10%%, batch 1 and 32 only (smoke test)",
+    )
+    parser.add_argument(
+        "--dtypes", default=",".join(DTYPES), help="comma-separated: float32, bfloat16, float16"
+    )
+    parser.add_argument(
+        "--target-ms", type=float, default=25.0, help="length of each timed batch of calls"
+    )
     parser.add_argument("--out", default=None, help="directory for gpu.md and gpu.json")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
@@ -336,13 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no CUDA device; for a smoke test run: --device cpu --quick", file=sys.stderr)
         return 1
     if device.type == "cpu":
-        torch.set_num_threads(1)  # a smoke test: two threads on a shared 2-core machine only add noise
+        torch.set_num_threads(
+            1
+        )  # a smoke test: two threads on a shared 2-core machine only add noise
     args.dtypes = [d.strip() for d in args.dtypes.split(",")]
     args.sizes, args.fractions, args.batches = SIZES, FRACTIONS, BATCHES
     if args.quick:
         args.sizes, args.fractions, args.batches = SIZES[:2], FRACTIONS[:1], BATCHES[:2]
         args.target_ms = min(args.target_ms, 5.0)
-    log = (lambda s: None) if args.quiet else (lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+    log = (
+        (lambda s: None) if args.quiet else (lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+    )
     head = header(device)
     print(head, flush=True)
     start = time.time()
@@ -356,9 +414,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "gpu.md"), "w") as f:
-            f.write(f"{head}\n\n{table}\n\nGoals (issue 5, GPU):\n{checks}\n\n{len(rows)} timings in {elapsed}\n")
+            f.write(
+                f"{head}\n\n{table}\n\nGoals (issue 5, GPU):\n{checks}\n\n{len(rows)} timings in {elapsed}\n"
+            )
         with open(os.path.join(args.out, "gpu.json"), "w") as f:
-            json.dump({"header": head, "elapsed": elapsed, "rows": [r.to_dict() for r in rows]}, f, indent=1)
+            json.dump(
+                {"header": head, "elapsed": elapsed, "rows": [r.to_dict() for r in rows]},
+                f,
+                indent=1,
+            )
     return 0
 
 

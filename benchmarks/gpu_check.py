@@ -228,7 +228,12 @@ def timing(dev: torch.device) -> None:
             ),
             **{
                 form: tfx.FactorizedLinear(
-                    (16, 16, 16), (16, 16, 16), factorization=form, rank=0.1, device=dev, dtype=dtype,
+                    (16, 16, 16),
+                    (16, 16, 16),
+                    factorization=form,
+                    rank=0.1,
+                    device=dev,
+                    dtype=dtype,
                     implementation="auto",
                 )
                 for form in ("tucker", "blocktt")

@@ -37,11 +37,11 @@ from typing import Any
 
 import opt_einsum
 import torch
+from _common import load_average, machine, save, stamp, tt_ranks
 from torch import nn
 from torch.utils.benchmark import Timer
 
 import tfx
-from _common import load_average, machine, save, stamp, tt_ranks
 from tfx.functional import linear_flops
 from tfx.functional._conv import conv_flops
 from tfx.functional._planning import _input_equation, weight_shapes
@@ -585,7 +585,10 @@ FULL_LINEARS = ((768, 768), (3072, 768), (4096, 4096), (11008, 4096))
 FULL_FRACTIONS = (0.5, 0.25, 0.1)  # 2x / 4x / 10x compression
 FULL_BATCHES = (1, 32, 512, 2048)
 FULL_CONVS = (  # ResNet-50's 3x3 and 1x1 convolutions, by stage (batch 8)
-    (64, 64, 3, 1, 56), (256, 256, 3, 1, 14), (256, 64, 1, 1, 56), (1024, 256, 1, 1, 14),
+    (64, 64, 3, 1, 56),
+    (256, 256, 3, 1, 14),
+    (256, 64, 1, 1, 56),
+    (1024, 256, 1, 1, 14),
 )
 FULL_EMBEDDINGS = ((30522, 768), (1_000_000, 64))
 
@@ -602,11 +605,21 @@ def full_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
         made = {}
         for frac in FULL_FRACTIONS:
             rank = max(8, 8 * round(frac * out_f * in_f / (out_f + in_f) / 8))
-            low = put(tfx.FactorizedLinear.from_linear(
-                dense, rank=rank, factorization="cp", in_tensorized_features=(in_f,),
-                out_tensorized_features=(out_f,), implementation="auto"))
-            tucker = put(tfx.FactorizedLinear.from_linear(
-                dense, rank=frac, factorization="tucker", implementation="auto"))
+            low = put(
+                tfx.FactorizedLinear.from_linear(
+                    dense,
+                    rank=rank,
+                    factorization="cp",
+                    in_tensorized_features=(in_f,),
+                    out_tensorized_features=(out_f,),
+                    implementation="auto",
+                )
+            )
+            tucker = put(
+                tfx.FactorizedLinear.from_linear(
+                    dense, rank=frac, factorization="tucker", implementation="auto"
+                )
+            )
             made[frac] = (rank, low, HandLowRank(low), tucker)
         for batch in FULL_BATCHES:
             x = randn(batch, in_f)
@@ -618,12 +631,22 @@ def full_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
             rows.append(d)
             for frac, (rank, low, hand, tucker) in made.items():
                 ideal = out_f * in_f / (rank * (out_f + in_f))
-                for name, layer, kind in (("tfx low-rank auto", low, "full"),
-                                          ("hand-written low-rank", hand, "hand"),
-                                          ("tfx Tucker auto", tucker, "full")):
+                for name, layer, kind in (
+                    ("tfx low-rank auto", low, "full"),
+                    ("hand-written low-rank", hand, "hand"),
+                    ("tfx Tucker auto", tucker, "full"),
+                ):
                     note = f"{1 / frac:g}x compression, rank {tucker.rank if 'Tucker' in name else rank}"
-                    r = Row(case, name, n_params(layer), dense_params,
-                            None if "Tucker" in name else ideal, note=note, kind=kind, dense=d)
+                    r = Row(
+                        case,
+                        name,
+                        n_params(layer),
+                        dense_params,
+                        None if "Tucker" in name else ideal,
+                        note=note,
+                        kind=kind,
+                        dense=d,
+                    )
                     log(f"{case}: {name} at {frac:g}")
                     r.fwd = measure(forward_fn(layer, x), min_run_time)
                     rows.append(r)
@@ -642,10 +665,28 @@ def full_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
         if k > 1:
             forms.append(("Tucker", dict(factorization="tucker", fixed_rank_modes=(2, 3))))
         for name, kwargs in forms:
-            layer = put(tfx.FactorizedConv(cin, cout, k, order=2, stride=stride, padding=k // 2,
-                                           rank=FRACTION, implementation="auto", **kwargs))
-            r = Row(case, f"tfx {name} auto", n_params(layer), d.params, note=f"rank {layer.rank}",
-                    kind="full", dense=d)
+            layer = put(
+                tfx.FactorizedConv(
+                    cin,
+                    cout,
+                    k,
+                    order=2,
+                    stride=stride,
+                    padding=k // 2,
+                    rank=FRACTION,
+                    implementation="auto",
+                    **kwargs,
+                )
+            )
+            r = Row(
+                case,
+                f"tfx {name} auto",
+                n_params(layer),
+                d.params,
+                note=f"rank {layer.rank}",
+                kind="full",
+                dense=d,
+            )
             log(f"{case}: {name}")
             r.fwd = measure(forward_fn(layer, x), min_run_time)
             rows.append(r)
@@ -659,8 +700,15 @@ def full_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
         d.fwd = measure(forward_fn(dense, index), min_run_time)
         d.dense = d
         layer = put(tfx.FactorizedEmbedding(num, dim, factorization="blocktt", rank=16))
-        r = Row(case, "tfx BlockTT", n_params(layer), d.params, kind="full", dense=d,
-                note=f"{layer.tensorized_num_embeddings}x{layer.tensorized_embedding_dim}, rank 16")
+        r = Row(
+            case,
+            "tfx BlockTT",
+            n_params(layer),
+            d.params,
+            kind="full",
+            dense=d,
+            note=f"{layer.tensorized_num_embeddings}x{layer.tensorized_embedding_dim}, rank 16",
+        )
         log(f"{case}: tfx BlockTT")
         r.fwd = measure(forward_fn(layer, index), min_run_time)
         rows += [d, r]
@@ -742,8 +790,14 @@ def header() -> str:
     if DEVICE.type == "cuda":
         where = f"{torch.cuda.get_device_name(DEVICE)} (host: {where})"
     clock = "thread CPU time" if CLOCK == "cpu" else "wall-clock time"
-    return stamp(where, clock, str(DTYPE).replace("torch.", ""), f"torch {torch.__version__}", tl,
-                 f"load average before: {load_average()}")
+    return stamp(
+        where,
+        clock,
+        str(DTYPE).replace("torch.", ""),
+        f"torch {torch.__version__}",
+        tl,
+        f"load average before: {load_average()}",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -50,11 +50,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from _common import git_commit, load_average, machine, save, stamp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import tfx
-from _common import git_commit, load_average, machine, save, stamp
 
 BUDGETS = (0.5, 0.25, 0.1)
 QUICK_BUDGETS = (0.25,)
@@ -139,8 +139,17 @@ def build(name: str, quick: bool, tied: bool = False) -> Built:
     tiny = dict(vocab_size=1000, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     if name == "bert":
         cfg = BertConfig(
-            **(tiny | dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=512) if quick else {})
+            **(
+                tiny
+                | dict(
+                    hidden_size=128,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=512,
+                )
+                if quick
+                else {}
+            )
         )
         ids = torch.randint(0, cfg.vocab_size, (1, seq))
         label = "BERT (tiny)" if quick else "BERT-base"
@@ -156,7 +165,9 @@ def build(name: str, quick: bool, tied: bool = False) -> Built:
             **(tiny | dict(n_embd=128, n_layer=2, n_head=2) if quick else {}),
         )
         ids = torch.randint(0, cfg.vocab_size, (1, seq))
-        label = ("GPT-2 (tiny)" if quick else "GPT-2 small") + (", tied head" if tied else ", untied head")
+        label = ("GPT-2 (tiny)" if quick else "GPT-2 small") + (
+            ", tied head" if tied else ", untied head"
+        )
         return Built(f"{label}, 1x{seq} tokens", GPT2LMHeadModel(cfg).eval(), {"input_ids": ids})
     raise SystemExit(f"--only: unknown model {name!r}; choose from {', '.join(MODELS)}")
 
@@ -238,7 +249,9 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def time_compiled(model: nn.Module, inputs: Any, clock: Clock, args: argparse.Namespace) -> tuple[float, float]:
+def time_compiled(
+    model: nn.Module, inputs: Any, clock: Clock, args: argparse.Namespace
+) -> tuple[float, float]:
     """(first-call seconds including compilation, ms per call) of ``torch.compile(model)``."""
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="inductor")
@@ -250,7 +263,9 @@ def time_compiled(model: nn.Module, inputs: Any, clock: Clock, args: argparse.Na
     return compile_s, ms
 
 
-def run_model(name: str, args: argparse.Namespace, clock: Clock, log: Callable[[str], None]) -> list[Result]:
+def run_model(
+    name: str, args: argparse.Namespace, clock: Clock, log: Callable[[str], None]
+) -> list[Result]:
     built = build(name, args.quick, tied=args.gpt2_tied)
     model, inputs = built.model, built.inputs
     dense = Result(built.label, None, n_params(model), count_flops(model, inputs))
@@ -317,8 +332,16 @@ def _x(ref: float | None, v: float | None) -> str:
 
 
 def markdown(rows: Sequence[Result], compiled: bool) -> str:
-    head = ["model", "budget", "params (% dense)", "FLOPs (x fewer)", "plan site FLOPs",
-            "out. err", "eager ms", "x dense"]
+    head = [
+        "model",
+        "budget",
+        "params (% dense)",
+        "FLOPs (x fewer)",
+        "plan site FLOPs",
+        "out. err",
+        "eager ms",
+        "x dense",
+    ]
     if compiled:
         head += ["compiled ms", "x dense compiled", "x dense eager", "compile s"]
     head += ["factorize s", "note"]
@@ -376,8 +399,13 @@ def stage_table(rows: Sequence[Result]) -> str:
 
 def header(args: argparse.Namespace, clock: Clock) -> str:
     return stamp(
-        machine(clock.threads), f"latency: {clock.name}, least of {args.repeats} medians", "tfx.factorize: wall time",
-        "float32", f"torch {torch.__version__}", f"commit {git_commit()}", f"load average before: {load_average()}",
+        machine(clock.threads),
+        f"latency: {clock.name}, least of {args.repeats} medians",
+        "tfx.factorize: wall time",
+        "float32",
+        f"torch {torch.__version__}",
+        f"commit {git_commit()}",
+        f"load average before: {load_average()}",
     )
 
 
@@ -386,16 +414,31 @@ def main(argv: Sequence[str] | None = None) -> str:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", default=",".join(MODELS), help="comma-separated: cnn, bert, gpt2")
-    parser.add_argument("--budgets", default=None, help="comma-separated fractions (default 0.5,0.25,0.1)")
-    parser.add_argument("--compiled", action="store_true",
-                        help="also time torch.compile(backend='inductor') of dense and factorized")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny configs, budget 0.25, --min-run-time 0.2 (smoke run, ~1 min)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the whole run (default 1)")
+    parser.add_argument(
+        "--budgets", default=None, help="comma-separated fractions (default 0.5,0.25,0.1)"
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time torch.compile(backend='inductor') of dense and factorized",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny configs, budget 0.25, --min-run-time 0.2 (smoke run, ~1 min)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for the whole run (default 1)"
+    )
     parser.add_argument("--min-run-time", type=float, default=1.5, help="seconds per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; the least median is reported")
-    parser.add_argument("--gpt2-tied", action="store_true",
-                        help="GPT-2 with its LM head tied to the token embedding (as published)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds; the least median is reported"
+    )
+    parser.add_argument(
+        "--gpt2-tied",
+        action="store_true",
+        help="GPT-2 with its LM head tied to the token embedding (as published)",
+    )
     parser.add_argument("--out", default=None, help="also write the markdown report to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
@@ -406,7 +449,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         args.min_run_time = min(args.min_run_time, 0.2)
     args.repeats = max(1, args.repeats)
     clock = Clock(max(1, args.threads))
-    log = (lambda s: None) if args.quiet else (lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+    log = (
+        (lambda s: None) if args.quiet else (lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(clock.threads)
     try:

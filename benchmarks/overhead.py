@@ -37,12 +37,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import load_average, save, stamp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.benchmark import Timer
 
 import tfx
-from _common import load_average, save, stamp
 
 # ----------------------------------------------------------------------------- recording
 
@@ -79,19 +79,27 @@ def _binding(func: Any, args: Any, kwargs: Any, out: Any) -> Any:
             continue
         same = tree_flatten(got)[0], tree_flatten(out)[0]
         if len(same[0]) == len(same[1]) and all(
-            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-            and a.dtype == b.dtype and a.stride() == b.stride() for a, b in zip(*same)
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and a.stride() == b.stride()
+            for a, b in zip(*same, strict=False)
         ):
             return candidate
     return func
 
 
 def _literal(value: Any, consts: dict[str, Any]) -> str:
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, bool | int | float | str):
         return repr(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         inner = ", ".join(_literal(v, consts) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+        return (
+            f"[{inner}]"
+            if isinstance(value, list)
+            else f"({inner}{',' if len(value) == 1 else ''})"
+        )
     name = f"c{len(consts)}"
     consts[name] = value
     return name
@@ -117,7 +125,7 @@ def aten_replay(calls: list[Any], grad: bool) -> Callable[[], Any]:
             if id(value) not in names:  # an input or parameter: a constant of the replay
                 names[id(value)] = _literal(value, consts)
             return names[id(value)]
-        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        if isinstance(value, list | tuple) and any(isinstance(v, torch.Tensor) for v in value):
             inner = ", ".join(arg(v) for v in value)
             return f"[{inner}]"
         return _literal(value, consts)
@@ -151,9 +159,13 @@ def kernels_replay(calls: list[Any]) -> tuple[Callable[[], Any], int]:
             continue
         n += 1
         op = _literal(_binding(func, args, kwargs, _), consts)
-        detached = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, (args, kwargs))
-        text = ", ".join([_literal(a, consts) for a in detached[0]]
-                         + [f"{k}={_literal(v, consts)}" for k, v in detached[1].items()])
+        detached = tree_map(
+            lambda t: t.detach() if isinstance(t, torch.Tensor) else t, (args, kwargs)
+        )
+        text = ", ".join(
+            [_literal(a, consts) for a in detached[0]]
+            + [f"{k}={_literal(v, consts)}" for k, v in detached[1].items()]
+        )
         lines.append(f"    {op}({text})")
     lines.append("    return None")
     scope: dict[str, Any] = dict(consts)
@@ -172,7 +184,9 @@ def _median(fn: Callable[[], Any], min_run_time: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
 
 
-def measure(layer: torch.nn.Module, x: torch.Tensor, grad: bool, rounds: int, min_run_time: float) -> dict[str, Any]:
+def measure(
+    layer: torch.nn.Module, x: torch.Tensor, grad: bool, rounds: int, min_run_time: float
+) -> dict[str, Any]:
     """Microseconds per call of the layer, its aten replay and its kernels-only replay."""
     mode = torch.enable_grad if grad else torch.no_grad
 
@@ -211,12 +225,46 @@ def linear_cases() -> list[tuple[str, str, torch.nn.Module, torch.Tensor]]:
     x = torch.randn(1, 64)
     shape = (4, 4, 4)
     specs = [
-        ("low-rank", dict(in_tensorized_features=(64,), out_tensorized_features=(64,), factorization="cp", rank=4)),
-        ("tucker", dict(in_tensorized_features=shape, out_tensorized_features=shape, factorization="tucker", rank=(2,) * 6)),
-        ("tt", dict(in_tensorized_features=shape, out_tensorized_features=shape, factorization="tt", rank=(1, 2, 4, 4, 4, 2, 1))),
-        ("blocktt", dict(in_tensorized_features=shape, out_tensorized_features=shape, factorization="blocktt", rank=(1, 4, 4, 1))),
+        (
+            "low-rank",
+            dict(
+                in_tensorized_features=(64,),
+                out_tensorized_features=(64,),
+                factorization="cp",
+                rank=4,
+            ),
+        ),
+        (
+            "tucker",
+            dict(
+                in_tensorized_features=shape,
+                out_tensorized_features=shape,
+                factorization="tucker",
+                rank=(2,) * 6,
+            ),
+        ),
+        (
+            "tt",
+            dict(
+                in_tensorized_features=shape,
+                out_tensorized_features=shape,
+                factorization="tt",
+                rank=(1, 2, 4, 4, 4, 2, 1),
+            ),
+        ),
+        (
+            "blocktt",
+            dict(
+                in_tensorized_features=shape,
+                out_tensorized_features=shape,
+                factorization="blocktt",
+                rank=(1, 4, 4, 1),
+            ),
+        ),
     ]
-    return [("FactorizedLinear 64x64 B=1", name, tfx.FactorizedLinear(**kw), x) for name, kw in specs]
+    return [
+        ("FactorizedLinear 64x64 B=1", name, tfx.FactorizedLinear(**kw), x) for name, kw in specs
+    ]
 
 
 def conv_cases() -> list[tuple[str, str, torch.nn.Module, torch.Tensor]]:
@@ -224,8 +272,14 @@ def conv_cases() -> list[tuple[str, str, torch.nn.Module, torch.Tensor]]:
     x = torch.randn(1, 16, 8, 8)
     out = []
     for k in (1, 3):
-        for form, rank in (("cp", 4), ("tucker", (4, 4, k, k)), ("tt", (1, 4, 1, 1, 1) if k == 1 else (1, 4, 4, 3, 1))):
-            layer = tfx.FactorizedConv(16, 16, k, order=2, padding=k // 2, factorization=form, rank=rank)
+        for form, rank in (
+            ("cp", 4),
+            ("tucker", (4, 4, k, k)),
+            ("tt", (1, 4, 1, 1, 1) if k == 1 else (1, 4, 4, 3, 1)),
+        ):
+            layer = tfx.FactorizedConv(
+                16, 16, k, order=2, padding=k // 2, factorization=form, rank=rank
+            )
             out.append((f"FactorizedConv {k}x{k} 16->16 8x8 B=1", form, layer, x))
     return out
 
@@ -233,27 +287,54 @@ def conv_cases() -> list[tuple[str, str, torch.nn.Module, torch.Tensor]]:
 def embedding_cases() -> list[tuple[str, str, torch.nn.Module, torch.Tensor]]:
     """A 1000 x 16 table ((10, 10, 10) x (2, 2, 4)), 8 lookups."""
     index = torch.randint(0, 1000, (8,))
-    kw = dict(tensorized_num_embeddings=(10, 10, 10), tensorized_embedding_dim=(2, 2, 4), auto_tensorize=False)
+    kw = dict(
+        tensorized_num_embeddings=(10, 10, 10),
+        tensorized_embedding_dim=(2, 2, 4),
+        auto_tensorize=False,
+    )
     out = []
-    for form, rank in (("cp", 4), ("tucker", (2, 2, 2, 2, 2, 2)), ("tt", (1, 2, 4, 4, 4, 2, 1)), ("blocktt", (1, 4, 4, 1))):
-        out.append(("FactorizedEmbedding 1000x16, 8 lookups", form, tfx.FactorizedEmbedding(1000, 16, factorization=form, rank=rank, **kw), index))
+    for form, rank in (
+        ("cp", 4),
+        ("tucker", (2, 2, 2, 2, 2, 2)),
+        ("tt", (1, 2, 4, 4, 4, 2, 1)),
+        ("blocktt", (1, 4, 4, 1)),
+    ):
+        out.append(
+            (
+                "FactorizedEmbedding 1000x16, 8 lookups",
+                form,
+                tfx.FactorizedEmbedding(1000, 16, factorization=form, rank=rank, **kw),
+                index,
+            )
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="linear,conv,embedding", help="comma-separated: linear, conv, embedding")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the least median is kept")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default="linear,conv,embedding", help="comma-separated: linear, conv, embedding"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds; the least median is kept"
+    )
     parser.add_argument("--min-run-time", type=float, default=0.05, help="seconds per Timer median")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     parts = {"linear": linear_cases, "conv": conv_cases, "embedding": embedding_cases}
-    head = stamp(f"torch {torch.__version__}", "1 thread",
-                 f"thread CPU time, least of {args.rounds} interleaved medians", f"load average before: {load_average()}")
+    head = stamp(
+        f"torch {torch.__version__}",
+        "1 thread",
+        f"thread CPU time, least of {args.rounds} interleaved medians",
+        f"load average before: {load_average()}",
+    )
     lines = [
-        head, "",
+        head,
+        "",
         "| layer | form | grad | fwd us | aten replay us | kernels only us | overhead us | beyond kernels us | aten ops (kernels) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

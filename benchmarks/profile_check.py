@@ -15,11 +15,11 @@ import argparse
 import sys
 
 import torch
+from _common import machine, save, stamp
 from torch import nn
 from torch.utils import benchmark
 
 import tfx
-from _common import machine, save, stamp
 from tfx.cost import measure_device
 
 SIZES = [(768, 768), (3072, 768), (4096, 4096)]
@@ -33,7 +33,9 @@ def _time(layer: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
         return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def _interleaved(layers: list[nn.Module], x: torch.Tensor, min_run_time: float, rounds: int = 3) -> list[float]:
+def _interleaved(
+    layers: list[nn.Module], x: torch.Tensor, min_run_time: float, rounds: int = 3
+) -> list[float]:
     """Least median of each layer over ``rounds``, the layers timed in turn in every round, so
     that a slow spell of a shared machine hits them all alike."""
     with torch.no_grad():
@@ -48,7 +50,9 @@ def _interleaved(layers: list[nn.Module], x: torch.Tensor, min_run_time: float, 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the 768 x 768 layer only, shorter timing")
+    parser.add_argument(
+        "--quick", action="store_true", help="the 768 x 768 layer only, shorter timing"
+    )
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -67,8 +71,17 @@ def main(argv: list[str] | None = None) -> str:
                 # the bias stays: the budget counts it, so ask for the weight's share plus the bias
                 params = int(budget * in_f * out_f) + out_f
                 for kwargs in ({}, {"device_profile": profile}):
-                    plans.append(tfx.factorize(dense, params, example_inputs=(x,), forms=("svd", "tucker", "tt", "blocktt"),
-                                               progress=False, verify=False, **kwargs))
+                    plans.append(
+                        tfx.factorize(
+                            dense,
+                            params,
+                            example_inputs=(x,),
+                            forms=("svd", "tucker", "tt", "blocktt"),
+                            progress=False,
+                            verify=False,
+                            **kwargs,
+                        )
+                    )
             t_dense, *times = _interleaved([dense, *plans], x, min_run)
             for b, budget in enumerate(BUDGETS):
                 cells = [f"{out_f}x{in_f}", str(batch), f"{budget:.0%}", f"{1e3 * t_dense:.3f}"]
@@ -77,13 +90,28 @@ def main(argv: list[str] | None = None) -> str:
                     choice = gm.tfx_plan.choices[0]
                     speedup = t_dense / t
                     worst[name] = min(worst[name], speedup)
-                    est = choice.seconds_before / choice.seconds_after if choice.seconds_after else float("nan")
+                    est = (
+                        choice.seconds_before / choice.seconds_after
+                        if choice.seconds_after
+                        else float("nan")
+                    )
                     rank = choice.rank if isinstance(choice.rank, int) else max(choice.rank)
-                    cells += [f"{choice.form}:{choice.order} r{rank}", f"{speedup:.2f}x"] + ([f"{est:.2f}x"] if name == "profile" else [])
+                    cells += [f"{choice.form}:{choice.order} r{rank}", f"{speedup:.2f}x"] + (
+                        [f"{est:.2f}x"] if name == "profile" else []
+                    )
                 rows.append(cells)
                 print(" | ".join(cells), file=sys.stderr, flush=True)
-    header = ["layer", "batch", "budget", "dense ms", "plain: form", "plain: speedup", "profile: form",
-              "profile: speedup", "profile: est."]
+    header = [
+        "layer",
+        "batch",
+        "budget",
+        "dense ms",
+        "plain: form",
+        "plain: speedup",
+        "profile: form",
+        "profile: speedup",
+        "profile: est.",
+    ]
     lines = [
         stamp(machine(1), f"torch {torch.__version__}"),
         f"device profile: {profile.flops_per_s / 1e9:.1f} GFLOP/s, {profile.bytes_per_s / 1e9:.1f} GB/s, "

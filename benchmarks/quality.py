@@ -114,10 +114,21 @@ def _low_rank_module(layer: nn.Module, rank: int) -> nn.Module:
     left, right = (u[:, :rank] * root).float(), (root[:, None] * vh[:rank]).float()
     bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
-        first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias)
+        first, second = (
+            nn.Linear(layer.in_features, rank, bias=False),
+            nn.Linear(rank, layer.out_features, bias=bias),
+        )
     else:
         assert isinstance(layer, nn.Conv2d) and layer.groups == 1
-        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)
+        first = nn.Conv2d(
+            layer.in_channels,
+            rank,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            bias=False,
+        )
         second = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
     with torch.no_grad():
         first.weight.copy_(right.reshape(first.weight.shape))
@@ -166,7 +177,9 @@ def energy_ranks(layers: dict[str, nn.Module], budget: float) -> dict[str, int |
     return out
 
 
-def energy_svd(model: nn.Module, names: Sequence[str], budget: float) -> tuple[nn.Module, list[dict[str, Any]]]:
+def energy_svd(
+    model: nn.Module, names: Sequence[str], budget: float
+) -> tuple[nn.Module, list[dict[str, Any]]]:
     """A copy of ``model`` with the layers ``names`` replaced by truncated SVDs (ranks by energy)."""
     result = copy.deepcopy(model)
     layers = {name: result.get_submodule(name) for name in names}
@@ -178,9 +191,20 @@ def energy_svd(model: nn.Module, names: Sequence[str], budget: float) -> tuple[n
         m, n = layer.weight.shape[0], dense // layer.weight.shape[0]
         if r is not None:
             parent, _, child = name.rpartition(".")
-            setattr(result.get_submodule(parent) if parent else result, child, _low_rank_module(layer, r))
+            setattr(
+                result.get_submodule(parent) if parent else result,
+                child,
+                _low_rank_module(layer, r),
+            )
         params = dense if r is None else r * (m + n)
-        allocation.append({"site": name, "form": "dense" if r is None else "svd", "rank": r, "kept": params / dense})
+        allocation.append(
+            {
+                "site": name,
+                "form": "dense" if r is None else "svd",
+                "rank": r,
+                "kept": params / dense,
+            }
+        )
     return result.eval(), allocation
 
 
@@ -192,21 +216,39 @@ def n_params(model: nn.Module) -> int:
 def plan_allocation(gm: Any, names: Sequence[str]) -> list[dict[str, Any]]:
     wanted = set(names)
     return [
-        {"site": c.site, "form": c.form, "rank": c.rank, "kept": c.params_after / max(c.params_before, 1),
-         "sensitivity": c.sensitivity}
+        {
+            "site": c.site,
+            "form": c.form,
+            "rank": c.rank,
+            "kept": c.params_after / max(c.params_before, 1),
+            "sensitivity": c.sensitivity,
+        }
         for c in gm.tfx_plan.choices
         if c.site in wanted
     ]
 
 
 def _compress(
-    method: str, model: nn.Module, budget: int, *, names: Sequence[str], example: Any,
-    calibration: Sequence[Any], kinds: Sequence[str], skip: Sequence[str], outside: int,
+    method: str,
+    model: nn.Module,
+    budget: int,
+    *,
+    names: Sequence[str],
+    example: Any,
+    calibration: Sequence[Any],
+    kinds: Sequence[str],
+    skip: Sequence[str],
+    outside: int,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """``model`` compressed to ``budget`` parameters by ``method`` (before any distillation)."""
     if method == "energy-svd":
         return energy_svd(model, names, budget - outside)
-    kwargs: dict[str, Any] = {"example_inputs": example, "kinds": kinds, "skip": skip, "progress": False}
+    kwargs: dict[str, Any] = {
+        "example_inputs": example,
+        "kinds": kinds,
+        "skip": skip,
+        "progress": False,
+    }
     if method == "uniform-svd":
         kwargs.update(forms=("svd",), strategy="uniform")
     elif method in ("tfx-calib", "tfx-calib-distill"):
@@ -216,8 +258,14 @@ def _compress(
 
 
 def run_method(
-    method: str, model: nn.Module, budget: int, *, calibration: Sequence[Any], distill_kwargs: dict[str, Any],
-    cache: dict[str, Any], **kwargs: Any,
+    method: str,
+    model: nn.Module,
+    budget: int,
+    *,
+    calibration: Sequence[Any],
+    distill_kwargs: dict[str, Any],
+    cache: dict[str, Any],
+    **kwargs: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Compress ``model`` to ``budget`` parameters with ``method``; the model and a record.
 
@@ -263,7 +311,11 @@ def _sentences(name: str) -> list[str]:
 
 
 def _tokens(tokenizer: Any, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
-    return dict(tokenizer(list(sentences), padding=True, truncation=True, max_length=64, return_tensors="pt"))
+    return dict(
+        tokenizer(
+            list(sentences), padding=True, truncation=True, max_length=64, return_tensors="pt"
+        )
+    )
 
 
 @torch.no_grad()
@@ -292,15 +344,23 @@ def embedding_metrics(reference: torch.Tensor, other: torch.Tensor) -> dict[str,
 
 
 def _sweep(
-    name: str, model: nn.Module, budgets: Sequence[float], budget_of: Callable[[float], int], methods: Sequence[str],
-    measure: Callable[[nn.Module, dict[str, Any]], dict[str, Any]], log_format: str, **run_kwargs: Any,
+    name: str,
+    model: nn.Module,
+    budgets: Sequence[float],
+    budget_of: Callable[[float], int],
+    methods: Sequence[str],
+    measure: Callable[[nn.Module, dict[str, Any]], dict[str, Any]],
+    log_format: str,
+    **run_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Every method at every budget: compress with :func:`run_method`, ``measure`` the result, log a row."""
     rows = []
     for fraction in budgets:
         cache: dict[str, Any] = {}
         for method in methods:
-            compressed, record = run_method(method, model, budget_of(fraction), cache=cache, **run_kwargs)
+            compressed, record = run_method(
+                method, model, budget_of(fraction), cache=cache, **run_kwargs
+            )
             record.update(measure(compressed, record))
             rows.append({"model": name, "budget": fraction, "method": method, **record})
             _log(rows[-1], log_format)
@@ -311,30 +371,55 @@ def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
     from tfx.demo import _minilm
 
     model, tokenizer = _minilm()
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.")]
-    skip = tuple(n for n, m in model.named_modules() if n.startswith("pooler") and isinstance(m, nn.Linear))
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.")
+    ]
+    skip = tuple(
+        n for n, m in model.named_modules() if n.startswith("pooler") and isinstance(m, nn.Linear)
+    )
     linear_weights = sum(model.get_submodule(n).weight.numel() for n in names)
     total = n_params(model)
     outside = total - linear_weights
     calib = _sentences("calibration.txt")
     heldout = _sentences("heldout.txt")
-    calibration = [_tokens(tokenizer, calib[i : i + args.batch]) for i in range(0, len(calib), args.batch)]
-    heldout_batches = [_tokens(tokenizer, heldout[i : i + 100]) for i in range(0, len(heldout), 100)]
+    calibration = [
+        _tokens(tokenizer, calib[i : i + args.batch]) for i in range(0, len(calib), args.batch)
+    ]
+    heldout_batches = [
+        _tokens(tokenizer, heldout[i : i + 100]) for i in range(0, len(heldout), 100)
+    ]
     reference = minilm_embeddings(model, heldout_batches)
-    distill_data = [_tokens(tokenizer, calib[i : i + args.distill_batch]) for i in range(0, len(calib), args.distill_batch)]
+    distill_data = [
+        _tokens(tokenizer, calib[i : i + args.distill_batch])
+        for i in range(0, len(calib), args.distill_batch)
+    ]
     steps = args.distill_steps or (20 if args.quick else 100)
-    distill_kwargs = {"steps": steps, "lr": args.minilm_lr, "loss": "mse", "output": lambda out: out.last_hidden_state,
-                      "data": distill_data}
+    distill_kwargs = {
+        "steps": steps,
+        "lr": args.minilm_lr,
+        "loss": "mse",
+        "output": lambda out: out.last_hidden_state,
+        "data": distill_data,
+    }
     budgets = (0.5,) if args.quick else MINILM_BUDGETS
     rows = _sweep(
-        "minilm", model, budgets, lambda fraction: _budget_params(total, outside, fraction), args.methods,
+        "minilm",
+        model,
+        budgets,
+        lambda fraction: _budget_params(total, outside, fraction),
+        args.methods,
         lambda compressed, record: {
             "kept": (record["params"] - outside) / linear_weights,
             **embedding_metrics(reference, minilm_embeddings(compressed, heldout_batches)),
         },
         "mean cos {mean_cos:.3f}  p5 {p5_cos:.3f}  NN {nn_agree:.3f}",
-        names=names, example=calibration[0], calibration=calibration, kinds=("linear",), skip=skip,
-        distill_kwargs=distill_kwargs, outside=outside,
+        names=names,
+        example=calibration[0],
+        calibration=calibration,
+        kinds=("linear",),
+        skip=skip,
+        distill_kwargs=distill_kwargs,
+        outside=outside,
     )
     return {
         "setup": {
@@ -346,8 +431,13 @@ def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
             "skip": list(skip),
             "calibration": f"{len(calib)} sentences in {len(calibration)} batches of {args.batch}",
             "heldout": f"{len(heldout)} sentences",
-            "distill": {"steps": steps, "lr": args.minilm_lr, "loss": "mse", "output": "last_hidden_state",
-                        "data": f"{len(calib)} calibration sentences in {len(distill_data)} batches of {args.distill_batch}"},
+            "distill": {
+                "steps": steps,
+                "lr": args.minilm_lr,
+                "loss": "mse",
+                "output": "last_hidden_state",
+                "data": f"{len(calib)} calibration sentences in {len(distill_data)} batches of {args.distill_batch}",
+            },
         },
         "rows": rows,
     }
@@ -413,7 +503,10 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
     model = train_cnn(x_train, y_train)
     train_s = time.perf_counter() - start
     dense_acc = accuracy(model, x_test, y_test)
-    print(f"digits CNN: {n_params(model):,} params, trained in {train_s:.1f} s, test accuracy {100 * dense_acc:.2f}%", flush=True)
+    print(
+        f"digits CNN: {n_params(model):,} params, trained in {train_s:.1f} s, test accuracy {100 * dense_acc:.2f}%",
+        flush=True,
+    )
     names = ["conv1", "conv2", "fc1", "fc2"]
     total = n_params(model)
     weights = sum(model.get_submodule(n).weight.numel() for n in names)
@@ -423,11 +516,23 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
     budgets = (0.1,) if args.quick else DIGITS_BUDGETS
     rows = []
     rows += _sweep(
-        "digits", model, budgets, lambda fraction: int(fraction * total), args.methods,
-        lambda compressed, record: {"kept": record["params"] / total, "accuracy": accuracy(compressed, x_test, y_test)},
+        "digits",
+        model,
+        budgets,
+        lambda fraction: int(fraction * total),
+        args.methods,
+        lambda compressed, record: {
+            "kept": record["params"] / total,
+            "accuracy": accuracy(compressed, x_test, y_test),
+        },
         "accuracy {accuracy:.4f}",
-        names=names, example=calibration[0], calibration=calibration, kinds=("linear", "conv"), skip=(),
-        distill_kwargs=distill_kwargs, outside=total - weights,
+        names=names,
+        example=calibration[0],
+        calibration=calibration,
+        kinds=("linear", "conv"),
+        skip=(),
+        distill_kwargs=distill_kwargs,
+        outside=total - weights,
     )
     return {
         "setup": {
@@ -449,7 +554,10 @@ DOCSTRINGS = HERE / "data" / "calibration_docstrings.txt"
 TUNING = ROOT / "tfx" / "_data" / "sentences.txt"
 DEFAULT_GOALS_JSON = HERE / "results" / "quality_goals.json"
 GOALS_LENGTH = 48  # calibration batches are padded to this many tokens
-SOURCES: dict[str, str] = {"in-domain": "tfx/_data/calibration.txt", "out-of-domain": "Python docstrings"}
+SOURCES: dict[str, str] = {
+    "in-domain": "tfx/_data/calibration.txt",
+    "out-of-domain": "Python docstrings",
+}
 
 
 class GoalCase(NamedTuple):
@@ -465,11 +573,42 @@ class GoalCase(NamedTuple):
 
 
 GOAL_CASES = (
-    GoalCase("whole-0.5", "whole model at 0.5 of all parameters, calibrated", 0.5, True, True,
-             {"mean_cos": 0.93, "p5_cos": 0.85}, "0.78 default, 0.90 with sensitivity"),
-    GoalCase("linear-0.5", "encoder linears kept at 0.5, calibrated", 0.5, False, True, {"mean_cos": 0.80}, "0.64 / 0.69"),
-    GoalCase("linear-0.25", "encoder linears kept at 0.25, calibrated", 0.25, False, True, {"mean_cos": 0.60}, "0.51"),
-    GoalCase("linear-0.5-plain", "encoder linears kept at 0.5, no calibration", 0.5, False, False, {"mean_cos": 0.50}, "0.46"),
+    GoalCase(
+        "whole-0.5",
+        "whole model at 0.5 of all parameters, calibrated",
+        0.5,
+        True,
+        True,
+        {"mean_cos": 0.93, "p5_cos": 0.85},
+        "0.78 default, 0.90 with sensitivity",
+    ),
+    GoalCase(
+        "linear-0.5",
+        "encoder linears kept at 0.5, calibrated",
+        0.5,
+        False,
+        True,
+        {"mean_cos": 0.80},
+        "0.64 / 0.69",
+    ),
+    GoalCase(
+        "linear-0.25",
+        "encoder linears kept at 0.25, calibrated",
+        0.25,
+        False,
+        True,
+        {"mean_cos": 0.60},
+        "0.51",
+    ),
+    GoalCase(
+        "linear-0.5-plain",
+        "encoder linears kept at 0.5, no calibration",
+        0.5,
+        False,
+        False,
+        {"mean_cos": 0.50},
+        "0.46",
+    ),
 )
 
 
@@ -481,10 +620,19 @@ def docstring_lines(count: int) -> list[str]:
     return [lines[i * len(lines) // count] for i in range(count)]
 
 
-def _padded_batches(tokenizer: Any, sentences: Sequence[str], batch: int) -> list[dict[str, torch.Tensor]]:
+def _padded_batches(
+    tokenizer: Any, sentences: Sequence[str], batch: int
+) -> list[dict[str, torch.Tensor]]:
     return [
-        dict(tokenizer(list(sentences[i : i + batch]), padding="max_length", max_length=GOALS_LENGTH,
-                       truncation=True, return_tensors="pt"))
+        dict(
+            tokenizer(
+                list(sentences[i : i + batch]),
+                padding="max_length",
+                max_length=GOALS_LENGTH,
+                truncation=True,
+                return_tensors="pt",
+            )
+        )
         for i in range(0, len(sentences), batch)
     ]
 
@@ -501,17 +649,20 @@ def whitening_damping(value: float | None) -> Iterator[None]:
     if value is None:
         yield
         return
-    functions = (_whiten.InputStats.whitening, _whiten.Whitening.from_covariance.__func__,
-                 _whiten.Whitening.from_diagonal.__func__)
+    functions = (
+        _whiten.InputStats.whitening,
+        _whiten.Whitening.from_covariance.__func__,
+        _whiten.Whitening.from_diagonal.__func__,
+    )
     saved = [f.__defaults__ for f in functions]
     saved_constant = _whiten.DAMPING
     try:
-        for f, defaults in zip(functions, saved):
+        for f, defaults in zip(functions, saved, strict=False):
             f.__defaults__ = (*defaults[:-1], value)
         _whiten.DAMPING = value
         yield
     finally:
-        for f, defaults in zip(functions, saved):
+        for f, defaults in zip(functions, saved, strict=False):
             f.__defaults__ = defaults
         _whiten.DAMPING = saved_constant
 
@@ -532,25 +683,38 @@ class GoalSetup(NamedTuple):
     notes: dict[str, str]
 
     def budget(self, case: GoalCase) -> float | int:
-        return case.fraction if case.whole else _budget_params(self.total, self.outside, case.fraction)
+        return (
+            case.fraction if case.whole else _budget_params(self.total, self.outside, case.fraction)
+        )
 
 
 def goal_setup(args: argparse.Namespace) -> GoalSetup:
     from tfx.demo import _minilm
 
     model, tokenizer = _minilm()
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.")]
-    skip = tuple(n for n, m in model.named_modules() if n.startswith("pooler") and isinstance(m, nn.Linear))
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.")
+    ]
+    skip = tuple(
+        n for n, m in model.named_modules() if n.startswith("pooler") and isinstance(m, nn.Linear)
+    )
     total = n_params(model)
     outside = total - sum(model.get_submodule(n).weight.numel() for n in names)
     in_domain, docs = _sentences("calibration.txt"), docstring_lines(args.ood_lines)
     heldout = _sentences("heldout.txt")
     tuning = [line.strip() for line in TUNING.read_text().splitlines() if line.strip()]
-    heldout_batches = [_tokens(tokenizer, heldout[i : i + 100]) for i in range(0, len(heldout), 100)]
+    heldout_batches = [
+        _tokens(tokenizer, heldout[i : i + 100]) for i in range(0, len(heldout), 100)
+    ]
     tuning_batches = [_tokens(tokenizer, tuning)]
-    calibration = {"in-domain": _padded_batches(tokenizer, in_domain, args.batch),
-                   "out-of-domain": _padded_batches(tokenizer, docs, args.batch)}
-    real = {k: float(torch.cat([b["attention_mask"] for b in v]).float().mean()) for k, v in calibration.items()}
+    calibration = {
+        "in-domain": _padded_batches(tokenizer, in_domain, args.batch),
+        "out-of-domain": _padded_batches(tokenizer, docs, args.batch),
+    }
+    real = {
+        k: float(torch.cat([b["attention_mask"] for b in v]).float().mean())
+        for k, v in calibration.items()
+    }
     notes = {
         "in-domain": f"{len(in_domain)} sentences of tfx/_data/calibration.txt, {100 * real['in-domain']:.0f}% real tokens",
         "out-of-domain": f"{len(docs)} lines of benchmarks/data/{DOCSTRINGS.name}, {100 * real['out-of-domain']:.0f}% real tokens",
@@ -558,20 +722,41 @@ def goal_setup(args: argparse.Namespace) -> GoalSetup:
         "heldout": f"{len(heldout)} sentences of benchmarks/data/heldout.txt",
         "tuning": f"{len(tuning)} sentences of tfx/_data/sentences.txt",
     }
-    return GoalSetup(model, tokenizer, total, outside, skip, calibration, heldout_batches,
-                     minilm_embeddings(model, heldout_batches),
-                     tuning_batches, minilm_embeddings(model, tuning_batches), notes)
+    return GoalSetup(
+        model,
+        tokenizer,
+        total,
+        outside,
+        skip,
+        calibration,
+        heldout_batches,
+        minilm_embeddings(model, heldout_batches),
+        tuning_batches,
+        minilm_embeddings(model, tuning_batches),
+        notes,
+    )
 
 
 def goal_run(
-    setup: GoalSetup, case: GoalCase, source: str, *, strategy: str = "auto", forms: Sequence[str] | None = None,
-    damping: float | None = None, calibration: list[dict[str, torch.Tensor]] | None = None,
+    setup: GoalSetup,
+    case: GoalCase,
+    source: str,
+    *,
+    strategy: str = "auto",
+    forms: Sequence[str] | None = None,
+    damping: float | None = None,
+    calibration: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Factorize MiniLM for ``case`` calibrated on ``source`` and measure it on the held-out and tuning sets."""
     if calibration is None:  # the uncalibrated case still traces on an in-domain batch
         calibration = setup.calibration.get(source, setup.calibration["in-domain"])
     batches = calibration
-    kwargs: dict[str, Any] = {"example_inputs": batches[0], "skip": setup.skip, "progress": False, "strategy": strategy}
+    kwargs: dict[str, Any] = {
+        "example_inputs": batches[0],
+        "skip": setup.skip,
+        "progress": False,
+        "strategy": strategy,
+    }
     if not case.whole:
         kwargs["kinds"] = ("linear",)
     if forms is not None:
@@ -585,21 +770,35 @@ def goal_run(
     tuned = embedding_metrics(setup.tuning_reference, minilm_embeddings(compressed, setup.tuning))
     choices = compressed.tfx_plan.choices
     return {
-        "case": case.key, "source": source if case.calibrated else "none", "strategy": strategy,
-        "forms": list(forms) if forms is not None else "default", "damping": damping, "batches": len(batches),
-        "params": n_params(compressed), "kept": n_params(compressed) / setup.total, "factorize_s": seconds,
+        "case": case.key,
+        "source": source if case.calibrated else "none",
+        "strategy": strategy,
+        "forms": list(forms) if forms is not None else "default",
+        "damping": damping,
+        "batches": len(batches),
+        "params": n_params(compressed),
+        "kept": n_params(compressed) / setup.total,
+        "factorize_s": seconds,
         **embedding_metrics(setup.reference, minilm_embeddings(compressed, setup.heldout)),
-        "tune_mean_cos": tuned["mean_cos"], "tune_p5_cos": tuned["p5_cos"],
+        "tune_mean_cos": tuned["mean_cos"],
+        "tune_p5_cos": tuned["p5_cos"],
         "plan_forms": dict(collections.Counter(c.form for c in choices)),
-        "embedding": [{"site": c.site, "form": c.form, "rank": c.rank} for c in choices if c.kind == "embedding"],
+        "embedding": [
+            {"site": c.site, "form": c.form, "rank": c.rank}
+            for c in choices
+            if c.kind == "embedding"
+        ],
     }
 
 
 def _goal_log(row: dict[str, Any]) -> None:
     shown = ("strategy", "forms", "damping", "batches")
     extra = "".join(f" {k}={row[k]}" for k in shown if row.get(k) not in (None, "auto", "default"))
-    print(f"  {row['case']:<17} {row['source']:<14}{extra}  mean cos {row['mean_cos']:.3f}  p5 {row['p5_cos']:.3f}  "
-          f"(tune {row['tune_mean_cos']:.3f})  kept {100 * row['kept']:.1f}% of all params  {row['factorize_s']:.0f} s", flush=True)
+    print(
+        f"  {row['case']:<17} {row['source']:<14}{extra}  mean cos {row['mean_cos']:.3f}  p5 {row['p5_cos']:.3f}  "
+        f"(tune {row['tune_mean_cos']:.3f})  kept {100 * row['kept']:.1f}% of all params  {row['factorize_s']:.0f} s",
+        flush=True,
+    )
 
 
 def _met(case: GoalCase, row: dict[str, Any]) -> bool:
@@ -616,31 +815,51 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _lever_calibration(setup: GoalSetup, which: str, args: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
+def _lever_calibration(
+    setup: GoalSetup, which: str, args: argparse.Namespace
+) -> list[dict[str, torch.Tensor]]:
     """The out-of-domain calibration a lever asks for: every docstring line, and/or dynamic padding."""
     lines = docstring_lines(10**9 if which.startswith("all") else args.ood_lines)
     if which == "all":
         return _padded_batches(setup.tokenizer, lines, args.batch)
-    return [dict(setup.tokenizer(lines[i : i + args.batch], padding=True, truncation=True, max_length=GOALS_LENGTH,
-                                 return_tensors="pt"))
-            for i in range(0, len(lines), args.batch)]
+    return [
+        dict(
+            setup.tokenizer(
+                lines[i : i + args.batch],
+                padding=True,
+                truncation=True,
+                max_length=GOALS_LENGTH,
+                return_tensors="pt",
+            )
+        )
+        for i in range(0, len(lines), args.batch)
+    ]
 
 
-def _lever_rows(setup: GoalSetup, cases: Sequence[GoalCase], args: argparse.Namespace) -> list[dict[str, Any]]:
+def _lever_rows(
+    setup: GoalSetup, cases: Sequence[GoalCase], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     rows = []
     for case in cases:
         for lever, (_, options) in LEVERS.items():
             if "calibration" in options:
                 if not case.calibrated:
                     continue
-                options = {**options, "calibration": _lever_calibration(setup, options["calibration"], args)}
+                options = {
+                    **options,
+                    "calibration": _lever_calibration(setup, options["calibration"], args),
+                }
             rows.append({"lever": lever, **goal_run(setup, case, "out-of-domain", **options)})
             _goal_log(rows[-1])
     return rows
 
 
-def _damping_rows(setup: GoalSetup, cases: Sequence[GoalCase], values: Sequence[float],
-                  rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _damping_rows(
+    setup: GoalSetup,
+    cases: Sequence[GoalCase],
+    values: Sequence[float],
+    rows: Sequence[dict[str, Any]],
+) -> list[dict[str, Any]]:
     """Each calibrated case at each damping, out-of-domain; the default's row is the main table's."""
     from tfx.cost import _whiten
 
@@ -648,10 +867,14 @@ def _damping_rows(setup: GoalSetup, cases: Sequence[GoalCase], values: Sequence[
     for case in [c for c in cases if c.calibrated]:
         for value in sorted({*values, _whiten.DAMPING}):
             if value == _whiten.DAMPING:
-                row = next(r for r in rows if r["case"] == case.key and r["source"] == "out-of-domain")
+                row = next(
+                    r for r in rows if r["case"] == case.key and r["source"] == "out-of-domain"
+                )
                 out.append({**row, "damping": value, "default": True})
             else:
-                out.append({**goal_run(setup, case, "out-of-domain", damping=value), "default": False})
+                out.append(
+                    {**goal_run(setup, case, "out-of-domain", damping=value), "default": False}
+                )
                 _goal_log(out[-1])
     return out
 
@@ -662,22 +885,35 @@ def bench_goals(args: argparse.Namespace) -> dict[str, Any]:
     cases = [c for c in GOAL_CASES if args.goal_cases is None or c.key in args.goal_cases]
     rows = []
     for case in cases:
-        for source in (SOURCES if case.calibrated else ("none",)):
+        for source in SOURCES if case.calibrated else ("none",):
             rows.append(goal_run(setup, case, source))
             _goal_log(rows[-1])
     levers = _lever_rows(setup, cases, args) if args.levers else []
     damping = _damping_rows(setup, cases, args.damping, rows) if args.damping else []
-    return {"setup": {"total_params": setup.total, "outside_params": setup.outside, "skip": list(setup.skip), **setup.notes},
-            "rows": rows, "levers": levers, "damping": damping}
+    return {
+        "setup": {
+            "total_params": setup.total,
+            "outside_params": setup.outside,
+            "skip": list(setup.skip),
+            **setup.notes,
+        },
+        "rows": rows,
+        "levers": levers,
+        "damping": damping,
+    }
 
 
 def _goal_cells(case: GoalCase, found: dict[str, dict[str, Any]]) -> str:
     ood = found.get("out-of-domain") or found["none"]
     ind = found.get("in-domain") or found["none"]
-    goal = ", ".join(f"{'mean' if k == 'mean_cos' else 'p5'} >= {v:.2f}" for k, v in case.goal.items())
-    return (f"| {case.label} | {100 * ood['kept']:.1f}% | {ind['mean_cos']:.3f} / {ind['p5_cos']:.3f} | "
-            f"{ood['mean_cos']:.3f} / {ood['p5_cos']:.3f} | {case.before} | {goal} | "
-            f"**{'met' if _met(case, ood) else 'missed'}** (in-domain: {'met' if _met(case, ind) else 'missed'}) |")
+    goal = ", ".join(
+        f"{'mean' if k == 'mean_cos' else 'p5'} >= {v:.2f}" for k, v in case.goal.items()
+    )
+    return (
+        f"| {case.label} | {100 * ood['kept']:.1f}% | {ind['mean_cos']:.3f} / {ind['p5_cos']:.3f} | "
+        f"{ood['mean_cos']:.3f} / {ood['p5_cos']:.3f} | {case.before} | {goal} | "
+        f"**{'met' if _met(case, ood) else 'missed'}** (in-domain: {'met' if _met(case, ind) else 'missed'}) |"
+    )
 
 
 def _damping_table(goals: dict[str, Any], cases: dict[str, GoalCase]) -> list[str]:
@@ -689,11 +925,15 @@ def _damping_table(goals: dict[str, Any], cases: dict[str, GoalCase]) -> list[st
         if not rows:
             continue
         best = max(rows, key=lambda r: r["tune_mean_cos"])
-        picks.append(f"{case.label}: {best['damping']:g} (held-out mean cos {best['mean_cos']:.3f})")
+        picks.append(
+            f"{case.label}: {best['damping']:g} (held-out mean cos {best['mean_cos']:.3f})"
+        )
         for r in rows:
             value = f"{r['damping']:g}" + (" (default)" if r.get("default") else "")
             value = f"**{value}**" if r is best else value
-            out.append(f"| {case.label} | {value} | {r['tune_mean_cos']:.3f} | {r['mean_cos']:.3f} / {r['p5_cos']:.3f} |")
+            out.append(
+                f"| {case.label} | {value} | {r['tune_mean_cos']:.3f} | {r['mean_cos']:.3f} / {r['p5_cos']:.3f} |"
+            )
     return [*out, "", "Picked by the tuning set: " + "; ".join(picks) + "."]
 
 
@@ -718,15 +958,26 @@ def goals_markdown(results: dict[str, Any]) -> str:
         if found:
             out.append(_goal_cells(case, found))
     if goals["levers"]:
-        out += ["", "Levers, out-of-domain calibration (each alone, on top of the defaults):", "",
-                "| case | lever | batches | mean cos | p5 cos | factorize s |", "|---|---|---:|---:|---:|---:|"]
+        out += [
+            "",
+            "Levers, out-of-domain calibration (each alone, on top of the defaults):",
+            "",
+            "| case | lever | batches | mean cos | p5 cos | factorize s |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for r in goals["levers"]:
             batches = r["batches"] if cases[r["case"]].calibrated else "-"
-            out.append(f"| {cases[r['case']].label} | {LEVERS[r['lever']][0]} | {batches} | {r['mean_cos']:.3f} | "
-                       f"{r['p5_cos']:.3f} | {r['factorize_s']:.0f} |")
+            out.append(
+                f"| {cases[r['case']].label} | {LEVERS[r['lever']][0]} | {batches} | {r['mean_cos']:.3f} | "
+                f"{r['p5_cos']:.3f} | {r['factorize_s']:.0f} |"
+            )
     if goals["damping"]:
-        out += ["", f"Whitening damping (`tfx.cost._whiten.DAMPING`), out-of-domain calibration; tuning set: {setup['tuning']}:",
-                "", *_damping_table(goals, cases)]
+        out += [
+            "",
+            f"Whitening damping (`tfx.cost._whiten.DAMPING`), out-of-domain calibration; tuning set: {setup['tuning']}:",
+            "",
+            *_damping_table(goals, cases),
+        ]
     return "\n".join(out)
 
 
@@ -743,7 +994,10 @@ def _log(row: dict[str, Any], fmt: str) -> None:
 def _pivot(rows: list[dict[str, Any]], key: str, fmt: Callable[[float], str]) -> list[str]:
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    lines = ["| method | " + " | ".join(f"{b:g}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    lines = [
+        "| method | " + " | ".join(f"{b:g}" for b in budgets) + " |",
+        "|---|" + "---:|" * len(budgets),
+    ]
     for m in methods:
         cells = []
         for b in budgets:
@@ -812,21 +1066,53 @@ def goals(results: dict[str, Any]) -> list[str]:
 
     lines = []
     checks = [
-        ("minilm", "tfx-calib", 0.5, "mean_cos", 0.80, "MiniLM, tfx + calibration at 0.5: mean cosine >= 0.80"),
-        ("minilm", "tfx-calib-distill", 0.5, "mean_cos", 0.95, "MiniLM, with distill at 0.5: mean cosine >= 0.95"),
+        (
+            "minilm",
+            "tfx-calib",
+            0.5,
+            "mean_cos",
+            0.80,
+            "MiniLM, tfx + calibration at 0.5: mean cosine >= 0.80",
+        ),
+        (
+            "minilm",
+            "tfx-calib-distill",
+            0.5,
+            "mean_cos",
+            0.95,
+            "MiniLM, with distill at 0.5: mean cosine >= 0.95",
+        ),
     ]
     if "digits" in results:
         dense = results["digits"]["setup"]["dense_accuracy"]
         checks += [
-            ("digits", "tfx-calib", 0.1, "accuracy", dense - 0.01, "digits, tfx + calibration at 0.1: within 1 point of dense"),
-            ("digits", "tfx-calib-distill", 0.05, "accuracy", dense - 0.02, "digits, with distill at 0.05: within 2 points of dense"),
+            (
+                "digits",
+                "tfx-calib",
+                0.1,
+                "accuracy",
+                dense - 0.01,
+                "digits, tfx + calibration at 0.1: within 1 point of dense",
+            ),
+            (
+                "digits",
+                "tfx-calib-distill",
+                0.05,
+                "accuracy",
+                dense - 0.02,
+                "digits, with distill at 0.05: within 2 points of dense",
+            ),
         ]
     for part, method, budget, key, target, label in checks:
         row = find(part, method, budget)
         if row is None:
             continue
         value = row[key]
-        shown = f"{100 * value:.1f}% (target {100 * target:.1f}%)" if key == "accuracy" else f"{value:.3f}"
+        shown = (
+            f"{100 * value:.1f}% (target {100 * target:.1f}%)"
+            if key == "accuracy"
+            else f"{value:.3f}"
+        )
         lines.append(f"* {label}: {shown} - **{'met' if value >= target else 'missed'}**")
     return lines
 
@@ -838,11 +1124,24 @@ def _environment() -> dict[str, Any]:
         f"tfx {tfx.__version__} ({commit}), torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
         f"{os.cpu_count()} cores"
     )
-    return {"date": date, "commit": commit, "torch": torch.__version__, "cpu": cpu, "threads": torch.get_num_threads(), "line": line}
+    return {
+        "date": date,
+        "commit": commit,
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "line": line,
+    }
 
 
 # ------------------------------------------------------------------------------------ plots
-_COLOURS = {"uniform-svd": "tab:gray", "energy-svd": "tab:orange", "tfx": "tab:blue", "tfx-calib": "tab:green", "tfx-calib-distill": "tab:red"}
+_COLOURS = {
+    "uniform-svd": "tab:gray",
+    "energy-svd": "tab:orange",
+    "tfx": "tab:blue",
+    "tfx-calib": "tab:green",
+    "tfx-calib-distill": "tab:red",
+}
 
 
 def plot_quality(results: dict[str, Any], path: Path) -> None:
@@ -853,22 +1152,34 @@ def plot_quality(results: dict[str, Any], path: Path) -> None:
 
     panels = [p for p in ("minilm", "digits") if p in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
-    for ax, part in zip(axes[0], panels):
+    for ax, part in zip(axes[0], panels, strict=False):
         rows = results[part]["rows"]
         key = "mean_cos" if part == "minilm" else "accuracy"
         for method in METHODS:
             pts = sorted((r["budget"], r[key]) for r in rows if r["method"] == method)
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=_COLOURS[method], label=METHODS[method])
+                ax.plot(
+                    *zip(*pts, strict=False),
+                    marker="o",
+                    color=_COLOURS[method],
+                    label=METHODS[method],
+                )
         if part == "minilm":
             ax.axhline(0.80, color="tab:green", ls=":", lw=1)
             ax.axhline(0.95, color="tab:red", ls=":", lw=1)
-            ax.set(title="all-MiniLM-L6-v2: held-out sentence embeddings", xlabel="budget (fraction of the encoder's linear weights)",
-                   ylabel="mean cosine to the original")
+            ax.set(
+                title="all-MiniLM-L6-v2: held-out sentence embeddings",
+                xlabel="budget (fraction of the encoder's linear weights)",
+                ylabel="mean cosine to the original",
+            )
         else:
             dense = results[part]["setup"]["dense_accuracy"]
             ax.axhline(dense, color="black", ls="--", lw=1, label=f"dense ({100 * dense:.1f}%)")
-            ax.set(title="digits CNN: test accuracy", xlabel="budget (fraction of the model's parameters)", ylabel="test accuracy")
+            ax.set(
+                title="digits CNN: test accuracy",
+                xlabel="budget (fraction of the model's parameters)",
+                ylabel="test accuracy",
+            )
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks([0.05, 0.1, 0.25], ["0.05", "0.1", "0.25"])
@@ -885,8 +1196,14 @@ def _short(site: str) -> str:
     match = re.search(r"layer\.(\d+)\.(.*)$", site)
     if match is None:
         return site
-    roles = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
-             "attention.output.dense": "o", "intermediate.dense": "ff1", "output.dense": "ff2"}
+    roles = {
+        "attention.self.query": "q",
+        "attention.self.key": "k",
+        "attention.self.value": "v",
+        "attention.output.dense": "o",
+        "intermediate.dense": "ff1",
+        "output.dense": "ff2",
+    }
     return f"{match.group(1)}.{roles.get(match.group(2), match.group(2))}"
 
 
@@ -894,8 +1211,10 @@ def _cell(entry: dict[str, Any]) -> str:
     """A plot cell's label: the rank of a low-rank layer, else the form's short name."""
     if entry["form"] == "svd":
         rank = entry["rank"]
-        return str(rank[1] if isinstance(rank, (list, tuple)) else rank)
-    return {"dense": "D", "tucker": "Tk", "tt": "TT", "blocktt": "BT", "cp": "CP"}.get(entry["form"], entry["form"])
+        return str(rank[1] if isinstance(rank, list | tuple) else rank)
+    return {"dense": "D", "tucker": "Tk", "tt": "TT", "blocktt": "BT", "cp": "CP"}.get(
+        entry["form"], entry["form"]
+    )
 
 
 def plot_ranks(results: dict[str, Any], path: Path) -> None:
@@ -908,26 +1227,48 @@ def plot_ranks(results: dict[str, Any], path: Path) -> None:
 
     panels = []
     for part, budget in (("minilm", 0.5), ("digits", 0.1)):
-        rows = [r for r in results.get(part, {}).get("rows", []) if r["budget"] == budget and r["method"] != "tfx-calib-distill"]
+        rows = [
+            r
+            for r in results.get(part, {}).get("rows", [])
+            if r["budget"] == budget and r["method"] != "tfx-calib-distill"
+        ]
         if rows:
             panels.append((part, budget, rows))
     if not panels:
         return
-    fig, axes = plt.subplots(len(panels), 1, figsize=(17, 0.8 + 2.6 * len(panels)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(17, 0.8 + 2.6 * len(panels)), squeeze=False, layout="constrained"
+    )
     image = None
-    for ax, (part, budget, rows) in zip(axes[:, 0], panels):
+    for ax, (part, budget, rows) in zip(axes[:, 0], panels, strict=False):
         sites = [a["site"] for a in rows[0]["allocation"]]
         grid = [[a["kept"] for a in r["allocation"]] for r in rows]
         image = ax.imshow(grid, aspect="auto", cmap="viridis", norm=LogNorm(vmin=0.02, vmax=1.0))
         for i, r in enumerate(rows):
             for j, a in enumerate(r["allocation"]):
-                ax.text(j, i, _cell(a), ha="center", va="center", fontsize=6.5, color="white" if a["kept"] < 0.3 else "black")
+                ax.text(
+                    j,
+                    i,
+                    _cell(a),
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="white" if a["kept"] < 0.3 else "black",
+                )
         ax.set_yticks(range(len(rows)), [METHODS[r["method"]] for r in rows], fontsize=8)
-        ax.set_xticks(range(len(sites)), [_short(x) for x in sites], rotation=90 if part == "minilm" else 0, fontsize=7)
+        ax.set_xticks(
+            range(len(sites)),
+            [_short(x) for x in sites],
+            rotation=90 if part == "minilm" else 0,
+            fontsize=7,
+        )
         unit = "of the encoder linears" if part == "minilm" else "of the model"
         name = "all-MiniLM-L6-v2" if part == "minilm" else "digits CNN"
-        ax.set_title(f"{name} at {budget:g} {unit}: fraction of each layer's weights kept "
-                     "(label: SVD rank, or D dense, Tk Tucker, TT, BT BlockTT, CP)", fontsize=9)
+        ax.set_title(
+            f"{name} at {budget:g} {unit}: fraction of each layer's weights kept "
+            "(label: SVD rank, or D dense, Tk Tucker, TT, BT BlockTT, CP)",
+            fontsize=9,
+        )
     fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="fraction kept")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -937,32 +1278,82 @@ def plot_ranks(results: dict[str, Any], path: Path) -> None:
 # ------------------------------------------------------------------------------------- main
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one budget per model and 20 distill steps (smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one budget per model and 20 distill steps (smoke run)"
+    )
     parser.add_argument("--only", choices=("minilm", "digits"), help="run one model only")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated subset of {', '.join(METHODS)}",
+    )
     parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
-    parser.add_argument("--json", type=Path, help=f"raw numbers (default: {DEFAULT_JSON.relative_to(ROOT)}; --quick: none)")
-    parser.add_argument("--plot", type=Path, help=f"quality plot (default: {DEFAULT_PLOT.relative_to(ROOT)}; --quick: none)")
-    parser.add_argument("--ranks-plot", type=Path, help=f"per-layer plot (default: {DEFAULT_RANKS_PLOT.relative_to(ROOT)})")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
-    parser.add_argument("--batch", type=int, default=32, help="MiniLM calibration batch size (sentences)")
-    parser.add_argument("--distill-batch", type=int, default=16, help="MiniLM distill batch size (sentences)")
-    parser.add_argument("--distill-steps", type=int, default=0, help="override the distill step count")
-    parser.add_argument("--minilm-lr", type=float, default=1e-4, help="MiniLM distill learning rate")
-    parser.add_argument("--digits-lr", type=float, default=1e-3, help="digits distill learning rate")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"raw numbers (default: {DEFAULT_JSON.relative_to(ROOT)}; --quick: none)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help=f"quality plot (default: {DEFAULT_PLOT.relative_to(ROOT)}; --quick: none)",
+    )
+    parser.add_argument(
+        "--ranks-plot",
+        type=Path,
+        help=f"per-layer plot (default: {DEFAULT_RANKS_PLOT.relative_to(ROOT)})",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=32, help="MiniLM calibration batch size (sentences)"
+    )
+    parser.add_argument(
+        "--distill-batch", type=int, default=16, help="MiniLM distill batch size (sentences)"
+    )
+    parser.add_argument(
+        "--distill-steps", type=int, default=0, help="override the distill step count"
+    )
+    parser.add_argument(
+        "--minilm-lr", type=float, default=1e-4, help="MiniLM distill learning rate"
+    )
+    parser.add_argument(
+        "--digits-lr", type=float, default=1e-3, help="digits distill learning rate"
+    )
     goals = parser.add_argument_group("goals: calibration on text of another kind (--goals)")
-    goals.add_argument("--goals", "--ood", action="store_true",
-                       help="run the MiniLM goal cases, calibrated in-domain and on Python docstrings, instead")
-    goals.add_argument("--goal-cases", help=f"comma-separated subset of {', '.join(c.key for c in GOAL_CASES)}")
-    goals.add_argument("--ood-lines", type=int, default=300, help="docstring lines to calibrate on (default 300)")
-    goals.add_argument("--levers", action="store_true", help="also try the user options on each case (out-of-domain)")
-    goals.add_argument("--from-json", type=Path, help="print (and --out) the tables of a saved --goals JSON, run nothing")
-    goals.add_argument("--damping", default="", help="comma-separated whitening dampings to try (out-of-domain)")
+    goals.add_argument(
+        "--goals",
+        "--ood",
+        action="store_true",
+        help="run the MiniLM goal cases, calibrated in-domain and on Python docstrings, instead",
+    )
+    goals.add_argument(
+        "--goal-cases", help=f"comma-separated subset of {', '.join(c.key for c in GOAL_CASES)}"
+    )
+    goals.add_argument(
+        "--ood-lines", type=int, default=300, help="docstring lines to calibrate on (default 300)"
+    )
+    goals.add_argument(
+        "--levers",
+        action="store_true",
+        help="also try the user options on each case (out-of-domain)",
+    )
+    goals.add_argument(
+        "--from-json",
+        type=Path,
+        help="print (and --out) the tables of a saved --goals JSON, run nothing",
+    )
+    goals.add_argument(
+        "--damping", default="", help="comma-separated whitening dampings to try (out-of-domain)"
+    )
     args = parser.parse_args(argv)
     args.goal_cases = [c.strip() for c in args.goal_cases.split(",")] if args.goal_cases else None
     for key in args.goal_cases or ():
         if key not in {c.key for c in GOAL_CASES}:
-            parser.error(f"--goal-cases: unknown {key!r}; choose from {', '.join(c.key for c in GOAL_CASES)}")
+            parser.error(
+                f"--goal-cases: unknown {key!r}; choose from {', '.join(c.key for c in GOAL_CASES)}"
+            )
     args.damping = [float(v) for v in args.damping.split(",") if v.strip()]
     if args.goals or args.from_json:
         args.json = args.json or (None if args.quick or args.from_json else DEFAULT_GOALS_JSON)
@@ -1007,7 +1398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for part in ("minilm", "digits"):
             if part not in results and part in previous:
                 results[part] = previous[part]
-                results["env"].setdefault("kept_from_previous_run", {})[part] = previous["env"]["line"]
+                results["env"].setdefault("kept_from_previous_run", {})[part] = previous["env"][
+                    "line"
+                ]
     text = markdown(results)
     print()
     print(text)

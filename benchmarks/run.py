@@ -36,7 +36,10 @@ def main() -> None:
         sys.argv = sys.argv[:1]  # decompose_speed parses its own (empty) command line
         decompose_speed.main()
     print()
-    print("== benchmarks/profile_check.py: planned layers against dense, with and without a device profile ==", flush=True)
+    print(
+        "== benchmarks/profile_check.py: planned layers against dense, with and without a device profile ==",
+        flush=True,
+    )
     profile_check.main([])
     print()
     print(
@@ -46,7 +49,9 @@ def main() -> None:
     )
     models.main([])
     print()
-    print("== benchmarks/quality.py: quality after factorization (MiniLM, digits CNN) ==", flush=True)
+    print(
+        "== benchmarks/quality.py: quality after factorization (MiniLM, digits CNN) ==", flush=True
+    )
     quality.main([])
 
 

@@ -44,7 +44,6 @@ from tfx.passes import capture, find_sites
 from tfx.tensors._rank import tt_rank_bounds
 
 
-
 # ------------------------------------------------------------------ cases
 @dataclasses.dataclass
 class Case:
@@ -215,8 +214,10 @@ def test_factorize_result_type_follows_the_capture_path(case) -> None:
         assert gm.tfx_plan.emit == "modules"
         factorized = [c.site for c in gm.tfx_plan.choices if c.form != "dense"]
         assert factorized
-        assert all(isinstance(gm.get_submodule(s), tfx.nn.FactorizedLinear | tfx.nn.FactorizedEmbedding)
-                   for s in factorized)
+        assert all(
+            isinstance(gm.get_submodule(s), tfx.nn.FactorizedLinear | tfx.nn.FactorizedEmbedding)
+            for s in factorized
+        )
     assert isinstance(gm.tfx_plan, FactorizationPlan)
     assert gm.tfx_plan.capture == case.path
     assert {c.path for c in gm.tfx_plan.choices} == {case.path}
@@ -255,7 +256,7 @@ def test_factorize_plan_lists_every_site(case) -> None:
     layers = [
         n
         for n, m in case.model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding))
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.Embedding)
     ]
     assert set(layers) <= set(names)
 
@@ -658,7 +659,7 @@ def test_factorize_needs_a_module() -> None:
 )
 def test_errors_are_tfx_errors_and_builtins(error) -> None:
     assert issubclass(error, TfxError)
-    assert issubclass(error, (ValueError, RuntimeError))
+    assert issubclass(error, ValueError | RuntimeError)
 
 
 # ------------------------------------------------------------------ padding awkward sizes
@@ -679,8 +680,16 @@ def test_padded_sizes_reproduce_the_model_at_full_rank() -> None:
     idx = torch.randint(0, 1021, (4, 8))
     plan = tfx.plan(model, 0.5, example_inputs=(idx,), progress=False)
     emb, fc = plan.choice("emb"), plan.choice("fc")
-    emb.form, emb.tensorized_shape, emb.rank = "tt", ((8, 8, 16), (4, 4, 6)), 10**6  # 1021 -> 1024 rows
-    fc.form, fc.tensorized_shape, fc.rank = "tucker", ((5, 12, 17), (4, 4, 6)), (5, 12, 17, 4, 4, 6)  # 1019 -> 1020
+    emb.form, emb.tensorized_shape, emb.rank = (
+        "tt",
+        ((8, 8, 16), (4, 4, 6)),
+        10**6,
+    )  # 1021 -> 1024 rows
+    fc.form, fc.tensorized_shape, fc.rank = (
+        "tucker",
+        ((5, 12, 17), (4, 4, 6)),
+        (5, 12, 17, 4, 4, 6),
+    )  # 1019 -> 1020
     gm = tfx.factorize(model, plan=plan, example_inputs=(idx,), progress=False)
     with torch.no_grad():
         torch.testing.assert_close(gm(idx), model(idx))
@@ -703,14 +712,20 @@ def test_plan_leaves_out_forms_with_more_flops_than_dense_when_the_budget_allows
     model = nn.Sequential(nn.Linear(768, 768)).eval()
     x = torch.randn(1, 768)
     unfiltered = _not_slower_off(lambda: tfx.plan(model, 0.5, example_inputs=(x,), progress=False))
-    assert unfiltered.choices[0].flops_after > unfiltered.choices[0].flops_before  # the rule has work to do
-    assert "more FLOPs than dense" in unfiltered.choices[0].reason and "more FLOPs than dense" in str(unfiltered)
+    assert (
+        unfiltered.choices[0].flops_after > unfiltered.choices[0].flops_before
+    )  # the rule has work to do
+    assert "more FLOPs than dense" in unfiltered.choices[
+        0
+    ].reason and "more FLOPs than dense" in str(unfiltered)
     plan = tfx.plan(model, 0.5, example_inputs=(x,), progress=False)
     choice = plan.choices[0]
     assert choice.flops_after <= choice.flops_before / tfx.cost._planner.MIN_SPEEDUP
     assert choice.error < 1.0
     assert "FLOPs" not in choice.reason and not any("FLOPs" in n for n in plan.notes)
-    svd = tfx.plan(model, 0.5, example_inputs=(torch.randn(64, 768),), forms=("svd",), progress=False).choices[0]
+    svd = tfx.plan(
+        model, 0.5, example_inputs=(torch.randn(64, 768),), forms=("svd",), progress=False
+    ).choices[0]
     assert svd.flops_after < svd.flops_before and "FLOPs" not in svd.reason
 
 
@@ -719,11 +734,18 @@ def test_flop_rule_keeps_every_option_and_says_so_when_the_budget_needs_them() -
     from tfx.cost._planner import not_slower as _not_slower
     from tfx.passes._match import find_module_sites
 
-    linear, embedding = (s.info for s in find_module_sites(nn.Sequential(nn.Linear(64, 64), nn.Embedding(100, 64))))
+    linear, embedding = (
+        s.info for s in find_module_sites(nn.Sequential(nn.Linear(64, 64), nn.Embedding(100, 64)))
+    )
     dense = Option("dense", None, None, 4096, 8192, 0.0)
-    slow = Option("blocktt", ((8, 8), (8, 8)), (1, 4, 1), 512, 9000, 0.5)  # fewer params, more FLOPs
+    slow = Option(
+        "blocktt", ((8, 8), (8, 8)), (1, 4, 1), 512, 9000, 0.5
+    )  # fewer params, more FLOPs
     fast = Option("svd", ((64,), (64,)), 8, 1032, 2048, 0.6)
-    gather = [Option("dense", None, None, 6400, 0, 0.0), Option("tt", ((10, 10), (8, 8)), (1, 4, 1), 576, 900, 0.5)]
+    gather = [
+        Option("dense", None, None, 6400, 0, 0.0),
+        Option("tt", ((10, 10), (8, 8)), (1, 4, 1), 576, 900, 0.5),
+    ]
     kept, note = _not_slower([[dense, slow, fast], gather], 1032 + 576, [linear, embedding], None)
     assert kept == [[dense, fast], gather] and note == ""  # embeddings keep every option
     kept, note = _not_slower([[dense, slow, fast], gather], 512 + 576, [linear, embedding], None)

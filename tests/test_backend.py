@@ -77,8 +77,13 @@ def _bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
-        vocab_size=128, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=32, attn_implementation="eager",
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=32,
+        attn_implementation="eager",
     )
     return BertModel(config).eval()
 
@@ -109,7 +114,9 @@ def _run(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
 
 def _max_rel_error(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
     assert len(got) == len(expected)
-    return max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected))
+    return max(
+        float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected, strict=False)
+    )
 
 
 def _decisions(plan: tfx.FactorizationPlan) -> list[tuple[Any, ...]]:
@@ -168,7 +175,12 @@ def test_backend_string_matches_factorize_then_inductor() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["cnn", pytest.param("bert", marks=pytest.mark.slow), pytest.param("mlp", marks=pytest.mark.slow)]
+    "name",
+    [
+        "cnn",
+        pytest.param("bert", marks=pytest.mark.slow),
+        pytest.param("mlp", marks=pytest.mark.slow),
+    ],
 )
 def test_configured_backend_matches_factorize_then_inductor(name: str) -> None:
     model, x = _model(name)
@@ -176,8 +188,12 @@ def test_configured_backend_matches_factorize_then_inductor(name: str) -> None:
     got = _run(torch.compile(model, backend=backend), x)
     (plan,) = backend.plans  # type: ignore[attr-defined]
     if name != "bert":  # factorize plans BERT's query/key/value as a group; the backend, one by one
-        assert _decisions(plan) == _decisions(tfx.factorize(model, 0.3, example_inputs=(x,), progress=False).tfx_plan)
-    gm = tfx.factorize(model, plan=plan, example_inputs=(x,), progress=False)  # the backend's plan, applied
+        assert _decisions(plan) == _decisions(
+            tfx.factorize(model, 0.3, example_inputs=(x,), progress=False).tfx_plan
+        )
+    gm = tfx.factorize(
+        model, plan=plan, example_inputs=(x,), progress=False
+    )  # the backend's plan, applied
     expected = _run(torch.compile(gm, backend="inductor"), x)
     assert _factorized(plan) != []
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -197,7 +213,9 @@ def test_backend_graph_has_the_plan_and_outputs_of_factorize(name: str) -> None:
         assert _decisions(plan) == _decisions(gm.tfx_plan)
     assert plan.total_params_before == gm.tfx_plan.total_params_before
     assert plan.capture == "dynamo"
-    same = tfx.factorize(model, plan=plan, example_inputs=(x,), progress=False)  # the backend's plan, applied
+    same = tfx.factorize(
+        model, plan=plan, example_inputs=(x,), progress=False
+    )  # the backend's plan, applied
     torch.testing.assert_close(got, _run(same, x), rtol=1e-5, atol=1e-6)
 
 
@@ -207,7 +225,10 @@ def test_backend_graph_has_the_plan_and_outputs_of_factorize(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "compiler"),
     [
-        ("mlp", "eager"), ("cnn", "eager"), ("bert", "eager"), ("cnn", "inductor"),
+        ("mlp", "eager"),
+        ("cnn", "eager"),
+        ("bert", "eager"),
+        ("cnn", "inductor"),
         pytest.param("mlp", "inductor", marks=pytest.mark.slow),
         pytest.param("bert", "inductor", marks=pytest.mark.slow),
     ],
@@ -314,14 +335,19 @@ def _low_rank(*layers: nn.Linear) -> None:
 
 
 @pytest.mark.parametrize("compiler", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_a_graph_reused_for_another_instance_uses_its_weights(compiler: str, built: list[str]) -> None:
+def test_a_graph_reused_for_another_instance_uses_its_weights(
+    compiler: str, built: list[str]
+) -> None:
     """Dynamo runs the graph compiled for ``first`` on ``second`` (same class, so same code):
     the layers get ``second``'s factors (rank-4 weights: exact), each weight decomposed once."""
     first, second, x = _Pair().eval(), _Pair().eval(), torch.randn(4, 64)
     backend = tfx.backend(0.5, compiler=compiler)
     for _ in range(2):
         for model in (first, second):
-            assert _max_rel_error(_run(torch.compile(model, backend=backend), x), _run(model, x)) <= 1e-5
+            assert (
+                _max_rel_error(_run(torch.compile(model, backend=backend), x), _run(model, x))
+                <= 1e-5
+            )
     assert len(backend.plans) == 1  # type: ignore[attr-defined]  # one compile, reused
     assert sorted(built) == ["a", "a", "b", "b"]
 
@@ -332,7 +358,10 @@ def test_blocks_resumed_after_a_graph_break_use_their_own_weights(built: list[st
     compiled = torch.compile(model, backend=backend)
     for _ in range(2):
         assert _max_rel_error(_run(compiled, x), _run(model, x)) <= 1e-5
-    assert sorted(built) == ["blocks.0.inner", "blocks.0.inner"]  # block 1's weight, with block 0's plan
+    assert sorted(built) == [
+        "blocks.0.inner",
+        "blocks.0.inner",
+    ]  # block 1's weight, with block 0's plan
 
 
 def test_budget_is_a_fraction_of_each_graph_piece() -> None:
@@ -366,14 +395,16 @@ def test_weight_rebound_or_retyped_is_seen() -> None:
     """``param.data = ...`` (new storage, no version bump) and ``model.double()`` (new dtype):
     the compiled model follows the live parameters, as it would without tfx."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.ReLU(), nn.Linear(64, 64, bias=False)).eval()
+    model = nn.Sequential(
+        nn.Linear(64, 64, bias=False), nn.ReLU(), nn.Linear(64, 64, bias=False)
+    ).eval()
     backend = tfx.backend(budget=0.5, compiler="eager", forms=("svd",))
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(8, 64)
 
     def expected(inputs: torch.Tensor) -> torch.Tensor:
         h = inputs.double()
-        for i, choice in zip((0, 2), backend.plans[-1].choices):  # type: ignore[attr-defined]
+        for i, choice in zip((0, 2), backend.plans[-1].choices, strict=False):  # type: ignore[attr-defined]
             u, s, vh = torch.linalg.svd(model[i].weight.double())
             r = choice.rank
             h = torch.nn.functional.linear(h, (u[:, :r] * s[:r]) @ vh[:r])
@@ -417,7 +448,9 @@ def test_batch_sizes_recompile_at_most_twice_with_inductor(built: list[str]) -> 
 def test_grad_mode_warns_and_records_no_gradients() -> None:
     model, x = _mlp(), torch.randn(8, 64)
     compiled = torch.compile(model, backend=tfx.backend(budget=0.5, compiler="eager"))
-    with pytest.warns(tfx.TfxWarning, match=r"(?s)for inference.*torch\.no_grad\(\).*tfx\.factorize"):
+    with pytest.warns(
+        tfx.TfxWarning, match=r"(?s)for inference.*torch\.no_grad\(\).*tfx\.factorize"
+    ):
         y = compiled(x)
     assert not y.requires_grad
 
@@ -437,8 +470,13 @@ def _tiny_bert() -> tuple[nn.Module, torch.Tensor]:
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=32, attn_implementation="eager",
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        attn_implementation="eager",
     )
     return BertModel(config).eval(), torch.randint(0, 100, (2, 8))
 
@@ -448,8 +486,15 @@ def _tiny_gpt2() -> tuple[nn.Module, torch.Tensor]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0,
-        use_cache=False, attn_implementation="eager",
+        vocab_size=100,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+        attn_implementation="eager",
     )
     return GPT2LMHeadModel(config).eval(), torch.randint(0, 100, (2, 8))
 
@@ -458,7 +503,12 @@ def _tiny_swin() -> tuple[nn.Module, torch.Tensor]:
     from transformers import SwinConfig, SwinModel
 
     config = SwinConfig(
-        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=2,
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=2,
     )
     return SwinModel(config).eval(), torch.randn(2, 3, 32, 32)
 
@@ -571,14 +621,23 @@ def test_skip_of_a_module_absent_from_a_graph_piece_is_no_error() -> None:
     ("options", "match"),
     [
         ({"form": ["svd"]}, r"keyword='form' is not registered\. Did you mean 'forms'\?"),
-        ({"example_inputs": (1,)}, r"(?s)keyword='example_inputs' is not registered.*dynamo supplies the inputs"),
+        (
+            {"example_inputs": (1,)},
+            r"(?s)keyword='example_inputs' is not registered.*dynamo supplies the inputs",
+        ),
         ({"forms": ["tuker"]}, r"form='tuker' is not registered\. Did you mean 'tucker'\?"),
         ({"kinds": ["lineer"]}, r"kind='lineer' is not registered\. Did you mean 'linear'\?"),
         ({"strategy": "gredy"}, r"strategy='gredy' is not registered\. Did you mean 'greedy'\?"),
-        ({"strategy": "sensitivity"}, r"(?s)needs calibration data.*Fix: tfx\.backend\(budget, strategy='auto'\)"),
+        (
+            {"strategy": "sensitivity"},
+            r"(?s)needs calibration data.*Fix: tfx\.backend\(budget, strategy='auto'\)",
+        ),
         ({"compiler": "aot"}, r"(?s)compiler='aot' is not registered.*'eager', 'inductor'"),
         ({"skip": "encoder"}, r"skip='encoder' is not a sequence of module names"),
-        ({"mode": "max-autotun"}, r"mode='max-autotun' is not registered\. Did you mean 'max-autotune'\?"),
+        (
+            {"mode": "max-autotun"},
+            r"mode='max-autotun' is not registered\. Did you mean 'max-autotune'\?",
+        ),
     ],
 )
 def test_backend_rejects_bad_options(options: dict[str, Any], match: str) -> None:
@@ -588,7 +647,11 @@ def test_backend_rejects_bad_options(options: dict[str, Any], match: str) -> Non
 
 @pytest.mark.parametrize(
     ("budget", "match"),
-    [(1.5, r"budget=1\.5 is a float above 1"), (0, r"budget=0 is not a positive number"), ("half", r"budget='half'")],
+    [
+        (1.5, r"budget=1\.5 is a float above 1"),
+        (0, r"budget=0 is not a positive number"),
+        ("half", r"budget='half'"),
+    ],
 )
 def test_backend_rejects_malformed_budgets(budget: Any, match: str) -> None:
     with pytest.raises(tfx.BudgetError, match=match):
@@ -598,12 +661,18 @@ def test_backend_rejects_malformed_budgets(budget: Any, match: str) -> None:
 @pytest.mark.parametrize(
     ("make", "skip", "match"),
     [
-        (_tiny_bert, "encoder.layer.0.atention",
-         r"skip='encoder\.layer\.0\.atention' names no module of BertModel\. "
-         r"Did you mean 'encoder\.layer\.0\.attention'\?"),
-        (lambda: (_Nested().eval(), torch.randn(4, 64)), "blocks.0.iner",
-         r"(?s)names no module of _Nested\. Did you mean 'blocks\.0\.inner'\?"
-         r".*Fix: tfx\.backend\(budget, skip="),
+        (
+            _tiny_bert,
+            "encoder.layer.0.atention",
+            r"skip='encoder\.layer\.0\.atention' names no module of BertModel\. "
+            r"Did you mean 'encoder\.layer\.0\.attention'\?",
+        ),
+        (
+            lambda: (_Nested().eval(), torch.randn(4, 64)),
+            "blocks.0.iner",
+            r"(?s)names no module of _Nested\. Did you mean 'blocks\.0\.inner'\?"
+            r".*Fix: tfx\.backend\(budget, skip=",
+        ),
     ],
     ids=["bert", "graph-break"],
 )
@@ -621,5 +690,7 @@ def test_unknown_skip_name_raises_with_a_suggestion(make: Any, skip: str, match:
 def test_unreachable_budget_names_the_graph_piece() -> None:
     model, x = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64)).eval(), torch.randn(4, 64)
     compiled = torch.compile(model, backend=tfx.backend(budget=0.01, compiler="eager"))
-    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"(?s)BudgetError: budget=0\.01.*graph piece"):
+    with pytest.raises(
+        torch._dynamo.exc.BackendCompilerFailed, match=r"(?s)BudgetError: budget=0\.01.*graph piece"
+    ):
         _run(compiled, x)

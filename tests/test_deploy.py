@@ -74,7 +74,10 @@ def _bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
         intermediate_size=64,
     )
     return BertModel(config).eval()
@@ -284,8 +287,11 @@ def test_save_pretrained_keeps_hugging_face_model_and_factors(
     config = BertConfig.from_pretrained(tmp_path)
     plan = tfx.FactorizationPlan.from_json((tmp_path / "tfx_plan.json").read_text())
     restored = tfx.factorize(
-        BertModel(config).eval(), plan=plan, example_inputs=case.example_inputs(),
-        verify=False, progress=False,
+        BertModel(config).eval(),
+        plan=plan,
+        example_inputs=case.example_inputs(),
+        verify=False,
+        progress=False,
     )
     restored.load_state_dict(load_file(tmp_path / "model.safetensors"))
     assert any(c.form != "dense" for c in restored.tfx_plan.choices)

@@ -33,15 +33,25 @@ def test_distill_reduces_the_held_out_error_and_keeps_modes() -> None:
     history = student.tfx_distill_history
     assert len(history) == 150 and history[-1] < history[0]
     assert not student.training and not teacher.training  # modes restored
-    assert all(torch.equal(teacher_state[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
+    assert all(
+        torch.equal(teacher_state[k], v) for k, v in teacher.state_dict().items()
+    )  # teacher untouched
 
 
 def test_distill_cosine_loss_and_output_picker_on_hf_bert() -> None:
     teacher = tiny_bert()
     inputs = bert_inputs()
     student = tfx.factorize(teacher, 0.6, example_inputs=inputs, progress=False)
-    tfx.distill(student, teacher, [inputs], steps=5, lr=1e-3, loss="cosine",
-                output=lambda out: out.last_hidden_state, progress=False)
+    tfx.distill(
+        student,
+        teacher,
+        [inputs],
+        steps=5,
+        lr=1e-3,
+        loss="cosine",
+        output=lambda out: out.last_hidden_state,
+        progress=False,
+    )
     assert len(student.tfx_distill_history) == 5
     assert all(0.0 <= v <= 2.0 for v in student.tfx_distill_history)
 
@@ -92,7 +102,9 @@ def test_eval_data_keeps_the_best_state() -> None:
     held = [(torch.randn(64, 48, generator=gen),)]
     student = tfx.factorize(teacher, 0.5, example_inputs=data[0], progress=False)
     start = {k: v.clone() for k, v in student.state_dict().items()}
-    tfx.distill(student, teacher, data, steps=20, lr=5.0, eval_data=held, eval_every=5, progress=False)
+    tfx.distill(
+        student, teacher, data, steps=20, lr=5.0, eval_data=held, eval_every=5, progress=False
+    )
     evals = student.tfx_distill_eval
     assert [s for s, _ in evals] == [0, 5, 10, 15, 20]
     assert min(v for _, v in evals[1:]) > evals[0][1]  # the huge lr only made things worse
@@ -112,5 +124,7 @@ def test_eval_data_with_a_sane_lr_keeps_an_improved_state() -> None:
     from tfx._distill import _floats, _loss
 
     with torch.no_grad():
-        now = float(_loss(_floats(student(*held[0]), None), _floats(teacher(*held[0]), None), "mse"))
+        now = float(
+            _loss(_floats(student(*held[0]), None), _floats(teacher(*held[0]), None), "mse")
+        )
     assert now == pytest.approx(best, rel=1e-5)

@@ -119,7 +119,11 @@ def _resolve(path: str) -> object:
 
 def test_api_pages_document_every_public_name() -> None:
     """Every name in ``tfx.__all__`` has a ``:::`` stub; for a subpackage, every name in its ``__all__``."""
-    directives = [path for page in (DOCS / "api").glob("*.md") for path in _DIRECTIVE.findall(page.read_text())]
+    directives = [
+        path
+        for page in (DOCS / "api").glob("*.md")
+        for path in _DIRECTIVE.findall(page.read_text())
+    ]
     documented = {id(_resolve(path)) for path in directives}
     missing = []
     for name in tfx.__all__:
@@ -128,7 +132,9 @@ def test_api_pages_document_every_public_name() -> None:
         value = getattr(tfx, name)
         if isinstance(value, types.ModuleType):
             missing += [
-                f"tfx.{name}.{member}" for member in value.__all__ if id(getattr(value, member)) not in documented
+                f"tfx.{name}.{member}"
+                for member in value.__all__
+                if id(getattr(value, member)) not in documented
             ]
         elif id(value) not in documented:
             missing.append(f"tfx.{name}")

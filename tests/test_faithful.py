@@ -28,8 +28,13 @@ def n_params(module: nn.Module) -> int:
 def tiny_llama() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -37,8 +42,15 @@ def tiny_llama() -> nn.Module:
 def tiny_bart() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.BartConfig(
-        vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
     )
     return transformers.BartForConditionalGeneration(config).eval()
 
@@ -46,8 +58,13 @@ def tiny_bart() -> nn.Module:
 def tiny_opt() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.OPTConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,
-        max_position_embeddings=64, word_embed_proj_dim=32,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
     )
     return transformers.OPTForCausalLM(config).eval()
 
@@ -94,8 +111,16 @@ def test_module_swap_finds_embedding_subclasses_and_keeps_shared_tables_tied() -
     plan = result.tfx_plan
     by_site = {c.site: c for c in plan.choices}
     assert "model.shared" in by_site  # BartScaledWordEmbedding is a site
-    assert len({by_site[s].form for s in ("model.shared", "model.encoder.embed_tokens", "lm_head")}) == 1
-    readers = [result.model.shared, result.model.encoder.embed_tokens, result.model.decoder.embed_tokens, result.lm_head]
+    assert (
+        len({by_site[s].form for s in ("model.shared", "model.encoder.embed_tokens", "lm_head")})
+        == 1
+    )
+    readers = [
+        result.model.shared,
+        result.model.encoder.embed_tokens,
+        result.model.decoder.embed_tokens,
+        result.lm_head,
+    ]
     tables = {id(getattr(m, "tfx_layer", m).weight) for m in readers}
     assert len(tables) == 1  # one table (dense or factorized), still tied
     assert n_params(result) == plan.total_params_after <= 0.5 * n_params(model)
@@ -124,7 +149,9 @@ def test_cached_decoder_analysis_graph_is_a_plan_note_not_a_warning(llama_result
     _, result, _, caught = llama_result
     assert not [w for w in caught if issubclass(w.category, TfxWarning)]
     assert result.tfx_plan.capture == "export"
-    assert any("could not capture LlamaForCausalLM with its cache" in n for n in result.tfx_plan.notes)
+    assert any(
+        "could not capture LlamaForCausalLM with its cache" in n for n in result.tfx_plan.notes
+    )
     assert any("use_cache=False" in note for note in result.tfx_plan.notes)
     assert "use_cache=False" in str(result.tfx_plan)
 
@@ -134,10 +161,13 @@ def test_cached_decoder_result_exports_and_generates(llama_result) -> None:  # n
     assert type(result) is type(model)
     assert any(c.form != "dense" for c in result.tfx_plan.choices)
     batch = torch.randint(0, VOCAB, (3, 12))
-    program = torch.export.export(result, (), {"input_ids": batch, "use_cache": False}, strict=False)
+    program = torch.export.export(
+        result, (), {"input_ids": batch, "use_cache": False}, strict=False
+    )
     with torch.no_grad():
         torch.testing.assert_close(
-            program.module()(input_ids=batch, use_cache=False).logits, result(input_ids=batch, use_cache=False).logits
+            program.module()(input_ids=batch, use_cache=False).logits,
+            result(input_ids=batch, use_cache=False).logits,
         )
         out = result.generate(ids, max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 15)
@@ -183,17 +213,24 @@ def test_non_finite_outputs_of_the_result_only_are_a_tensor_error() -> None:
     broken = nn.Linear(8, 8)
     with torch.no_grad():
         broken.bias[3] = float("inf")
-    with pytest.raises(TensorError, match="2 NaN/Inf output values .* where the original's are finite"):
+    with pytest.raises(
+        TensorError, match="2 NaN/Inf output values .* where the original's are finite"
+    ):
         output_error(model, broken, (torch.randn(2, 8),))
 
 
 # ------------------------------------------------------------ 6. nothing to factorize
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
+@pytest.mark.filterwarnings(
+    "ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning"
+)
 def test_quantized_model_says_what_it_found() -> None:
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
     quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    with pytest.raises(UnsupportedSiteError, match="(?s)nothing to factorize.*quantized layers.*factorize the float model"):
+    with pytest.raises(
+        UnsupportedSiteError,
+        match="(?s)nothing to factorize.*quantized layers.*factorize the float model",
+    ):
         tfx.factorize(quantized, 0.5, example_inputs=(torch.randn(2, 64),), progress=False)
 
 
@@ -221,7 +258,10 @@ def test_load_of_an_export_plan_without_example_inputs_names_them(tmp_path) -> N
     loaded = tfx.load(tiny_bert(), tmp_path / "bert.tfx", example_inputs=bert_inputs())
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded(**bert_inputs()).last_hidden_state, result(**bert_inputs()).last_hidden_state, rtol=0, atol=0
+            loaded(**bert_inputs()).last_hidden_state,
+            result(**bert_inputs()).last_hidden_state,
+            rtol=0,
+            atol=0,
         )
 
 
@@ -265,7 +305,9 @@ def test_factorizing_a_graph_result_again_replans_its_layers_with_exact_counts()
     again = tfx.factorize(first, 0.7, example_inputs=(x,), progress=False)
     plan = again.tfx_plan
     factorized_first = {c.site for c in first.tfx_plan.choices if c.form != "dense"}
-    assert factorized_first <= {c.site for c in plan.choices}  # the factorized layers are sites again
+    assert factorized_first <= {
+        c.site for c in plan.choices
+    }  # the factorized layers are sites again
     assert n_params(again) == plan.total_params_after <= 0.7 * n_params(first)
     assert all(p.requires_grad for p in again.parameters())
     assert not [k for k in again.state_dict() if "_tensor_constant" in k]  # nothing frozen
@@ -298,10 +340,14 @@ def test_factorizing_an_exported_result_again_sees_its_layers() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning")
+@pytest.mark.filterwarnings(
+    "ignore:torch.quantize_per_tensor, torch.quantize_per_channel:UserWarning"
+)
 def test_partly_quantized_model_says_which_layers_it_left() -> None:
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
-    model[2] = torch.ao.quantization.quantize_dynamic(nn.Sequential(model[2]), {nn.Linear}, dtype=torch.qint8)[0]
+    model[2] = torch.ao.quantization.quantize_dynamic(
+        nn.Sequential(model[2]), {nn.Linear}, dtype=torch.qint8
+    )[0]
     with pytest.warns(TfxWarning, match="quantized layers .* are not sites"):
         result = tfx.factorize(model, 0.8, example_inputs=(torch.randn(2, 64),), progress=False)
     assert any("quantized layers" in n for n in result.tfx_plan.notes)
@@ -328,7 +374,9 @@ def test_inplace_rewrites_the_model_itself_without_a_copy(monkeypatch) -> None: 
     assert result is model
     assert n_params(result) == result.tfx_plan.total_params_after <= 0.5 * n_params(reference)
     assert result.tfx_plan.output_error is not None and result.tfx_plan.output_error > 0
-    assert output_error(reference, result, inputs) == pytest.approx(result.tfx_plan.output_error, rel=1e-6)
+    assert output_error(reference, result, inputs) == pytest.approx(
+        result.tfx_plan.output_error, rel=1e-6
+    )
 
 
 def test_default_leaves_the_model_untouched() -> None:

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _quality():
-    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
+    spec = importlib.util.spec_from_file_location(
+        "quality_bench", ROOT / "benchmarks" / "quality.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,7 +38,17 @@ def test_quality_energy_ranks_fit_the_budget():
 def test_quality_quick_digits_run(tmp_path):
     quality = _quality()
     out = tmp_path / "quality.json"
-    results = quality.main(["--quick", "--only", "digits", "--methods", "uniform-svd,energy-svd,tfx", "--json", str(out)])
+    results = quality.main(
+        [
+            "--quick",
+            "--only",
+            "digits",
+            "--methods",
+            "uniform-svd,energy-svd,tfx",
+            "--json",
+            str(out),
+        ]
+    )
     rows = results["digits"]["rows"]
     assert [r["method"] for r in rows] == ["uniform-svd", "energy-svd", "tfx"]
     assert all(r["params"] <= 0.1 * results["digits"]["setup"]["total_params"] + 1 for r in rows)
@@ -66,13 +78,28 @@ def test_quality_docstring_lines_span_the_file():
 
 def test_quality_goals_markdown_marks_goals():
     quality = _quality()
-    row = {"kept": 0.5, "mean_cos": 0.95, "p5_cos": 0.9, "tune_mean_cos": 0.9, "factorize_s": 1.0, "batches": 10}
+    row = {
+        "kept": 0.5,
+        "mean_cos": 0.95,
+        "p5_cos": 0.9,
+        "tune_mean_cos": 0.9,
+        "factorize_s": 1.0,
+        "batches": 10,
+    }
     results = {
         "env": {"date": "today", "line": "machine", "seconds": 60.0},
         "goals": {
-            "setup": {"in-domain": "a", "out-of-domain": "b", "padding": "c", "heldout": "d", "tuning": "e"},
-            "rows": [{**row, "case": "whole-0.5", "source": "in-domain"},
-                     {**row, "case": "whole-0.5", "source": "out-of-domain", "p5_cos": 0.8}],
+            "setup": {
+                "in-domain": "a",
+                "out-of-domain": "b",
+                "padding": "c",
+                "heldout": "d",
+                "tuning": "e",
+            },
+            "rows": [
+                {**row, "case": "whole-0.5", "source": "in-domain"},
+                {**row, "case": "whole-0.5", "source": "out-of-domain", "p5_cos": 0.8},
+            ],
             "levers": [{**row, "case": "whole-0.5", "source": "out-of-domain", "lever": "greedy"}],
             "damping": [{**row, "case": "whole-0.5", "damping": 0.1, "default": False}],
         },

@@ -47,9 +47,15 @@ def low_rank_attention() -> tuple[nn.Module, torch.Tensor]:
 
 def test_siblings_with_a_common_basis_take_the_joint_option(low_rank_attention) -> None:  # noqa: ANN001
     model, x = low_rank_attention
-    result = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
+    result = tfx.factorize(
+        model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False
+    )
     rows = siblings(result.tfx_plan)
-    assert {r.group for r in rows} == {"q+2"} and len({r.rank for r in rows}) == 1 and rows[0].rank >= 8
+    assert (
+        {r.group for r in rows} == {"q+2"}
+        and len({r.rank for r in rows}) == 1
+        and rows[0].rank >= 8
+    )
     assert all(r.error < 1e-6 for r in rows)
     assert n_params(result) == result.tfx_plan.total_params_after <= 0.5 * n_params(model)
     with torch.no_grad():
@@ -58,19 +64,31 @@ def test_siblings_with_a_common_basis_take_the_joint_option(low_rank_attention) 
 
 def test_graph_result_computes_the_shared_basis_product_once(low_rank_attention) -> None:  # noqa: ANN001
     model, x = low_rank_attention
-    gm = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
+    gm = tfx.factorize(
+        model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False
+    )
     assert isinstance(gm, torch.fx.GraphModule)
     basis = gm.get_submodule("q").weight.factors.factor_1
-    reads = [n for n in gm.graph.nodes if n.op == "get_attr" and gm.get_parameter(str(n.target)) is basis]
+    reads = [
+        n for n in gm.graph.nodes if n.op == "get_attr" and gm.get_parameter(str(n.target)) is basis
+    ]
     assert len(reads) == 1
-    assert len([u for u in reads[0].users if u.op == "call_function"]) == 1  # one x @ V for q, k and v
+    assert (
+        len([u for u in reads[0].users if u.op == "call_function"]) == 1
+    )  # one x @ V for q, k and v
 
 
 def test_modules_result_members_hold_one_basis() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=96, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=32)
+    config = transformers.BertConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     model = transformers.BertModel(config).eval()
     basis = torch.randn(8, 64) / 8
     attention = model.encoder.layer[0].attention.self
@@ -79,12 +97,21 @@ def test_modules_result_members_hold_one_basis() -> None:
             layer.weight.copy_(torch.randn(64, 8) @ basis)
     ids = torch.randint(0, 96, (2, 12))
     batch = {"input_ids": ids}
-    result = tfx.factorize(model, 0.6, example_inputs=batch, calibration=[batch], forms=("svd",), progress=False)
+    result = tfx.factorize(
+        model, 0.6, example_inputs=batch, calibration=[batch], forms=("svd",), progress=False
+    )
     assert result.tfx_plan.emit == "modules"
     got = result.encoder.layer[0].attention.self
-    rows = [result.tfx_plan.choice(f"encoder.layer.0.attention.self.{n}") for n in ("query", "key", "value")]
+    rows = [
+        result.tfx_plan.choice(f"encoder.layer.0.attention.self.{n}")
+        for n in ("query", "key", "value")
+    ]
     assert len({r.group for r in rows}) == 1 and rows[0].group is not None
-    assert got.query.weight.factors.factor_1 is got.key.weight.factors.factor_1 is got.value.weight.factors.factor_1
+    assert (
+        got.query.weight.factors.factor_1
+        is got.key.weight.factors.factor_1
+        is got.value.weight.factors.factor_1
+    )
     assert n_params(result) == result.tfx_plan.total_params_after
 
 
@@ -92,7 +119,9 @@ def test_random_siblings_keep_separate_options_when_better() -> None:
     torch.manual_seed(0)
     model = Attention(basis=None).eval()
     x = torch.randn(4, 10, 64)
-    result = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
+    result = tfx.factorize(
+        model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False
+    )
     assert all(r.group is None for r in siblings(result.tfx_plan))
 
 
@@ -112,9 +141,13 @@ def test_joint_basis_at_full_rank_reproduces_every_member_in_float64() -> None:
     choices = []
     for c in plan.choices:
         if c.site in ("q", "k", "v"):
-            c = dataclasses.replace(c, form="svd", tensorized_shape=((48,), (64,)), rank=rank, group="q+2")
+            c = dataclasses.replace(
+                c, form="svd", tensorized_shape=((48,), (64,)), rank=rank, group="q+2"
+            )
         choices.append(c)
-    result = tfx.factorize(model, plan=dataclasses.replace(plan, choices=choices), example_inputs=(x,), progress=False)
+    result = tfx.factorize(
+        model, plan=dataclasses.replace(plan, choices=choices), example_inputs=(x,), progress=False
+    )
     torch.testing.assert_close(result(x), model(x))
     assert n_params(result) == result.tfx_plan.total_params_after
     assert result.tfx_plan.choice("k").params_after == 48 * rank  # V and w are counted at q
@@ -122,11 +155,17 @@ def test_joint_basis_at_full_rank_reproduces_every_member_in_float64() -> None:
 
 def test_saved_plan_with_a_shared_basis_loads_bit_for_bit(low_rank_attention, tmp_path) -> None:  # noqa: ANN001
     model, x = low_rank_attention
-    result = tfx.factorize(model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False)
+    result = tfx.factorize(
+        model, 0.5, example_inputs=(x,), calibration=[(x,)], forms=("svd",), progress=False
+    )
     tfx.save(result, tmp_path / "attention.tfx")
-    with warnings.catch_warnings():  # re-applied without the calibration data: the factors are loaded anyway
+    with (
+        warnings.catch_warnings()
+    ):  # re-applied without the calibration data: the factors are loaded anyway
         warnings.simplefilter("ignore", tfx.TfxWarning)
-        loaded = tfx.load(Attention(basis=None).eval(), tmp_path / "attention.tfx", example_inputs=(x,))
+        loaded = tfx.load(
+            Attention(basis=None).eval(), tmp_path / "attention.tfx", example_inputs=(x,)
+        )
     assert {r.group for r in siblings(loaded.tfx_plan)} == {"q+2"}
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result(x), rtol=0, atol=0)

@@ -407,7 +407,11 @@ def test_all_lists_the_public_functions() -> None:
         for name, value in vars(tfx.utils).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == "tfx.utils"
     }
-    reexported = {"FactorList", "ComplexFactorList", "ParameterList"}  # tltorch.utils' classes, kept at its path
+    reexported = {
+        "FactorList",
+        "ComplexFactorList",
+        "ParameterList",
+    }  # tltorch.utils' classes, kept at its path
     assert sorted(tfx.utils.__all__) == sorted(defined_here | reexported)
     assert all(hasattr(tfx.utils, name) for name in reexported)
     assert all(">>> " in (getattr(tfx.utils, name).__doc__ or "") for name in defined_here)

@@ -13,11 +13,22 @@ Example:
     torch.Size([64, 48])
 """
 
-from . import cost, functional, nn, passes, tensors
+# tltorch's module paths: tfx.factorized_layers, tfx.factorized_tensors, tfx.tensor_hooks,
+# tfx.utils and tfx.init (tltorch.init is its factorized_tensors.init module).
+from . import (
+    cost,
+    factorized_layers,
+    factorized_tensors,
+    functional,
+    nn,
+    passes,
+    tensor_hooks,
+    tensors,
+    utils,
+)
 from ._api import factorize, load, plan, save
 from ._backend import backend
 from ._distill import distill
-from .cost import Budget, FactorizationPlan
 from ._errors import (
     BudgetError,
     OptionError,
@@ -29,6 +40,26 @@ from ._errors import (
     TfxWarning,
     TraceError,
     UnsupportedSiteError,
+)
+from .cost import Budget, FactorizationPlan
+from .nn import (
+    TCL,
+    TRL,
+    CPDropout,
+    CPLasso,
+    FactorizedConv,
+    FactorizedEmbedding,
+    FactorizedLinear,
+    TensorDropout,
+    TensorLasso,
+    TTDropout,
+    TTLasso,
+    TuckerDropout,
+    TuckerLasso,
+    remove_tensor_dropout,
+    remove_tensor_lasso,
+    tensor_dropout,
+    tensor_lasso,
 )
 from .tensors import (
     BlockTT,
@@ -57,31 +88,8 @@ from .tensors import (
     tt_init,
     tucker_init,
 )
-from .nn import (
-    TCL,
-    TRL,
-    CPDropout,
-    CPLasso,
-    FactorizedConv,
-    FactorizedEmbedding,
-    FactorizedLinear,
-    TensorDropout,
-    TensorLasso,
-    TTDropout,
-    TTLasso,
-    TuckerDropout,
-    TuckerLasso,
-    remove_tensor_dropout,
-    remove_tensor_lasso,
-    tensor_dropout,
-    tensor_lasso,
-)
-from .utils import get_tensorized_shape
-
-# tltorch's module paths: tfx.factorized_layers, tfx.factorized_tensors, tfx.tensor_hooks,
-# tfx.utils and tfx.init (tltorch.init is its factorized_tensors.init module).
-from . import factorized_layers, factorized_tensors, tensor_hooks, utils
 from .tensors import _init as init
+from .utils import get_tensorized_shape
 
 __version__ = "0.1.0"
 

@@ -19,21 +19,42 @@ import torch
 from torch import fx, nn
 
 from ._errors import (
-    OptionError, PlanMismatchError, TensorError, TfxWarning, UnsupportedSiteError, unknown_option,
+    OptionError,
+    PlanMismatchError,
+    TensorError,
+    TfxWarning,
+    UnsupportedSiteError,
+    unknown_option,
 )
-from ._shared import SiblingGroup, expand, group_options, merge_shared_steps, shared_builder, sibling_groups
+from ._shared import (
+    SiblingGroup,
+    expand,
+    group_options,
+    merge_shared_steps,
+    shared_builder,
+    sibling_groups,
+)
 from ._tied import TiedGroup, joint_options, member_choices, tied_builder, tied_groups
-from .cost import FORMS, Budget, Choice, FactorizationPlan, Option, build_graph, candidates
+from .cost import (
+    FORMS,
+    Budget,
+    Choice,
+    FactorizationPlan,
+    Group,
+    Option,
+    build_graph,
+    candidates,
+    plan_graph,
+)
 from .cost._choose import available_strategies
 from .cost._device import DeviceProfile
-from .cost import Group, plan_graph
 from .passes import Site, capture, find_sites, rewrite
 from .passes import emit as emit_graph
 from .passes._calibrate import Calibrated, calibrate, whitened_site
 from .passes._emit import check_result, compare_outputs, tie_groups
-from .passes._swap import DELEGATE_CHILD
 from .passes._match import find_module_sites
 from .passes._rewrite import build_layer
+from .passes._swap import DELEGATE_CHILD
 
 __all__ = ["factorize", "plan", "save", "load", "Budget", "FactorizationPlan"]
 
@@ -67,7 +88,9 @@ def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
 
             close = difflib.get_close_matches(name, list(names), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise OptionError(f"skip={name!r} names no module of {type(model).__name__}.{hint}\nFix: use names from model.named_modules().")
+            raise OptionError(
+                f"skip={name!r} names no module of {type(model).__name__}.{hint}\nFix: use names from model.named_modules()."
+            )
 
 
 def _check_weights(sites: Sequence[Site]) -> None:
@@ -85,11 +108,17 @@ def _count_params(model: nn.Module) -> int:
 
 def _edges(gm: fx.GraphModule, sites: Sequence[Site]) -> list[tuple[str, str]]:
     """Nearest-upstream data-flow edges between sites."""
-    site_of = {site.node: site.name for site in sites if site.node is not None and site.node.graph is gm.graph}
+    site_of = {
+        site.node: site.name
+        for site in sites
+        if site.node is not None and site.node.graph is gm.graph
+    }
     upstream: dict[fx.Node, frozenset[str]] = {}
     edges = set()
     for node in gm.graph.nodes:
-        above: frozenset[str] = frozenset().union(*(upstream.get(a, frozenset()) for a in node.all_input_nodes))
+        above: frozenset[str] = frozenset().union(
+            *(upstream.get(a, frozenset()) for a in node.all_input_nodes)
+        )
         if node in site_of:
             edges.update((a, site_of[node]) for a in above)
             upstream[node] = frozenset({site_of[node]})
@@ -99,17 +128,32 @@ def _edges(gm: fx.GraphModule, sites: Sequence[Site]) -> list[tuple[str, str]]:
 
 
 def _plan_sites(
-    model: nn.Module, gm: fx.GraphModule, sites: list[Site], budget: Any, forms: Sequence[str],
-    strategy: str, path: str, progress: bool, weights: Sequence[float] | None = None,
-    calibrated: Calibrated | None = None, profile: DeviceProfile | None = None,
+    model: nn.Module,
+    gm: fx.GraphModule,
+    sites: list[Site],
+    budget: Any,
+    forms: Sequence[str],
+    strategy: str,
+    path: str,
+    progress: bool,
+    weights: Sequence[float] | None = None,
+    calibrated: Calibrated | None = None,
+    profile: DeviceProfile | None = None,
     groups: Sequence[TiedGroup] = (),
     siblings: Sequence[SiblingGroup] = (),
     graph_result: bool = True,
 ) -> FactorizationPlan:
     """Candidates for every site and group, the graph, then the planner (tfx.cost.plan_graph)."""
     total = _count_params(model)
-    outside = total - sum({s.weight.untyped_storage().data_ptr(): s.info.dense_params if s.held_params is None
-                           else s.held_params for s in sites if s.weight.numel()}.values())
+    outside = total - sum(
+        {
+            s.weight.untyped_storage().data_ptr(): s.info.dense_params
+            if s.held_params is None
+            else s.held_params
+            for s in sites
+            if s.weight.numel()
+        }.values()
+    )
     clock = time.perf_counter()
     options: list[list[Option]] = []
     kept: list[dict[str, Any]] = []
@@ -127,18 +171,24 @@ def _plan_sites(
     site_weights = list(weights) if weights is not None else [1.0] * len(sites)
     nodes = [
         {"itemsize": s.weight.element_size(), "held": s.held_params, "kept": k, "weight": w}
-        for s, k, w in zip(sites, kept, site_weights)
+        for s, k, w in zip(sites, kept, site_weights, strict=False)
     ]
     planned = [_tied_node(g, sites, forms, profile) for g in groups]
     for sib in siblings:
         stats = calibrated.stats.get(sites[sib.members[0]].name) if calibrated is not None else None
         member = [options[i] for i in sib.members]
-        sib_options = group_options(sib, sites, member, stats, [site_weights[i] for i in sib.members], graph_result)
+        sib_options = group_options(
+            sib, sites, member, stats, [site_weights[i] for i in sib.members], graph_result
+        )
         planned.append(_sibling_node(sib, sites, sib_options))
     spectra_s = time.perf_counter() - clock
-    graph = build_graph([s.info for s in sites], options, _edges(gm, sites), extra=nodes, groups=planned)
+    graph = build_graph(
+        [s.info for s in sites], options, _edges(gm, sites), extra=nodes, groups=planned
+    )
     clock = time.perf_counter()
-    the_plan = plan_graph(graph, budget, total=total, strategy=strategy, profile=profile, outside=outside)
+    the_plan = plan_graph(
+        graph, budget, total=total, strategy=strategy, profile=profile, outside=outside
+    )
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
     if calibrated is not None:
         for choice in the_plan.choices:
@@ -149,7 +199,9 @@ def _plan_sites(
     return the_plan
 
 
-def _tied_node(group: TiedGroup, sites: Sequence[Site], forms: Sequence[str], profile: DeviceProfile | None) -> Group:
+def _tied_node(
+    group: TiedGroup, sites: Sequence[Site], forms: Sequence[str], profile: DeviceProfile | None
+) -> Group:
     """A tied table as a planner group: its options counted once, a row per reader."""
     names = [sites[i].name for i in group.members]
 
@@ -169,7 +221,11 @@ def _sibling_node(group: SiblingGroup, sites: Sequence[Site], options: list[Opti
         return {sites[i].name: row for i, row in made.items()}
 
     def separate(option: Option) -> dict[str, Option] | None:
-        return dict(zip(names, group.separate[id(option)])) if option.form == "separate" else None
+        return (
+            dict(zip(names, group.separate[id(option)], strict=False))
+            if option.form == "separate"
+            else None
+        )
 
     return Group("basis:" + group.name, names, options, False, rows, separate)
 
@@ -191,8 +247,13 @@ def _check_model(model: Any) -> None:
 
 
 def _quantized(model: nn.Module) -> list[str]:
-    return sorted({type(m).__module__ + "." + type(m).__name__ for m in model.modules()
-                   if ".quantized" in type(m).__module__ or "quantized" in type(m).__name__.lower()})
+    return sorted(
+        {
+            type(m).__module__ + "." + type(m).__name__
+            for m in model.modules()
+            if ".quantized" in type(m).__module__ or "quantized" in type(m).__name__.lower()
+        }
+    )
 
 
 def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> UnsupportedSiteError:
@@ -200,8 +261,8 @@ def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> Unsupported
     found = (
         f" It holds quantized layers ({', '.join(quantized)}): their weights are packed integers, "
         "which tfx does not decompose.\nFix: factorize the float model, then quantize the result."
-        if quantized else
-        f"\nFix: check kinds= ({', '.join(kinds)}), or pass a model whose weights are parameters."
+        if quantized
+        else f"\nFix: check kinds= ({', '.join(kinds)}), or pass a model whose weights are parameters."
     )
     return UnsupportedSiteError(
         f"nothing to factorize: {type(model).__name__} has no linear, convolution or embedding layer "
@@ -210,7 +271,12 @@ def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> Unsupported
 
 
 def _groups(
-    sites: list[Site], kinds: Sequence[str], skip: Sequence[str], forms: Sequence[str], captured: Any, emission: str,
+    sites: list[Site],
+    kinds: Sequence[str],
+    skip: Sequence[str],
+    forms: Sequence[str],
+    captured: Any,
+    emission: str,
     calibrated: bool = True,
 ) -> tuple[list[TiedGroup], list[SiblingGroup]]:
     """The graph's groups: tied weights (one table), and linears that read one input (one basis).
@@ -228,7 +294,9 @@ def _groups(
     return groups, sibling_groups(sites, tied, root)
 
 
-def _with_factorized_layers(root: nn.Module, sites: list[Site], kinds: Sequence[str], skip: Sequence[str]) -> list[Site]:
+def _with_factorized_layers(
+    root: nn.Module, sites: list[Site], kinds: Sequence[str], skip: Sequence[str]
+) -> list[Site]:
     """Sites of an exported graph, with each ``tfx.nn`` layer of ``root`` (a result of
     ``tfx.factorize`` factorized again) one site instead of its factors' products.
 
@@ -239,7 +307,11 @@ def _with_factorized_layers(root: nn.Module, sites: list[Site], kinds: Sequence[
     from .nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
     from .passes._match import _dense_reason, _site_of_module
 
-    layers = [(n, m) for n, m in root.named_modules() if isinstance(m, (FactorizedLinear, FactorizedConv, FactorizedEmbedding))]
+    layers = [
+        (n, m)
+        for n, m in root.named_modules()
+        if isinstance(m, FactorizedLinear | FactorizedConv | FactorizedEmbedding)
+    ]
     if not layers:
         return sites
     inside = tuple(f"{name}." for name, _ in layers)
@@ -271,26 +343,43 @@ def _emission(emit: str, captured: Any, sites: list[Site]) -> str:
     modular = captured.path == "module_swap" or all(
         module_of(root, s.name, s.weight_target) is not None for s in sites if s.info.factorizable
     )
-    forced = captured.path == "module_swap" or not captured.graph_faithful or any(s.node is None for s in sites)
+    forced = (
+        captured.path == "module_swap"
+        or not captured.graph_faithful
+        or any(s.node is None for s in sites)
+    )
     if emit == "graph" and forced:
-        why = "a module swap has no graph" if captured.path == "module_swap" else (
-            "the graph was captured with use_cache=False, for analysis only" if not captured.graph_faithful else
-            "the model holds tfx.nn layers, which torch.export traces into")
-        raise OptionError(f"emit='graph' is not possible here: {why}.\nFix: emit='auto' or emit='modules'.")
+        why = (
+            "a module swap has no graph"
+            if captured.path == "module_swap"
+            else (
+                "the graph was captured with use_cache=False, for analysis only"
+                if not captured.graph_faithful
+                else "the model holds tfx.nn layers, which torch.export traces into"
+            )
+        )
+        raise OptionError(
+            f"emit='graph' is not possible here: {why}.\nFix: emit='auto' or emit='modules'."
+        )
     if emit == "auto":
         emit = "modules" if forced or (captured.path == "export" and modular) else "graph"
     if emit == "modules" and captured.path != "module_swap":
         for site in sites:
             if site.info.factorizable and module_of(root, site.name, site.weight_target) is None:
                 site.info = dataclasses.replace(
-                    site.info, factorizable=False,
+                    site.info,
+                    factorizable=False,
                     reason="not a layer module (a functional call): kept dense by emit='modules'",
                 )
     return emit
 
 
 def _prepare(
-    model: nn.Module, example_inputs: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str],
+    model: nn.Module,
+    example_inputs: Any,
+    forms: Sequence[str],
+    kinds: Sequence[str],
+    skip: Sequence[str],
     emit: str = "auto",
     inplace: bool = False,
 ) -> tuple[Any, list[Site], str]:
@@ -329,8 +418,10 @@ def _prepare(
         raise _nothing_to_factorize(model, kinds)
     quantized = _quantized(model)
     if quantized:
-        note = (f"quantized layers ({', '.join(quantized)}) are not sites: their weights are packed "
-                "integers; they stay as they are")
+        note = (
+            f"quantized layers ({', '.join(quantized)}) are not sites: their weights are packed "
+            "integers; they stay as they are"
+        )
         warnings.warn(f"tfx: {note}.", TfxWarning, stacklevel=3)
         captured.notes.append(note)
     _check_weights(sites)
@@ -349,7 +440,12 @@ def _check_strategy(strategy: str, calibration: Any) -> None:
 
 
 def _calibrate(
-    gm: fx.GraphModule, sites: Sequence[Site], calibration: Any, strategy: str, progress: bool, mask: Any = None,
+    gm: fx.GraphModule,
+    sites: Sequence[Site],
+    calibration: Any,
+    strategy: str,
+    progress: bool,
+    mask: Any = None,
 ) -> Calibrated | None:
     if calibration is None:
         return None
@@ -365,15 +461,23 @@ def _calibrate(
         )
     # With calibration data, "auto" weighs each site by its measured effect on the output too
     # (on all-MiniLM-L6-v2 at half the parameters: 0.78 -> 0.90 mean embedding cosine).
-    return calibrate(gm, sites, calibration, sensitivity=strategy in ("sensitivity", "auto"), progress=bar,
-                     mask=mask if mask is not None else attention_mask)
+    return calibrate(
+        gm,
+        sites,
+        calibration,
+        sensitivity=strategy in ("sensitivity", "auto"),
+        progress=bar,
+        mask=mask if mask is not None else attention_mask,
+    )
 
 
 def _builder(calibrated: Calibrated | None) -> Any:
     """The layer builder for rewrite: :func:`build_layer`, on the output-aware weight when calibrated."""
     if calibrated is None:
         return build_layer
-    return lambda site, choice: build_layer(whitened_site(site, choice, calibrated.stats.get(site.name)), choice)
+    return lambda site, choice: build_layer(
+        whitened_site(site, choice, calibrated.stats.get(site.name)), choice
+    )
 
 
 def plan(
@@ -399,10 +503,24 @@ def plan(
     _check_strategy(strategy, calibration)
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
     calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress, calibration_mask)
-    groups, siblings = _groups(sites, kinds, skip, forms, captured, emission, calibrated is not None)
-    the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
-                           calibrated=calibrated, profile=device_profile, groups=groups, siblings=siblings,
-                           graph_result=emission == "graph")
+    groups, siblings = _groups(
+        sites, kinds, skip, forms, captured, emission, calibrated is not None
+    )
+    the_plan = _plan_sites(
+        model,
+        captured.gm,
+        sites,
+        budget,
+        forms,
+        strategy,
+        captured.path,
+        progress,
+        calibrated=calibrated,
+        profile=device_profile,
+        groups=groups,
+        siblings=siblings,
+        graph_result=emission == "graph",
+    )
     the_plan.emit = emission
     the_plan.notes[:0] = captured.notes
     return the_plan
@@ -507,17 +625,39 @@ def factorize(
     start = time.perf_counter()
     if plan is not None and emit == "auto":
         emit = plan.emit
-    ties = tie_groups(model) if isinstance(model, nn.Module) else []  # before inplace=True changes it
+    ties = (
+        tie_groups(model) if isinstance(model, nn.Module) else []
+    )  # before inplace=True changes it
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit, inplace)
     reference = captured.reference
     capture_s = time.perf_counter() - start
-    calibrated = _calibrate(captured.gm, sites, calibration, strategy if plan is None else "auto", progress,
-                            calibration_mask)
-    groups, siblings = _groups(sites, kinds, skip, forms, captured, emission, calibrated is not None)
+    calibrated = _calibrate(
+        captured.gm,
+        sites,
+        calibration,
+        strategy if plan is None else "auto",
+        progress,
+        calibration_mask,
+    )
+    groups, siblings = _groups(
+        sites, kinds, skip, forms, captured, emission, calibrated is not None
+    )
     if plan is None:
-        the_plan = _plan_sites(model, captured.gm, sites, budget, forms, strategy, captured.path, progress,
-                               calibrated=calibrated, profile=device_profile, groups=groups, siblings=siblings,
-                               graph_result=emission == "graph")
+        the_plan = _plan_sites(
+            model,
+            captured.gm,
+            sites,
+            budget,
+            forms,
+            strategy,
+            captured.path,
+            progress,
+            calibrated=calibrated,
+            profile=device_profile,
+            groups=groups,
+            siblings=siblings,
+            graph_result=emission == "graph",
+        )
         the_plan.notes[:0] = captured.notes
     else:
         the_plan = copy.deepcopy(plan)
@@ -535,7 +675,9 @@ def factorize(
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
     build = tied_builder(groups, sites, the_plan, _builder(calibrated))
-    build = shared_builder(sites, the_plan, lambda site: calibrated.stats.get(site.name) if calibrated else None, build)
+    build = shared_builder(
+        sites, the_plan, lambda site: calibrated.stats.get(site.name) if calibrated else None, build
+    )
     bar = _progress(len(sites), progress, "tfx: decompose")
     if emission == "modules":
         tied = {sites[i].name for g in groups for i in g.members}
@@ -565,7 +707,12 @@ def factorize(
         the_plan.output_error = _verify(result, reference, example_inputs)
         the_plan.timings["verify"] = time.perf_counter() - clock
     the_plan.timings["total"] = time.perf_counter() - start
-    if emission == "graph" and the_plan.capture == "export" and _mode_dependent(model) and not any("frozen" in n for n in the_plan.notes):
+    if (
+        emission == "graph"
+        and the_plan.capture == "export"
+        and _mode_dependent(model)
+        and not any("frozen" in n for n in the_plan.notes)
+    ):
         the_plan.notes.append(
             "captured by torch.export in eval mode: dropout is off and batch norm uses its running "
             "statistics in the result, also after .train(); fine-tune the factors with that in mind"
@@ -578,12 +725,16 @@ def factorize(
 def _declare_shared(result: nn.Module) -> None:
     """Tell a Hugging Face model's ``save_pretrained`` which of its parameters tfx shares (a
     tied table's factors, a shared input basis): it refuses shared tensors it was not told of.
-    Each shared parameter is saved once, under its first name; ``tfx.save`` keeps them all."""
+    Each shared parameter is saved once, under its first name; ``tfx.save`` keeps them all.
+    """
     if not hasattr(result, "save_pretrained"):
         return
     ours = {}
     for names in tie_groups(result):
-        if not any(".weight.factors." in n or n.endswith(".weight.weights") or ".tfx_layer." in n for n in names):
+        if not any(
+            ".weight.factors." in n or n.endswith(".weight.weights") or ".tfx_layer." in n
+            for n in names
+        ):
             continue  # the model's own ties: declared by the model
         keep, *rest = sorted(names)
         ours.update({re.escape(name) + "$": keep for name in rest})
@@ -594,7 +745,8 @@ def _declare_shared(result: nn.Module) -> None:
 
 def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
     """Each factorized choice of a given plan priced at the parameters of the layer that was
-    built for it (a plan edited by hand may carry another count: the plan says what the result does)."""
+    built for it (a plan edited by hand may carry another count: the plan says what the result does).
+    """
     seen: set[int] = set()
     for choice in the_plan.choices:
         if choice.form != "dense":
@@ -606,7 +758,12 @@ def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
 
 
 def _emit_modules(
-    captured: Any, sites: Sequence[Site], the_plan: FactorizationPlan, build: Any, bar: Any, tied: set[str],
+    captured: Any,
+    sites: Sequence[Site],
+    the_plan: FactorizationPlan,
+    build: Any,
+    bar: Any,
+    tied: set[str],
 ) -> nn.Module:
     """The captured copy of the model with its chosen layers replaced (see tfx.passes._swap)."""
     from .passes._swap import module_of, swap_modules
@@ -619,7 +776,9 @@ def _emit_modules(
             if bar is not None:
                 bar.update(1)
             continue
-        if captured.path == "module_swap" or site.name in tied:  # a tied reader: the module at its name
+        if (
+            captured.path == "module_swap" or site.name in tied
+        ):  # a tied reader: the module at its name
             module = root.get_submodule(site.name.split(":")[0])  # "<module>:k": its k-th call
         else:
             module = module_of(root, site.name, site.weight_target)
@@ -630,10 +789,16 @@ def _emit_modules(
 
 def _module_conv(site: Site, module: nn.Module) -> Site:
     """``site`` with the convolution settings and padding index of its module (a graph shows a
-    reflect-padded conv as a pad and a conv with no padding; the module keeps its own)."""
+    reflect-padded conv as a pad and a conv with no padding; the module keeps its own).
+    """
     if isinstance(module, nn.modules.conv._ConvNd):
-        conv = {"stride": tuple(module.stride), "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
-                "dilation": tuple(module.dilation), "groups": module.groups, "padding_mode": module.padding_mode}
+        conv = {
+            "stride": tuple(module.stride),
+            "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
+            "dilation": tuple(module.dilation),
+            "groups": module.groups,
+            "padding_mode": module.padding_mode,
+        }
         return dataclasses.replace(site, conv=conv)
     if isinstance(module, nn.Embedding):
         return dataclasses.replace(site, padding_idx=module.padding_idx)
@@ -642,7 +807,8 @@ def _module_conv(site: Site, module: nn.Module) -> Site:
 
 def _verify(result: nn.Module, reference: Any, example_inputs: Any) -> float:
     """The result's max relative output error against the original's outputs, recorded in eval
-    mode before anything changed."""
+    mode before anything changed.
+    """
     was = result.training
     result.eval()
     try:
@@ -692,7 +858,9 @@ def _check_plan(the_plan: FactorizationPlan, sites: Sequence[Site]) -> None:
             )
     missing = set(by_name) - {c.site for c in the_plan.choices}
     if missing:
-        raise PlanMismatchError(f"the model has sites the plan does not cover: {sorted(missing)[:5]}.\nFix: make a new plan.")
+        raise PlanMismatchError(
+            f"the model has sites the plan does not cover: {sorted(missing)[:5]}.\nFix: make a new plan."
+        )
 
 
 def save(gm: fx.GraphModule, path: str | Path) -> None:
@@ -731,6 +899,8 @@ def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> n
         )
     with warnings.catch_warnings():  # the saved factors replace whatever the plan decomposes
         warnings.simplefilter("ignore", TfxWarning)
-        gm = factorize(model, example_inputs=example_inputs, plan=the_plan, verify=False, progress=False)
+        gm = factorize(
+            model, example_inputs=example_inputs, plan=the_plan, verify=False, progress=False
+        )
     gm.load_state_dict(data["state_dict"])
     return gm

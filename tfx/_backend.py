@@ -127,7 +127,9 @@ def _qualified_name(source: str) -> tuple[str, str] | None:
         match = _PART.match(source, pos)
         if match is None:
             return None
-        parts.append(next(g for g in (match.group(1), match.group(3), match.group(4)) if g is not None))
+        parts.append(
+            next(g for g in (match.group(1), match.group(3), match.group(4)) if g is not None)
+        )
         pos = match.end()
     if any(p in _CONTAINERS for p in parts):
         first = next(i for i, p in enumerate(parts) if p in _CONTAINERS)
@@ -137,11 +139,12 @@ def _qualified_name(source: str) -> tuple[str, str] | None:
 
 def _step(source: Any) -> tuple[str, Any]:
     """How ``source`` reaches its value from its base's: ``("attr", name)``, ``("item", key)``,
-    ``("same", None)`` (dynamo's wrappers that only mark a module), or ``("other", None)``."""
+    ``("same", None)`` (dynamo's wrappers that only mark a module), or ``("other", None)``.
+    """
     member, index = getattr(source, "member", None), getattr(source, "index", None)
     if isinstance(member, str):
         return "attr", member
-    if isinstance(index, (str, int)) and not isinstance(index, bool):
+    if isinstance(index, str | int) and not isinstance(index, bool):
         return "item", index
     base = getattr(source, "base", None)
     if base is not None and _source_text(source) == _source_text(base):
@@ -149,9 +152,12 @@ def _step(source: Any) -> tuple[str, Any]:
     return "other", None
 
 
-def _walk(source: Any, scope: tuple[dict[str, Any], dict[str, Any]]) -> tuple[nn.Module, str] | None:
+def _walk(
+    source: Any, scope: tuple[dict[str, Any], dict[str, Any]]
+) -> tuple[nn.Module, str] | None:
     """The first module along ``source`` (evaluated in the frame's ``(locals, globals)``) and the
-    qualified name of the rest of the path in it; None where a step is not a plain attribute or key."""
+    qualified name of the rest of the path in it; None where a step is not a plain attribute or key.
+    """
     links = []
     while source is not None:
         links.append(source)
@@ -169,14 +175,22 @@ def _walk(source: Any, scope: tuple[dict[str, Any], dict[str, Any]]) -> tuple[nn
             if kind == "other":
                 return None
             try:
-                value = getattr(value, key) if kind == "attr" else value[key] if kind == "item" else value
+                value = (
+                    getattr(value, key)
+                    if kind == "attr"
+                    else value[key]
+                    if kind == "item"
+                    else value
+                )
             except Exception:  # noqa: BLE001 - a source dynamo guards on, no longer evaluable here
                 return None
         if isinstance(value, nn.Module):
-            steps = [_step(rest) for rest in links[i + 1:]]
+            steps = [_step(rest) for rest in links[i + 1 :]]
             if any(kind == "other" for kind, _ in steps):
                 return None
-            return value, ".".join(str(key) for kind, key in steps if kind != "same" and key not in _CONTAINERS)
+            return value, ".".join(
+                str(key) for kind, key in steps if kind != "same" and key not in _CONTAINERS
+            )
     return None
 
 
@@ -194,7 +208,8 @@ def _frame_scope() -> tuple[dict[str, Any], dict[str, Any]] | None:
 def _compiled_module() -> nn.Module | None:
     """The module torch.compile compiles, read off the call stack: the callable ``fn`` of dynamo's
     innermost entry frame (in ``torch/_dynamo/eval_frame.py``), when it is a module, a module's
-    bound method, or a function that reaches exactly one module (through a closure or a global)."""
+    bound method, or a function that reaches exactly one module (through a closure or a global).
+    """
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_filename.endswith(_EVAL_FRAME):
@@ -239,7 +254,9 @@ class _Names:
         self.scope = _frame_scope()
         self.tops: list[nn.Module] = []
         self.paths: dict[int, str] = {}  # id(module) -> its name in its top
-        self._params: dict[int, list[str]] | None = None  # id(parameter) -> its names, built on demand
+        self._params: dict[int, list[str]] | None = (
+            None  # id(parameter) -> its names, built on demand
+        )
         if compiled is not None:
             self._use(compiled)
         else:
@@ -265,15 +282,22 @@ class _Names:
     def param(self, node: fx.Node, param: nn.Parameter) -> str | None:
         """The qualified name of the parameter ``node`` (a placeholder) reads."""
         source = getattr(node.meta.get("grapharg"), "source", None)
-        walked = _walk(source, self.scope) if source is not None and self.scope is not None else None
+        walked = (
+            _walk(source, self.scope) if source is not None and self.scope is not None else None
+        )
         if walked is not None:
             prefix = self._locate(walked[0])
             if prefix is not None:
                 return ".".join(filter(None, (prefix, walked[1])))
         named = _qualified_name(_source_text(source)) if source is not None else None
-        names = self._param_names().get(id(param), [])  # the parameter itself, in the compiled module
+        names = self._param_names().get(
+            id(param), []
+        )  # the parameter itself, in the compiled module
         if names:  # tied: the name that ends like the source's path
-            return next((n for n in names if named and (n == named[1] or n.endswith("." + named[1]))), names[0])
+            return next(
+                (n for n in names if named and (n == named[1] or n.endswith("." + named[1]))),
+                names[0],
+            )
         return named[1] if named else None
 
     def _param_names(self) -> dict[int, list[str]]:
@@ -286,7 +310,8 @@ class _Names:
 
     def module(self, key: str, path: str) -> str:
         """The qualified name of an entry ``key: (path, type)`` of dynamo's ``nn_module_stack``;
-        ``key`` is the module's ``id`` (``@n`` counts repeated calls)."""
+        ``key`` is the module's ``id`` (``@n`` counts repeated calls).
+        """
         head = key.split("@", 1)[0]
         found = self.paths.get(int(head)) if head.isdigit() else None
         if found is not None:
@@ -347,11 +372,13 @@ class _Lifted:
         self.names = names
         self.params: dict[str, nn.Parameter] = {}
         self.placeholders: dict[str, fx.Node] = {}
-        self.reads: dict[fx.Node, fx.Node] = {}  # the get_attr nodes made here -> their placeholders
+        self.reads: dict[
+            fx.Node, fx.Node
+        ] = {}  # the get_attr nodes made here -> their placeholders
         self.stacks: dict[fx.Node, Any] = {}  # dynamo's module stacks, put back by restore()
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self.positions = {node: i for i, node in enumerate(placeholders)}
-        for node, value in zip(placeholders, example_inputs):
+        for node, value in zip(placeholders, example_inputs, strict=False):
             if isinstance(value, nn.Parameter) and node.users:
                 self._lift(node, value, placeholders[-1])
         for node in gm.graph.nodes:
@@ -365,8 +392,12 @@ class _Lifted:
     def _lift(self, node: fx.Node, param: nn.Parameter, last: fx.Node) -> None:
         name = self.names.param(node, param)
         candidates = [name] if name else []
-        candidates.append(f"_tfx_inputs.{node.name}.weight")  # site name "_tfx_inputs.<placeholder>"
-        target = next((t for t in candidates if t not in self.params and _register(self.gm, t, param)), None)
+        candidates.append(
+            f"_tfx_inputs.{node.name}.weight"
+        )  # site name "_tfx_inputs.<placeholder>"
+        target = next(
+            (t for t in candidates if t not in self.params and _register(self.gm, t, param)), None
+        )
         if target is None:
             return  # stays an input, so find_sites does not see it
         with self.gm.graph.inserting_after(last):
@@ -404,7 +435,9 @@ class _Lifted:
 class _Decomposed:
     """A site's factorized layer and the state of the live weight and bias it was computed from."""
 
-    def __init__(self, site: Site, choice: Choice, param: nn.Parameter, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self, site: Site, choice: Choice, param: nn.Parameter, bias: torch.Tensor | None
+    ) -> None:
         # The nodes are dropped so that the cache keeps no graph alive; the live parameters are
         # held weakly and read again on refresh, so that ``param.data = ...`` (new storage) is
         # seen as well as in-place updates (version counters).
@@ -423,7 +456,11 @@ class _Decomposed:
         out: list[Any] = []
         for ref, alias in ((self.param, self.site.weight), (self.bias, self.site.bias)):
             tensor = ref() if ref is not None else alias
-            out.append(None if tensor is None else (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device))
+            out.append(
+                None
+                if tensor is None
+                else (tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device)
+            )
         return tuple(out)
 
     def stale(self) -> bool:
@@ -439,12 +476,13 @@ class _Decomposed:
             weight = param.detach()
             bias = self.bias() if self.bias is not None else None
             self.site = dataclasses.replace(
-                self.site, weight=weight.t() if self.transposed else weight,
+                self.site,
+                weight=weight.t() if self.transposed else weight,
                 bias=bias.detach() if bias is not None else self.site.bias,
             )
         with torch.inference_mode(False), torch.no_grad():
             fresh = build_layer(self.site, self.choice)
-            for old, new in zip(_tensors(self.layer), _tensors(fresh)):
+            for old, new in zip(_tensors(self.layer), _tensors(fresh), strict=False):
                 old.copy_(new)
         self.state = self.live()
         self.generation += 1
@@ -457,17 +495,28 @@ class _Decomposed:
         """
         weight = param.detach()
         site = dataclasses.replace(
-            self.site, weight=weight.t() if self.transposed else weight,
+            self.site,
+            weight=weight.t() if self.transposed else weight,
             bias=bias.detach() if isinstance(bias, torch.Tensor) else self.site.bias,
         )
-        return _decomposition(site, self.choice, param, bias if isinstance(bias, nn.Parameter) else None)
+        return _decomposition(
+            site, self.choice, param, bias if isinstance(bias, nn.Parameter) else None
+        )
 
 
-def _decomposition(site: Site, choice: Choice, param: nn.Parameter, bias: nn.Parameter | None) -> _Decomposed:
+def _decomposition(
+    site: Site, choice: Choice, param: nn.Parameter, bias: nn.Parameter | None
+) -> _Decomposed:
     """The cached decomposition of ``param`` for ``choice``; made on the first request."""
     key = (
-        site.info.kind, choice.form, repr(choice.tensorized_shape), repr(choice.rank),
-        repr(sorted(site.conv.items())), site.padding_idx, param.dtype, param.device,
+        site.info.kind,
+        choice.form,
+        repr(choice.tensorized_shape),
+        repr(choice.rank),
+        repr(sorted(site.conv.items())),
+        site.padding_idx,
+        param.dtype,
+        param.device,
         None if site.bias is None else (site.bias.data_ptr(), tuple(site.bias.shape)),
     )
     per_param = _DECOMPOSED.setdefault(param, {})
@@ -489,7 +538,7 @@ def _load(layer: nn.Module, entry: _Decomposed) -> None:
     if layer is entry.layer or _HOLDS.get(layer) == (entry, entry.generation):
         return
     with torch.no_grad():
-        for old, new in zip(_tensors(layer), _tensors(entry.layer)):
+        for old, new in zip(_tensors(layer), _tensors(entry.layer), strict=False):
             old.copy_(new)
     _HOLDS[layer] = (entry, entry.generation)
 
@@ -515,7 +564,9 @@ class _Use:
         weight = args[self.weight]
         if weight is not entry.param():
             entry = entry.sibling(weight, args[self.bias] if self.bias is not None else None)
-            if self.layer is self.entry.layer:  # its factors move to a copy; the layer now holds others
+            if (
+                self.layer is self.entry.layer
+            ):  # its factors move to a copy; the layer now holds others
                 self.entry.layer = copy.deepcopy(self.layer)
                 _HOLDS[self.layer] = (self.entry, self.entry.generation)
         entry.refresh()
@@ -536,7 +587,9 @@ def _cached_builder(lifted: _Lifted, used: list[_Use]) -> Callable[[Site, Choice
         bias = lifted.params[bias_target] if bias_target is not None else None
         entry = _decomposition(site, choice, param, bias)
         entry.refresh()
-        used.append(_Use(entry.layer, entry, lifted.index(site.weight_target), lifted.index(bias_target)))
+        used.append(
+            _Use(entry.layer, entry, lifted.index(site.weight_target), lifted.index(bias_target))
+        )
         return entry.layer
 
     return build
@@ -577,8 +630,15 @@ class _Backend:
     """A configured tfx backend for ``torch.compile``; see :func:`backend`."""
 
     def __init__(
-        self, budget: float | int | Budget, forms: tuple[str, ...], kinds: tuple[str, ...], skip: tuple[str, ...],
-        strategy: str, progress: bool, compiler: str, mode: str | None = None,
+        self,
+        budget: float | int | Budget,
+        forms: tuple[str, ...],
+        kinds: tuple[str, ...],
+        skip: tuple[str, ...],
+        strategy: str,
+        progress: bool,
+        compiler: str,
+        mode: str | None = None,
     ) -> None:
         self.budget = budget
         self.forms = forms
@@ -597,17 +657,20 @@ class _Backend:
         return f"tfx.backend(budget={self.budget!r}, strategy={self.strategy!r}, compiler={self.compiler!r})"
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-        if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs):
+        if torch.is_grad_enabled() and any(
+            isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs
+        ):
             warnings.warn(_MSG_GRAD, TfxWarning, stacklevel=2)
         used: list[_Use] = []
         gm = self._factorize_graph(gm, example_inputs, used)
         if self.compiler == "eager":
             return _checked(_without_grad(gm), used)
+        from torch._inductor import list_mode_options
         from torch._inductor.compile_fx import compile_fx
 
-        from torch._inductor import list_mode_options
-
-        patches = list_mode_options(self.mode) if self.mode is not None else None  # None lists every mode
+        patches = (
+            list_mode_options(self.mode) if self.mode is not None else None
+        )  # None lists every mode
         with torch.no_grad():  # an inference graph: nothing saved for a backward pass
             compiled = compile_fx(gm, list(example_inputs), config_patches=patches)
         return _checked(compiled, used)
@@ -620,20 +683,30 @@ class _Backend:
         lifted = _Lifted(gm, example_inputs, names)
         try:
             sites = find_sites(gm, path=CAPTURE, kinds=self.kinds, skip=self.skip)
-            _check_skip(self.skip, names.valid() | lifted.prefixes() | {s.name for s in sites}, names)
+            _check_skip(
+                self.skip, names.valid() | lifted.prefixes() | {s.name for s in sites}, names
+            )
             _check_weights(sites)
             if not any(s.info.factorizable for s in sites):
-                logger.info("tfx backend: no factorizable site in this graph piece; compiled unchanged")
+                logger.info(
+                    "tfx backend: no factorizable site in this graph piece; compiled unchanged"
+                )
                 return gm
             try:
                 plan = _plan_sites(
-                    model=gm, gm=gm, sites=sites, budget=self.budget, forms=self.forms, strategy=self.strategy,
-                    path=CAPTURE, progress=self.progress,
+                    model=gm,
+                    gm=gm,
+                    sites=sites,
+                    budget=self.budget,
+                    forms=self.forms,
+                    strategy=self.strategy,
+                    path=CAPTURE,
+                    progress=self.progress,
                 )
             except BudgetError as err:
                 raise BudgetError(_MSG_PIECE.format(err=err, tensors=len(lifted.params))) from None
             choices = [plan.choice(s.name) for s in sites]
-            for site, choice in zip(sites, choices):
+            for site, choice in zip(sites, choices, strict=False):
                 if choice.form != "dense":  # rewrite registers the layer at the site's name
                     _holder(gm, site.name.split(".")[:-1])
             rewrite(gm, sites, choices, build=_cached_builder(lifted, used), keep_bias=False)
@@ -651,7 +724,8 @@ class _Backend:
 
 def _check_skip(skip: Sequence[str], known: set[str], names: _Names) -> None:
     """Raise on a ``skip=`` name that is no module of the compiled module (or, without one, of
-    what this graph piece reads); a module absent from this piece alone is no error."""
+    what this graph piece reads); a module absent from this piece alone is no error.
+    """
     known.discard("")
     if not known:
         return  # a piece that reads no parameter of any module: nothing to check against
@@ -660,16 +734,28 @@ def _check_skip(skip: Sequence[str], known: set[str], names: _Names) -> None:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             owner = type(names.tops[0]).__name__ if names.tops else "the compiled module"
-            raise OptionError(_MSG_SKIP.format(name=name, owner=owner, hint=hint, fix=close[0] if close else "encoder.layer.0"))
+            raise OptionError(
+                _MSG_SKIP.format(
+                    name=name, owner=owner, hint=hint, fix=close[0] if close else "encoder.layer.0"
+                )
+            )
 
 
 def _check_options(
-    budget: Any, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str], strategy: str, compiler: str,
-    mode: str | None, unknown: dict[str, Any],
+    budget: Any,
+    forms: Sequence[str],
+    kinds: Sequence[str],
+    skip: Sequence[str],
+    strategy: str,
+    compiler: str,
+    mode: str | None,
+    unknown: dict[str, Any],
 ) -> None:
     for name in unknown:
         raise unknown_option(
-            "keyword", name, _OPTIONS,
+            "keyword",
+            name,
+            _OPTIONS,
             hint="tfx.backend takes budget= and these options of tfx.factorize; "
             "example_inputs, verify and plan do not apply: dynamo supplies the inputs.",
         )
@@ -677,7 +763,9 @@ def _check_options(
     _check_names(forms, FORMS, "form")
     _check_names(kinds, KINDS, "kind")
     if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):
-        raise OptionError(f"skip={skip!r} is not a sequence of module names.\nFix: skip=[\"encoder.layer.0\"].")
+        raise OptionError(
+            f'skip={skip!r} is not a sequence of module names.\nFix: skip=["encoder.layer.0"].'
+        )
     if strategy == "sensitivity":
         raise OptionError(_MSG_SENSITIVITY)
     if strategy not in available_strategies():
@@ -688,7 +776,12 @@ def _check_options(
         from torch._inductor import list_mode_options
 
         if mode not in list_mode_options():
-            raise unknown_option("mode", mode, list_mode_options(), hint="These are inductor's modes, as in torch.compile(mode=...).")
+            raise unknown_option(
+                "mode",
+                mode,
+                list_mode_options(),
+                hint="These are inductor's modes, as in torch.compile(mode=...).",
+            )
 
 
 def backend(
@@ -754,14 +847,19 @@ def backend(
         '0'
     """
     _check_options(budget, forms, kinds, skip, strategy, compiler, mode, options)
-    return _Backend(budget, tuple(forms), tuple(kinds), tuple(skip), strategy, progress, compiler, mode)
+    return _Backend(
+        budget, tuple(forms), tuple(kinds), tuple(skip), strategy, progress, compiler, mode
+    )
 
 
 _DEFAULT: _Backend | None = None
 
 
 def default_backend(
-    gm: fx.GraphModule, example_inputs: list[torch.Tensor], *, options: dict[str, Any] | None = None,
+    gm: fx.GraphModule,
+    example_inputs: list[torch.Tensor],
+    *,
+    options: dict[str, Any] | None = None,
     mode: str | None = None,
 ) -> Callable[..., Any]:
     """The ``"tfx"`` entry point of ``torch.compile``: :func:`backend` with its defaults (budget 0.5).

@@ -25,14 +25,14 @@ def _floats(out: Any, pick: Callable[[Any], Any] | None) -> list[torch.Tensor]:
 
 
 def _loss(got: list[torch.Tensor], want: list[torch.Tensor], kind: str) -> torch.Tensor:
-    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want)):
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want, strict=False)):
         raise OptionError(
             f"the student's outputs ({[tuple(g.shape) for g in got]}) do not match the teacher's "
             f"({[tuple(w.shape) for w in want]}).\nFix: distil a model factorized from the teacher, or pick "
             "the tensor to match with output=lambda out: out.last_hidden_state."
         )
     terms = []
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         g, w = g.float(), w.float()
         if kind == "mse":  # relative: scale-free across outputs
             terms.append(((g - w) ** 2).mean() / (w**2).mean().clamp_min(1e-12))
@@ -109,7 +109,7 @@ def distill(
         raise unknown_option("loss", loss, LOSSES)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps={steps!r} must be a positive int.\nFix: steps=200.")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise OptionError(f"lr={lr!r} must be a positive number.\nFix: lr=1e-4.")
     from .passes._calibrate import calibration_batches
     from .passes._capture import call_with
@@ -129,11 +129,16 @@ def distill(
         raise OptionError(f"eval_every={eval_every!r} must be a positive int.\nFix: eval_every=20.")
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
-        raise OptionError("the student has no trainable parameters.\nFix: pass a model whose factors require grad.")
+        raise OptionError(
+            "the student has no trainable parameters.\nFix: pass a model whose factors require grad."
+        )
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
+        optimizer,
+        lambda s: (s + 1) / warmup
+        if s < warmup
+        else max(0.0, (steps - s) / max(1, steps - warmup)),
     )
     bar = None
     if progress:
@@ -152,7 +157,13 @@ def distill(
         student.eval()
         with torch.no_grad():
             value = sum(
-                float(_loss(_floats(call_with(student, b), output), _floats(call_with(teacher, b), output), loss))
+                float(
+                    _loss(
+                        _floats(call_with(student, b), output),
+                        _floats(call_with(teacher, b), output),
+                        loss,
+                    )
+                )
                 for b in held  # type: ignore[union-attr]
             ) / len(held)  # type: ignore[arg-type]
         student.train()
@@ -168,7 +179,7 @@ def distill(
             with torch.no_grad():
                 want = _floats(call_with(teacher, batch), output)
             got = _floats(call_with(student, batch), output)
-            value = _loss(got, [w.to(g.device) for g, w in zip(got, want)], loss)
+            value = _loss(got, [w.to(g.device) for g, w in zip(got, want, strict=False)], loss)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -187,7 +198,12 @@ def distill(
             bar.close()
         student.train(was_training)
         teacher.train(teacher_training)
-    logger.info("tfx.distill: loss %.4g -> %.4g over %d steps", history[0] if history else float("nan"), history[-1] if history else float("nan"), len(history))
+    logger.info(
+        "tfx.distill: loss %.4g -> %.4g over %d steps",
+        history[0] if history else float("nan"),
+        history[-1] if history else float("nan"),
+        len(history),
+    )
     student.tfx_distill_history = history  # type: ignore[assignment]
     if held is not None:
         student.tfx_distill_eval = evals  # type: ignore[assignment]

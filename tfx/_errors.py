@@ -78,7 +78,9 @@ class TfxWarning(UserWarning):
     """A harmless adjustment or a caveat the user should know about."""
 
 
-def unknown_option(what: str, value: object, valid: Iterable[str], *, hint: str = "") -> OptionError:
+def unknown_option(
+    what: str, value: object, valid: Iterable[str], *, hint: str = ""
+) -> OptionError:
     """Build an :class:`OptionError` naming the closest valid option.
 
     Args:
@@ -91,7 +93,9 @@ def unknown_option(what: str, value: object, valid: Iterable[str], *, hint: str 
         The error, to be raised by the caller.
     """
     valid = sorted(set(valid))
-    close = difflib.get_close_matches(str(value).lower(), [v.lower() for v in valid], n=1, cutoff=0.5)
+    close = difflib.get_close_matches(
+        str(value).lower(), [v.lower() for v in valid], n=1, cutoff=0.5
+    )
     lowered = {v.lower(): v for v in valid}
     did_you_mean = f" Did you mean {lowered[close[0]]!r}?" if close else ""
     listing = ", ".join(repr(v) for v in valid)

@@ -28,7 +28,14 @@ from .cost._choose import _penalty
 from .cost._options import _ALIGN, _rank_grid, rank_alignment
 from .passes import Site
 
-__all__ = ["SiblingGroup", "sibling_groups", "group_options", "expand", "shared_builder", "merge_shared_steps"]
+__all__ = [
+    "SiblingGroup",
+    "sibling_groups",
+    "group_options",
+    "expand",
+    "shared_builder",
+    "merge_shared_steps",
+]
 
 #: The form of a joint option in the plan's rows.
 FORM = "svd"
@@ -55,7 +62,9 @@ class SiblingGroup:
     separate: dict[int, list[Option]] = dataclasses.field(default_factory=dict)
 
 
-def sibling_groups(sites: Sequence[Site], exclude: set[int], root: nn.Module | None = None) -> list[SiblingGroup]:
+def sibling_groups(
+    sites: Sequence[Site], exclude: set[int], root: nn.Module | None = None
+) -> list[SiblingGroup]:
     """Groups of two or more factorizable linear sites that read one graph node."""
     from .passes._swap import module_of
 
@@ -67,10 +76,13 @@ def sibling_groups(sites: Sequence[Site], exclude: set[int], root: nn.Module | N
             continue
         if root is not None and module_of(root, site.name, site.weight_target) is None:
             continue
-        by_input.setdefault((site.input, site.info.weight_shape[1], site.weight.dtype), []).append(i)
+        by_input.setdefault((site.input, site.info.weight_shape[1], site.weight.dtype), []).append(
+            i
+        )
     return [
         SiblingGroup(members, f"{sites[members[0]].name}+{len(members) - 1}")
-        for members in by_input.values() if len(members) > 1
+        for members in by_input.values()
+        if len(members) > 1
     ]
 
 
@@ -82,13 +94,19 @@ def _stacked(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> torch.Te
 def _effective_error(errors: Sequence[float], weights: Sequence[float]) -> float:
     """One error whose penalty, at the summed weight, is the members' summed penalty."""
     total = sum(weights)
-    loss = sum(w * -math.log(max(1.0 - e * e, 1e-6)) for e, w in zip(errors, weights)) / max(total, 1e-30)
+    loss = sum(
+        w * -math.log(max(1.0 - e * e, 1e-6)) for e, w in zip(errors, weights, strict=False)
+    ) / max(total, 1e-30)
     return math.sqrt(max(0.0, 1.0 - math.exp(-loss)))
 
 
 def group_options(
-    group: SiblingGroup, sites: Sequence[Site], member_options: Sequence[Sequence[Option]], stats: Any,
-    weights: Sequence[float], graph_result: bool,
+    group: SiblingGroup,
+    sites: Sequence[Site],
+    member_options: Sequence[Sequence[Option]],
+    stats: Any,
+    weights: Sequence[float],
+    graph_result: bool,
 ) -> list[Option]:
     """The group's options: joint ranks of the stacked SVD, and the frontier of separate picks.
 
@@ -102,11 +120,17 @@ def group_options(
     u, s, _ = torch.linalg.svd(_stacked(group, sites, stats), full_matrices=False)
     scaled = u * s
     offsets = [0, *itertools.accumulate(outs)]
-    group.energies = [scaled[a:b].square().sum(0).cumsum(0) for a, b in zip(offsets, offsets[1:])]
+    group.energies = [
+        scaled[a:b].square().sum(0).cumsum(0) for a, b in zip(offsets, offsets[1:], strict=False)
+    ]
     group.norms = [float(e[-1]) for e in group.energies]
     token = _ALIGN.set(rank_alignment(sites[group.members[0]].weight))
     try:
-        ranks = [r for r in _rank_grid(min(sum(outs), n_in)) if r * (1 + sum(outs) + n_in) < sum(outs) * n_in]
+        ranks = [
+            r
+            for r in _rank_grid(min(sum(outs), n_in))
+            if r * (1 + sum(outs) + n_in) < sum(outs) * n_in
+        ]
     finally:
         _ALIGN.reset(token)
     options = []
@@ -115,14 +139,31 @@ def group_options(
         basis = (1 if graph_result else len(outs)) * n_in
         flops = 2 * tokens * r * (basis + sum(outs))
         nbytes = r * (1 + sum(outs) + n_in) + tokens * (n_in + r + sum(outs))
-        options.append(Option(FORM, ((sum(outs),), (n_in,)), r, r * (1 + sum(outs) + n_in), flops,
-                              _effective_error(errors, weights), nbytes, "factors"))
+        options.append(
+            Option(
+                FORM,
+                ((sum(outs),), (n_in,)),
+                r,
+                r * (1 + sum(outs) + n_in),
+                flops,
+                _effective_error(errors, weights),
+                nbytes,
+                "factors",
+            )
+        )
     group.separate = {}
     for picks in _frontier(member_options, weights):
         option = Option(
-            "separate", None, None, sum(o.params for o in picks), sum(o.flops for o in picks),
-            _effective_error([o.error for o in picks], weights), sum(o.bytes for o in picks), "factors",
-            sum(o.steps for o in picks), sum(o.seconds for o in picks),
+            "separate",
+            None,
+            None,
+            sum(o.params for o in picks),
+            sum(o.flops for o in picks),
+            _effective_error([o.error for o in picks], weights),
+            sum(o.bytes for o in picks),
+            "factors",
+            sum(o.steps for o in picks),
+            sum(o.seconds for o in picks),
         )
         group.separate[id(option)] = list(picks)
         options.append(option)
@@ -133,31 +174,47 @@ def member_errors(group: SiblingGroup, rank: int) -> list[float]:
     """Each member's relative error at ``rank`` of the joint basis."""
     return [
         math.sqrt(max(0.0, 1.0 - float(e[rank - 1]) / n)) if n > 0 else 0.0
-        for e, n in zip(group.energies, group.norms)
+        for e, n in zip(group.energies, group.norms, strict=False)
     ]
 
 
-def _frontier(member_options: Sequence[Sequence[Option]], weights: Sequence[float]) -> list[tuple[Option, ...]]:
+def _frontier(
+    member_options: Sequence[Sequence[Option]], weights: Sequence[float]
+) -> list[tuple[Option, ...]]:
     """Separate picks on the members' joint error/params frontier: for a sweep of multipliers,
-    each member's best option alone (the Lagrangian of the group's own knapsack)."""
+    each member's best option alone (the Lagrangian of the group's own knapsack).
+    """
     seen: dict[tuple[int, ...], tuple[Option, ...]] = {}
     for lam in [0.0, *(10.0 ** (k / 4) for k in range(-40, 9))]:
         idx = tuple(
-            min(range(len(opts)), key=lambda j, opts=opts, w=w: (_penalty(opts[j], w) + lam * opts[j].params, opts[j].params))
-            for opts, w in zip(member_options, weights)
+            min(
+                range(len(opts)),
+                key=lambda j, opts=opts, w=w: (
+                    _penalty(opts[j], w) + lam * opts[j].params,
+                    opts[j].params,
+                ),
+            )
+            for opts, w in zip(member_options, weights, strict=False)
         )
-        seen.setdefault(idx, tuple(opts[j] for opts, j in zip(member_options, idx)))
-    cheapest = tuple(min(range(len(opts)), key=lambda j, opts=opts: opts[j].params) for opts in member_options)
-    seen.setdefault(cheapest, tuple(opts[j] for opts, j in zip(member_options, cheapest)))
+        seen.setdefault(idx, tuple(opts[j] for opts, j in zip(member_options, idx, strict=False)))
+    cheapest = tuple(
+        min(range(len(opts)), key=lambda j, opts=opts: opts[j].params) for opts in member_options
+    )
+    seen.setdefault(
+        cheapest, tuple(opts[j] for opts, j in zip(member_options, cheapest, strict=False))
+    )
     return list(seen.values())
 
 
 def expand(
-    group: SiblingGroup, sites: Sequence[Site], chosen: Option, make_choice: Callable[[Site, Option], Choice],
+    group: SiblingGroup,
+    sites: Sequence[Site],
+    chosen: Option,
+    make_choice: Callable[[Site, Option], Choice],
 ) -> tuple[dict[int, Choice], dict[int, Option]]:
     """The group's pick as one plan row per member (and, for separate picks, each member's option)."""
     if chosen.form == "separate":
-        picks = dict(zip(group.members, group.separate[id(chosen)]))
+        picks = dict(zip(group.members, group.separate[id(chosen)], strict=False))
         return {i: make_choice(sites[i], picks[i]) for i in group.members}, picks
     r = int(chosen.rank)
     n_in = sites[group.members[0]].info.weight_shape[1]
@@ -166,9 +223,15 @@ def expand(
     names = ", ".join(sites[i].name for i in group.members)
     for k, i in enumerate(group.members):
         out = sites[i].info.weight_shape[0]
-        share = dataclasses.replace(chosen, tensorized_shape=((out,), (n_in,)), rank=r,
-                                    params=r * out + (r * (1 + n_in) if k == 0 else 0), error=errors[k],
-                                    flops=chosen.flops if k == 0 else 0, bytes=chosen.bytes if k == 0 else 0)
+        share = dataclasses.replace(
+            chosen,
+            tensorized_shape=((out,), (n_in,)),
+            rank=r,
+            params=r * out + (r * (1 + n_in) if k == 0 else 0),
+            error=errors[k],
+            flops=chosen.flops if k == 0 else 0,
+            bytes=chosen.bytes if k == 0 else 0,
+        )
         choice = make_choice(sites[i], share)
         choice.group = group.name
         choice.reason = f"shared input basis with {names} (rank {r})"
@@ -177,7 +240,10 @@ def expand(
 
 
 def shared_builder(
-    sites: Sequence[Site], plan: Any, stats_of: Callable[[Site], Any], build: Callable[[Site, Choice], nn.Module],
+    sites: Sequence[Site],
+    plan: Any,
+    stats_of: Callable[[Site], Any],
+    build: Callable[[Site, Choice], nn.Module],
 ) -> Callable[[Site, Choice], nn.Module]:
     """``build``, except that members of a joint group get layers over one shared basis."""
     from .passes._rewrite import shared_basis_layer
@@ -204,11 +270,16 @@ def shared_builder(
 def merge_shared_steps(gm: fx.GraphModule, layers: set[str]) -> int:
     """Merge the identical steps of the spliced ``layers`` that read the same parameters from the
     same input (the ``x V`` of siblings sharing a basis): common-subexpression elimination over
-    their ops, with parameters compared by identity. Returns the nodes removed."""
+    their ops, with parameters compared by identity. Returns the nodes removed.
+    """
     canon: dict[Any, fx.Node] = {}
     removed = 0
     for node in list(gm.graph.nodes):
-        if node.meta.get("tfx", {}).get("layer") not in layers or node.op not in ("get_attr", "call_function", "call_method"):
+        if node.meta.get("tfx", {}).get("layer") not in layers or node.op not in (
+            "get_attr",
+            "call_function",
+            "call_method",
+        ):
             continue
         if node.op == "get_attr":
             key: Any = ("get_attr", id(_resolve(gm, str(node.target))))
@@ -231,7 +302,7 @@ def _resolve(gm: fx.GraphModule, target: str) -> Any:
 
 
 def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         return (type(value).__name__, tuple(_hashable(v) for v in value))
     if isinstance(value, dict):
         return tuple(sorted((k, _hashable(v)) for k, v in value.items()))

@@ -62,7 +62,10 @@ def _only_members(site: Site, nodes: set[fx.Node]) -> bool:
 
 
 def tied_groups(
-    sites: Sequence[Site], kinds: Sequence[str], skip: Sequence[str], root: nn.Module | None = None,
+    sites: Sequence[Site],
+    kinds: Sequence[str],
+    skip: Sequence[str],
+    root: nn.Module | None = None,
 ) -> list[TiedGroup]:
     """The groups of sites that can share one factorized table.
 
@@ -81,7 +84,9 @@ def tied_groups(
         if len(group) < 2 or not all(s.info.reason.startswith("tied weight") for s in group):
             continue
         shapes = {tuple(s.weight.shape) for s in group}
-        if len(shapes) != 1 or any(s.info.kind not in ("linear", "embedding") or s.info.kind not in kinds for s in group):
+        if len(shapes) != 1 or any(
+            s.info.kind not in ("linear", "embedding") or s.info.kind not in kinds for s in group
+        ):
             continue
         if any(s.name in skip or any(s.name.startswith(k + ".") for k in skip) for s in group):
             continue
@@ -90,7 +95,9 @@ def tied_groups(
         nodes = {s.node for s in group if s.node is not None}
         if not all(_only_members(s, nodes) for s in group):
             continue
-        if root is not None and not (all(_swappable(root, s) for s in group) and _held_only_by(root, group)):
+        if root is not None and not (
+            all(_swappable(root, s) for s in group) and _held_only_by(root, group)
+        ):
             continue
         owner = next((i for i in members if sites[i].info.kind == "linear"), members[0])
         groups.append(TiedGroup(members, owner))
@@ -107,14 +114,18 @@ def _swappable(root: nn.Module, site: Site) -> bool:
 
 def _held_only_by(root: nn.Module, group: Sequence[Site]) -> bool:
     """Every module of ``root`` holding the group's weight is one of its members (BART's
-    ``shared`` table, never called, would keep a dense copy of a factorized table)."""
+    ``shared`` table, never called, would keep a dense copy of a factorized table).
+    """
     weight = root.get_submodule(group[0].name.split(":")[0]).weight
     members = {id(root.get_submodule(s.name.split(":")[0])) for s in group}
     return all(id(m) in members for m in root.modules() if getattr(m, "weight", None) is weight)
 
 
 def joint_options(
-    group: TiedGroup, sites: Sequence[Site], forms: Sequence[str], profile: DeviceProfile | None,
+    group: TiedGroup,
+    sites: Sequence[Site],
+    forms: Sequence[str],
+    profile: DeviceProfile | None,
 ) -> list[Option]:
     """The table's options: params counted once, FLOPs / bytes / time summed over the readers.
 
@@ -122,15 +133,24 @@ def joint_options(
     """
     owner = sites[group.owner]
     info = dataclasses.replace(owner.info, factorizable=True, reason="")
-    table = [o for o in candidates(info, owner.weight, [f for f in forms if f in _FORMS], None, profile) if _exact(o, owner)]
+    table = [
+        o
+        for o in candidates(info, owner.weight, [f for f in forms if f in _FORMS], None, profile)
+        if _exact(o, owner)
+    ]
     itemsize = owner.weight.element_size()
     joint = []
     for option in table:
         priced = [_priced(sites[i], option, itemsize, profile) for i in group.members]
-        joint.append(dataclasses.replace(
-            option, flops=sum(p.flops for p in priced), bytes=sum(p.bytes for p in priced),
-            seconds=sum(p.seconds for p in priced), steps=sum(p.steps for p in priced),
-        ))
+        joint.append(
+            dataclasses.replace(
+                option,
+                flops=sum(p.flops for p in priced),
+                bytes=sum(p.bytes for p in priced),
+                seconds=sum(p.seconds for p in priced),
+                steps=sum(p.steps for p in priced),
+            )
+        )
     return joint
 
 
@@ -148,7 +168,10 @@ def _priced(site: Site, option: Option, itemsize: int, profile: DeviceProfile | 
 
 
 def member_choices(
-    group: TiedGroup, sites: Sequence[Site], option: Option, profile: DeviceProfile | None,
+    group: TiedGroup,
+    sites: Sequence[Site],
+    option: Option,
+    profile: DeviceProfile | None,
     make_choice: Callable[[Site, Option], Choice],
 ) -> dict[int, Choice]:
     """One plan row per member: the first holds the table's parameters, the others 0."""
@@ -159,15 +182,22 @@ def member_choices(
         site = sites[i]
         choice = make_choice(site, _priced(site, option, itemsize, profile))
         if option.form != "dense":
-            choice.reason = "one factorized table for " + ", ".join(sites[j].name for j in group.members)
+            choice.reason = "one factorized table for " + ", ".join(
+                sites[j].name for j in group.members
+            )
         if k:
-            choice.params_before = choice.params_after = 0  # the table is counted at the first reader
+            choice.params_before = choice.params_after = (
+                0  # the table is counted at the first reader
+            )
         rows[i] = choice
     return rows
 
 
 def tied_builder(
-    groups: Sequence[TiedGroup], sites: Sequence[Site], plan: Any, build: Callable[[Site, Choice], nn.Module],
+    groups: Sequence[TiedGroup],
+    sites: Sequence[Site],
+    plan: Any,
+    build: Callable[[Site, Choice], nn.Module],
 ) -> Callable[[Site, Choice], nn.Module]:
     """``build``, except that the members of a factorized group get layers over one tensor."""
     from .passes._rewrite import table_tensor, tied_layer

@@ -56,23 +56,55 @@ def _timed(fn: Callable[[], object], repeat: int = 1) -> tuple[object, float]:
 def run(weight: torch.Tensor, fraction: float, order: int) -> list[dict[str, object]]:
     """Factorize ``weight`` (out x in) in every form at ``fraction`` of its parameters."""
     out_features, in_features = weight.shape
-    in_shape, out_shape = tfx.get_tensorized_shape(in_features, out_features, order=order, min_dim=2)
+    in_shape, out_shape = tfx.get_tensorized_shape(
+        in_features, out_features, order=order, min_dim=2
+    )
     tensor = weight.reshape(*out_shape, *in_shape)
     cases: list[tuple[str, str, Callable[[], tfx.FactorizedTensor]]] = [
         ("Dense", "-", lambda: tfx.DenseTensor.from_tensor(weight)),
-        ("CP (low-rank matrix)", f"{tuple(weight.shape)}", lambda: tfx.CPTensor.from_tensor(weight, rank=fraction)),
-        ("Tucker (matrix)", f"{tuple(weight.shape)}", lambda: tfx.TuckerTensor.from_tensor(weight, rank=fraction)),
+        (
+            "CP (low-rank matrix)",
+            f"{tuple(weight.shape)}",
+            lambda: tfx.CPTensor.from_tensor(weight, rank=fraction),
+        ),
+        (
+            "Tucker (matrix)",
+            f"{tuple(weight.shape)}",
+            lambda: tfx.TuckerTensor.from_tensor(weight, rank=fraction),
+        ),
         ("TT", f"{out_shape + in_shape}", lambda: tfx.TTTensor.from_tensor(tensor, rank=fraction)),
-        ("BlockTT", f"{out_shape} x {in_shape}", lambda: tfx.TensorizedTensor.from_matrix(weight, out_shape, in_shape, rank=fraction, factorization="blocktt")),
-        ("Tucker (tensorized)", f"{out_shape} x {in_shape}", lambda: tfx.TensorizedTensor.from_matrix(weight, out_shape, in_shape, rank=fraction, factorization="tucker")),
-        ("CP (tensorized, ALS)", f"{out_shape} x {in_shape}", lambda: tfx.TensorizedTensor.from_matrix(weight, out_shape, in_shape, rank=fraction, factorization="cp", time_limit=5.0)),
+        (
+            "BlockTT",
+            f"{out_shape} x {in_shape}",
+            lambda: tfx.TensorizedTensor.from_matrix(
+                weight, out_shape, in_shape, rank=fraction, factorization="blocktt"
+            ),
+        ),
+        (
+            "Tucker (tensorized)",
+            f"{out_shape} x {in_shape}",
+            lambda: tfx.TensorizedTensor.from_matrix(
+                weight, out_shape, in_shape, rank=fraction, factorization="tucker"
+            ),
+        ),
+        (
+            "CP (tensorized, ALS)",
+            f"{out_shape} x {in_shape}",
+            lambda: tfx.TensorizedTensor.from_matrix(
+                weight, out_shape, in_shape, rank=fraction, factorization="cp", time_limit=5.0
+            ),
+        ),
     ]
     rows = []
     norm = float(torch.linalg.norm(weight))
     for name, shape, build in cases:
         factorized, t_decompose = _timed(build)
         with torch.no_grad():
-            rebuild = factorized.to_matrix if isinstance(factorized, tfx.TensorizedTensor) else factorized.to_tensor
+            rebuild = (
+                factorized.to_matrix
+                if isinstance(factorized, tfx.TensorizedTensor)
+                else factorized.to_tensor
+            )
             approx, t_rebuild = _timed(rebuild, repeat=5)
             error = float(torch.linalg.norm(approx.reshape(weight.shape) - weight)) / norm  # type: ignore[union-attr]
         rows.append(
@@ -153,14 +185,26 @@ def compiler_demo(budget: float, progress: bool, calibrate: bool = True) -> str:
     model, tokenizer = _minilm()
     data = resources.files("tfx").joinpath("_data")
     sentences = data.joinpath("sentences.txt").read_text().splitlines()
-    batch = dict(tokenizer(sentences, padding=True, truncation=True, max_length=64, return_tensors="pt"))
+    batch = dict(
+        tokenizer(sentences, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    )
     options: dict[str, Any] = {}
     how = "without calibration"
     if calibrate:
         calib = [s for s in data.joinpath("calibration.txt").read_text().splitlines() if s.strip()]
         options = {
-            "calibration": [dict(tokenizer(calib[i : i + 32], padding=True, truncation=True, max_length=64, return_tensors="pt"))
-                            for i in range(0, len(calib), 32)],
+            "calibration": [
+                dict(
+                    tokenizer(
+                        calib[i : i + 32],
+                        padding=True,
+                        truncation=True,
+                        max_length=64,
+                        return_tensors="pt",
+                    )
+                )
+                for i in range(0, len(calib), 32)
+            ],
             "strategy": "sensitivity",
         }
         how = f"calibrated on {len(calib)} other sentences, strategy='sensitivity'"
@@ -188,13 +232,21 @@ def compiler_demo(budget: float, progress: bool, calibrate: bool = True) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m tfx.demo``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=0.5, help="fraction of MiniLM's parameters kept")
-    parser.add_argument("--tour", action="store_true", help="factorize one weight in every form instead")
+    parser.add_argument(
+        "--budget", type=float, default=0.5, help="fraction of MiniLM's parameters kept"
+    )
+    parser.add_argument(
+        "--tour", action="store_true", help="factorize one weight in every form instead"
+    )
     parser.add_argument("--weight", default=DEFAULT_WEIGHT, help="--tour: MiniLM weight name")
-    parser.add_argument("--fraction", type=float, default=0.25, help="--tour: fraction of parameters kept")
+    parser.add_argument(
+        "--fraction", type=float, default=0.25, help="--tour: fraction of parameters kept"
+    )
     parser.add_argument("--order", type=int, default=3, help="--tour: tensorization order")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--no-calibration", action="store_true", help="factorize without calibration data")
+    parser.add_argument(
+        "--no-calibration", action="store_true", help="factorize without calibration data"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     if not args.tour:

@@ -11,6 +11,17 @@ tltorch's helpers.
 
 from .tensors import *  # noqa: F403 - tfx's tensor core is this module's content
 from .tensors import __all__ as _core
-from .tensors._compat import ComplexHandler, is_tensorized_shape, tensorized_shape_to_shape, validate_block_tt_rank
+from .tensors._compat import (
+    ComplexHandler,
+    is_tensorized_shape,
+    tensorized_shape_to_shape,
+    validate_block_tt_rank,
+)
 
-__all__ = [*_core, "ComplexHandler", "is_tensorized_shape", "tensorized_shape_to_shape", "validate_block_tt_rank"]
+__all__ = [
+    *_core,
+    "ComplexHandler",
+    "is_tensorized_shape",
+    "tensorized_shape_to_shape",
+    "validate_block_tt_rank",
+]

@@ -523,7 +523,9 @@ def factorize(value: int, min_value: int = 2, remaining: int = -1) -> tuple[int,
         (2, 2, 16)
     """
     value = _as_int("value", value, "integer to factorize", 1, "factorize(768)")
-    min_value = _as_int("min_value", min_value, "smallest divisor", 1, "factorize(768, min_value=2)")
+    min_value = _as_int(
+        "min_value", min_value, "smallest divisor", 1, "factorize(768, min_value=2)"
+    )
     remaining = operator.index(remaining)
     max_parts = None if remaining < 0 else remaining + 1
     return tuple(_greedy_split(value, min_value, max_parts))

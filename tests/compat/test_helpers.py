@@ -53,7 +53,9 @@ def test_kernel_shape_to_factorization_shape_matches_tltorch(
 
 @pytest.mark.parametrize("factorization", ["tt", "cp", "tucker"])
 @given(shape=shapes(min_order=2, max_order=5, max_size=4))
-def test_kernel_to_tensor_and_back_is_the_identity(factorization: str, shape: tuple[int, ...]) -> None:
+def test_kernel_to_tensor_and_back_is_the_identity(
+    factorization: str, shape: tuple[int, ...]
+) -> None:
     kernel = torch.randn(shape, dtype=torch.float64)
     tensor = kernel_to_tensor(factorization, kernel)
     assert tuple(tensor.shape) == kernel_shape_to_factorization_shape(factorization, shape)
@@ -85,7 +87,9 @@ def test_kernel_helpers_raise_for_a_tt_kernel_without_channels() -> None:
         ([[2, 2], [3, 3]], True, [4, 9]),
     ],
 )
-def test_tensorized_shape_helpers_match_tltorch(shape: Any, tensorized: bool, matrix: list[int]) -> None:
+def test_tensorized_shape_helpers_match_tltorch(
+    shape: Any, tensorized: bool, matrix: list[int]
+) -> None:
     assert is_tensorized_shape(shape) is tensorized
     assert tensorized_shape_to_shape(shape) == matrix
 
@@ -99,7 +103,9 @@ def test_tensorized_shape_to_shape_raises_for_a_bad_entry() -> None:
     ("rank", "expected"),
     [(4, (1, 4, 4, 1)), (0.5, (1, 7, 3, 1)), ((1, 3, 2, 1), (1, 3, 2, 1))],
 )
-def test_validate_block_tt_rank_matches_tltorch_and_block_tt(rank: Any, expected: tuple[int, ...]) -> None:
+def test_validate_block_tt_rank_matches_tltorch_and_block_tt(
+    rank: Any, expected: tuple[int, ...]
+) -> None:
     shape = ((4, 3, 2), (5, 3, 2))
     assert validate_block_tt_rank(shape, rank) == expected == tfx.BlockTT.new(shape, rank=rank).rank
 

@@ -25,65 +25,160 @@ import tfx
 # tltorch 0.5.0: public names per module (modules themselves excluded).
 TLTORCH_NAMES: dict[str, tuple[str, ...]] = {
     "tltorch": (
-        "BlockTT", "CPTensor", "CPTensorized", "ComplexBlockTT", "ComplexCPTensor",
-        "ComplexCPTensorized", "ComplexDenseTensor", "ComplexDenseTensorized", "ComplexTTTensor",
-        "ComplexTuckerTensor", "ComplexTuckerTensorized", "DenseTensor", "DenseTensorized",
-        "FactorizedConv", "FactorizedEmbedding", "FactorizedLinear", "FactorizedTensor", "TCL",
-        "TRL", "TTTensor", "TensorizedTensor", "TuckerTensor", "TuckerTensorized",
-        "remove_tensor_dropout", "remove_tensor_lasso", "tensor_dropout", "tensor_init",
+        "BlockTT",
+        "CPTensor",
+        "CPTensorized",
+        "ComplexBlockTT",
+        "ComplexCPTensor",
+        "ComplexCPTensorized",
+        "ComplexDenseTensor",
+        "ComplexDenseTensorized",
+        "ComplexTTTensor",
+        "ComplexTuckerTensor",
+        "ComplexTuckerTensorized",
+        "DenseTensor",
+        "DenseTensorized",
+        "FactorizedConv",
+        "FactorizedEmbedding",
+        "FactorizedLinear",
+        "FactorizedTensor",
+        "TCL",
+        "TRL",
+        "TTTensor",
+        "TensorizedTensor",
+        "TuckerTensor",
+        "TuckerTensorized",
+        "remove_tensor_dropout",
+        "remove_tensor_lasso",
+        "tensor_dropout",
+        "tensor_init",
         "tensor_lasso",
     ),
     "tltorch.factorized_layers": (
-        "FactorizedConv", "FactorizedEmbedding", "FactorizedLinear", "TCL", "TRL",
+        "FactorizedConv",
+        "FactorizedEmbedding",
+        "FactorizedLinear",
+        "TCL",
+        "TRL",
     ),
     "tltorch.factorized_layers.factorized_convolution": (
-        "FactorizedConv", "SubFactorizedConv", "factorization_shape_to_kernel_shape",
-        "kernel_shape_to_factorization_shape", "kernel_to_tensor", "tensor_to_kernel",
+        "FactorizedConv",
+        "SubFactorizedConv",
+        "factorization_shape_to_kernel_shape",
+        "kernel_shape_to_factorization_shape",
+        "kernel_to_tensor",
+        "tensor_to_kernel",
     ),
-    "tltorch.factorized_layers.factorized_embedding": ("FactorizedEmbedding", "SubFactorizedEmbedding"),
+    "tltorch.factorized_layers.factorized_embedding": (
+        "FactorizedEmbedding",
+        "SubFactorizedEmbedding",
+    ),
     "tltorch.factorized_layers.factorized_linear": ("FactorizedLinear", "SubFactorizedLinear"),
     "tltorch.factorized_layers.tensor_contraction_layers": ("TCL",),
     "tltorch.factorized_layers.tensor_regression_layers": ("TRL",),
     "tltorch.factorized_tensors": (
-        "BlockTT", "CPTensor", "CPTensorized", "ComplexBlockTT", "ComplexCPTensor",
-        "ComplexCPTensorized", "ComplexDenseTensor", "ComplexDenseTensorized", "ComplexTTTensor",
-        "ComplexTuckerTensor", "ComplexTuckerTensorized", "DenseTensor", "DenseTensorized",
-        "FactorizedTensor", "TTTensor", "TensorizedTensor", "TuckerTensor", "TuckerTensorized",
-        "block_tt_init", "cp_init", "tensor_init", "tt_init", "tucker_init",
+        "BlockTT",
+        "CPTensor",
+        "CPTensorized",
+        "ComplexBlockTT",
+        "ComplexCPTensor",
+        "ComplexCPTensorized",
+        "ComplexDenseTensor",
+        "ComplexDenseTensorized",
+        "ComplexTTTensor",
+        "ComplexTuckerTensor",
+        "ComplexTuckerTensorized",
+        "DenseTensor",
+        "DenseTensorized",
+        "FactorizedTensor",
+        "TTTensor",
+        "TensorizedTensor",
+        "TuckerTensor",
+        "TuckerTensorized",
+        "block_tt_init",
+        "cp_init",
+        "tensor_init",
+        "tt_init",
+        "tucker_init",
     ),
     "tltorch.factorized_tensors.complex_factorized_tensors": (
-        "ComplexCPTensor", "ComplexDenseTensor", "ComplexHandler", "ComplexTTTensor",
+        "ComplexCPTensor",
+        "ComplexDenseTensor",
+        "ComplexHandler",
+        "ComplexTTTensor",
         "ComplexTuckerTensor",
     ),
     "tltorch.factorized_tensors.complex_tensorized_matrices": (
-        "ComplexBlockTT", "ComplexCPTensorized", "ComplexDenseTensorized", "ComplexTuckerTensorized",
+        "ComplexBlockTT",
+        "ComplexCPTensorized",
+        "ComplexDenseTensorized",
+        "ComplexTuckerTensorized",
     ),
-    "tltorch.factorized_tensors.core": ("FactorizedTensor", "MetaFactorizedTensor", "TensorizedTensor"),
-    "tltorch.factorized_tensors.factorized_tensors": ("CPTensor", "DenseTensor", "TTTensor", "TuckerTensor"),
-    "tltorch.factorized_tensors.init": ("block_tt_init", "cp_init", "tensor_init", "tt_init", "tucker_init"),
+    "tltorch.factorized_tensors.core": (
+        "FactorizedTensor",
+        "MetaFactorizedTensor",
+        "TensorizedTensor",
+    ),
+    "tltorch.factorized_tensors.factorized_tensors": (
+        "CPTensor",
+        "DenseTensor",
+        "TTTensor",
+        "TuckerTensor",
+    ),
+    "tltorch.factorized_tensors.init": (
+        "block_tt_init",
+        "cp_init",
+        "tensor_init",
+        "tt_init",
+        "tucker_init",
+    ),
     "tltorch.factorized_tensors.tensorized_matrices": (
-        "BlockTT", "CPTensorized", "DenseTensorized", "TuckerTensorized", "is_tensorized_shape",
-        "tensorized_shape_to_shape", "validate_block_tt_rank",
+        "BlockTT",
+        "CPTensorized",
+        "DenseTensorized",
+        "TuckerTensorized",
+        "is_tensorized_shape",
+        "tensorized_shape_to_shape",
+        "validate_block_tt_rank",
     ),
     "tltorch.functional": ("convolve", "factorized_linear", "tucker_conv"),
     "tltorch.functional.convolution": (
-        "convNd", "convolve", "cp_conv", "cp_conv_mobilenet", "general_conv1d", "general_conv1d_",
-        "tt_conv", "tucker_conv",
+        "convNd",
+        "convolve",
+        "cp_conv",
+        "cp_conv_mobilenet",
+        "general_conv1d",
+        "general_conv1d_",
+        "tt_conv",
+        "tucker_conv",
     ),
     "tltorch.functional.factorized_linear": ("linear_blocktt", "linear_cp", "linear_tucker"),
     "tltorch.functional.factorized_tensordot": ("tensor_dot_cp", "tensor_dot_tucker"),
     "tltorch.functional.linear": ("factorized_linear",),
     "tltorch.functional.tensor_regression": ("trl", "tucker_trl"),
     "tltorch.tensor_hooks": (
-        "TensorDropout", "TensorLasso", "remove_tensor_dropout", "remove_tensor_lasso",
-        "tensor_dropout", "tensor_lasso",
+        "TensorDropout",
+        "TensorLasso",
+        "remove_tensor_dropout",
+        "remove_tensor_lasso",
+        "tensor_dropout",
+        "tensor_lasso",
     ),
     "tltorch.tensor_hooks._tensor_dropout": (
-        "CPDropout", "TTDropout", "TensorDropout", "TuckerDropout", "remove_tensor_dropout",
+        "CPDropout",
+        "TTDropout",
+        "TensorDropout",
+        "TuckerDropout",
+        "remove_tensor_dropout",
         "tensor_dropout",
     ),
     "tltorch.tensor_hooks._tensor_lasso": (
-        "CPLasso", "TTLasso", "TensorLasso", "TuckerLasso", "remove_tensor_lasso", "tensor_lasso",
+        "CPLasso",
+        "TTLasso",
+        "TensorLasso",
+        "TuckerLasso",
+        "remove_tensor_lasso",
+        "tensor_lasso",
     ),
     "tltorch.utils": ("ComplexFactorList", "FactorList", "ParameterList", "get_tensorized_shape"),
     "tltorch.utils.parameter_list": ("ComplexFactorList", "FactorList", "ParameterList"),
@@ -92,14 +187,28 @@ TLTORCH_NAMES: dict[str, tuple[str, ...]] = {
 
 # tltorch 0.5.0: the modules each package imports into its namespace.
 TLTORCH_MODULES: dict[str, tuple[str, ...]] = {
-    "tltorch": ("factorized_layers", "factorized_tensors", "functional", "init", "tensor_hooks", "utils"),
+    "tltorch": (
+        "factorized_layers",
+        "factorized_tensors",
+        "functional",
+        "init",
+        "tensor_hooks",
+        "utils",
+    ),
     "tltorch.factorized_layers": (
-        "factorized_convolution", "factorized_embedding", "factorized_linear",
-        "tensor_contraction_layers", "tensor_regression_layers",
+        "factorized_convolution",
+        "factorized_embedding",
+        "factorized_linear",
+        "tensor_contraction_layers",
+        "tensor_regression_layers",
     ),
     "tltorch.factorized_tensors": (
-        "complex_factorized_tensors", "complex_tensorized_matrices", "core", "factorized_tensors",
-        "init", "tensorized_matrices",
+        "complex_factorized_tensors",
+        "complex_tensorized_matrices",
+        "core",
+        "factorized_tensors",
+        "init",
+        "tensorized_matrices",
     ),
     "tltorch.functional": ("convolution", "factorized_tensordot", "linear", "tensor_regression"),
     "tltorch.utils": ("parameter_list", "tensorize_shape"),
@@ -166,7 +275,9 @@ def _expected() -> list[Any]:
 def _expected_modules() -> list[tuple[str, str]]:
     """(tltorch package, module name) pairs tfx has as modules: tltorch's top-level
     subpackages, and the module files tfx mirrors (those whose home is their own path)."""
-    mirrored = {path for path, home in TFX_HOME.items() if home == path.replace("tltorch", "tfx", 1)}
+    mirrored = {
+        path for path, home in TFX_HOME.items() if home == path.replace("tltorch", "tfx", 1)
+    }
     return [
         (package, name)
         for package, names in TLTORCH_MODULES.items()
@@ -203,11 +314,17 @@ def test_alias_modules_reexport_tfx_objects(alias: str) -> None:
     module = importlib.import_module(alias)
     # tfx.utils.factorize is tltorch's integer helper; tfx.factorize is the compiler.
     shared = [
-        n for n in module.__all__
-        if hasattr(tfx, n) and not isinstance(getattr(tfx, n), types.ModuleType) and n != "factorize"
+        n
+        for n in module.__all__
+        if hasattr(tfx, n)
+        and not isinstance(getattr(tfx, n), types.ModuleType)
+        and n != "factorize"
     ]
     assert shared and all(getattr(module, n) is getattr(tfx, n) for n in shared)
 
 
 def test_tfx_init_is_the_initialiser_module() -> None:
-    assert tfx.init.tensor_init is tfx.tensor_init and tfx.init.block_tt_init is tfx.tensors.block_tt_init
+    assert (
+        tfx.init.tensor_init is tfx.tensor_init
+        and tfx.init.block_tt_init is tfx.tensors.block_tt_init
+    )

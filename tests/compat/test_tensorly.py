@@ -36,7 +36,11 @@ TENSORIZED = {
     "tt-tensorized": tfx.TTTensorized,
     "blocktt": tfx.BlockTT,
 }
-COMPLEX = {"complex-cp": tfx.ComplexCPTensor, "complex-tt": tfx.ComplexTTTensor, "complex-blocktt": tfx.ComplexBlockTT}
+COMPLEX = {
+    "complex-cp": tfx.ComplexCPTensor,
+    "complex-tt": tfx.ComplexTTTensor,
+    "complex-blocktt": tfx.ComplexBlockTT,
+}
 FORMS = {**PLAIN, **TENSORIZED, **COMPLEX}
 
 
@@ -64,7 +68,7 @@ def draw_form(data: st.DataObject, kind: str) -> tfx.FactorizedTensor:
     if issubclass(cls, tfx.TensorizedTensor):
         rows, cols = data.draw(tensorized_shapes(batch=False, max_length=3, max_size=3))
         if issubclass(cls, tfx.BlockTT):
-            rank: Any = data.draw(tt_ranks([r * c for r, c in zip(rows, cols)]))
+            rank: Any = data.draw(tt_ranks([r * c for r, c in zip(rows, cols, strict=False)]))
         elif issubclass(cls, tfx.TTTensor):
             rank = data.draw(tt_ranks((*rows, *cols)))
         elif issubclass(cls, tfx.TuckerTensor):
@@ -73,7 +77,9 @@ def draw_form(data: st.DataObject, kind: str) -> tfx.FactorizedTensor:
             rank = data.draw(st.integers(1, 4))
         return cls.new((rows, cols), rank=rank, dtype=F64)
     # tensorly's TuckerTensor has at least two modes.
-    shape = data.draw(shapes(min_order=2 if issubclass(cls, tfx.TuckerTensor) else 1, max_order=4, max_size=5))
+    shape = data.draw(
+        shapes(min_order=2 if issubclass(cls, tfx.TuckerTensor) else 1, max_order=4, max_size=5)
+    )
     if issubclass(cls, tfx.TTTensor):
         rank = data.draw(tt_ranks(shape))
     elif issubclass(cls, tfx.TuckerTensor):
@@ -104,7 +110,9 @@ def tensorized_shape(tensor: tfx.FactorizedTensor) -> Any:
 # --------------------------------------------------------------------------- conversions
 @pytest.mark.parametrize("kind", sorted(FORMS))
 @given(data=st.data())
-def test_to_tensorly_reconstructs_like_tfx_and_round_trips_exactly(kind: str, data: st.DataObject) -> None:
+def test_to_tensorly_reconstructs_like_tfx_and_round_trips_exactly(
+    kind: str, data: st.DataObject
+) -> None:
     tensor = draw_form(data, kind)
     value = tensor.to_tensorly()
     with torch.no_grad():
@@ -112,7 +120,9 @@ def test_to_tensorly_reconstructs_like_tfx_and_round_trips_exactly(kind: str, da
     back = type(tensor).from_tensorly(value, tensorized_shape(tensor))
     assert type(back) is type(tensor)
     assert (back.shape, back.rank) == (tensor.shape, tensor.rank)
-    assert all(torch.equal(a, b) for a, b in zip(back.parameters(), tensor.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(back.parameters(), tensor.parameters(), strict=True)
+    )
     if kind in PLAIN:  # the root class picks the form
         assert type(tfx.FactorizedTensor.from_tensorly(value)) is PLAIN[kind]
 
@@ -128,7 +138,7 @@ def tensorly_values(draw: st.DrawFn, kind: str) -> Any:
 
     if kind == "ttm":
         rows, cols = draw(tensorized_shapes(batch=False, max_length=3, max_size=3))
-        rank = draw(tt_ranks([r * c for r, c in zip(rows, cols)]))
+        rank = draw(tt_ranks([r * c for r, c in zip(rows, cols, strict=False)]))
         factors = [rand(rank[k], rows[k], cols[k], rank[k + 1]) for k in range(len(rows))]
         with pytorch_backend():
             return TTMatrix(factors)
@@ -139,7 +149,7 @@ def tensorly_values(draw: st.DrawFn, kind: str) -> Any:
             return TlCP((rand(r), [rand(s, r) for s in shape]))
         if kind == "tucker":
             rank = draw(tucker_ranks(shape))
-            return TlTucker((rand(*rank), [rand(s, r) for s, r in zip(shape, rank)]))
+            return TlTucker((rand(*rank), [rand(s, r) for s, r in zip(shape, rank, strict=False)]))
         rank = draw(tt_ranks(shape))
         return TlTT([rand(rank[k], s, rank[k + 1]) for k, s in enumerate(shape)])
 
@@ -160,7 +170,9 @@ def test_from_tensorly_reads_numpy_backed_values() -> None:
         value = TlCP((weights, factors))
     tensor = tfx.CPTensor.from_tensorly(value)
     assert tensor.weights.dtype == F64
-    assert all(torch.equal(f, torch.from_numpy(g)) for f, g in zip(tensor.factors, factors, strict=True))
+    assert all(
+        torch.equal(f, torch.from_numpy(g)) for f, g in zip(tensor.factors, factors, strict=True)
+    )
 
 
 def test_from_tensorly_copies_the_values() -> None:
@@ -196,25 +208,37 @@ def test_dense_forms_convert_to_and_from_plain_tensors() -> None:
 
 
 # --------------------------------------------------------------------------- decompositions
-@given(shape=shapes(min_order=2, max_order=4, max_size=5), seed=st.integers(0, 2**16), data=st.data())
-def test_tt_svd_agrees_with_tensorly_tensor_train(shape: tuple[int, ...], seed: int, data: st.DataObject) -> None:
+@given(
+    shape=shapes(min_order=2, max_order=4, max_size=5), seed=st.integers(0, 2**16), data=st.data()
+)
+def test_tt_svd_agrees_with_tensorly_tensor_train(
+    shape: tuple[int, ...], seed: int, data: st.DataObject
+) -> None:
     tensor, rank = random_tensor(seed, shape), data.draw(tt_ranks(shape))
     with pytorch_backend():
         expected = tensor_train(tensor, list(rank)).to_tensor()
     assert_close(tfx.TTTensor.from_tensor(tensor, rank=rank).to_tensor(), expected)
 
 
-@given(shape=tensorized_shapes(batch=False, max_length=3, max_size=3), seed=st.integers(0, 2**16), data=st.data())
-def test_block_tt_agrees_with_tensorly_tensor_train_matrix(shape: Any, seed: int, data: st.DataObject) -> None:
+@given(
+    shape=tensorized_shapes(batch=False, max_length=3, max_size=3),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_block_tt_agrees_with_tensorly_tensor_train_matrix(
+    shape: Any, seed: int, data: st.DataObject
+) -> None:
     rows, cols = shape
-    rank = data.draw(tt_ranks([r * c for r, c in zip(rows, cols)]))
+    rank = data.draw(tt_ranks([r * c for r, c in zip(rows, cols, strict=False)]))
     tensor = random_tensor(seed, (*rows, *cols))
     with pytorch_backend():
         expected = tensor_train_matrix(tensor, list(rank)).to_tensor()
     assert_close(tfx.BlockTT.from_tensor(tensor, (rows, cols), rank=rank).to_tensor(), expected)
 
 
-@given(shape=shapes(min_order=2, max_order=4, max_size=5), seed=st.integers(0, 2**16), data=st.data())
+@given(
+    shape=shapes(min_order=2, max_order=4, max_size=5), seed=st.integers(0, 2**16), data=st.data()
+)
 def test_tucker_error_is_within_the_hosvd_bound_of_tensorly_tucker(
     shape: tuple[int, ...], seed: int, data: st.DataObject
 ) -> None:
@@ -223,12 +247,18 @@ def test_tucker_error_is_within_the_hosvd_bound_of_tensorly_tucker(
     tensor, rank = random_tensor(seed, shape), multilinear(data.draw(tucker_ranks(shape)))
     with pytorch_backend():
         tensorly_error = torch.linalg.vector_norm(tensor - tucker(tensor, list(rank)).to_tensor())
-    tfx_error = torch.linalg.vector_norm(tensor - tfx.TuckerTensor.from_tensor(tensor, rank=rank).to_tensor())
-    assert tfx_error <= math.sqrt(len(shape)) * tensorly_error + 1e-10 * torch.linalg.vector_norm(tensor)
+    tfx_error = torch.linalg.vector_norm(
+        tensor - tfx.TuckerTensor.from_tensor(tensor, rank=rank).to_tensor()
+    )
+    assert tfx_error <= math.sqrt(len(shape)) * tensorly_error + 1e-10 * torch.linalg.vector_norm(
+        tensor
+    )
 
 
 @given(shape=shapes(min_order=2, max_order=4, max_size=5), seed=st.integers(0, 2**16))
-def test_cp_of_a_rank_one_tensor_agrees_with_tensorly_parafac(shape: tuple[int, ...], seed: int) -> None:
+def test_cp_of_a_rank_one_tensor_agrees_with_tensorly_parafac(
+    shape: tuple[int, ...], seed: int
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     vectors = [torch.randn(s, generator=gen, dtype=F64) for s in shape]
     tensor = vectors[0]
@@ -243,7 +273,13 @@ def test_cp_of_a_rank_one_tensor_agrees_with_tensorly_parafac(shape: tuple[int, 
 def decomposition_cases(draw: st.DrawFn) -> tuple[str, Any, Callable[..., Any], torch.Tensor, Any]:
     """(factorization, decomposition= as name or callable, tensorly function, tensor, rank)."""
     factorization, name, fn = draw(
-        st.sampled_from([("cp", "parafac", parafac), ("tucker", "tucker", tucker), ("tt", "tensor_train", tensor_train)])
+        st.sampled_from(
+            [
+                ("cp", "parafac", parafac),
+                ("tucker", "tucker", tucker),
+                ("tt", "tensor_train", tensor_train),
+            ]
+        )
     )
     shape = draw(shapes(min_order=2, max_order=4, min_size=2, max_size=5))
     tensor = random_tensor(draw(st.integers(0, 2**16)), shape)
@@ -257,9 +293,13 @@ def decomposition_cases(draw: st.DrawFn) -> tuple[str, Any, Callable[..., Any], 
 
 
 @given(case=decomposition_cases())
-def test_decomposition_option_matches_calling_tensorly(case: tuple[str, Any, Callable[..., Any], torch.Tensor, Any]) -> None:
+def test_decomposition_option_matches_calling_tensorly(
+    case: tuple[str, Any, Callable[..., Any], torch.Tensor, Any],
+) -> None:
     factorization, decomposition, fn, tensor, rank = case
-    result = tfx.FactorizedTensor.from_tensor(tensor, rank=rank, factorization=factorization, decomposition=decomposition)
+    result = tfx.FactorizedTensor.from_tensor(
+        tensor, rank=rank, factorization=factorization, decomposition=decomposition
+    )
     tensorly_rank = result.rank if isinstance(result.rank, int) else list(result.rank)
     with pytorch_backend():
         expected = fn(tensor, rank=tensorly_rank).to_tensor()
@@ -270,14 +310,21 @@ def test_decomposition_option_matches_calling_tensorly(case: tuple[str, Any, Cal
 @pytest.mark.parametrize("rank", [0.5, "same", 3])
 def test_decomposition_option_normalises_rank_like_tfx(rank: Any) -> None:
     tensor = random_tensor(0, (4, 5, 6))
-    via_tensorly = tfx.FactorizedTensor.from_tensor(tensor, rank=rank, factorization="tt", decomposition="tensor_train")
+    via_tensorly = tfx.FactorizedTensor.from_tensor(
+        tensor, rank=rank, factorization="tt", decomposition="tensor_train"
+    )
     assert via_tensorly.rank == tfx.TTTensor.from_tensor(tensor, rank=rank).rank
 
 
 def test_decomposition_option_for_block_tt_matches_tensor_train_matrix() -> None:
     matrix = random_tensor(1, (6, 20))
     tensor = tfx.TensorizedTensor.from_matrix(
-        matrix, (2, 3), (4, 5), rank=(1, 3, 1), factorization="blocktt", decomposition="tensor_train_matrix"
+        matrix,
+        (2, 3),
+        (4, 5),
+        rank=(1, 3, 1),
+        factorization="blocktt",
+        decomposition="tensor_train_matrix",
     )
     with pytorch_backend():
         expected = tensor_train_matrix(matrix.reshape(2, 3, 4, 5), [1, 3, 1]).to_matrix()
@@ -288,14 +335,20 @@ def test_decomposition_option_for_block_tt_matches_tensor_train_matrix() -> None
 @pytest.mark.parametrize("factorization", ["cp", "tucker", "tt"])
 def test_decomposition_true_uses_the_forms_tensorly_decomposition(factorization: str) -> None:
     tensor = random_tensor(2, (3, 4, 5))
-    result = tfx.FactorizedTensor.from_tensor(tensor, rank=(1, 3, 3, 1) if factorization == "tt" else 2,
-                                              factorization=factorization, decomposition=True)
+    result = tfx.FactorizedTensor.from_tensor(
+        tensor,
+        rank=(1, 3, 3, 1) if factorization == "tt" else 2,
+        factorization=factorization,
+        decomposition=True,
+    )
     assert isinstance(result, PLAIN[factorization])
 
 
 def test_decomposition_option_keeps_dtype() -> None:
     tensor = random_tensor(3, (3, 4, 5)).float()
-    result = tfx.FactorizedTensor.from_tensor(tensor, rank=2, factorization="cp", decomposition="parafac")
+    result = tfx.FactorizedTensor.from_tensor(
+        tensor, rank=2, factorization="cp", decomposition="parafac"
+    )
     assert result.weights.dtype == torch.float32
 
 
@@ -312,7 +365,9 @@ def test_tensorly_global_backend_is_unchanged_by_conversions_and_decompositions(
     before = tensorly.get_backend()
     tensor = random_tensor(5, (3, 4, 5))
     for factorization in ("cp", "tucker", "tt"):
-        result = tfx.FactorizedTensor.from_tensor(tensor, rank=2, factorization=factorization, decomposition=True)
+        result = tfx.FactorizedTensor.from_tensor(
+            tensor, rank=2, factorization=factorization, decomposition=True
+        )
         tfx.FactorizedTensor.from_tensorly(result.to_tensorly())
     assert tensorly.get_backend() == before
 
@@ -328,14 +383,18 @@ def test_other_threads_see_the_global_backend_while_tfx_runs_tensorly() -> None:
         other.join()
         return tensor_train(tensor, rank)
 
-    tfx.FactorizedTensor.from_tensor(random_tensor(6, (3, 4)), rank=2, factorization="tt", decomposition=spying_tensor_train)
+    tfx.FactorizedTensor.from_tensor(
+        random_tensor(6, (3, 4)), rank=2, factorization="tt", decomposition=spying_tensor_train
+    )
     assert seen == {"caller": "pytorch", "other": before}
 
 
 # --------------------------------------------------------------------------- errors
 def test_from_tensorly_raises_for_another_form() -> None:
     value = tfx.TuckerTensor.new((3, 4), rank=2, dtype=F64).to_tensorly()
-    with pytest.raises(tfx.OptionError, match=r"the forms differ(.|\n)*TuckerTensor\.from_tensorly"):
+    with pytest.raises(
+        tfx.OptionError, match=r"the forms differ(.|\n)*TuckerTensor\.from_tensorly"
+    ):
         tfx.CPTensor.from_tensorly(value)
 
 
@@ -379,17 +438,23 @@ def test_to_tensorly_raises_for_a_stacked_block_tt() -> None:
 
 def test_unknown_decomposition_name_suggests_the_closest() -> None:
     with pytest.raises(tfx.OptionError, match=r"Did you mean 'parafac'"):
-        tfx.FactorizedTensor.from_tensor(random_tensor(0, (3, 4, 5)), rank=2, factorization="cp", decomposition="parafca")
+        tfx.FactorizedTensor.from_tensor(
+            random_tensor(0, (3, 4, 5)), rank=2, factorization="cp", decomposition="parafca"
+        )
 
 
 def test_decomposition_must_be_a_name_or_a_callable() -> None:
     with pytest.raises(tfx.OptionError, match=r"neither a callable nor the name"):
-        tfx.FactorizedTensor.from_tensor(random_tensor(0, (3, 4)), rank=2, factorization="cp", decomposition=3)
+        tfx.FactorizedTensor.from_tensor(
+            random_tensor(0, (3, 4)), rank=2, factorization="cp", decomposition=3
+        )
 
 
 def test_decomposition_of_a_dense_form_raises() -> None:
     with pytest.raises(tfx.OptionError, match=r"nothing to decompose"):
-        tfx.FactorizedTensor.from_tensor(random_tensor(0, (3, 4)), factorization="dense", decomposition="parafac")
+        tfx.FactorizedTensor.from_tensor(
+            random_tensor(0, (3, 4)), factorization="dense", decomposition="parafac"
+        )
 
 
 def test_decomposition_returning_another_form_raises() -> None:
@@ -397,16 +462,26 @@ def test_decomposition_returning_another_form_raises() -> None:
         return parafac(tensor, 2)
 
     with pytest.raises(tfx.OptionError, match=r"the forms differ"):
-        tfx.FactorizedTensor.from_tensor(random_tensor(0, (3, 4, 5)), rank=2, factorization="tucker", decomposition=cp_instead)
+        tfx.FactorizedTensor.from_tensor(
+            random_tensor(0, (3, 4, 5)), rank=2, factorization="tucker", decomposition=cp_instead
+        )
 
 
 def test_failing_decomposition_raises_with_its_reason() -> None:
-    with pytest.raises(tfx.TensorError, match=r"tensorly\.decomposition\.parafac failed(.|\n)*no_such_option"):
+    with pytest.raises(
+        tfx.TensorError, match=r"tensorly\.decomposition\.parafac failed(.|\n)*no_such_option"
+    ):
         tfx.FactorizedTensor.from_tensor(
-            random_tensor(0, (3, 4, 5)), rank=2, factorization="cp", decomposition="parafac", no_such_option=1
+            random_tensor(0, (3, 4, 5)),
+            rank=2,
+            factorization="cp",
+            decomposition="parafac",
+            no_such_option=1,
         )
 
 
 def test_decomposition_option_rejects_ranks_the_tensor_cannot_hold() -> None:
     with pytest.raises(tfx.RankError, match=r"largest valid rank is \(5, 4, 3, 3\)"):
-        tfx.FactorizedTensor.from_tensor(random_tensor(0, (5, 4, 3, 3)), rank=30, factorization="tucker", decomposition="tucker")
+        tfx.FactorizedTensor.from_tensor(
+            random_tensor(0, (5, 4, 3, 3)), rank=30, factorization="tucker", decomposition="tucker"
+        )

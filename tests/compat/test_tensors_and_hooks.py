@@ -72,8 +72,11 @@ def test_from_embedding_with_an_over_complete_tucker_rank_is_exact() -> None:
 def test_from_linear_with_an_over_complete_tucker_rank_is_exact() -> None:
     linear = nn.Linear(6, 6, dtype=F64)
     layer = tltorch.FactorizedLinear.from_linear(
-        linear, in_tensorized_features=(2, 3), out_tensorized_features=(3, 2),
-        factorization="tucker", rank=4,
+        linear,
+        in_tensorized_features=(2, 3),
+        out_tensorized_features=(3, 2),
+        factorization="tucker",
+        rank=4,
     )
     assert layer.weight.rank == (4, 4, 4, 4)
     x = torch.randn(5, 6, dtype=F64)
@@ -109,7 +112,9 @@ def test_tensor_dropout_keeps_one_cp_weight_and_one_tt_bond_component() -> None:
 
 
 def test_tensor_dropout_on_a_layer_weight_trains_on_a_smaller_rank() -> None:
-    layer = tltorch.FactorizedLinear((4, 4), (4, 4), factorization="tucker", rank=(4, 4, 4, 4), dtype=F64)
+    layer = tltorch.FactorizedLinear(
+        (4, 4), (4, 4), factorization="tucker", rank=(4, 4, 4, 4), dtype=F64
+    )
     tltorch.tensor_dropout(layer.weight, p=0.5, min_dim=1)
     x = torch.randn(3, 16, dtype=F64)
     torch.manual_seed(0)
@@ -149,7 +154,9 @@ def test_tensor_lasso_classes_by_factorization() -> None:
 
 
 def test_tucker_lasso_gates_scale_a_layer_weight() -> None:
-    layer = tltorch.FactorizedLinear((2, 3), (3, 2), factorization="tucker", rank=(2, 2, 2, 2), dtype=F64)
+    layer = tltorch.FactorizedLinear(
+        (2, 3), (3, 2), factorization="tucker", rank=(2, 2, 2, 2), dtype=F64
+    )
     x = torch.randn(4, 6, dtype=F64)
     expected = layer(x).detach()
     lasso = tltorch.tensor_lasso(factorization="tucker", penalty=0.05)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import itertools
+import math
 
 import pytest
 from hypothesis import given
@@ -211,7 +210,8 @@ def test_choose_unknown_strategy_suggests_close_name() -> None:
 
 def test_choose_unknown_strategy_lists_available_and_how_to_register() -> None:
     with pytest.raises(
-        OptionError, match=r"Available: 'auto', 'dp', 'greedy', 'sensitivity', 'uniform'.*register_strategy"
+        OptionError,
+        match=r"Available: 'auto', 'dp', 'greedy', 'sensitivity', 'uniform'.*register_strategy",
     ):
         choose([[opt(1, 0.0)]], 10, strategy="nonesuch")
 

@@ -38,7 +38,11 @@ def test_option_seconds_price_its_order_and_kernels() -> None:
     site = SiteInfo("fc", "linear", (256, 128), tokens=64)
     weight = torch.randn(256, 128)
     profile = DeviceProfile("cpu", "float32", 1, flops_per_s=1e10, bytes_per_s=1e9, step_s=1e-5)
-    for option in [o for o in candidates(site, weight, forms=("svd", "tucker"), profile=profile) if o.form != "dense"]:
+    for option in [
+        o
+        for o in candidates(site, weight, forms=("svd", "tucker"), profile=profile)
+        if o.form != "dense"
+    ]:
         costs = order_costs(site, option)
         times = {k: profile.seconds(c.flops, c.elements * 4, c.steps) for k, c in costs.items()}
         assert option.order in times
@@ -90,7 +94,9 @@ def test_profile_moves_compression_to_where_it_is_faster() -> None:
     plain = tfx.plan(model, budget, example_inputs=inputs, forms=("svd",), progress=False)
     assert plain.choice("small").form == "svd" and plain.choice("big").form == "dense"
     device = DeviceProfile("cpu", "float32", 1, flops_per_s=1e9, bytes_per_s=1e12, step_s=1e-3)
-    timed = tfx.plan(model, budget, example_inputs=inputs, forms=("svd",), device_profile=device, progress=False)
+    timed = tfx.plan(
+        model, budget, example_inputs=inputs, forms=("svd",), device_profile=device, progress=False
+    )
     assert timed.choice("small").form == "dense" and timed.choice("big").form == "svd"
     assert timed.choice("big").seconds_after < timed.choice("big").seconds_before
     assert timed.total_params_after <= budget

@@ -52,8 +52,21 @@ def _site(layer: nn.Module, x: torch.Tensor):
 
 def _choice(site, option: Option, order: str) -> Choice:
     info = site.info
-    return Choice(info.name, info.kind, info.weight_shape, option.form, option.tensorized_shape, option.rank,
-                  info.dense_params, option.params, 0, option.flops, option.error, tokens=info.tokens, order=order)
+    return Choice(
+        info.name,
+        info.kind,
+        info.weight_shape,
+        option.form,
+        option.tensorized_shape,
+        option.rank,
+        info.dense_params,
+        option.params,
+        0,
+        option.flops,
+        option.error,
+        tokens=info.tokens,
+        order=order,
+    )
 
 
 def _measured(site, option: Option, order: str, x: torch.Tensor) -> int:
@@ -67,9 +80,13 @@ def _measured(site, option: Option, order: str, x: torch.Tensor) -> int:
 
 
 # ------------------------------------------------------------------ hand counts
-@pytest.mark.parametrize(("tokens", "rows", "cols", "rank"), [(4, 12, 8, 3), (64, 48, 32, 8), (1, 40, 40, 16)])
+@pytest.mark.parametrize(
+    ("tokens", "rows", "cols", "rank"), [(4, 12, 8, 3), (64, 48, 32, 8), (1, 40, 40, 16)]
+)
 def test_svd_linear_flops_equal_a_hand_count(tokens: int, rows: int, cols: int, rank: int) -> None:
-    site = SiteInfo("fc", "linear", (rows, cols), tokens=tokens)  # tokens: powers of 4, their own bucket
+    site = SiteInfo(
+        "fc", "linear", (rows, cols), tokens=tokens
+    )  # tokens: powers of 4, their own bucket
     option = Option("svd", ((rows,), (cols,)), rank, rank * (1 + rows + cols), 0, 0.0)
     # x @ V, then U: 2 t r (in + out); the weights scale the smallest of V, x V and U.
     expected = 2 * tokens * rank * (rows + cols) + rank * min(tokens, rows, cols)
@@ -89,16 +106,26 @@ def test_tt_embedding_flops_equal_a_hand_count() -> None:
     rank = (1, 2, 3, 4, 5, 2, 1)
     option = Option("tt", ((3, 4, 5), (2, 3, 4)), rank, 0, 0, 0.0)
     t = 7
-    rows = 2 * t * 2 * 3 + 2 * t * 3 * 4  # chain the gathered row cores: (t, r1) x (t, r1, r2), then r2 x r3
-    cols = 2 * t * 1 * 4 * 2 * 5 + 2 * t * 2 * 5 * 3 * 2 + 2 * t * 6 * 2 * 4 * 1  # one column core at a time
+    rows = (
+        2 * t * 2 * 3 + 2 * t * 3 * 4
+    )  # chain the gathered row cores: (t, r1) x (t, r1, r2), then r2 x r3
+    cols = (
+        2 * t * 1 * 4 * 2 * 5 + 2 * t * 2 * 5 * 3 * 2 + 2 * t * 6 * 2 * 4 * 1
+    )  # one column core at a time
     assert order_costs(site, option)["factors"].flops == rows + cols
 
 
 @pytest.mark.parametrize(
     ("equation", "shapes"),
     [
-        ("nBC,abc,Aa,Bb,Cc->nA", ((16, 4, 6), (3, 2, 3), (8, 3), (4, 2), (6, 3))),  # Tucker input contraction
-        ("nCD,Ab,bBc,cCd,dD->nAB", ((64, 4, 5), (3, 2), (2, 4, 3), (3, 4, 2), (2, 5))),  # TT input contraction
+        (
+            "nBC,abc,Aa,Bb,Cc->nA",
+            ((16, 4, 6), (3, 2, 3), (8, 3), (4, 2), (6, 3)),
+        ),  # Tucker input contraction
+        (
+            "nCD,Ab,bBc,cCd,dD->nAB",
+            ((64, 4, 5), (3, 2), (2, 4, 3), (3, 4, 2), (2, 5)),
+        ),  # TT input contraction
     ],
 )
 def test_path_flops_equal_opt_einsum_count_when_every_step_sums(equation: str, shapes) -> None:
@@ -151,7 +178,9 @@ def test_reconstruct_is_chosen_when_it_is_cheaper() -> None:
     # A full-rank Tucker-2 conv: on many positions the rebuilt kernel's one convolution beats
     # pointwise + core + pointwise; on one position the factors win.
     option = Option("tucker", None, (12, 8, 3, 3), 0, 0, 0.0)
-    assert price(SiteInfo("conv", "conv", (12, 8, 3, 3), tokens=10_000), option).order == "reconstruct"
+    assert (
+        price(SiteInfo("conv", "conv", (12, 8, 3, 3), tokens=10_000), option).order == "reconstruct"
+    )
     assert price(SiteInfo("conv", "conv", (12, 8, 3, 3), tokens=1), option).order == "factors"
 
 
@@ -164,9 +193,14 @@ def test_linear_factor_path_may_rebuild_inside_and_then_ties() -> None:
 
 # ------------------------------------------------------------------ bytes
 @given(tokens=st.integers(17, 63), site=st.sampled_from(_SITES))
-def test_bytes_are_positive_and_grow_with_tokens_within_a_bucket(tokens: int, site: SiteInfo) -> None:
+def test_bytes_are_positive_and_grow_with_tokens_within_a_bucket(
+    tokens: int, site: SiteInfo
+) -> None:
     torch.manual_seed(0)
-    small, large = dataclasses.replace(site, tokens=tokens), dataclasses.replace(site, tokens=tokens + 1)
+    small, large = (
+        dataclasses.replace(site, tokens=tokens),
+        dataclasses.replace(site, tokens=tokens + 1),
+    )
     weight = torch.randn(site.weight_shape)
     for option in candidates(small, weight, ("svd", "tucker", "tt"))[::7]:
         if option.form == "dense":
@@ -194,11 +228,20 @@ def test_bytes_scale_with_itemsize() -> None:
 # ------------------------------------------------------------------ the emitted module
 _CASES = {
     "linear": (lambda: nn.Linear(48, 36), lambda: torch.randn(3, 5, 48, dtype=torch.float64)),
-    "linear-padded": (lambda: nn.Linear(1019, 40), lambda: torch.randn(70, 1019, dtype=torch.float64)),
+    "linear-padded": (
+        lambda: nn.Linear(1019, 40),
+        lambda: torch.randn(70, 1019, dtype=torch.float64),
+    ),
     "embedding": (lambda: nn.Embedding(60, 24), lambda: torch.randint(0, 60, (3, 40))),
     "embedding-padded": (lambda: nn.Embedding(97, 32), lambda: torch.randint(0, 97, (2, 9))),
-    "conv": (lambda: nn.Conv2d(8, 12, 3, padding=1, stride=2), lambda: torch.randn(2, 8, 9, 9, dtype=torch.float64)),
-    "conv1d": (lambda: nn.Conv1d(16, 24, 5, stride=2), lambda: torch.randn(1, 16, 30, dtype=torch.float64)),
+    "conv": (
+        lambda: nn.Conv2d(8, 12, 3, padding=1, stride=2),
+        lambda: torch.randn(2, 8, 9, 9, dtype=torch.float64),
+    ),
+    "conv1d": (
+        lambda: nn.Conv1d(16, 24, 5, stride=2),
+        lambda: torch.randn(1, 16, 30, dtype=torch.float64),
+    ),
 }
 
 
@@ -221,10 +264,16 @@ def test_emitted_layer_runs_exactly_the_priced_flops(case: str, form: str, order
     site = _site(make_layer(), x)
     options = [o for o in candidates(site.info, site.weight, (form,)) if o.form == form]
     if case.endswith("padded"):  # the tensorizations of the zero-padded weight
-        options = [o for o in options if math.prod(map(math.prod, o.tensorized_shape)) != site.weight.numel()]
+        options = [
+            o
+            for o in options
+            if math.prod(map(math.prod, o.tensorized_shape)) != site.weight.numel()
+        ]
     assert options
     for option in options[:: max(1, len(options) // 3)]:
-        assert _measured(site, option, order, x) == order_costs(site.info, option)[order].flops, option
+        assert (
+            _measured(site, option, order, x) == order_costs(site.info, option)[order].flops
+        ), option
 
 
 def test_emitted_cp_conv_runs_at_least_the_priced_flops() -> None:
@@ -236,13 +285,20 @@ def test_emitted_cp_conv_runs_at_least_the_priced_flops() -> None:
     measured = _measured(site, option, "factors", x)
     priced = order_costs(site.info, option)["factors"].flops
     assert priced <= measured <= 1.2 * priced
-    assert _measured(site, option, "reconstruct", x) == order_costs(site.info, option)["reconstruct"].flops
+    assert (
+        _measured(site, option, "reconstruct", x)
+        == order_costs(site.info, option)["reconstruct"].flops
+    )
 
 
 def test_factorize_plan_flops_equal_the_factorized_models() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 10)).double()
-    x = torch.randn(24, 64, dtype=torch.float64)  # 24 rows: planned for the bucket of 64, priced at 24
+    model = nn.Sequential(
+        nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 10)
+    ).double()
+    x = torch.randn(
+        24, 64, dtype=torch.float64
+    )  # 24 rows: planned for the bucket of 64, priced at 24
     gm = tfx.factorize(model, 0.5, example_inputs=(x,), progress=False)
     plan = gm.tfx_plan
     assert any(c.form != "dense" for c in plan.choices)
@@ -258,12 +314,16 @@ def test_build_layer_follows_the_choice_order() -> None:
     option = next(o for o in candidates(site.info, site.weight, ("tt",)) if o.form == "tt")
     assert build_layer(site, _choice(site, option, "reconstruct")).implementation == "reconstructed"
     assert build_layer(site, _choice(site, option, "factors")).implementation == "factorized"
-    assert build_layer(site, _choice(site, option, "auto")).implementation == "auto"  # plans saved before
+    assert (
+        build_layer(site, _choice(site, option, "auto")).implementation == "auto"
+    )  # plans saved before
 
 
 # ------------------------------------------------------------------ plans
 def test_old_plan_json_without_bytes_or_order_loads() -> None:
-    row = Choice("fc", "linear", (8, 4), "svd", ((8,), (4,)), 2, 32, 26, 64, 50, 0.1, tokens=2).to_dict()
+    row = Choice(
+        "fc", "linear", (8, 4), "svd", ((8,), (4,)), 2, 32, 26, 64, 50, 0.1, tokens=2
+    ).to_dict()
     for key in ("bytes_before", "bytes_after", "order"):
         del row[key]
     old = {"choices": [row], "total_params_before": 40, "fixed_params": 8, "budget_params": 30.0}
@@ -275,8 +335,23 @@ def test_old_plan_json_without_bytes_or_order_loads() -> None:
 
 
 def test_plan_json_round_trips_bytes_and_order() -> None:
-    choice = Choice("fc", "linear", (8, 4), "tt", ((2, 4), (2, 2)), (1, 2, 2, 2, 1), 32, 20, 64, 50, 0.1,
-                    tokens=2, bytes_before=300, bytes_after=200, order="reconstruct")
+    choice = Choice(
+        "fc",
+        "linear",
+        (8, 4),
+        "tt",
+        ((2, 4), (2, 2)),
+        (1, 2, 2, 2, 1),
+        32,
+        20,
+        64,
+        50,
+        0.1,
+        tokens=2,
+        bytes_before=300,
+        bytes_after=200,
+        order="reconstruct",
+    )
     plan = FactorizationPlan([choice], 40, 8, 30.0)
     again = FactorizationPlan.from_json(plan.to_json())
     assert again == plan

@@ -17,7 +17,6 @@ from tfx.passes._rewrite import build_layer
 _DECOMPOSED = ("svd", "tucker", "tt", "blocktt")  # cp: fitted, and slow to emit; tested apart
 
 
-
 # ------------------------------------------------------------------ sites
 def _site(layer: nn.Module, x: torch.Tensor):
     """The (single) site of a one-layer float64 model, captured with shapes."""
@@ -224,7 +223,9 @@ def test_candidates_dense_flops_count_multiply_adds() -> None:
     assert dense_option(emb.info, 8).bytes == 8 * 2 * 10 * 32  # read 10 rows of 32, write them
 
 
-@pytest.mark.parametrize(("n", "expected"), [(768, 768), (3072, 768 * 4), (1021, 1024), (1019, 1020), (97, 98), (40, 40)])
+@pytest.mark.parametrize(
+    ("n", "expected"), [(768, 768), (3072, 768 * 4), (1021, 1024), (1019, 1020), (97, 98), (40, 40)]
+)
 def test_padded_size_pads_only_awkward_sizes(n: int, expected: int) -> None:
     from tfx.cost._options import padded_size
 

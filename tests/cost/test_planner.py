@@ -55,7 +55,9 @@ def test_planner_reads_a_group_node_and_its_rows() -> None:
 def test_planner_counts_a_tied_table_once() -> None:
     info = SiteInfo("emb", "embedding", (64, 64), tokens=16)
     head = SiteInfo("head", "linear", (64, 64), tokens=16)
-    table = candidates(dataclasses.replace(head, factorizable=True), torch.randn(64, 64), forms=("svd",))
+    table = candidates(
+        dataclasses.replace(head, factorizable=True), torch.randn(64, 64), forms=("svd",)
+    )
 
     def rows(option: Option, make) -> dict:  # noqa: ANN001
         made = {name: make(name, option) for name in ("emb", "head")}
@@ -63,8 +65,12 @@ def test_planner_counts_a_tied_table_once() -> None:
         return made
 
     group = Group("tied:emb", ["emb", "head"], table, counted_once=True, rows=rows)
-    tied_info = dataclasses.replace(info, factorizable=False, reason="tied weight (shared with head)")
-    tied_head = dataclasses.replace(head, factorizable=False, reason="tied weight (shared with emb)")
+    tied_info = dataclasses.replace(
+        info, factorizable=False, reason="tied weight (shared with head)"
+    )
+    tied_head = dataclasses.replace(
+        head, factorizable=False, reason="tied weight (shared with emb)"
+    )
     graph = build_graph([tied_info, tied_head], [[table[0]], [table[0]]], groups=[group])
     total = 64 * 64 + 10  # one table and a few other parameters
     plan = plan_graph(graph, 0.5, total=total)
@@ -75,7 +81,9 @@ def test_planner_counts_a_tied_table_once() -> None:
 
 @given(st.floats(min_value=0.2, max_value=1.0), st.sampled_from(["auto", "greedy", "dp"]))
 def test_planner_never_exceeds_the_budget_with_groups(fraction: float, strategy: str) -> None:
-    cheap = [Option("svd", ((80,), (64,)), r, r * 145, r * 2000, 1.0 / (1 + r)) for r in (1, 2, 4, 8)]
+    cheap = [
+        Option("svd", ((80,), (64,)), r, r * 145, r * 2000, 1.0 / (1 + r)) for r in (1, 2, 4, 8)
+    ]
 
     def rows(option: Option, make) -> dict:  # noqa: ANN001
         made = {name: make(name, option) for name in ("fc1", "fc2")}

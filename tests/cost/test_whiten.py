@@ -18,9 +18,14 @@ from tfx.tensors._decompose import truncated_svd
 def _anisotropic(n: int, d: int, decay: float = 3.0, seed: int = 0) -> torch.Tensor:
     """Rows whose standard deviations are spread over ``decay`` decades, in a fixed random
     basis (the same for every ``seed``: one distribution, different samples)."""
-    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64))
+    basis, _ = torch.linalg.qr(
+        torch.randn(d, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    )
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.logspace(0, -decay, d, dtype=torch.float64)) @ basis.T
+    return (
+        torch.randn(n, d, generator=gen, dtype=torch.float64)
+        * torch.logspace(0, -decay, d, dtype=torch.float64)
+    ) @ basis.T
 
 
 def test_stats_match_direct_second_moment() -> None:
@@ -75,7 +80,7 @@ def test_kronecker_factors_are_partial_traces() -> None:
     cov = stats.covariance().reshape(3, 4, 3, 4)
     white = stats.whitening((3, 4))
     c0, c1 = torch.einsum("abcb->ac", cov), torch.einsum("abad->bd", cov)
-    for l, c in zip(white.sqrt, (c0, c1)):
+    for l, c in zip(white.sqrt, (c0, c1), strict=False):
         damped = c + 1e-2 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=torch.float64)
         torch.testing.assert_close(l @ l.T, damped, rtol=1e-9, atol=1e-12)
 
@@ -95,7 +100,9 @@ def test_svd_estimate_is_the_output_error_on_the_calibration_data() -> None:
     for option in options[:6]:
         u, s, vh = truncated_svd(white.apply(weight), option.rank, method="exact")
         approx = white.undo((u * s) @ vh)
-        assert option.error == pytest.approx(relative_output_error(weight, approx, cov), rel=1e-6, abs=1e-9)
+        assert option.error == pytest.approx(
+            relative_output_error(weight, approx, cov), rel=1e-6, abs=1e-9
+        )
 
 
 def test_whitened_svd_beats_plain_svd_on_output_error() -> None:
@@ -113,7 +120,11 @@ def test_whitened_svd_beats_plain_svd_on_output_error() -> None:
         plain = relative_output_error(weight, (u * s) @ vh, held_cov)
         u, s, vh = truncated_svd(white.apply(weight), rank, method="exact")
         whitened = relative_output_error(weight, white.undo((u * s) @ vh), held_cov)
-        assert whitened < 0.8 * plain, (rank, whitened, plain)  # measured: 0.70x at rank 4, less above
+        assert whitened < 0.8 * plain, (
+            rank,
+            whitened,
+            plain,
+        )  # measured: 0.70x at rank 4, less above
 
 
 def test_calibrated_candidates_keep_params_and_order() -> None:
@@ -125,13 +136,21 @@ def test_calibrated_candidates_keep_params_and_order() -> None:
     site = SiteInfo("layer", "linear", (d_out, d_in), tokens=16)
     plain = candidates(site, weight)
     calibrated = candidates(site, weight, stats=stats)
-    assert sorted(o.key() + (o.params,) for o in plain) == sorted(o.key() + (o.params,) for o in calibrated)
+    assert sorted(o.key() + (o.params,) for o in plain) == sorted(
+        o.key() + (o.params,) for o in calibrated
+    )
     assert all(0.0 <= o.error <= 1.0 + 1e-9 for o in calibrated)
-    assert any(abs(a.error - b.error) > 1e-3 for a in plain for b in calibrated if a.key() == b.key())
+    assert any(
+        abs(a.error - b.error) > 1e-3 for a in plain for b in calibrated if a.key() == b.key()
+    )
 
 
 def test_diagonal_whitening_scales_columns() -> None:
-    white = Whitening.from_diagonal(torch.tensor([4.0, 1.0, 0.25], dtype=torch.float64), damping=0.0)
+    white = Whitening.from_diagonal(
+        torch.tensor([4.0, 1.0, 0.25], dtype=torch.float64), damping=0.0
+    )
     w = torch.ones(2, 3, dtype=torch.float64)
-    torch.testing.assert_close(white.apply(w), torch.tensor([[2.0, 1.0, 0.5]] * 2, dtype=torch.float64))
+    torch.testing.assert_close(
+        white.apply(w), torch.tensor([[2.0, 1.0, 0.5]] * 2, dtype=torch.float64)
+    )
     torch.testing.assert_close(white.undo(white.apply(w)), w)

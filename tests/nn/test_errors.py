@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import tfx
-from tests.nn._helpers import bug, make_conv, make_embedding, make_linear, randn
+from tests.nn._helpers import make_conv, make_embedding, make_linear, randn
 
 
 # ------------------------------------------------------------------ shared (_common.py)

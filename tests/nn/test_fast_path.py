@@ -47,8 +47,12 @@ def test_fast_path_is_taken(form: str) -> None:
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("implementation", ["factorized", "reconstructed", "auto"])
-@pytest.mark.parametrize("shape", [(1, 24), (3, 24), (17, 24), (70, 24), (2, 5, 24), (24,)], ids=str)
-def test_fast_path_across_batch_buckets(form: str, implementation: str, shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    "shape", [(1, 24), (3, 24), (17, 24), (70, 24), (2, 5, 24), (24,)], ids=str
+)
+def test_fast_path_across_batch_buckets(
+    form: str, implementation: str, shape: tuple[int, ...]
+) -> None:
     layer = make(form, implementation=implementation)
     for _ in range(2):  # the first call compiles, the second replays
         check(layer, torch.randn(*shape, dtype=F64))
@@ -76,7 +80,7 @@ def test_fast_path_gradients_reach_every_parameter(form: str) -> None:
     params = [x, *layer.parameters()]
     got = torch.autograd.grad(layer(x), params, grad_out)
     want = torch.autograd.grad(reference(layer, x), params, grad_out)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         torch.testing.assert_close(g, w)
 
 
@@ -98,7 +102,9 @@ def test_fast_path_after_dtype_moves(form: str) -> None:
     layer(x)
     layer.to(F64)
     check(layer, x.double())
-    with pytest.raises(RuntimeError):  # mixed dtypes go the general path, which rejects them as before
+    with pytest.raises(
+        RuntimeError
+    ):  # mixed dtypes go the general path, which rejects them as before
         torch.testing.assert_close(layer(x.float()), reference(layer, x.double()).float())
     layer.float()
     torch.testing.assert_close(layer(x), reference(layer, x))
@@ -141,7 +147,9 @@ def test_fast_path_honours_hooks_added_and_removed(form: str) -> None:
 
 
 def _scaled(weight: tfx.TensorizedTensor, factor: float) -> tfx.TensorizedTensor:
-    return tfx.TensorizedTensor.from_matrix(factor * weight.to_matrix().detach(), OUT, IN, rank=1.0, factorization="dense")
+    return tfx.TensorizedTensor.from_matrix(
+        factor * weight.to_matrix().detach(), OUT, IN, rank=1.0, factorization="dense"
+    )
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -150,7 +158,9 @@ def test_fast_path_honours_global_module_hooks(form: str) -> None:
     x = torch.randn(3, 24, dtype=F64)
     layer(x)
     seen = []
-    handle = nn.modules.module.register_module_forward_pre_hook(lambda module, args: seen.append(type(module)))
+    handle = nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: seen.append(type(module))
+    )
     try:
         check(layer, x)
     finally:

@@ -12,7 +12,6 @@ from tests.helpers import dense, family
 from tests.nn._helpers import (
     PLAIN_FORMS,
     TENSORIZED_FORMS,
-    bug,
     linear_reference,
     make_conv,
     make_embedding,
@@ -117,7 +116,11 @@ def test_tensor_dropout_applied_twice_raises() -> None:
 
 @pytest.mark.parametrize(
     ("cls", "name"),
-    [("CPDropout", "plain-CP"), ("TuckerDropout", "plain-Tucker"), ("TTDropout", "tensorized-BlockTT")],
+    [
+        ("CPDropout", "plain-CP"),
+        ("TuckerDropout", "plain-Tucker"),
+        ("TTDropout", "tensorized-BlockTT"),
+    ],
 )
 def test_per_form_dropout_classes_drop_their_form(cls: str, name: str) -> None:
     t = getattr(tfx.nn, cls).apply(_tensor(name), 0.999, min_dim=1).train()
@@ -125,7 +128,9 @@ def test_per_form_dropout_classes_drop_their_form(cls: str, name: str) -> None:
 
 
 def test_per_form_dropout_class_on_another_form_raises() -> None:
-    with pytest.raises(tfx.OptionError, match=r"CPDropout applies to CP tensors, got a Tucker tensor"):
+    with pytest.raises(
+        tfx.OptionError, match=r"CPDropout applies to CP tensors, got a Tucker tensor"
+    ):
         tfx.nn.CPDropout.apply(_tensor("plain-Tucker"), 0.5)
 
 
@@ -370,7 +375,11 @@ def test_cp_lasso_on_a_tucker_tensor_raises() -> None:
     [
         ("cp", 4, {"lasso_weights": (4,)}),
         ("tucker", (2, 3, 4), {f"lasso_weights.param_{k}": (k + 2,) for k in range(3)}),
-        ("tt", (1, 2, 3, 1), {"lasso_weights.param_0": (1, 1, 2), "lasso_weights.param_1": (1, 1, 3)}),
+        (
+            "tt",
+            (1, 2, 3, 1),
+            {"lasso_weights.param_0": (1, 1, 2), "lasso_weights.param_1": (1, 1, 3)},
+        ),
     ],
 )
 def test_tensor_lasso_gates_have_tltorch_state_dict_keys_and_shapes(
@@ -424,7 +433,7 @@ def test_tensor_lasso_output_is_differentiable_in_the_gates() -> None:
 
 def test_tensor_lasso_threshold_zeroes_gates_at_or_below_it_negative_ones_too() -> None:
     t = _tensor("plain-CP")
-    lasso = _lasso(t, threshold=1e-3)
+    _lasso(t, threshold=1e-3)
     with torch.no_grad():
         t.lasso_weights[1] = 1e-4
         t.lasso_weights[2] = 2e-3
@@ -458,7 +467,9 @@ def test_tensor_lasso_reset_zeroes_the_loss_and_warns_when_read_unused() -> None
     t()
     assert float(lasso.loss.detach()) > 0
     lasso.reset()
-    with pytest.warns(tfx.TfxWarning, match=r"lasso.loss is 0: no tensor with this lasso ran forward"):
+    with pytest.warns(
+        tfx.TfxWarning, match=r"lasso.loss is 0: no tensor with this lasso ran forward"
+    ):
         assert lasso.loss == 0
 
 

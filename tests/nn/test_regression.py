@@ -12,7 +12,6 @@ from torch import nn
 import tfx
 from tests.nn._helpers import (
     PLAIN_FORMS,
-    bug,
     full_rank,
     make_tcl,
     make_trl,

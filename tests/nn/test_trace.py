@@ -92,9 +92,9 @@ def test_fx_trace_of_layer_matches_eager_and_shows_contractions(
     ops = contraction_ops(traced.graph)
     if not (kind == "embedding" and family(form) == "dense"):
         assert ops, "no contraction op in the graph"  # (a dense table's rows are read directly)
-    assert not [n for n in traced.graph.nodes if n.op == "call_module"], (
-        "the layer is an opaque leaf"
-    )
+    assert not [
+        n for n in traced.graph.nodes if n.op == "call_module"
+    ], "the layer is an opaque leaf"
     factorized = implementation in ("factorized", "mobilenet") and family(form) != "dense"
     if factorized and kind in ("linear", "trl", "tcl"):
         # planned steps: GEMMs on views (linear, TRL) or einsums (TCL's mode products)

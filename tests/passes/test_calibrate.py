@@ -18,14 +18,21 @@ from tfx.passes import capture, find_sites
 from tfx.passes._calibrate import collect_statistics, measure_sensitivity, whitened_site
 
 
-def _inputs_by_hook(model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, list[torch.Tensor]]:
+def _inputs_by_hook(
+    model: nn.Module, batches: list[tuple[torch.Tensor, ...]]
+) -> dict[str, list[torch.Tensor]]:
     """Every linear / conv layer's inputs, recorded directly with forward pre-hooks (float64)."""
     seen: dict[str, list[torch.Tensor]] = {}
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            handles.append(module.register_forward_pre_hook(
-                lambda m, args, name=name: seen.setdefault(name, []).append(args[0].detach().double())))
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda m, args, name=name: seen.setdefault(name, []).append(
+                        args[0].detach().double()
+                    )
+                )
+            )
     with torch.no_grad():
         for batch in batches:
             model(*batch)
@@ -46,7 +53,9 @@ def test_linear_statistics_match_a_direct_computation() -> None:
     for name in factorizable:
         rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in direct[name]])
         assert stats[name].count == rows.shape[0]
-        torch.testing.assert_close(stats[name].covariance(), rows.T @ rows / rows.shape[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            stats[name].covariance(), rows.T @ rows / rows.shape[0], rtol=1e-5, atol=1e-6
+        )
     # the captured graph is left as it was: no observer nodes, same outputs
     assert not any("calibration" in str(n.target) for n in captured.gm.graph.nodes)
     assert max_rel_error(model(*batches[0]), captured.gm(*batches[0])) == 0.0
@@ -64,12 +73,26 @@ def test_conv_statistics_are_im2col_second_moments() -> None:
     assert convs
     for site in convs:
         conv = modules[site.name]
-        patches = torch.cat([
-            F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
-            .transpose(1, 2).reshape(-1, math.prod(conv.weight.shape[1:]))
-            for x in direct[site.name]
-        ])
-        torch.testing.assert_close(stats[site.name].covariance(), patches.T @ patches / patches.shape[0], rtol=1e-5, atol=1e-6)
+        patches = torch.cat(
+            [
+                F.unfold(
+                    x,
+                    conv.kernel_size,
+                    dilation=conv.dilation,
+                    padding=conv.padding,
+                    stride=conv.stride,
+                )
+                .transpose(1, 2)
+                .reshape(-1, math.prod(conv.weight.shape[1:]))
+                for x in direct[site.name]
+            ]
+        )
+        torch.testing.assert_close(
+            stats[site.name].covariance(),
+            patches.T @ patches / patches.shape[0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_sites_sharing_an_input_share_statistics() -> None:
@@ -108,7 +131,14 @@ def test_calibrated_factorize_beats_plain_on_held_out_output_error(form: str) ->
     held = torch.randn(1024, 64, dtype=torch.float64)
     errors = {}
     for calib in (None, calibration):
-        gm = tfx.factorize(model, 0.45, example_inputs=calibration[0], forms=(form,), calibration=calib, progress=False)
+        gm = tfx.factorize(
+            model,
+            0.45,
+            example_inputs=calibration[0],
+            forms=(form,),
+            calibration=calib,
+            progress=False,
+        )
         assert gm.tfx_plan.choice("layer").form == form
         with torch.no_grad():
             ref = model(held)
@@ -122,7 +152,14 @@ def test_whitened_site_has_the_chosen_structure() -> None:
     model = _Anisotropic().double().eval()
     batches = [(torch.randn(256, 64, dtype=torch.float64),)]
     for form in ("svd", "tucker", "tt", "blocktt"):
-        the_plan = tfx.plan(model, 0.5, example_inputs=batches[0], forms=(form,), calibration=batches, progress=False)
+        the_plan = tfx.plan(
+            model,
+            0.5,
+            example_inputs=batches[0],
+            forms=(form,),
+            calibration=batches,
+            progress=False,
+        )
         captured = capture(model, batches[0])
         site = next(s for s in find_sites(captured.gm, path=captured.path) if s.name == "layer")
         stats = collect_statistics(captured.gm, [site], batches)["layer"]
@@ -138,7 +175,9 @@ def test_whitened_site_has_the_chosen_structure() -> None:
         if form == "svd":
             white = stats.whitening()
             cov = white.sqrt[0] @ white.sqrt[0].T
-            assert choice.error == pytest.approx(relative_output_error(site.weight, target, cov), rel=1e-6)
+            assert choice.error == pytest.approx(
+                relative_output_error(site.weight, target, cov), rel=1e-6
+            )
 
 
 def dataclass_replace(site, weight):  # noqa: ANN001, ANN201 - test helper
@@ -151,16 +190,31 @@ def test_calibration_on_the_export_path_and_other_sequence_lengths() -> None:
     """HF BERT (torch.export path), calibrated at one sequence length, runs at others."""
     model = tiny_bert()
     gen = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(0, 96, (4, n), generator=gen), "attention_mask": torch.ones(4, n, dtype=torch.long)}
-               for n in (8, 12, 16)]
-    gm = tfx.factorize(model, 0.6, example_inputs=batches[0], calibration=batches, strategy="sensitivity", progress=False)
+    batches = [
+        {
+            "input_ids": torch.randint(0, 96, (4, n), generator=gen),
+            "attention_mask": torch.ones(4, n, dtype=torch.long),
+        }
+        for n in (8, 12, 16)
+    ]
+    gm = tfx.factorize(
+        model,
+        0.6,
+        example_inputs=batches[0],
+        calibration=batches,
+        strategy="sensitivity",
+        progress=False,
+    )
     plan = gm.tfx_plan
     assert plan.capture == "export"
     assert plan.total_params_after <= plan.budget_params
     measured = [c for c in plan.choices if c.sensitivity is not None]
     assert measured and all(c.sensitivity >= 0 for c in measured)
     assert any("calibrated on 3 batches" in n for n in plan.notes)
-    other = {"input_ids": torch.randint(0, 96, (2, 20), generator=gen), "attention_mask": torch.ones(2, 20, dtype=torch.long)}
+    other = {
+        "input_ids": torch.randint(0, 96, (2, 20), generator=gen),
+        "attention_mask": torch.ones(2, 20, dtype=torch.long),
+    }
     with torch.no_grad():
         assert gm(**other).last_hidden_state.shape == (2, 20, 32)
 
@@ -182,7 +236,14 @@ def test_calibration_on_the_module_swap_path() -> None:
 def test_sensitivity_strategy_never_exceeds_the_budget(budget: float) -> None:
     model = SmallCNN().eval()
     batches = [(torch.randn(4, 3, 8, 8),) for _ in range(2)]
-    gm = tfx.factorize(model, budget, example_inputs=batches[0], calibration=batches, strategy="sensitivity", progress=False)
+    gm = tfx.factorize(
+        model,
+        budget,
+        example_inputs=batches[0],
+        calibration=batches,
+        strategy="sensitivity",
+        progress=False,
+    )
     total = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in gm.parameters()) <= budget * total
     assert gm.tfx_plan.strategy == "sensitivity"
@@ -218,13 +279,17 @@ def test_empty_calibration_is_an_error() -> None:
 
 def test_calibration_batch_that_does_not_fit_names_the_batch() -> None:
     with pytest.raises(OptionError, match="calibration batch 1 does not fit"):
-        tfx.factorize(MLP(), 0.5, calibration=[(torch.randn(4, 32),), (torch.randn(4, 17),)], progress=False)
+        tfx.factorize(
+            MLP(), 0.5, calibration=[(torch.randn(4, 32),), (torch.randn(4, 17),)], progress=False
+        )
 
 
 def test_calibration_leaves_the_model_untouched() -> None:
     model = MLP().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tfx.factorize(model, 0.5, calibration=[(torch.randn(8, 32),)], strategy="sensitivity", progress=False)
+    tfx.factorize(
+        model, 0.5, calibration=[(torch.randn(8, 32),)], strategy="sensitivity", progress=False
+    )
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
@@ -240,8 +305,14 @@ def test_sensitivity_needs_floating_outputs() -> None:
             return self.b(torch.relu(self.a(x))).argmax(-1)
 
     with pytest.raises(OptionError, match="(?s)floating outputs.*logits"):
-        tfx.factorize(Argmax().eval(), 0.5, example_inputs=(torch.randn(8, 32),),
-                      calibration=[(torch.randn(8, 32),)], strategy="sensitivity", progress=False)
+        tfx.factorize(
+            Argmax().eval(),
+            0.5,
+            example_inputs=(torch.randn(8, 32),),
+            calibration=[(torch.randn(8, 32),)],
+            strategy="sensitivity",
+            progress=False,
+        )
 
 
 def test_calibration_batches_wider_than_a_size_one_example_work() -> None:
@@ -264,7 +335,9 @@ def test_reapplying_a_calibrated_plan_without_calibration_warns(tmp_path) -> Non
     gm = tfx.factorize(model, 0.5, example_inputs=batches[0], calibration=batches, progress=False)
     with pytest.warns(tfx.TfxWarning, match="calibration"):
         tfx.factorize(model, plan=gm.tfx_plan, progress=False)
-    again = tfx.factorize(model, plan=gm.tfx_plan, calibration=batches, progress=False)  # no warning
+    again = tfx.factorize(
+        model, plan=gm.tfx_plan, calibration=batches, progress=False
+    )  # no warning
     x = torch.randn(4, 32)
     with torch.no_grad():
         torch.testing.assert_close(again(x), gm(x))
@@ -293,7 +366,8 @@ def test_padded_positions_are_left_out_of_the_statistics() -> None:
     assert got.count == 13  # 5 + 8 rows, not 16
     rows = []
     hook = model.encoder.layer[0].attention.self.query.register_forward_hook(
-        lambda _m, args, _out: rows.append(args[0].detach()))
+        lambda _m, args, _out: rows.append(args[0].detach())
+    )
     with torch.no_grad():
         model(**padded)
     hook.remove()
@@ -308,15 +382,24 @@ def test_calibration_note_says_what_was_masked() -> None:
     mask[1, 4:] = 0
     batch = {"input_ids": ids, "attention_mask": mask}
     gm = tfx.factorize(model, 0.6, example_inputs=batch, calibration=[batch], progress=False)
-    assert any("masked positions (padding) left out of the statistics: 25.0% of rows" in n for n in gm.tfx_plan.notes)
+    assert any(
+        "masked positions (padding) left out of the statistics: 25.0% of rows" in n
+        for n in gm.tfx_plan.notes
+    )
 
 
 def test_calibration_mask_must_be_a_boolean_mask() -> None:
     model = MLP().eval()
     batches = [(torch.randn(4, 32),)]
     with pytest.raises(OptionError, match="calibration_mask returned Tensor"):
-        tfx.factorize(model, 0.5, example_inputs=batches[0], calibration=batches, progress=False,
-                      calibration_mask=lambda b: torch.ones(4))
+        tfx.factorize(
+            model,
+            0.5,
+            example_inputs=batches[0],
+            calibration=batches,
+            progress=False,
+            calibration_mask=lambda b: torch.ones(4),
+        )
 
 
 def test_embedding_rows_the_data_uses_are_kept_more_precise() -> None:
@@ -327,8 +410,15 @@ def test_embedding_rows_the_data_uses_are_kept_more_precise() -> None:
     batches = [(used[torch.randint(0, 20, (16, 12))],) for _ in range(4)]
     errors = {}
     for calibration in (None, batches):
-        gm = tfx.factorize(model, 0.6, example_inputs=batches[0], calibration=calibration, forms=("svd",),
-                           kinds=("embedding",), progress=False)
+        gm = tfx.factorize(
+            model,
+            0.6,
+            example_inputs=batches[0],
+            calibration=calibration,
+            forms=("svd",),
+            kinds=("embedding",),
+            progress=False,
+        )
         assert gm.tfx_plan.choice("0").form == "svd"
         with torch.no_grad():
             table = gm.get_submodule("0").weight.to_matrix()
@@ -358,7 +448,9 @@ def test_sensitivity_ignores_padded_positions() -> None:
     results = []
     for pad in (0, 5):
         padded = torch.cat([ids, torch.zeros(2, pad, dtype=ids.dtype)], dim=1)
-        mask = torch.cat([torch.ones(2, 6, dtype=torch.long), torch.zeros(2, pad, dtype=torch.long)], dim=1)
+        mask = torch.cat(
+            [torch.ones(2, 6, dtype=torch.long), torch.zeros(2, pad, dtype=torch.long)], dim=1
+        )
         batch = {"input_ids": padded, "attention_mask": mask}
         captured = capture(model, batch)
         sites = find_sites(captured.gm, path=captured.path)
@@ -382,7 +474,9 @@ def test_embedding_row_counts_leave_padding_out() -> None:
             super().__init__()
             self.net = model
 
-        def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        def forward(
+            self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        ) -> torch.Tensor:
             return self.net(ids)
 
     wrapped = Wrap().eval()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from torch import fx, nn
 
 from tests.passes._models import (
@@ -20,7 +19,6 @@ from tests.passes._models import (
 )
 from tfx import TfxWarning
 from tfx.passes import Captured, capture
-
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +113,10 @@ def test_capture_module_swap_copies_the_model() -> None:
 def test_capture_data_dependent_model_with_inputs_falls_back_to_module_swap() -> None:
     model = Untraceable().eval()
     x = torch.randn(3, 32)
-    with pytest.warns(TfxWarning, match="(?s)captured by module swap.*because torch.fx.symbolic_trace.*torch.export"):
+    with pytest.warns(
+        TfxWarning,
+        match="(?s)captured by module swap.*because torch.fx.symbolic_trace.*torch.export",
+    ):
         captured = capture(model, (x,))
     assert captured.path == "module_swap"
     assert [f.split(":")[0] for f in captured.failures] == [

@@ -23,7 +23,6 @@ from tfx.passes._match import MIN_PARAMS
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
-
 def _sites(model: nn.Module, inputs, **kwargs):
     captured = capture(model, inputs)
     return {s.name: s for s in find_sites(captured.gm, path=captured.path, **kwargs)}
@@ -243,11 +242,20 @@ def test_cached_decoder_is_planned_on_a_cache_free_graph_and_keeps_its_cache() -
     """GPT-2 with its KV cache on: torch.export cannot return the cache object, so capture
     exports it again with use_cache=False for the analysis (a plan note says so),
     and the result is the model itself with its layers replaced: cache, ties and totals kept."""
-    import tfx
-    from tests.passes._models import VOCAB, gpt2_inputs
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
+    import tfx
+    from tests.passes._models import VOCAB, gpt2_inputs
+
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPT2LMHeadModel(config).eval()
     inputs = gpt2_inputs()
     gm = tfx.factorize(model, 0.5, example_inputs=inputs, forms=("svd",), progress=False)
@@ -260,7 +268,11 @@ def test_cached_decoder_is_planned_on_a_cache_free_graph_and_keeps_its_cache() -
     assert by_site["lm_head"].params_after == 0
     assert type(gm) is GPT2LMHeadModel
     assert gm.lm_head.weight is gm.transformer.wte.weight
-    assert sum(p.numel() for p in gm.parameters()) == plan.total_params_after <= 0.5 * sum(p.numel() for p in model.parameters())
+    assert (
+        sum(p.numel() for p in gm.parameters())
+        == plan.total_params_after
+        <= 0.5 * sum(p.numel() for p in model.parameters())
+    )
     with torch.no_grad():
         out = gm(*inputs)
     assert out.logits.shape == model(*inputs).logits.shape

@@ -184,6 +184,7 @@ def test_padded_site_on_the_export_path(form: str) -> None:
 # ------------------------------------------------------------------ fast parameter reads
 _SLOW_READ = re.compile(r"= self\.(?!_modules\[|_parameters\[|_buffers\[)")
 
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_emitted_code_reads_parameters_through_the_module_dicts(case) -> None:
     """No ``self.a.b`` attribute chain (an ``nn.Module.__getattr__`` per step) is left for a
@@ -223,7 +224,9 @@ def test_fast_reads_keep_plain_attributes_and_survive_recompile_and_pickle(tmp_p
     gm = tfx.factorize(model, 0.6, example_inputs=(x,), progress=False)
     expected = gm(x)
     gm.recompile()
-    assert not _SLOW_READ.search(gm.code) and "_parameters[" in gm.code  # the transformer stays registered
+    assert (
+        not _SLOW_READ.search(gm.code) and "_parameters[" in gm.code
+    )  # the transformer stays registered
     torch.save(gm, tmp_path / "gm.pt")
     loaded = torch.load(tmp_path / "gm.pt", weights_only=False)
     torch.testing.assert_close(loaded(x), expected)
@@ -252,8 +255,20 @@ def test_single_row_low_rank_plans_store_factors_column_major() -> None:
     torch.manual_seed(0)
     dense = nn.Linear(96, 80).double().eval()
     budget = 40 * (1 + 96 + 80) + 80
-    one = tfx.factorize(dense, budget, example_inputs=(torch.randn(1, 96, dtype=torch.float64),), forms=("svd",), progress=False)
-    many = tfx.factorize(dense, budget, example_inputs=(torch.randn(64, 96, dtype=torch.float64),), forms=("svd",), progress=False)
+    one = tfx.factorize(
+        dense,
+        budget,
+        example_inputs=(torch.randn(1, 96, dtype=torch.float64),),
+        forms=("svd",),
+        progress=False,
+    )
+    many = tfx.factorize(
+        dense,
+        budget,
+        example_inputs=(torch.randn(64, 96, dtype=torch.float64),),
+        forms=("svd",),
+        progress=False,
+    )
     u1, v1 = one.weight.weight.factors.factor_0, one.weight.weight.factors.factor_1
     assert u1.shape == (80, 40) and u1.stride() == (1, 80) and v1.stride() == (1, 96)
     assert many.weight.weight.factors.factor_0.is_contiguous()

@@ -90,7 +90,7 @@ def test_complex_decomposition_is_made_of_complex_views(form: str) -> None:
 
 
 def _flatten(value: object) -> list[object]:
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         return [y for x in value for y in _flatten(x)]
     return [value]
 

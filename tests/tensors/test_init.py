@@ -43,9 +43,10 @@ def _assert_distribution(t: tfx.FactorizedTensor, std: float) -> None:
         value = dense(t).to(torch.complex128 if dense(t).is_complex() else torch.float64)
     mean, sample_std = float(value.mean().abs()), float(value.std())
     assert value.numel() >= 20_000
-    assert (mean < 0.1 * std, abs(sample_std / std - 1) < 0.1) == (True, True), (
-        f"mean {mean:.3g}, std {sample_std:.4g}, requested N(0, {std})"
-    )
+    assert (mean < 0.1 * std, abs(sample_std / std - 1) < 0.1) == (
+        True,
+        True,
+    ), f"mean {mean:.3g}, std {sample_std:.4g}, requested N(0, {std})"
 
 
 # ------------------------------------------------------------------ normal_

@@ -343,9 +343,16 @@ def test_zoo_result_train_step_updates_factors(case: Case) -> None:
 def test_zoo_graph_result_runs_on_other_batch_and_matches_the_modules_result(case: Case) -> None:
     """``emit="graph"`` on the export path (models whose graph is the model: no cache output):
     a GraphModule over the same plan, not pinned to the example's batch of one."""
-    graph = tfx.factorize(case.model, plan=case.result.tfx_plan, example_inputs=case.inputs, progress=False,
-                          emit="graph")
+    graph = tfx.factorize(
+        case.model,
+        plan=case.result.tfx_plan,
+        example_inputs=case.inputs,
+        progress=False,
+        emit="graph",
+    )
     assert isinstance(graph, torch.fx.GraphModule)
     assert sum(p.numel() for p in graph.parameters()) == graph.tfx_plan.total_params_after
     other = case.other_inputs()
-    torch.testing.assert_close(main_output(_run(graph, other)), main_output(_run(case.result, other)), **EXACT)
+    torch.testing.assert_close(
+        main_output(_run(graph, other)), main_output(_run(case.result, other)), **EXACT
+    )

@@ -29,14 +29,20 @@ BudgetSpec = Union[float, int, Budget]
 
 def _count_hint(value: float, total: float) -> str:
     """An int count to suggest for a float above 1: the value itself when it is whole (``500.0``
-    meant 500), else half the model (``1.5`` is not a count of one parameter)."""
+    meant 500), else half the model (``1.5`` is not a count of one parameter).
+    """
     if value.is_integer():
         return str(int(value))
     return f"{int(total) // 2} (half of the model's {int(total)})"
 
 
 def _absolute(value: float | int, total: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise BudgetError(
             f"{what}={value!r} is not a positive number.\n"
             "Fix: a fraction in (0, 1] of the model (budget=0.5) or an absolute count (budget=5_000_000)."
@@ -52,7 +58,9 @@ def _absolute(value: float | int, total: float, what: str) -> float:
     return float(value)
 
 
-def normalise_budget(budget: BudgetSpec | None, total_params: int, total_flops: int | None) -> tuple[float, float | None]:
+def normalise_budget(
+    budget: BudgetSpec | None, total_params: int, total_flops: int | None
+) -> tuple[float, float | None]:
     """``(parameter budget, FLOP budget or None)`` in absolute units.
 
     FLOP fractions are of the sites' FLOPs (linear, convolution and embedding layers
@@ -61,7 +69,11 @@ def normalise_budget(budget: BudgetSpec | None, total_params: int, total_flops: 
     if budget is None:
         raise BudgetError("no budget given.\nFix: tfx.factorize(model, budget=0.5) or pass plan=.")
     if isinstance(budget, Budget):
-        params = _absolute(budget.params, total_params, "params") if budget.params is not None else float(total_params)
+        params = (
+            _absolute(budget.params, total_params, "params")
+            if budget.params is not None
+            else float(total_params)
+        )
         flops = None
         if budget.flops is not None:
             if total_flops is None:

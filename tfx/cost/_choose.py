@@ -39,26 +39,33 @@ def _cost(option: Option) -> float:
 
 
 def _total(options: Sequence[Sequence[Option]], picks: Sequence[int]) -> float:
-    return sum(_cost(opts[i]) for opts, i in zip(options, picks))
+    return sum(_cost(opts[i]) for opts, i in zip(options, picks, strict=False))
 
 
 def _penalty(option: Option, weight: float) -> float:
     return weight * -math.log(max(1.0 - option.error**2, 1e-6))
 
 
-def _best_for(lam: float, options: Sequence[Sequence[Option]], weights: Sequence[float]) -> list[int]:
+def _best_for(
+    lam: float, options: Sequence[Sequence[Option]], weights: Sequence[float]
+) -> list[int]:
     return [
-        min(range(len(opts)), key=lambda i: (_penalty(opts[i], w) + lam * _cost(opts[i]), _cost(opts[i])))
-        for opts, w in zip(options, weights)
+        min(
+            range(len(opts)),
+            key=lambda i: (_penalty(opts[i], w) + lam * _cost(opts[i]), _cost(opts[i])),
+        )
+        for opts, w in zip(options, weights, strict=False)
     ]
 
 
-def _fill(options: Sequence[Sequence[Option]], picks: list[int], budget: float, weights: Sequence[float]) -> list[int]:
+def _fill(
+    options: Sequence[Sequence[Option]], picks: list[int], budget: float, weights: Sequence[float]
+) -> list[int]:
     """Greedy upgrades by error reduction per unit of extra cost, while the budget allows."""
     spent = _total(options, picks)
     while True:
         best, best_gain = None, 0.0
-        for s, (opts, w) in enumerate(zip(options, weights)):
+        for s, (opts, w) in enumerate(zip(options, weights, strict=False)):
             here = opts[picks[s]]
             for i, opt in enumerate(opts):
                 extra = _cost(opt) - _cost(here)
@@ -75,8 +82,13 @@ def _fill(options: Sequence[Sequence[Option]], picks: list[int], budget: float, 
         spent += extra
 
 
-def _auto(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
-    top = max((w * max(o.error for o in opts) ** 2 for opts, w in zip(options, weights)), default=0.0)
+def _auto(
+    options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]
+) -> list[int]:
+    top = max(
+        (w * max(o.error for o in opts) ** 2 for opts, w in zip(options, weights, strict=False)),
+        default=0.0,
+    )
     lo, hi = 0.0, max(top, 1e-12) * 1e3 + 1.0
     if _total(options, _best_for(lo, options, weights)) <= budget:
         return _best_for(lo, options, weights)
@@ -93,19 +105,25 @@ def _auto(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[
     return _fill(options, _best_for(hi, options, weights), budget, weights)
 
 
-def _greedy(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
-    picks = [min(range(len(opts)), key=lambda i: (_cost(opts[i]), opts[i].error)) for opts in options]
+def _greedy(
+    options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]
+) -> list[int]:
+    picks = [
+        min(range(len(opts)), key=lambda i: (_cost(opts[i]), opts[i].error)) for opts in options
+    ]
     return _fill(options, picks, budget, weights)
 
 
-def _dp(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float], bins: int = 2000) -> list[int]:
+def _dp(
+    options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float], bins: int = 2000
+) -> list[int]:
     floor = sum(min(_cost(o) for o in opts) for opts in options)
     unit = max((budget - floor) / bins, 1e-9)
     inf = math.inf
     # best[b] = least penalty using exactly b extra units above each site's cheapest
     best = [0.0] + [inf] * bins
     back: list[list[int]] = []
-    for opts, w in zip(options, weights):
+    for opts, w in zip(options, weights, strict=False):
         cheapest = min(_cost(o) for o in opts)
         new = [inf] * (bins + 1)
         arg = [-1] * (bins + 1)
@@ -129,11 +147,15 @@ def _dp(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[fl
     # Rounding costs up to the grid can miss combinations that fit exactly: never return
     # less than the greedy answer.
     greedy = _greedy(options, budget, weights)
-    score = lambda p: sum(_penalty(opts[i], w) for opts, i, w in zip(options, p, weights))  # noqa: E731
+    score = lambda p: sum(
+        _penalty(opts[i], w) for opts, i, w in zip(options, p, weights, strict=False)
+    )  # noqa: E731
     return picks if score(picks) <= score(greedy) else greedy
 
 
-def _uniform(options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]) -> list[int]:
+def _uniform(
+    options: Sequence[Sequence[Option]], budget: float, weights: Sequence[float]
+) -> list[int]:
     dense = sum(max(_cost(o) for o in opts) for opts in options)
     full = [_closest(opts, 1.0) for opts in options]
     if _total(options, full) <= budget:
@@ -147,7 +169,11 @@ def _uniform(options: Sequence[Sequence[Option]], budget: float, weights: Sequen
         else:
             hi = mid
     picks = [_closest(opts, lo) for opts in options]
-    return picks if _total(options, picks) <= budget or dense <= budget else _greedy(options, budget, weights)
+    return (
+        picks
+        if _total(options, picks) <= budget or dense <= budget
+        else _greedy(options, budget, weights)
+    )
 
 
 def _closest(opts: Sequence[Option], fraction: float) -> int:
@@ -161,7 +187,13 @@ def _closest(opts: Sequence[Option], fraction: float) -> int:
 # "sensitivity" allocates as "auto" does; what differs is its weights: tfx.factorize measures
 # each site's sensitivity on the calibration data and passes it here (without weights the
 # two agree).
-_STRATEGIES: dict[str, Strategy] = {"auto": _auto, "greedy": _greedy, "dp": _dp, "uniform": _uniform, "sensitivity": _auto}
+_STRATEGIES: dict[str, Strategy] = {
+    "auto": _auto,
+    "greedy": _greedy,
+    "dp": _dp,
+    "uniform": _uniform,
+    "sensitivity": _auto,
+}
 
 
 def register_strategy(name: str, fn: Strategy, *, replace: bool = False) -> None:
@@ -206,14 +238,23 @@ def choose(
         OptionError: for an unknown strategy.
     """
     if strategy not in _STRATEGIES:
-        raise unknown_option("strategy", strategy, _STRATEGIES, hint="Add your own with tfx.cost.register_strategy(name, fn).")
+        raise unknown_option(
+            "strategy",
+            strategy,
+            _STRATEGIES,
+            hint="Add your own with tfx.cost.register_strategy(name, fn).",
+        )
     weights = list(weights) if weights is not None else [1.0] * len(options)
     floor = sum(min(_cost(o) for o in opts) for opts in options)
     if floor > budget:
-        raise BudgetError(f"the sites need at least {floor:,.0f} parameters, above their budget of {budget:,.0f}.")
+        raise BudgetError(
+            f"the sites need at least {floor:,.0f} parameters, above their budget of {budget:,.0f}."
+        )
     picks = _STRATEGIES[strategy](options, budget, weights)
     if _total(options, picks) > budget + 1e-6:  # a user strategy that overspends
-        raise BudgetError(f"strategy {strategy!r} chose {_total(options, picks):,.0f} parameters, above the budget {budget:,.0f}.")
+        raise BudgetError(
+            f"strategy {strategy!r} chose {_total(options, picks):,.0f} parameters, above the budget {budget:,.0f}."
+        )
     return picks
 
 
@@ -240,8 +281,8 @@ def choose_two(
         return o.params / max(params_budget, 1e-9) + o.flops / max(flops_budget, 1e-9)
 
     picks = [min(range(len(opts)), key=lambda i: norm(opts[i])) for opts in options]
-    params = sum(opts[i].params for opts, i in zip(options, picks))
-    flops = sum(opts[i].flops for opts, i in zip(options, picks))
+    params = sum(opts[i].params for opts, i in zip(options, picks, strict=False))
+    flops = sum(opts[i].flops for opts, i in zip(options, picks, strict=False))
     if params > params_budget or flops > flops_budget:
         raise BudgetError(
             f"the sites need at least {params:,.0f} parameters and {flops:,.0f} FLOPs together, above the "
@@ -250,7 +291,7 @@ def choose_two(
         )
     while True:
         best, best_gain = None, 0.0
-        for s, (opts, w) in enumerate(zip(options, weights)):
+        for s, (opts, w) in enumerate(zip(options, weights, strict=False)):
             here = opts[picks[s]]
             for i, opt in enumerate(opts):
                 dp, df = opt.params - here.params, opt.flops - here.flops

@@ -49,7 +49,8 @@ class DeviceProfile:
 
     def seconds(self, flops: float, nbytes: float, steps: int, dense: bool = False) -> float:
         """Estimated time of ``steps`` kernels doing ``flops`` and moving ``nbytes`` (``dense``:
-        one ``F.linear`` / ``F.conv`` / gather call, whose host cost is ``dense_step_s``)."""
+        one ``F.linear`` / ``F.conv`` / gather call, whose host cost is ``dense_step_s``).
+        """
         launch = self.dense_step_s if dense and self.dense_step_s else self.step_s
         return flops / self.flops_per_s + nbytes / self.bytes_per_s + steps * launch
 
@@ -58,7 +59,10 @@ def _cache_path(device: torch.device, dtype: torch.dtype) -> Path:
     root = Path(os.environ.get("TFX_CACHE_DIR", Path.home() / ".cache" / "tfx"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{os.cpu_count()}"
     threads = torch.get_num_threads() if device.type == "cpu" else 0
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}-{str(dtype).replace('torch.', '')}-{threads}")
+    safe = "".join(
+        c if c.isalnum() or c in "-_." else "_"
+        for c in f"{name}-{str(dtype).replace('torch.', '')}-{threads}"
+    )
     return root / "devices" / f"{safe}-v{_VERSION}.json"
 
 
@@ -78,7 +82,11 @@ def _timed(fn: Any, device: torch.device, repeat: int) -> float:
 
 
 def measure_device(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *, cache: bool = True, refresh: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    cache: bool = True,
+    refresh: bool = False,
 ) -> DeviceProfile:
     """Measure (or read from the cache) the :class:`DeviceProfile` of ``device`` for ``dtype``.
 
@@ -119,8 +127,13 @@ def measure_device(
     step_s = _timed(lambda: torch.mm(tiny.reshape(4, 4), tiny.t()), device, 200)
     dense_step_s = _timed(lambda: torch.nn.functional.linear(tiny, tiny), device, 200)
     profile = DeviceProfile(
-        str(device), str(dtype).replace("torch.", ""), torch.get_num_threads() if device.type == "cpu" else 0,
-        flops_per_s, bytes_per_s, step_s, dense_step_s,
+        str(device),
+        str(dtype).replace("torch.", ""),
+        torch.get_num_threads() if device.type == "cpu" else 0,
+        flops_per_s,
+        bytes_per_s,
+        step_s,
+        dense_step_s,
     )
     if cache:
         try:

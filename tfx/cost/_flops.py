@@ -72,7 +72,9 @@ class Cost:
     steps: int = 1  # kernels: each priced step is one
 
     def __add__(self, other: Cost) -> Cost:
-        return Cost(self.flops + other.flops, self.elements + other.elements, self.steps + other.steps)
+        return Cost(
+            self.flops + other.flops, self.elements + other.elements, self.steps + other.steps
+        )
 
 
 _ZERO = Cost(0, 0, 0)
@@ -94,7 +96,9 @@ def _step_cost(step: str, sizes: dict[str, int]) -> Cost:
     moved = sum(math.prod(sizes[c] for c in t) for t in terms) + out_size
     if len(terms) < 2:
         return Cost(0, moved)
-    summed = math.prod(sizes[c] for c in terms[0] if c not in out and any(c in t for t in terms[1:]))
+    summed = math.prod(
+        sizes[c] for c in terms[0] if c not in out and any(c in t for t in terms[1:])
+    )
     if summed > 1:
         return Cost(2 * out_size * summed, moved)
     # Nothing (or only size-1 letters) summed: torch.einsum runs a broadcast multiply.
@@ -102,12 +106,14 @@ def _step_cost(step: str, sizes: dict[str, int]) -> Cost:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _path_cost(equation: str, shapes: Shapes, memory_limit: Any, letter: str | None, rows: int) -> Cost:
+def _path_cost(
+    equation: str, shapes: Shapes, memory_limit: Any, letter: str | None, rows: int
+) -> Cost:
     """Cost of the path planned for ``shapes``, with letter ``letter`` resized to ``rows``."""
     _, steps, _ = _limited(equation, shapes, memory_limit)
     sizes: dict[str, int] = {}
-    for term, shape in zip(equation.split("->")[0].split(","), shapes):
-        sizes.update(zip(term, shape))
+    for term, shape in zip(equation.split("->")[0].split(","), shapes, strict=False):
+        sizes.update(zip(term, shape, strict=False))
     if letter is not None:
         sizes[letter] = rows
     total = _ZERO
@@ -118,7 +124,8 @@ def _path_cost(equation: str, shapes: Shapes, memory_limit: Any, letter: str | N
 
 def _many(step: str, sizes: dict[str, int]) -> Cost:
     """A step over three or more operands (the planner's fallback under a memory limit):
-    ``torch.einsum`` splits it with opt_einsum's ``'auto'`` strategy, as priced here."""
+    ``torch.einsum`` splits it with opt_einsum's ``'auto'`` strategy, as priced here.
+    """
     shapes = [tuple(sizes[c] for c in term) for term in step.split("->")[0].split(",")]
     _, info = opt_einsum.contract_path(step, *shapes, shapes=True, optimize="auto")
     total = _ZERO
@@ -130,21 +137,25 @@ def _many(step: str, sizes: dict[str, int]) -> Cost:
 def _einsum(equation: str, *shapes: tuple[int, ...]) -> Cost:
     """One fixed pairwise einsum step (no planning)."""
     sizes: dict[str, int] = {}
-    for term, shape in zip(equation.split("->")[0].split(","), shapes):
-        sizes.update(zip(term, shape))
+    for term, shape in zip(equation.split("->")[0].split(","), shapes, strict=False):
+        sizes.update(zip(term, shape, strict=False))
     return _step_cost(equation, sizes)
 
 
 def _gemm(equation: str, *shapes: tuple[int, ...]) -> Cost:
     """One pairwise step run as a (batched) GEMM: ``2 m n k`` FLOPs even when ``k`` is 1."""
     sizes: dict[str, int] = {}
-    for term, shape in zip(equation.split("->")[0].split(","), shapes):
-        sizes.update(zip(term, shape))
+    for term, shape in zip(equation.split("->")[0].split(","), shapes, strict=False):
+        sizes.update(zip(term, shape, strict=False))
     cost = _step_cost(equation, sizes)
     inputs, out = equation.split("->")
     a, b = inputs.split(",")
     summed = math.prod(sizes[c] for c in a if c in b and c not in out)
-    return Cost(2 * math.prod(sizes[c] for c in out) * summed, cost.elements, cost.steps) if summed == 1 else cost
+    return (
+        Cost(2 * math.prod(sizes[c] for c in out) * summed, cost.elements, cost.steps)
+        if summed == 1
+        else cost
+    )
 
 
 # --------------------------------------------------------------- weight structure
@@ -154,11 +165,13 @@ def _weight(option: Option, tensor_shape: tuple[int, ...]) -> tuple[str, Shapes]
     if form in ("svd", "cp") and isinstance(rank, int):
         return _cp_equation(n), ((rank,), *((s, rank) for s in tensor_shape))
     if form == "tucker":
-        return _tucker_equation(n), (tuple(rank), *zip(tensor_shape, rank))
+        return _tucker_equation(n), (tuple(rank), *zip(tensor_shape, rank, strict=False))
     if form == "blocktt":
         rows, cols = option.tensorized_shape
         d = len(rows)
-        return _blocktt_equation(0, 2, d), tuple((rank[k], rows[k], cols[k], rank[k + 1]) for k in range(d))
+        return _blocktt_equation(0, 2, d), tuple(
+            (rank[k], rows[k], cols[k], rank[k + 1]) for k in range(d)
+        )
     # TT (and the conv 'svd', a TT with full kernel bonds): boundary cores squeezed.
     shapes = [(tensor_shape[0], rank[1])]
     shapes += [(rank[k], tensor_shape[k], rank[k + 1]) for k in range(1, n - 1)]
@@ -198,14 +211,19 @@ def _linear_reconstruct(site: SiteInfo, option: Option) -> Cost:
 def _embedding_factors(site: SiteInfo, option: Option) -> Cost:
     rows, cols = (tuple(s) for s in option.tensorized_shape)
     t, rank, bucket = site.tokens, option.rank, batch_bucket(site.tokens)
-    if option.form in ("svd", "cp"):  # scale the weights by each gathered row slice, then the columns
+    if option.form in (
+        "svd",
+        "cp",
+    ):  # scale the weights by each gathered row slice, then the columns
         # per row mode: a gather (read, write t x rank) and a multiply (read two, write one)
         cost = Cost(t * rank * len(rows), 5 * t * rank * len(rows))
         letters = "ABCDEFGHIJKLMNOPQRSTUVWXY"[: len(cols)]
         equation = "nz," + ",".join(f"{c}z" for c in letters) + "->n" + letters
         shapes = ((bucket, rank), *((s, rank) for s in cols))
         return cost + _path_cost(equation, shapes, "max_io", "n", t)
-    if option.form == "tucker":  # Kronecker product of the gathered row slices, core, column factors
+    if (
+        option.form == "tucker"
+    ):  # Kronecker product of the gathered row slices, core, column factors
         d, cost, width = len(rows), _ZERO, 1
         for k in range(d):
             cost += Cost(0, 2 * t * rank[k])  # gather
@@ -213,15 +231,24 @@ def _embedding_factors(site: SiteInfo, option: Option) -> Cost:
                 cost += Cost(t * width * rank[k], t * (width + rank[k] + width * rank[k]))
             width *= rank[k]
         ranks, letters = "abcdefghijkl"[: len(cols)], "ABCDEFGHIJKL"[: len(cols)]
-        equation = "nz,z" + ranks + "," + ",".join(f"{c}{r}" for c, r in zip(letters, ranks)) + "->n" + letters
-        shapes = ((bucket, width), (width, *rank[d:]), *zip(cols, rank[d:]))
+        equation = (
+            "nz,z"
+            + ranks
+            + ","
+            + ",".join(f"{c}{r}" for c, r in zip(letters, ranks, strict=False))
+            + "->n"
+            + letters
+        )
+        shapes = ((bucket, width), (width, *rank[d:]), *zip(cols, rank[d:], strict=False))
         return cost + _path_cost(equation, shapes, "max_io", "n", t)
     if option.form == "blocktt":  # chain the gathered cores, one output mode at a time
         cost, width = _ZERO, cols[0]
         for k in range(len(rows)):
             cost += Cost(0, 2 * t * rank[k] * cols[k] * rank[k + 1])  # gather
             if k:
-                cost += _gemm("nar,nrbs->nabs", (t, width, rank[k]), (t, rank[k], cols[k], rank[k + 1]))
+                cost += _gemm(
+                    "nar,nrbs->nabs", (t, width, rank[k]), (t, rank[k], cols[k], rank[k + 1])
+                )
                 width *= cols[k]
         return cost
     # TT: chain the gathered row cores, then expand the column cores.
@@ -232,7 +259,9 @@ def _embedding_factors(site: SiteInfo, option: Option) -> Cost:
             cost += _gemm("nr,nrs->ns", (t, rank[k]), (t, rank[k], rank[k + 1]))
     width = 1
     for k, size in enumerate(cols):
-        cost += _gemm("nar,rbs->nabs", (t, width, rank[d + k]), (rank[d + k], size, rank[d + k + 1]))
+        cost += _gemm(
+            "nar,rbs->nabs", (t, width, rank[d + k]), (rank[d + k], size, rank[d + k + 1])
+        )
         width *= size
     return cost
 
@@ -246,7 +275,9 @@ def _embedding_reconstruct(site: SiteInfo, option: Option) -> Cost:
 def _conv(positions: int, c_in: int, c_out: int, kernel: int, groups: int = 1) -> Cost:
     """``2 * output elements * (c_in / groups) * kernel`` FLOPs; reads input and kernel, writes output."""
     weight = c_out * (c_in // groups) * kernel
-    return Cost(2 * positions * c_out * (c_in // groups) * kernel, positions * (c_in + c_out) + weight)
+    return Cost(
+        2 * positions * c_out * (c_in // groups) * kernel, positions * (c_in + c_out) + weight
+    )
 
 
 def _conv_factors(site: SiteInfo, option: Option) -> Cost:
@@ -254,21 +285,36 @@ def _conv_factors(site: SiteInfo, option: Option) -> Cost:
     k, t = math.prod(kernel), site.tokens
     t_in = site.in_tokens or t
     rank = option.rank
-    if option.form in ("svd", "tt"):  # build the kernel (rank[1], in, *kernel) from cores 1.., conv, pointwise
+    if option.form in (
+        "svd",
+        "tt",
+    ):  # build the kernel (rank[1], in, *kernel) from cores 1.., conv, pointwise
         # the spatial cores chained first (GEMMs), then one GEMM with the channel core
         cost, rows = _ZERO, rank[2] * kernel[0]
         for j, size in enumerate(kernel[1:], start=3):
-            cost += Cost(2 * rows * rank[j] * size * rank[j + 1], rows * rank[j] + rank[j] * size * rank[j + 1] + rows * size * rank[j + 1])
+            cost += Cost(
+                2 * rows * rank[j] * size * rank[j + 1],
+                rows * rank[j] + rank[j] * size * rank[j + 1] + rows * size * rank[j + 1],
+            )
             rows *= size
-        cost += Cost(2 * rank[1] * in_c * rank[2] * k, rank[1] * in_c * rank[2] + rank[2] * k + rank[1] * in_c * k)
+        cost += Cost(
+            2 * rank[1] * in_c * rank[2] * k,
+            rank[1] * in_c * rank[2] + rank[2] * k + rank[1] * in_c * k,
+        )
         return cost + _conv(t, in_c, rank[1], k) + _conv(t, rank[1], out_c, 1)
-    if option.form == "tucker":  # expand the core's spatial modes, pointwise in, core conv, pointwise out
+    if (
+        option.form == "tucker"
+    ):  # expand the core's spatial modes, pointwise in, core conv, pointwise out
         ro, ri, r_space = rank[0], rank[1], rank[2:]
         cost, rows, cols = _ZERO, kernel[0], r_space[0]
-        for size, r in zip(kernel[1:], r_space[1:]):  # the Kronecker product of the spatial factors
+        for size, r in zip(
+            kernel[1:], r_space[1:], strict=False
+        ):  # the Kronecker product of the spatial factors
             cost += Cost(rows * size * cols * r, rows * cols + size * r + rows * size * cols * r)
             rows, cols = rows * size, cols * r
-        cost += Cost(2 * ro * ri * cols * rows, ro * ri * cols + rows * cols + ro * ri * rows)  # one GEMM
+        cost += Cost(
+            2 * ro * ri * cols * rows, ro * ri * cols + rows * cols + ro * ri * rows
+        )  # one GEMM
         return cost + _conv(t_in, in_c, ri, 1) + _conv(t, ri, ro, k) + _conv(t, ro, out_c, 1)
     # CP, separable: pointwise in, one depthwise 1-D conv per axis, weights into the out factor, pointwise out.
     cost = _conv(t_in, in_c, rank, 1) + Cost(out_c * rank, 2 * out_c * rank + rank)
@@ -316,13 +362,23 @@ def _reconstruct_floor(site: SiteInfo, option: Option) -> int:
     return rebuilt if site.kind == "embedding" else rebuilt * (1 + 2 * site.tokens)
 
 
-def _priced(option: Option, cost: Cost, itemsize: int, order: str, profile: DeviceProfile | None) -> Option:
+def _priced(
+    option: Option, cost: Cost, itemsize: int, order: str, profile: DeviceProfile | None
+) -> Option:
     nbytes = cost.elements * itemsize
-    seconds = profile.seconds(cost.flops, nbytes, cost.steps, dense=order == "dense") if profile is not None else 0.0
-    return dataclasses.replace(option, flops=cost.flops, bytes=nbytes, order=order, steps=cost.steps, seconds=seconds)
+    seconds = (
+        profile.seconds(cost.flops, nbytes, cost.steps, dense=order == "dense")
+        if profile is not None
+        else 0.0
+    )
+    return dataclasses.replace(
+        option, flops=cost.flops, bytes=nbytes, order=order, steps=cost.steps, seconds=seconds
+    )
 
 
-def price(site: SiteInfo, option: Option, itemsize: int = 4, profile: DeviceProfile | None = None) -> Option:
+def price(
+    site: SiteInfo, option: Option, itemsize: int = 4, profile: DeviceProfile | None = None
+) -> Option:
     """``option`` with the FLOPs, bytes and kernel count of its cheaper order, and that order.
 
     Cheaper means fewer FLOPs (then fewer bytes; ties: ``'factors'``), or with a ``profile``
@@ -347,6 +403,8 @@ def price(site: SiteInfo, option: Option, itemsize: int = 4, profile: DeviceProf
     return _priced(option, cost, itemsize, order, profile)
 
 
-def price_all(site: SiteInfo, options: Sequence[Option], itemsize: int, profile: DeviceProfile | None = None) -> list[Option]:
+def price_all(
+    site: SiteInfo, options: Sequence[Option], itemsize: int, profile: DeviceProfile | None = None
+) -> list[Option]:
     """:func:`price` for each option of one site."""
     return [price(site, o, itemsize, profile) for o in options]

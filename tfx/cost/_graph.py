@@ -13,8 +13,12 @@ __all__ = ["build_graph"]
 
 
 def build_graph(
-    sites: Sequence[SiteInfo], options: Sequence[Sequence[Option]], edges: Sequence[tuple[str, str]] = (), *,
-    extra: Sequence[dict[str, Any]] | None = None, groups: Sequence[Any] = (),
+    sites: Sequence[SiteInfo],
+    options: Sequence[Sequence[Option]],
+    edges: Sequence[tuple[str, str]] = (),
+    *,
+    extra: Sequence[dict[str, Any]] | None = None,
+    groups: Sequence[Any] = (),
 ) -> nx.DiGraph:
     """The planner's input: a ``DiGraph`` of the sites, their data flow and their groups.
 
@@ -27,10 +31,18 @@ def build_graph(
     (``relation="member"``) from each member.
     """
     graph = nx.DiGraph()
-    for k, (info, opts) in enumerate(zip(sites, options)):
-        more = {"itemsize": 4, "held": None, "kept": {}, "weight": 1.0, **(extra[k] if extra else {})}
+    for k, (info, opts) in enumerate(zip(sites, options, strict=False)):
+        more = {
+            "itemsize": 4,
+            "held": None,
+            "kept": {},
+            "weight": 1.0,
+            **(extra[k] if extra else {}),
+        }
         graph.add_node(info.name, kind="site", info=info, options=list(opts), **more)
-    graph.add_edges_from((a, b, {"relation": "data"}) for a, b in edges if a in graph and b in graph)
+    graph.add_edges_from(
+        (a, b, {"relation": "data"}) for a, b in edges if a in graph and b in graph
+    )
     for group in groups:
         graph.add_node(group.name, kind="group", group=group, options=list(group.options))
         graph.add_edges_from((m, group.name, {"relation": "member"}) for m in group.members)

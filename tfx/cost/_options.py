@@ -21,9 +21,9 @@ import torch
 from ..tensors import _decompose
 from ..tensors._rank import tt_rank_bounds
 from ..utils import balanced_tensorization, get_tensorized_shape
+from ._device import DeviceProfile
 from ._flops import price, price_all
 from ._records import Option, SiteInfo
-from ._device import DeviceProfile
 from ._whiten import InputStats, small_eig
 
 __all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra"]
@@ -40,13 +40,15 @@ _ALIGN: contextvars.ContextVar[int] = contextvars.ContextVar("tfx_rank_align", d
 def rank_alignment(weight: torch.Tensor) -> int:
     """The multiple ranks are rounded to for ``weight``'s hardware: 64 for half precision on
     CUDA (tensor-core tiles: a misaligned rank runs up to 4x slower there), else 8 (SIMD
-    widths, fp32 tensor cores)."""
+    widths, fp32 tensor cores).
+    """
     return 64 if weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) else 8
 
 
 def _rank_grid(full: int, n: int = _GRID) -> list[int]:
     """Geometric ranks in [1, full]: multiples of 8 from 32, and of the weight's alignment
-    (:func:`rank_alignment`) from twice that, where rounding costs a few percent of the rank."""
+    (:func:`rank_alignment`) from twice that, where rounding costs a few percent of the rank.
+    """
     align = _ALIGN.get()
     out = set()
     for i in range(n):
@@ -81,11 +83,15 @@ class Spectra:
     def __init__(self, weight: torch.Tensor) -> None:
         # Energies for rank selection need no float64: the Gram products run in float32
         # (small weights in float64, where it costs nothing).
-        self.weight = weight.detach().to(torch.float32 if weight.numel() > 1 << 14 else torch.float64)
+        self.weight = weight.detach().to(
+            torch.float32 if weight.numel() > 1 << 14 else torch.float64
+        )
         self.norm2 = float((self.weight.double() ** 2).sum())
         self._cache: dict[Any, list[float]] = {}
 
-    def tails(self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int) -> list[float]:
+    def tails(
+        self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int
+    ) -> list[float]:
         """``tails[r]`` = discarded energy when keeping ``r`` singular values of the unfolding."""
         # Without a permutation, the unfolding is the flat weight reshaped to (rows, -1):
         # it depends on the row count only, so forms and tensorizations share it.
@@ -107,7 +113,9 @@ class Spectra:
             self._cache[key] = [*energy, 0.0]
         return self._cache[key]
 
-    def discarded(self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int, rank: int) -> float:
+    def discarded(
+        self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int, rank: int
+    ) -> float:
         """Energy discarded by keeping ``rank`` singular values of the unfolding."""
         tails = self.tails(shape, perm, split)
         return tails[min(rank, len(tails) - 1)]
@@ -150,10 +158,13 @@ def _balanced_enough(n: int) -> bool:
     return split is not None and max(split) <= 2 * n ** (1 / 3) + 1
 
 
-def _tensorizations(site: SiteInfo, rows: int | None = None, cols: int | None = None) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+def _tensorizations(
+    site: SiteInfo, rows: int | None = None, cols: int | None = None
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(row shape, column shape) pairs: ``get_tensorized_shape`` at orders 2-4, and the most
     balanced factorizations of each size (factors near n ** (1 / order)), paired largest with
-    largest; awkward splits (a large prime factor) are left out."""
+    largest; awkward splits (a large prime factor) are left out.
+    """
     import warnings
 
     if rows is None or cols is None:
@@ -177,7 +188,10 @@ def _tensorizations(site: SiteInfo, rows: int | None = None, cols: int | None = 
         for row_shape, col_shape in pairs:
             if len(row_shape) != order or len(col_shape) != order or min(row_shape + col_shape) < 2:
                 continue
-            if max(row_shape) > 4 * rows ** (1 / order) + 1 or max(col_shape) > 4 * cols ** (1 / order) + 1:
+            if (
+                max(row_shape) > 4 * rows ** (1 / order) + 1
+                or max(col_shape) > 4 * cols ** (1 / order) + 1
+            ):
                 continue  # an awkward split: its unfoldings are not worth their cost
             pair = (tuple(row_shape), tuple(col_shape))
             if pair not in seen:
@@ -192,7 +206,9 @@ def _svd_options(site: SiteInfo, spectra: Spectra, rows: int, cols: int) -> Iter
         yield Option("svd", ((rows,), (cols,)), r, params, 0, err)  # FLOPs: priced in candidates()
 
 
-def _tucker_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
+def _tucker_options(
+    site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]
+) -> Iterable[Option]:
     shape = row + col
     seen = set()
     for i in range(1, 17):
@@ -201,14 +217,19 @@ def _tucker_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col:
         if rank in seen:
             continue
         seen.add(rank)
-        energy = sum(spectra.discarded(shape, None, 1, r) if k == 0 else
-                     spectra.discarded(shape, (k, *[j for j in range(len(shape)) if j != k]), 1, r)
-                     for k, r in enumerate(rank))
-        params = math.prod(rank) + sum(s * r for s, r in zip(shape, rank))
+        energy = sum(
+            spectra.discarded(shape, None, 1, r)
+            if k == 0
+            else spectra.discarded(shape, (k, *[j for j in range(len(shape)) if j != k]), 1, r)
+            for k, r in enumerate(rank)
+        )
+        params = math.prod(rank) + sum(s * r for s, r in zip(shape, rank, strict=False))
         yield Option("tucker", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
-def _tt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
+def _tt_options(
+    site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]
+) -> Iterable[Option]:
     shape = row + col
     for rank in _bond_ranks(shape):
         energy = sum(spectra.discarded(shape, None, k, rank[k]) for k in range(1, len(shape)))
@@ -216,9 +237,11 @@ def _tt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tup
         yield Option("tt", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
-def _blocktt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]) -> Iterable[Option]:
+def _blocktt_options(
+    site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col: tuple[int, ...]
+) -> Iterable[Option]:
     d = len(row)
-    merged = tuple(o * i for o, i in zip(row, col))
+    merged = tuple(o * i for o, i in zip(row, col, strict=False))
     perm = tuple(j for k in range(d) for j in (k, d + k))
     shape = row + col
     for rank in _bond_ranks(merged):
@@ -227,7 +250,9 @@ def _blocktt_options(site: SiteInfo, spectra: Spectra, row: tuple[int, ...], col
         yield Option("blocktt", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
-def _cp_options(site: SiteInfo, weight: torch.Tensor, shape: tuple[int, ...], tshape: Any, norm2: float) -> Iterable[Option]:
+def _cp_options(
+    site: SiteInfo, weight: torch.Tensor, shape: tuple[int, ...], tshape: Any, norm2: float
+) -> Iterable[Option]:
     """A few CP ranks, each fitted by a short time-boxed ALS (small weights only)."""
     tensor = weight.detach().double().reshape(shape)
     for frac in (0.15, 0.5):
@@ -240,7 +265,11 @@ def _cp_options(site: SiteInfo, weight: torch.Tensor, shape: tuple[int, ...], ts
 
 # ------------------------------------------------------------------------ conv
 def _conv_options(
-    site: SiteInfo, weight: torch.Tensor, spectra: Spectra, forms: Sequence[str], svd_spectra: Spectra | None = None,
+    site: SiteInfo,
+    weight: torch.Tensor,
+    spectra: Spectra,
+    forms: Sequence[str],
+    svd_spectra: Spectra | None = None,
 ) -> Iterable[Option]:
     svd_spectra = spectra if svd_spectra is None else svd_spectra
     out_c, in_c, *kernel = site.weight_shape
@@ -262,7 +291,9 @@ def _conv_options(
                 continue
             seen.add((ro, ri))
             rank = (ro, ri, *kernel)
-            energy = spectra.discarded(shape, None, 1, ro) + spectra.discarded(shape, (1, 0, *range(2, len(shape))), 1, ri)
+            energy = spectra.discarded(shape, None, 1, ro) + spectra.discarded(
+                shape, (1, 0, *range(2, len(shape))), 1, ri
+            )
             params = math.prod(rank) + out_c * ro + in_c * ri + sum(s * s for s in kernel)
             yield Option("tucker", None, rank, params, 0, _rel(spectra.norm2, energy))
     if "tt" in forms:
@@ -275,7 +306,10 @@ def _conv_options(
 
 
 def _tensorized_options(
-    site: SiteInfo, spectra: Spectra, matrix: torch.Tensor, pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+    site: SiteInfo,
+    spectra: Spectra,
+    matrix: torch.Tensor,
+    pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
     forms: Sequence[str],
 ) -> Iterable[Option]:
     for row, col in pairs:
@@ -295,8 +329,12 @@ def _tensorized_options(
 
 # --------------------------------------------------------------------- entry point
 def candidates(
-    site: SiteInfo, weight: torch.Tensor, forms: Sequence[str] = FORMS, stats: InputStats | None = None,
-    profile: DeviceProfile | None = None, keep: dict[str, Any] | None = None,
+    site: SiteInfo,
+    weight: torch.Tensor,
+    forms: Sequence[str] = FORMS,
+    stats: InputStats | None = None,
+    profile: DeviceProfile | None = None,
+    keep: dict[str, Any] | None = None,
 ) -> list[Option]:
     """Every candidate for ``site`` (the dense option included), cheapest first.
 
@@ -325,7 +363,11 @@ def candidates(
 
 
 def _candidates(
-    site: SiteInfo, weight: torch.Tensor, forms: Sequence[str], stats: InputStats | None, profile: DeviceProfile | None,
+    site: SiteInfo,
+    weight: torch.Tensor,
+    forms: Sequence[str],
+    stats: InputStats | None,
+    profile: DeviceProfile | None,
     keep: dict[str, Any] | None = None,
 ) -> list[Option]:
     options = [dense_option(site, weight.element_size(), profile)]
@@ -339,7 +381,9 @@ def _candidates(
                 svd_spectra = Spectra(stats.whitening().apply(flat).reshape(weight.shape))
                 kron = spectra
                 if stats.full and any(f in forms for f in ("tucker", "tt")):
-                    kron = Spectra(stats.whitening(weight.shape[1:]).apply(flat).reshape(weight.shape))
+                    kron = Spectra(
+                        stats.whitening(weight.shape[1:]).apply(flat).reshape(weight.shape)
+                    )
                 options += list(_conv_options(site, weight, kron, forms, svd_spectra=svd_spectra))
         else:
             rows, cols = _matrix_sizes(site)
@@ -356,7 +400,9 @@ def _candidates(
                     keep["svd"] = (svd_spectra, rows, cols, _ALIGN.get())
             pairs = _tensorizations(site)
             tensorized = any(f in forms for f in ("tucker", "tt", "blocktt"))
-            if stats is not None and stats.full and tensorized:  # one Kronecker whitening per column tensorization
+            if (
+                stats is not None and stats.full and tensorized
+            ):  # one Kronecker whitening per column tensorization
                 for pair in pairs:
                     whitened = Spectra(stats.whitening(pair[1]).apply(matrix))
                     options += list(_tensorized_options(site, whitened, matrix, [pair], forms))
@@ -367,7 +413,11 @@ def _candidates(
                 # Zero rows/columns: the same matrix, with shapes that tensorize (exact).
                 padded = torch.nn.functional.pad(matrix, (0, p_cols - cols, 0, p_rows - rows))
                 # Order 3 only: these matrices are the large ones (vocabularies), whose spectra cost.
-                extra = [p for p in _tensorizations(site, p_rows, p_cols) if p not in pairs and len(p[0]) == 3]
+                extra = [
+                    p
+                    for p in _tensorizations(site, p_rows, p_cols)
+                    if p not in pairs and len(p[0]) == 3
+                ]
                 # TT and BlockTT only: the forms that compress a vocabulary-sized table best;
                 # Tucker's mode unfoldings of such a matrix cost seconds for a rarely chosen form.
                 chain_forms = [f for f in forms if f in ("tt", "blocktt")]
@@ -376,5 +426,7 @@ def _candidates(
                     p_spectra._cache[("flat", p_rows)] = spectra.tails((rows, cols), None, 1)
                 options += list(_tensorized_options(site, p_spectra, padded, extra, chain_forms))
     dense = options[0].params
-    kept = [options[0]] + price_all(site, [o for o in options[1:] if o.params < dense], weight.element_size(), profile)
+    kept = [options[0]] + price_all(
+        site, [o for o in options[1:] if o.params < dense], weight.element_size(), profile
+    )
     return sorted(kept, key=lambda o: (o.params, o.error))

@@ -106,34 +106,76 @@ class FactorizationPlan:
 
         close = difflib.get_close_matches(site, [c.site for c in self.choices], n=3)
         raise PlanMismatchError(
-            f"the plan has no site {site!r}" + (f"; did you mean {', '.join(map(repr, close))}?" if close else ".")
+            f"the plan has no site {site!r}"
+            + (f"; did you mean {', '.join(map(repr, close))}?" if close else ".")
             + "\nFix: use a name from [c.site for c in plan.choices]."
         )
 
     # ------------------------------------------------------------------ output
     def table(self) -> str:
         """The plan as an aligned text table with totals."""
-        header = ("site", "kind", "weight", "form", "tensorized", "rank", "params", "-> after",
-                  "FLOPs", "-> after", "bytes", "-> after", "est. error", "note")
+        header = (
+            "site",
+            "kind",
+            "weight",
+            "form",
+            "tensorized",
+            "rank",
+            "params",
+            "-> after",
+            "FLOPs",
+            "-> after",
+            "bytes",
+            "-> after",
+            "est. error",
+            "note",
+        )
         rows = [
             (
-                c.site, c.kind, "x".join(map(str, c.weight_shape)), c.form, _fmt(c.tensorized_shape),
-                _fmt(c.rank), _human(c.params_before), _human(c.params_after), _human(c.flops_before),
-                _human(c.flops_after), _human(c.bytes_before), _human(c.bytes_after), f"{c.error:.3f}",
+                c.site,
+                c.kind,
+                "x".join(map(str, c.weight_shape)),
+                c.form,
+                _fmt(c.tensorized_shape),
+                _fmt(c.rank),
+                _human(c.params_before),
+                _human(c.params_after),
+                _human(c.flops_before),
+                _human(c.flops_after),
+                _human(c.bytes_before),
+                _human(c.bytes_after),
+                f"{c.error:.3f}",
                 " ".join(filter(None, (c.reason, _ORDER_NOTE.get(c.order, "")))),
             )
             for c in self.choices
         ]
         before, after = self.total_params_before, self.total_params_after
         rows.append(
-            ("TOTAL (model)", "", "", "", "", "", _human(before), _human(after), _human(self.total_flops_before),
-             _human(self.total_flops_after), _human(self.total_bytes_before), _human(self.total_bytes_after), "",
-             f"{100 * after / max(before, 1):.1f}% of params")
+            (
+                "TOTAL (model)",
+                "",
+                "",
+                "",
+                "",
+                "",
+                _human(before),
+                _human(after),
+                _human(self.total_flops_before),
+                _human(self.total_flops_after),
+                _human(self.total_bytes_before),
+                _human(self.total_bytes_after),
+                "",
+                f"{100 * after / max(before, 1):.1f}% of params",
+            )
         )
-        if any(c.sensitivity is not None for c in self.choices):  # strategy="sensitivity": a column of its own
+        if any(
+            c.sensitivity is not None for c in self.choices
+        ):  # strategy="sensitivity": a column of its own
             header = (*header[:-1], "sens.", header[-1])
-            sens = [f"{c.sensitivity:.3g}" if c.sensitivity is not None else "-" for c in self.choices] + [""]
-            rows = [(*r[:-1], v, r[-1]) for r, v in zip(rows, sens)]
+            sens = [
+                f"{c.sensitivity:.3g}" if c.sensitivity is not None else "-" for c in self.choices
+            ] + [""]
+            rows = [(*r[:-1], v, r[-1]) for r, v in zip(rows, sens, strict=False)]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         line = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [line.format(*header), line.format(*("-" * w for w in widths))]

@@ -62,7 +62,9 @@ class Group:
     separate: Callable[[Option], dict[str, Option] | None] = lambda option: None
 
 
-def make_choice(node: dict[str, Any], option: Option, profile: DeviceProfile | None = None) -> Choice:
+def make_choice(
+    node: dict[str, Any], option: Option, profile: DeviceProfile | None = None
+) -> Choice:
     """The plan row of a site node for ``option``, with notes on speed against dense."""
     info: SiteInfo = node["info"]
     dense = dense_option(info, node["itemsize"], profile)
@@ -70,20 +72,39 @@ def make_choice(node: dict[str, Any], option: Option, profile: DeviceProfile | N
     if option.form != "dense" and option.flops > dense.flops:  # saves parameters, not FLOPs: say so
         reason = " ".join(filter(None, (reason, "more FLOPs than dense")))
     if profile is not None and option.form != "dense" and option.seconds > dense.seconds:
-        reason = " ".join(filter(None, (reason, f"est. {option.seconds / max(dense.seconds, 1e-12):.2f}x dense time")))
+        reason = " ".join(
+            filter(
+                None, (reason, f"est. {option.seconds / max(dense.seconds, 1e-12):.2f}x dense time")
+            )
+        )
     return Choice(
-        site=info.name, kind=info.kind, weight_shape=info.weight_shape, form=option.form,
-        tensorized_shape=option.tensorized_shape, rank=option.rank,
+        site=info.name,
+        kind=info.kind,
+        weight_shape=info.weight_shape,
+        form=option.form,
+        tensorized_shape=option.tensorized_shape,
+        rank=option.rank,
         params_before=info.dense_params if node["held"] is None else node["held"],
-        params_after=option.params, flops_before=dense.flops,
-        flops_after=option.flops, error=option.error, path=info.path, reason=reason, tokens=info.tokens,
-        bytes_before=dense.bytes, bytes_after=option.bytes, order=option.order,
-        seconds_before=dense.seconds, seconds_after=option.seconds,
+        params_after=option.params,
+        flops_before=dense.flops,
+        flops_after=option.flops,
+        error=option.error,
+        path=info.path,
+        reason=reason,
+        tokens=info.tokens,
+        bytes_before=dense.bytes,
+        bytes_after=option.bytes,
+        order=option.order,
+        seconds_before=dense.seconds,
+        seconds_after=option.seconds,
     )
 
 
 def not_slower(
-    options: list[list[Option]], budget: float, infos: Sequence[SiteInfo | None], profile: DeviceProfile | None,
+    options: list[list[Option]],
+    budget: float,
+    infos: Sequence[SiteInfo | None],
+    profile: DeviceProfile | None,
 ) -> tuple[list[list[Option]], str]:
     """Each item's options without those estimated slower than dense (:data:`MIN_SPEEDUP`), when
     the budget can still be met that way; else all of them and a note saying so.
@@ -93,14 +114,18 @@ def not_slower(
     dense option (groups) keep theirs.
     """
     fast = []
-    for info, opts in zip(infos, options):
+    for info, opts in zip(infos, options, strict=False):
         dense = next((o for o in opts if o.form == "dense"), None)
         if dense is None or info is None or (profile is None and info.kind == "embedding"):
             fast.append(opts)
         elif profile is not None:
-            fast.append([o for o in opts if o.form == "dense" or o.seconds <= dense.seconds / MIN_SPEEDUP])
+            fast.append(
+                [o for o in opts if o.form == "dense" or o.seconds <= dense.seconds / MIN_SPEEDUP]
+            )
         else:
-            fast.append([o for o in opts if o.form == "dense" or o.flops <= dense.flops / MIN_SPEEDUP])
+            fast.append(
+                [o for o in opts if o.form == "dense" or o.flops <= dense.flops / MIN_SPEEDUP]
+            )
     if sum(min(o.params for o in opts) for opts in fast) <= budget:
         return fast, ""
     if profile is not None:
@@ -114,11 +139,19 @@ def not_slower(
     )
 
 
-def budget_message(budget: Any, budget_params: float, total: int, outside: int, floor: float,
-                   infos: Sequence[SiteInfo]) -> str:
+def budget_message(
+    budget: Any,
+    budget_params: float,
+    total: int,
+    outside: int,
+    floor: float,
+    infos: Sequence[SiteInfo],
+) -> str:
     """The :class:`~tfx.BudgetError` text: the smallest reachable size, and what holds it up."""
     dense = sorted((i for i in infos if not i.factorizable), key=lambda i: -i.dense_params)
-    held = "; ".join(f"{i.name} ({i.kind} {'x'.join(map(str, i.weight_shape))}: {i.reason})" for i in dense[:3])
+    held = "; ".join(
+        f"{i.name} ({i.kind} {'x'.join(map(str, i.weight_shape))}: {i.reason})" for i in dense[:3]
+    )
     return (
         f"budget={budget!r} ({_human(budget_params)} of {_human(total)} params) is below the smallest "
         f"reachable size, {_human(floor)} ({100 * floor / total:.1f}%).\n"
@@ -129,7 +162,10 @@ def budget_message(budget: Any, budget_params: float, total: int, outside: int, 
 
 
 def _refine(
-    nodes: Sequence[dict[str, Any]], chosen: list[Option], budget: float, budget_flops: float | None,
+    nodes: Sequence[dict[str, Any]],
+    chosen: list[Option],
+    budget: float,
+    budget_flops: float | None,
     profile: DeviceProfile | None,
 ) -> list[Option]:
     """Low-rank picks raised to the in-between ranks the budget still pays for (see ``_refine``)."""
@@ -138,7 +174,9 @@ def _refine(
     def price_one(i: int, option: Option) -> Option:
         return price(nodes[i]["info"], option, nodes[i]["itemsize"], profile)
 
-    def allowed(i: int, option: Option) -> bool:  # the speed rule of not_slower, kept by the upgrade
+    def allowed(
+        i: int, option: Option
+    ) -> bool:  # the speed rule of not_slower, kept by the upgrade
         current = chosen[i]
         if profile is not None:
             return option.seconds <= max(dense[i].seconds / MIN_SPEEDUP, current.seconds)
@@ -147,13 +185,24 @@ def _refine(
         return option.flops <= max(dense[i].flops / MIN_SPEEDUP, current.flops)
 
     return refine_svd_ranks(
-        [n["info"] for n in nodes], chosen, [n["kept"].get("svd") for n in nodes], budget,
-        [n["weight"] for n in nodes], price_one, allowed, budget_flops,
+        [n["info"] for n in nodes],
+        chosen,
+        [n["kept"].get("svd") for n in nodes],
+        budget,
+        [n["weight"] for n in nodes],
+        price_one,
+        allowed,
+        budget_flops,
     )
 
 
 def plan_graph(
-    graph: nx.DiGraph, budget: Any, *, total: int, strategy: str = "auto", profile: DeviceProfile | None = None,
+    graph: nx.DiGraph,
+    budget: Any,
+    *,
+    total: int,
+    strategy: str = "auto",
+    profile: DeviceProfile | None = None,
     outside: int | None = None,
 ) -> FactorizationPlan:
     """Choose one option per item of ``graph`` (sites and groups) so the model fits ``budget``.
@@ -174,15 +223,17 @@ def plan_graph(
     """
     names = [n for n, data in graph.nodes(data=True) if data.get("kind", "site") == "site"]
     nodes = [graph.nodes[n] for n in names]
-    groups: list[Group] = [data["group"] for _, data in graph.nodes(data=True) if data.get("kind") == "group"]
+    groups: list[Group] = [
+        data["group"] for _, data in graph.nodes(data=True) if data.get("kind") == "group"
+    ]
     index = {name: i for i, name in enumerate(names)}
     followers = {m for g in groups if g.counted_once for m in g.members[1:]}
     held = [n["info"].dense_params if n["held"] is None else n["held"] for n in nodes]
-    fixed = total - sum(h for name, h in zip(names, held) if name not in followers)
+    fixed = total - sum(h for name, h in zip(names, held, strict=False) if name not in followers)
     grouped = {m: g for g in groups for m in g.members}
     # Items in graph order: a site outside every group, or a group at its first member.
     items: list[tuple[SiteInfo | None, list[Option], float, Group | None, str]] = []
-    for name, node in zip(names, nodes):
+    for name, node in zip(names, nodes, strict=False):
         group = grouped.get(name)
         if group is None:
             items.append((node["info"], list(node["options"]), node["weight"], None, name))
@@ -191,12 +242,24 @@ def plan_graph(
             items.append((None, list(group.options), weight, group, name))
     total_flops = sum(dense_option(n["info"]).flops for n in nodes)
     has_shapes = any(n["info"].tokens > 1 for n in nodes) or not nodes
-    budget_params, budget_flops = normalise_budget(budget, total, total_flops if has_shapes else None)
+    budget_params, budget_flops = normalise_budget(
+        budget, total, total_flops if has_shapes else None
+    )
     floor = fixed + sum(min(o.params for o in item[1]) for item in items)
     if floor > budget_params:
-        raise BudgetError(budget_message(budget, budget_params, total, fixed if outside is None else outside, floor,
-                                         [n["info"] for n in nodes]))
-    options, note = not_slower([item[1] for item in items], budget_params - fixed, [item[0] for item in items], profile)
+        raise BudgetError(
+            budget_message(
+                budget,
+                budget_params,
+                total,
+                fixed if outside is None else outside,
+                floor,
+                [n["info"] for n in nodes],
+            )
+        )
+    options, note = not_slower(
+        [item[1] for item in items], budget_params - fixed, [item[0] for item in items], profile
+    )
     weights = [item[2] for item in items]
     if budget_flops is None:
         picks = choose(options, budget_params - fixed, strategy=strategy, weights=weights)
@@ -207,7 +270,7 @@ def plan_graph(
     rows: dict[str, Choice] = {}
     frozen: set[str] = set()
     choose_row: MakeChoice = lambda name, option: make_choice(nodes[index[name]], option, profile)  # noqa: E731
-    for (_, _, _, group, name), opts, pick in zip(items, options, picks):
+    for (_, _, _, group, name), opts, pick in zip(items, options, picks, strict=False):
         option = opts[pick]
         if group is None:
             chosen[name] = option
@@ -221,7 +284,14 @@ def plan_graph(
         frozen.update(group.members)
     ordered = [chosen[name] for name in names]
     if strategy != "uniform":  # the uniform baseline keeps its grid ranks
-        refinable = [dict(n, kept={}) if name in frozen else n for name, n in zip(names, nodes)]
+        refinable = [
+            dict(n, kept={}) if name in frozen else n for name, n in zip(names, nodes, strict=False)
+        ]
         ordered = _refine(refinable, ordered, budget_params - fixed, budget_flops, profile)
-    choices = [rows.get(name) or choose_row(name, option) for name, option in zip(names, ordered)]
-    return FactorizationPlan(choices, total, fixed, budget_params, strategy=strategy, notes=[note] if note else [])
+    choices = [
+        rows.get(name) or choose_row(name, option)
+        for name, option in zip(names, ordered, strict=False)
+    ]
+    return FactorizationPlan(
+        choices, total, fixed, budget_params, strategy=strategy, notes=[note] if note else []
+    )

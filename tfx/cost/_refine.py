@@ -80,7 +80,11 @@ def refine_svd_ranks(
             return
         rank = _next_rank(current.rank, align)
         params = rank * (1 + rows + cols)
-        if rank > min(rows, cols) or params >= infos[i].dense_params or params - current.params > left:
+        if (
+            rank > min(rows, cols)
+            or params >= infos[i].dense_params
+            or params - current.params > left
+        ):
             return
         energy = s.discarded((rows, cols), None, 1, rank)
         error = min(1.0, math.sqrt(max(energy, 0.0) / s.norm2)) if s.norm2 > 0 else 0.0
@@ -104,7 +108,9 @@ def refine_svd_ranks(
         if extra > left:
             continue  # every later step of this site costs as much: it is done
         priced = price(i, candidate)
-        if not allowed(i, priced) or (flops_left is not None and priced.flops - out[i].flops > flops_left):
+        if not allowed(i, priced) or (
+            flops_left is not None and priced.flops - out[i].flops > flops_left
+        ):
             continue
         left -= extra
         if flops_left is not None:

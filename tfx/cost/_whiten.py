@@ -73,7 +73,9 @@ class InputStats:
             raise ValueError("no calibration rows recorded")
         return self.moment.cpu() / self.count
 
-    def whitening(self, col_shape: Sequence[int] | None = None, damping: float = DAMPING) -> Whitening:
+    def whitening(
+        self, col_shape: Sequence[int] | None = None, damping: float = DAMPING
+    ) -> Whitening:
         """The whitening of the full input (``col_shape`` None), or Kronecker-factored over ``col_shape``."""
         key = (None if col_shape is None else tuple(col_shape), damping)
         if key not in self._whitening:
@@ -83,14 +85,17 @@ class InputStats:
             elif col_shape is None or len(col_shape) == 1:
                 self._whitening[key] = Whitening.from_covariance([cov], damping)
             else:
-                self._whitening[key] = Whitening.from_covariance(_partial_traces(cov, tuple(col_shape)), damping)
+                self._whitening[key] = Whitening.from_covariance(
+                    _partial_traces(cov, tuple(col_shape)), damping
+                )
         return self._whitening[key]
 
 
 def small_eig(fn: Callable[[torch.Tensor], Any], matrix: torch.Tensor, limit: int = 1024) -> Any:
     """``fn(matrix)`` (an eigensolver), on one thread when ``matrix`` is smaller than ``limit``:
     LAPACK's threaded path is 10-40x slower there on a loaded 2-core machine (0.75 ms vs
-    31 ms for ``eigvalsh`` at 128 x 128)."""
+    31 ms for ``eigvalsh`` at 128 x 128).
+    """
     if matrix.shape[0] >= limit:
         return fn(matrix)
     threads = torch.get_num_threads()
@@ -148,7 +153,9 @@ class Whitening:
     @property
     def kron_shape(self) -> tuple[int, ...] | None:
         """The column modes it factors over (None for a full or diagonal whitening)."""
-        return None if self.diagonal or len(self.sqrt) == 1 else tuple(m.shape[0] for m in self.sqrt)
+        return (
+            None if self.diagonal or len(self.sqrt) == 1 else tuple(m.shape[0] for m in self.sqrt)
+        )
 
     def apply(self, matrix: torch.Tensor) -> torch.Tensor:
         """``W L`` for a weight matrix ``(rows, cols)``."""
@@ -166,7 +173,9 @@ class Whitening:
         elif len(mats) == 1:
             out = work @ mats[0]
         else:
-            out = modes_product(work.reshape(work.shape[0], *[m.shape[0] for m in mats]), mats).reshape(work.shape)
+            out = modes_product(
+                work.reshape(work.shape[0], *[m.shape[0] for m in mats]), mats
+            ).reshape(work.shape)
         return out.to(matrix.dtype)
 
 
@@ -184,7 +193,10 @@ def modes_product(tensor: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.T
 
 def relative_output_error(weight: torch.Tensor, approx: torch.Tensor, cov: torch.Tensor) -> float:
     """``sqrt(tr(E C E^T) / tr(W C W^T))`` with ``E = W - approx``: the relative output error on the calibration data."""
-    w, e = weight.double().reshape(weight.shape[0], -1), (weight - approx).double().reshape(weight.shape[0], -1)
+    w, e = (
+        weight.double().reshape(weight.shape[0], -1),
+        (weight - approx).double().reshape(weight.shape[0], -1),
+    )
     cov = cov.double()
     if cov.dim() == 1:
         num, den = float((e * e * cov).sum()), float((w * w * cov).sum())

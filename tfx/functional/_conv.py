@@ -72,7 +72,10 @@ def _tuple(value: IntOrSeq, order: int, name: str) -> tuple[int, ...]:
 
 
 def conv_padding(
-    padding: IntOrSeq | str, kernel_size: Sequence[int], dilation: Sequence[int], stride: Sequence[int]
+    padding: IntOrSeq | str,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
 ) -> tuple[int, ...]:
     """``F.pad`` pairs (last dim first) for a conv's ``padding`` (ints, ``'same'`` or ``'valid'``)."""
     order = len(kernel_size)
@@ -81,8 +84,10 @@ def conv_padding(
             pairs = [(0, 0)] * order
         elif padding == "same":
             if any(s != 1 for s in stride):
-                raise ShapeError("padding='same' is not supported for strided convolutions (as in torch).")
-            totals = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+                raise ShapeError(
+                    "padding='same' is not supported for strided convolutions (as in torch)."
+                )
+            totals = [d * (k - 1) for k, d in zip(kernel_size, dilation, strict=False)]
             pairs = [(t // 2, t - t // 2) for t in totals]
         else:
             raise unknown_option("padding", padding, ("same", "valid"), hint="Or pass ints.")
@@ -105,8 +110,14 @@ def _pointwise(order: int, matrix: torch.Tensor, rows: int, cols: int) -> torch.
 
 
 def _cp_sandwich(
-    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, pad: tuple[int, ...], padding_mode: str,
-    depthwise: Callable[[torch.Tensor, Callable[..., torch.Tensor], list[torch.Tensor]], torch.Tensor],
+    x: torch.Tensor,
+    cp_tensor: CPTensor,
+    bias: torch.Tensor | None,
+    pad: tuple[int, ...],
+    padding_mode: str,
+    depthwise: Callable[
+        [torch.Tensor, Callable[..., torch.Tensor], list[torch.Tensor]], torch.Tensor
+    ],
 ) -> torch.Tensor:
     """Pointwise into the rank channels, pad, ``depthwise`` over the spatial factors, pointwise out."""
     weights, (f_out, f_in, *f_space) = cp_tensor.decomposition
@@ -119,42 +130,73 @@ def _cp_sandwich(
 
 
 def _cp_conv(
-    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
-    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+    x: torch.Tensor,
+    cp_tensor: CPTensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    pad: tuple[int, ...],
+    dilation: Sequence[int],
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """Separable CP convolution: pointwise, one depthwise 1-D conv per spatial dim, pointwise."""
     rank, kernel_size = cp_tensor.rank, cp_tensor.shape[2:]
 
-    def separable(y: torch.Tensor, conv: Callable[..., torch.Tensor], f_space: list[torch.Tensor]) -> torch.Tensor:
+    def separable(
+        y: torch.Tensor, conv: Callable[..., torch.Tensor], f_space: list[torch.Tensor]
+    ) -> torch.Tensor:
         order = len(f_space)
         for axis, factor in enumerate(f_space):
             shape, step, dil = [1] * order, [1] * order, [1] * order
             shape[axis], step[axis], dil[axis] = kernel_size[axis], stride[axis], dilation[axis]
-            y = conv(y, factor.transpose(0, 1).reshape(rank, 1, *shape), stride=step, dilation=dil, groups=rank)
+            y = conv(
+                y,
+                factor.transpose(0, 1).reshape(rank, 1, *shape),
+                stride=step,
+                dilation=dil,
+                groups=rank,
+            )
         return y
 
     return _cp_sandwich(x, cp_tensor, bias, pad, padding_mode, separable)
 
 
 def _cp_conv_mobilenet(
-    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None, stride: Sequence[int],
-    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+    x: torch.Tensor,
+    cp_tensor: CPTensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    pad: tuple[int, ...],
+    dilation: Sequence[int],
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """CP convolution as pointwise, one depthwise conv with the rank-one kernels, pointwise."""
     rank, kernel_size = cp_tensor.rank, cp_tensor.shape[2:]
 
-    def rank_one(y: torch.Tensor, conv: Callable[..., torch.Tensor], f_space: list[torch.Tensor]) -> torch.Tensor:
+    def rank_one(
+        y: torch.Tensor, conv: Callable[..., torch.Tensor], f_space: list[torch.Tensor]
+    ) -> torch.Tensor:
         kernel = f_space[0].transpose(0, 1)  # (rank, k0)
-        for axis, factor in enumerate(f_space[1:], start=1):  # outer products of the spatial factors
-            kernel = kernel.unsqueeze(-1) * factor.transpose(0, 1).reshape(rank, *([1] * axis), kernel_size[axis])
-        return conv(y, kernel.unsqueeze(1), stride=tuple(stride), dilation=tuple(dilation), groups=rank)
+        for axis, factor in enumerate(
+            f_space[1:], start=1
+        ):  # outer products of the spatial factors
+            kernel = kernel.unsqueeze(-1) * factor.transpose(0, 1).reshape(
+                rank, *([1] * axis), kernel_size[axis]
+            )
+        return conv(
+            y, kernel.unsqueeze(1), stride=tuple(stride), dilation=tuple(dilation), groups=rank
+        )
 
     return _cp_sandwich(x, cp_tensor, bias, pad, padding_mode, rank_one)
 
 
 def _tucker_conv(
-    x: torch.Tensor, tucker_tensor: TuckerTensor, bias: torch.Tensor | None, stride: Sequence[int],
-    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+    x: torch.Tensor,
+    tucker_tensor: TuckerTensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    pad: tuple[int, ...],
+    dilation: Sequence[int],
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """Tucker convolution: pointwise to the input rank, core convolution, pointwise out."""
     core, (f_out, f_in, *f_space) = tucker_tensor.decomposition
@@ -165,12 +207,18 @@ def _tucker_conv(
     # Expand the core's spatial modes to kernel sizes in one GEMM with the Kronecker product of
     # the (small) spatial factors: no per-axis tensordot, movedim and copy (static sizes: fx-traceable).
     kron, rows, cols = f_space[0], kernel[0], r_space[0]
-    for size, rank, factor in zip(kernel[1:], r_space[1:], f_space[1:]):
-        kron = (kron.reshape(rows, 1, cols, 1) * factor.reshape(1, size, 1, rank)).reshape(rows * size, cols * rank)
+    for size, rank, factor in zip(kernel[1:], r_space[1:], f_space[1:], strict=False):
+        kron = (kron.reshape(rows, 1, cols, 1) * factor.reshape(1, size, 1, rank)).reshape(
+            rows * size, cols * rank
+        )
         rows, cols = rows * size, cols * rank
     # (kernel taps x channels pairs) is the fast GEMM orientation: a tall GEMM with a handful of
     # columns runs several times slower in MKL; the transposed result is copied once by reshape.
-    core = torch.mm(kron, core.reshape(r_out * r_in, cols).transpose(0, 1)).transpose(0, 1).reshape(r_out, r_in, *kernel)
+    core = (
+        torch.mm(kron, core.reshape(r_out * r_in, cols).transpose(0, 1))
+        .transpose(0, 1)
+        .reshape(r_out, r_in, *kernel)
+    )
     y = conv(x, _pointwise(order, f_in.transpose(0, 1), r_in, in_c))
     y = _pad(y, pad, padding_mode)
     y = conv(y, core, stride=tuple(stride), dilation=tuple(dilation))
@@ -178,8 +226,13 @@ def _tucker_conv(
 
 
 def _tt_conv(
-    x: torch.Tensor, tt_tensor: TTTensor, bias: torch.Tensor | None, stride: Sequence[int],
-    pad: tuple[int, ...], dilation: Sequence[int], padding_mode: str = "zeros",
+    x: torch.Tensor,
+    tt_tensor: TTTensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    pad: tuple[int, ...],
+    dilation: Sequence[int],
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """TT convolution: a convolution into the first bond (rank[1] channels), then pointwise out."""
     cores = tt_tensor.decomposition
@@ -195,7 +248,10 @@ def _tt_conv(
         width *= shape[j]
     # Computed transposed, (taps, channel pairs): the tall GEMM with a handful of columns runs
     # several times slower in MKL; the transposed result is copied once by reshape.
-    kernel = torch.mm(spatial.reshape(rank[2], width).transpose(0, 1), cores[1].reshape(rank[1] * shape[1], rank[2]).transpose(0, 1))
+    kernel = torch.mm(
+        spatial.reshape(rank[2], width).transpose(0, 1),
+        cores[1].reshape(rank[1] * shape[1], rank[2]).transpose(0, 1),
+    )
     kernel = kernel.transpose(0, 1).reshape(rank[1], shape[1], *shape[2:])
     y = conv(_pad(x, pad, padding_mode), kernel, stride=tuple(stride), dilation=tuple(dilation))
     return conv(y, _pointwise(order, cores[0][0], tt_tensor.shape[0], tt_tensor.rank[1]), bias)
@@ -252,7 +308,7 @@ def convolve(
     conv = _conv(order)
     if implementation == "auto":
         implementation = _auto(weight, x, stride_t)
-    dense = isinstance(weight, (torch.Tensor, DenseTensor))
+    dense = isinstance(weight, torch.Tensor | DenseTensor)
     if groups != 1 and not dense and implementation != "reconstructed":
         raise UnsupportedSiteError(
             f"groups={groups}: the {implementation!r} implementation of a {type(weight).__name__} "
@@ -287,8 +343,13 @@ def _form(weight: object, form: type, name: str) -> None:
 
 
 def cp_conv(
-    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
-    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+    x: torch.Tensor,
+    cp_tensor: CPTensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """Separable CP convolution, tltorch's ``cp_conv``: pointwise, a depthwise 1-D conv per dim, pointwise.
 
@@ -312,8 +373,13 @@ def cp_conv(
 
 
 def cp_conv_mobilenet(
-    x: torch.Tensor, cp_tensor: CPTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
-    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+    x: torch.Tensor,
+    cp_tensor: CPTensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """CP convolution as pointwise, one depthwise conv, pointwise: tltorch's ``cp_conv_mobilenet``.
 
@@ -326,12 +392,26 @@ def cp_conv_mobilenet(
         torch.Size([2, 16, 4, 4])
     """
     _form(cp_tensor, CPTensor, "cp_conv_mobilenet")
-    return convolve(x, cp_tensor, bias, stride, padding, dilation, padding_mode=padding_mode, implementation="mobilenet")
+    return convolve(
+        x,
+        cp_tensor,
+        bias,
+        stride,
+        padding,
+        dilation,
+        padding_mode=padding_mode,
+        implementation="mobilenet",
+    )
 
 
 def tucker_conv(
-    x: torch.Tensor, tucker_tensor: TuckerTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
-    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+    x: torch.Tensor,
+    tucker_tensor: TuckerTensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """Tucker convolution, tltorch's ``tucker_conv``: pointwise to the input rank, the core, pointwise out.
 
@@ -348,8 +428,13 @@ def tucker_conv(
 
 
 def tt_conv(
-    x: torch.Tensor, tt_tensor: TTTensor, bias: torch.Tensor | None = None, stride: IntOrSeq = 1,
-    padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, padding_mode: str = "zeros",
+    x: torch.Tensor,
+    tt_tensor: TTTensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+    padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """TT convolution, tltorch's ``tt_conv``: a convolution into the first TT bond, then pointwise out.
 
@@ -368,8 +453,13 @@ def tt_conv(
 
 
 def convNd(  # noqa: N802 - tltorch's name
-    x: torch.Tensor, weight: FactorizedTensor | torch.Tensor, bias: torch.Tensor | None = None,
-    stride: IntOrSeq = 1, padding: IntOrSeq | str = 0, dilation: IntOrSeq = 1, implementation: str = "factorized",
+    x: torch.Tensor,
+    weight: FactorizedTensor | torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrSeq = 1,
+    padding: IntOrSeq | str = 0,
+    dilation: IntOrSeq = 1,
+    implementation: str = "factorized",
 ) -> torch.Tensor:
     """Convolve as :func:`convolve` does, with tltorch's ``convNd`` argument order (no ``groups``).
 
@@ -383,8 +473,15 @@ def convNd(  # noqa: N802 - tltorch's name
 
 
 def general_conv1d(
-    x: torch.Tensor, kernel: torch.Tensor, mode: int, bias: torch.Tensor | None = None, stride: int = 1,
-    padding: int = 0, groups: int = 1, dilation: int = 1, verbose: bool = False,
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    mode: int,
+    bias: torch.Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    dilation: int = 1,
+    verbose: bool = False,
 ) -> torch.Tensor:
     """A 1-D convolution of ``x`` along its dim ``mode`` only: tltorch's ``general_conv1d``.
 
@@ -418,8 +515,15 @@ def general_conv1d(
             f"Fix: mode in {list(range(2, x.dim()))}."
         )
     if verbose:
-        _LOG.info("general_conv1d: %s with %s along mode %d, stride=%s, padding=%s, groups=%s",
-                  tuple(x.shape), tuple(kernel.shape), mode, stride, padding, groups)
+        _LOG.info(
+            "general_conv1d: %s with %s along mode %d, stride=%s, padding=%s, groups=%s",
+            tuple(x.shape),
+            tuple(kernel.shape),
+            mode,
+            stride,
+            padding,
+            groups,
+        )
 
     def along(value: int, rest: int) -> tuple[int, ...]:
         return tuple(value if i == axis else rest for i in range(order))
@@ -431,7 +535,9 @@ def general_conv1d(
 general_conv1d_ = general_conv1d  # tltorch's second spelling (a permute-based variant, same result)
 
 
-def conv_flops(weight: FactorizedTensor, spatial_out: int, batch: int, stride: Sequence[int] = ()) -> dict[str, int]:
+def conv_flops(
+    weight: FactorizedTensor, spatial_out: int, batch: int, stride: Sequence[int] = ()
+) -> dict[str, int]:
     """Approximate FLOPs of each implementation for ``batch`` images of ``spatial_out`` output positions."""
     out_c, in_c, *kernel = weight.shape
     k = math.prod(kernel)
@@ -452,7 +558,7 @@ def conv_flops(weight: FactorizedTensor, spatial_out: int, batch: int, stride: S
 
 
 def _auto(weight: Any, x: torch.Tensor, stride: Sequence[int]) -> str:
-    if isinstance(weight, (torch.Tensor, DenseTensor)):
+    if isinstance(weight, torch.Tensor | DenseTensor):
         return "reconstructed"
     from ._planning import is_tracing, traced_batch
 

@@ -40,20 +40,26 @@ def _gather_cp(weight: CPTensorized, index: torch.Tensor, rows: tuple[int, ...])
     weights, factors = weight.decomposition
     n_rows = len(rows)
     merged = weights
-    for digit, factor in zip(_digits(index, rows), factors[:n_rows]):
+    for digit, factor in zip(_digits(index, rows), factors[:n_rows], strict=False):
         merged = merged * factor[digit]
     cols = factors[n_rows:]
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXY"[: len(cols)]
     equation = "nz," + ",".join(f"{c}z" for c in letters) + "->n" + letters
-    plan = plan_einsum(equation, (_batch(index), weight.rank), *((s, weight.rank) for s in weight.tensor_shape[n_rows:]))
+    plan = plan_einsum(
+        equation,
+        (_batch(index), weight.rank),
+        *((s, weight.rank) for s in weight.tensor_shape[n_rows:]),
+    )
     return plan(merged, *cols)
 
 
-def _gather_tucker(weight: TuckerTensorized, index: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
+def _gather_tucker(
+    weight: TuckerTensorized, index: torch.Tensor, rows: tuple[int, ...]
+) -> torch.Tensor:
     core, factors = weight.decomposition
     n_rows = len(rows)
     merged = None
-    for digit, factor in zip(_digits(index, rows), factors[:n_rows]):
+    for digit, factor in zip(_digits(index, rows), factors[:n_rows], strict=False):
         row = factor[digit]
         merged = row if merged is None else (merged.unsqueeze(-1) * row.unsqueeze(-2)).flatten(-2)
     row_rank = math.prod(weight.rank[:n_rows])
@@ -62,8 +68,19 @@ def _gather_tucker(weight: TuckerTensorized, index: torch.Tensor, rows: tuple[in
     cols = factors[n_rows:]
     ranks = "abcdefghijkl"[: len(cols)]
     letters = "ABCDEFGHIJKL"[: len(cols)]
-    equation = "nz,z" + ranks + "," + ",".join(f"{c}{r}" for c, r in zip(letters, ranks)) + "->n" + letters
-    shapes = [(_batch(index), row_rank), (row_rank, *col_ranks), *zip(weight.tensor_shape[n_rows:], col_ranks)]
+    equation = (
+        "nz,z"
+        + ranks
+        + ","
+        + ",".join(f"{c}{r}" for c, r in zip(letters, ranks, strict=False))
+        + "->n"
+        + letters
+    )
+    shapes = [
+        (_batch(index), row_rank),
+        (row_rank, *col_ranks),
+        *zip(weight.tensor_shape[n_rows:], col_ranks, strict=False),
+    ]
     return plan_einsum(equation, *shapes)(merged, core, *cols)
 
 
@@ -72,12 +89,16 @@ def _gather_blocktt(weight: BlockTT, index: torch.Tensor, rows: tuple[int, ...])
     out = None
     cols, rank = weight.tensorized_shape[1], weight.rank  # static sizes: fx-traceable
     width = 0
-    for k, (digit, core) in enumerate(zip(_digits(index, rows), weight.decomposition)):
+    for k, (digit, core) in enumerate(
+        zip(_digits(index, rows), weight.decomposition, strict=False)
+    ):
         piece = core[:, digit].movedim(1, 0)  # (n, r_k, o_k, r_{k+1})
         if out is None:
             out, width = piece[:, 0], cols[0]  # (n, o_0, r_1)
         else:  # nar,nrbs->nabs as one batched GEMM (no einsum parsing per call)
-            out = torch.bmm(out, piece.reshape(-1, rank[k], cols[k] * rank[k + 1])).reshape(-1, width * cols[k], rank[k + 1])
+            out = torch.bmm(out, piece.reshape(-1, rank[k], cols[k] * rank[k + 1])).reshape(
+                -1, width * cols[k], rank[k + 1]
+            )
             width *= cols[k]
     return out[..., 0]  # type: ignore[index]
 
@@ -86,9 +107,11 @@ def _gather_tt(weight: TTTensorized, index: torch.Tensor, rows: tuple[int, ...])
     cores = weight.decomposition
     n_rows = len(rows)
     chain = None  # (n, r)
-    for digit, core in zip(_digits(index, rows), cores[:n_rows]):
+    for digit, core in zip(_digits(index, rows), cores[:n_rows], strict=False):
         piece = core[:, digit].movedim(1, 0)  # (n, r_k, r_{k+1})
-        chain = piece[:, 0] if chain is None else torch.bmm(chain.unsqueeze(1), piece)[:, 0]  # nr,nrs->ns
+        chain = (
+            piece[:, 0] if chain is None else torch.bmm(chain.unsqueeze(1), piece)[:, 0]
+        )  # nr,nrs->ns
     out = chain.unsqueeze(1)  # (n, 1, r)
     width = 1
     for k, core in enumerate(cores[n_rows:], start=n_rows):  # nar,rbs->nabs as one GEMM
@@ -108,7 +131,9 @@ def gather_rows(weight: TensorizedTensor, index: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(len(index), n_columns)``.
     """
-    if len(weight.tensorized_shape) != 2 or not all(isinstance(e, tuple) for e in weight.tensorized_shape):
+    if len(weight.tensorized_shape) != 2 or not all(
+        isinstance(e, tuple) for e in weight.tensorized_shape
+    ):
         raise ShapeError(
             f"gather_rows needs a tensorized matrix (rows, cols), got tensorized_shape={weight.tensorized_shape}.\n"
             "Fix: index stacked tables first, e.g. weight[layer]."

@@ -37,10 +37,13 @@ Fix: pass the full kernel, e.g. (out_channels, in_channels, 3, 3)."""
 
 def _moves_channels(factorization: str, order: int, caller: str, what: str) -> bool:
     """Whether ``factorization`` stores the output channels last (TT, as in tltorch), checking
-    that a ``what`` of ``order`` modes has the two channel modes to move."""
+    that a ``what`` of ``order`` modes has the two channel modes to move.
+    """
     if not isinstance(factorization, str):
         raise OptionError(
-            _MSG_FACTORIZATION.format(value=factorization, kind=type(factorization).__name__, caller=caller)
+            _MSG_FACTORIZATION.format(
+                value=factorization, kind=type(factorization).__name__, caller=caller
+            )
         )
     if factorization.lower() != "tt":
         return False
@@ -49,7 +52,9 @@ def _moves_channels(factorization: str, order: int, caller: str, what: str) -> b
     return True
 
 
-def kernel_shape_to_factorization_shape(factorization: str, kernel_shape: Sequence[int]) -> tuple[int, ...]:
+def kernel_shape_to_factorization_shape(
+    factorization: str, kernel_shape: Sequence[int]
+) -> tuple[int, ...]:
     """The shape of the tensor to factorize for a kernel of ``kernel_shape``.
 
     Args:
@@ -70,12 +75,16 @@ def kernel_shape_to_factorization_shape(factorization: str, kernel_shape: Sequen
         (16, 8, 3, 3)
     """
     shape = tuple(int(s) for s in kernel_shape)
-    if not _moves_channels(factorization, len(shape), "kernel_shape_to_factorization_shape", "kernel shape"):
+    if not _moves_channels(
+        factorization, len(shape), "kernel_shape_to_factorization_shape", "kernel shape"
+    ):
         return shape
     return (*shape[1:], shape[0])
 
 
-def factorization_shape_to_kernel_shape(factorization: str, factorization_shape: Sequence[int]) -> tuple[int, ...]:
+def factorization_shape_to_kernel_shape(
+    factorization: str, factorization_shape: Sequence[int]
+) -> tuple[int, ...]:
     """The kernel shape of a factorized tensor of ``factorization_shape``.
 
     The inverse of :func:`kernel_shape_to_factorization_shape`.
@@ -96,7 +105,9 @@ def factorization_shape_to_kernel_shape(factorization: str, factorization_shape:
         (16, 8, 3, 3)
     """
     shape = tuple(int(s) for s in factorization_shape)
-    if not _moves_channels(factorization, len(shape), "factorization_shape_to_kernel_shape", "factorization shape"):
+    if not _moves_channels(
+        factorization, len(shape), "factorization_shape_to_kernel_shape", "factorization shape"
+    ):
         return shape
     return (shape[-1], *shape[:-1])
 

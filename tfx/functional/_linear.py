@@ -86,7 +86,9 @@ def linear_in_modes(weight: FactorizedTensor, in_features: int | None = None) ->
     )
 
 
-def linear_flops(weight: FactorizedTensor, batch: int, in_modes: Sequence[int] | None = None) -> tuple[int, int]:
+def linear_flops(
+    weight: FactorizedTensor, batch: int, in_modes: Sequence[int] | None = None
+) -> tuple[int, int]:
     """FLOPs of (factorized, reconstructed) for ``batch`` rows: the ``'auto'`` criterion."""
     modes = linear_in_modes(weight) if in_modes is None else tuple(in_modes)
     plan, in_sizes, out_sizes = input_plan(weight, modes, batch)
@@ -98,7 +100,9 @@ def _matrix(weight: FactorizedTensor) -> torch.Tensor:
     return weight.to_matrix() if isinstance(weight, TensorizedTensor) else weight.to_tensor()
 
 
-def _plain_columns(x: torch.Tensor, weight: FactorizedTensor | torch.Tensor, in_features: int | None) -> int | None:
+def _plain_columns(
+    x: torch.Tensor, weight: FactorizedTensor | torch.Tensor, in_features: int | None
+) -> int | None:
     """Columns of a plain weight read as a matrix: ``in_features``, else x's last dim (None: 2-d)."""
     if in_features is not None or len(weight.shape) == 2:
         return in_features
@@ -111,7 +115,9 @@ def _reshaped(matrix: torch.Tensor, columns: int | None) -> torch.Tensor:
     if columns is None or (matrix.dim() == 2 and matrix.shape[1] == columns):
         return matrix
     if matrix.numel() % max(columns, 1):
-        raise ShapeError(_MSG_PLAIN_IN.format(shape=tuple(matrix.shape), n=columns, numel=matrix.numel()))
+        raise ShapeError(
+            _MSG_PLAIN_IN.format(shape=tuple(matrix.shape), n=columns, numel=matrix.numel())
+        )
     return matrix.reshape(-1, columns)
 
 
@@ -155,14 +161,18 @@ def factorized_linear(
     if isinstance(weight, torch.Tensor):
         return F.linear(x, _reshaped(weight, _plain_columns(x, weight, in_features)), bias)
     if not isinstance(weight, FactorizedTensor):
-        raise OptionError(f"factorized_linear: weight must be a tfx factorized tensor or a tensor, got {type(weight).__name__}.")
+        raise OptionError(
+            f"factorized_linear: weight must be a tfx factorized tensor or a tensor, got {type(weight).__name__}."
+        )
     tensorized = isinstance(weight, TensorizedTensor)
     columns = in_features if tensorized else _plain_columns(x, weight, in_features)
     if tensorized or len(weight.shape) == 2:
         in_modes = linear_in_modes(weight)
         n_in = weight.shape[-1]
         if in_features is not None and in_features != n_in:
-            raise ShapeError(f"in_features={in_features} does not match the weight's {n_in} columns.")
+            raise ShapeError(
+                f"in_features={in_features} does not match the weight's {n_in} columns."
+            )
     else:
         try:
             in_modes = linear_in_modes(weight, columns)
@@ -185,34 +195,54 @@ def _row_col_modes(weight: FactorizedTensor) -> tuple[tuple[int, ...], tuple[int
     """The sizes of a linear weight's row (output) modes and column (input) modes."""
     in_modes = linear_in_modes(weight)
     sizes = tuple(weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape)
-    return sizes[: in_modes[0]], sizes[in_modes[0]:]
+    return sizes[: in_modes[0]], sizes[in_modes[0] :]
 
 
 def _check_rows(x: torch.Tensor, shape: tuple[int, ...], name: str, transpose: bool) -> None:
     n = math.prod(shape)
     if x.dim() >= 1 and x.shape[-1] == n:
         return
-    if x.dim() >= len(shape) and tuple(x.shape[x.dim() - len(shape):]) == shape:
+    if x.dim() >= len(shape) and tuple(x.shape[x.dim() - len(shape) :]) == shape:
         return
     side = "input" if transpose else "output"
     fix = (
         "pass the input the weight multiplies (transpose=True: x @ W.T needs W's columns; "
         "transpose=False: x @ W needs W's rows)."
     )
-    raise ShapeError(_MSG_ROWS.format(
-        name=name, transpose=transpose, n=n, side=side, modes=", ".join(map(str, shape)), shape=tuple(x.shape), fix=fix,
-    ))
+    raise ShapeError(
+        _MSG_ROWS.format(
+            name=name,
+            transpose=transpose,
+            n=n,
+            side=side,
+            modes=", ".join(map(str, shape)),
+            shape=tuple(x.shape),
+            fix=fix,
+        )
+    )
 
 
 def _linear_form(
-    x: torch.Tensor, weight: FactorizedTensor, transpose: bool, bias: torch.Tensor | None,
-    form: type, name: str, *, flat: bool,
+    x: torch.Tensor,
+    weight: FactorizedTensor,
+    transpose: bool,
+    bias: torch.Tensor | None,
+    form: type,
+    name: str,
+    *,
+    flat: bool,
 ) -> torch.Tensor:
     """Rows of ``x`` times ``W.T`` (or ``W``), shaped as tltorch's ``linear_*`` return them."""
     if not isinstance(weight, form):
-        raise OptionError(f"{name} needs a {form.__name__}, got {type(weight).__name__}; use factorized_linear.")
+        raise OptionError(
+            f"{name} needs a {form.__name__}, got {type(weight).__name__}; use factorized_linear."
+        )
     if not isinstance(transpose, bool):
-        value = f"<a tensor of shape {tuple(transpose.shape)}>" if isinstance(transpose, torch.Tensor) else repr(transpose)
+        value = (
+            f"<a tensor of shape {tuple(transpose.shape)}>"
+            if isinstance(transpose, torch.Tensor)
+            else repr(transpose)
+        )
         raise OptionError(_MSG_TRANSPOSE.format(name=name, value=value))
     rows, cols = _row_col_modes(weight)
     if transpose:

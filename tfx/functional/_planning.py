@@ -19,7 +19,18 @@ import torch
 from ..tensors import FactorizedTensor, TensorizedTensor
 from ..tensors._contract import ContractionPlan, plan_einsum
 
-__all__ = ["FastCache", "compile_linear", "operand_sources", "DEFAULT_BATCH", "batch_bucket", "input_plan", "is_tracing", "planned_batch", "traced_batch", "weight_shapes"]
+__all__ = [
+    "FastCache",
+    "compile_linear",
+    "operand_sources",
+    "DEFAULT_BATCH",
+    "batch_bucket",
+    "input_plan",
+    "is_tracing",
+    "planned_batch",
+    "traced_batch",
+    "weight_shapes",
+]
 
 #: Batch size planned for when it cannot be read (fx tracing, torch.compile).
 DEFAULT_BATCH = 128
@@ -150,7 +161,9 @@ def contract_input(
         # output permutes. The optional bias is fused into the last GEMM when it can be.
         # (Under torch.compile the einsum steps stay: inductor lowers them itself.)
         program = traced_program(plan, bias is not None)
-        y = program(x.reshape(-1, math.prod(in_sizes)), *operands, *(() if bias is None else (bias,)))
+        y = program(
+            x.reshape(-1, math.prod(in_sizes)), *operands, *(() if bias is None else (bias,))
+        )
         return y.reshape(lead + (out_sizes if out_shape is None else out_shape))
     y = plan(x.reshape((-1,) + in_sizes), *operands)
     y = y.reshape(lead + (out_sizes if out_shape is None else out_shape))
@@ -175,22 +188,30 @@ def traced_program(plan: ContractionPlan, with_bias: bool) -> Any:
         inputs, out = plan.equation.split("->")
         terms = inputs.split(",")
         sizes: dict[str, int | None] = {}
-        for term, shape in zip(terms, plan.shapes):
-            sizes.update(zip(term, shape))
+        for term, shape in zip(terms, plan.shapes, strict=False):
+            sizes.update(zip(term, shape, strict=False))
         hint = plan.shapes[0][0]
         sizes[out[0]] = None  # the batch letter: -1 in reshapes
         names = [f"o{i}" for i in range(len(terms) - 1)]
         values = [_Value("x", terms[0], (1, len(terms[0]) - 1))]
-        values += [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:])]
+        values += [
+            _Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:], strict=False)
+        ]
         want = (out, (1, len(out) - 1))
         body, result, fused = emit_steps(plan.steps, values, sizes, hint=hint, want=want)
         if fused is not None:
             body.pop()  # the last mm, fused with the bias below
-            body.append(f"return torch.addmm(bias, {fused[0]}, {fused[1]})" if with_bias else f"return torch.mm({fused[0]}, {fused[1]})")
+            body.append(
+                f"return torch.addmm(bias, {fused[0]}, {fused[1]})"
+                if with_bias
+                else f"return torch.mm({fused[0]}, {fused[1]})"
+            )
         else:
             y = _Emitter(sizes, hint).finish(result, *want)
             body.append(f"return {y} + bias" if with_bias else f"return {y}")
-        program = _TRACED[key] = make_function("traced_contract", ["x", *names, *(["bias"] if with_bias else [])], body, {})
+        program = _TRACED[key] = make_function(
+            "traced_contract", ["x", *names, *(["bias"] if with_bias else [])], body, {}
+        )
     return program
 
 
@@ -227,8 +248,11 @@ class FastCache(dict):  # type: ignore[type-arg]
 
 def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
     return (
-        a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
-        and a.data_ptr() == b.data_ptr() and a.device == b.device
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.data_ptr() == b.data_ptr()
+        and a.device == b.device
     )
 
 
@@ -286,7 +310,12 @@ def operand_sources(weight: FactorizedTensor) -> tuple[list[str], list[str]] | N
 
 
 def compile_linear(
-    layer: Any, weight: FactorizedTensor, in_modes: tuple[int, ...], batch: int, x_ndim: int, implementation: str
+    layer: Any,
+    weight: FactorizedTensor,
+    in_modes: tuple[int, ...],
+    batch: int,
+    x_ndim: int,
+    implementation: str,
 ) -> Any:
     """Generated ``run(x, layer, out_shape)`` for a ``FactorizedLinear``-like layer, or None.
 
@@ -303,18 +332,24 @@ def compile_linear(
         return None
     setup, exprs = sources
     names = [f"o{i}" for i in range(len(exprs))]
-    n_in = math.prod(weight.tensor_shape[m] for m in in_modes) if isinstance(weight, TensorizedTensor) else weight.shape[1]
+    n_in = (
+        math.prod(weight.tensor_shape[m] for m in in_modes)
+        if isinstance(weight, TensorizedTensor)
+        else weight.shape[1]
+    )
     body = [
         "w = layer._modules['weight']",
         "if type(w) is not CLS or w is not W or w._plan is not PLAN or w._forward_hooks or w._forward_pre_hooks "
         "or HOOKS or PRE_HOOKS or (layer.training and layer.checkpointing):",
         "    return None",
         *setup,
-        *(f"{n} = {e}" for n, e in zip(names, exprs)),
+        *(f"{n} = {e}" for n, e in zip(names, exprs, strict=False)),
         "if " + " or ".join(f"{n}.dtype is not x.dtype" for n in names) + ":",
         "    return None",
         # Where the bias lives now (a KeyError once it moves sends the caller to the general path).
-        "bias = layer._parameters['bias']" if "bias" in layer._parameters else "bias = layer.__dict__['bias']",
+        "bias = layer._parameters['bias']"
+        if "bias" in layer._parameters
+        else "bias = layer.__dict__['bias']",
     ]
     if x_ndim != 2:
         body.append(f"x = x.reshape(-1, {n_in})")
@@ -322,39 +357,51 @@ def compile_linear(
         equation, shapes = weight_shapes(weight)
         inputs, out = equation.split("->")
         sizes: dict[str, int | None] = {}
-        for term, shape in zip(inputs.split(","), shapes):
-            sizes.update(zip(term, shape))
+        for term, shape in zip(inputs.split(","), shapes, strict=False):
+            sizes.update(zip(term, shape, strict=False))
         rows = "".join(c for i, c in enumerate(out) if i not in in_modes)
         cols = "".join(out[m] for m in in_modes)
-        values = [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, inputs.split(","))]
+        values = [
+            _Value(n, t, tuple(1 for _ in t))
+            for n, t in zip(names, inputs.split(","), strict=False)
+        ]
         want = (rows + cols, (len(rows), len(cols)))
         lines, result, _ = emit_steps(weight._plan.steps, values, sizes, want=want)
         body += lines
-        body.append(f"y = torch.nn.functional.linear(x, {_Emitter(sizes, 1).finish(result, *want)}, bias)")
+        body.append(
+            f"y = torch.nn.functional.linear(x, {_Emitter(sizes, 1).finish(result, *want)}, bias)"
+        )
     else:
         plan, in_sizes, _ = input_plan(weight, in_modes, batch)
         inputs, out = plan.equation.split("->")
         terms = inputs.split(",")
         sizes = {}
-        for term, shape in zip(terms, plan.shapes):
-            sizes.update(zip(term, shape))
+        for term, shape in zip(terms, plan.shapes, strict=False):
+            sizes.update(zip(term, shape, strict=False))
         if batch > 1:
             sizes[out[0]] = None  # the batch letter: -1 in reshapes (bucket 1 holds batch 1 only)
         values = [_Value("x", terms[0], (1, len(terms[0]) - 1))]
-        values += [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:])]
+        values += [
+            _Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:], strict=False)
+        ]
         want = (out, (1, len(out) - 1))
         lines, result, fused = emit_steps(plan.steps, values, sizes, hint=batch, want=want)
         body += lines
         if fused is not None:
             body.pop()  # the last mm: fused with the bias
-            body.append(f"y = torch.mm({fused[0]}, {fused[1]}) if bias is None else torch.addmm(bias, {fused[0]}, {fused[1]})")
+            body.append(
+                f"y = torch.mm({fused[0]}, {fused[1]}) if bias is None else torch.addmm(bias, {fused[0]}, {fused[1]})"
+            )
         else:
             body.append(f"y = {_Emitter(sizes, batch).finish(result, *want)}")
             body.append("if bias is not None:")
             body.append("    y = y + bias")
     body.append("return y" if x_ndim == 2 else "return y.reshape(out_shape)")
     scope = {
-        "CLS": type(weight), "W": weight, "PLAN": weight._plan,
-        "HOOKS": torch_module._global_forward_hooks, "PRE_HOOKS": torch_module._global_forward_pre_hooks,
+        "CLS": type(weight),
+        "W": weight,
+        "PLAN": weight._plan,
+        "HOOKS": torch_module._global_forward_hooks,
+        "PRE_HOOKS": torch_module._global_forward_pre_hooks,
     }
     return make_function("linear_forward", ["x", "layer", "out_shape"], body, scope)

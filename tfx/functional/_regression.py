@@ -46,7 +46,9 @@ def _weight_sizes(weight: FactorizedTensor) -> tuple[int, ...]:
     return tuple(weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape)
 
 
-def factorized_tensordot(x: torch.Tensor, weight: FactorizedTensor, modes: int | Sequence[int]) -> torch.Tensor:
+def factorized_tensordot(
+    x: torch.Tensor, weight: FactorizedTensor, modes: int | Sequence[int]
+) -> torch.Tensor:
     """Contract the trailing dims of ``x`` with the weight modes ``modes``, through the factors.
 
     ``modes`` is an int ``n`` (the weight's first ``n`` modes) or the weight
@@ -62,7 +64,7 @@ def factorized_tensordot(x: torch.Tensor, weight: FactorizedTensor, modes: int |
     in_modes = tuple(range(modes)) if isinstance(modes, int) else tuple(modes)
     shape = _weight_sizes(weight)
     expected = tuple(shape[m] for m in in_modes)
-    if not is_tracing(x) and tuple(x.shape[x.dim() - len(in_modes):]) != expected:
+    if not is_tracing(x) and tuple(x.shape[x.dim() - len(in_modes) :]) != expected:
         raise ShapeError(
             f"factorized_tensordot: the last dims of x {tuple(x.shape)} must be {expected} "
             f"(weight modes {in_modes} of shape {tuple(shape)})."
@@ -79,7 +81,10 @@ def _contraction_modes(
 ) -> tuple[list[int], list[int]]:
     """Read ``modes`` as tensorly does; normalised to non-negative dims and checked."""
     if isinstance(modes, int):
-        pair: tuple[Any, Any] = (list(range(len(x_shape) - modes, len(x_shape))), list(range(modes)))
+        pair: tuple[Any, Any] = (
+            list(range(len(x_shape) - modes, len(x_shape))),
+            list(range(modes)),
+        )
     else:
         try:
             first, second = modes  # a pair: (modes of x, modes of the weight)
@@ -89,15 +94,19 @@ def _contraction_modes(
     try:
         mx, mw = _mode_list(pair[0]), _mode_list(pair[1])
     except (TypeError, ValueError):
-        raise ShapeError(_MSG_MODES.format(name=name, modes=modes, why="is not an int or lists of ints")) from None
+        raise ShapeError(
+            _MSG_MODES.format(name=name, modes=modes, why="is not an int or lists of ints")
+        ) from None
     why = ""
     if len(mx) != len(mw):
         why = f"pairs {len(mx)} dims of x with {len(mw)} weight modes"
-    elif any(not -len(x_shape) <= m < len(x_shape) for m in mx) or any(not -len(sizes) <= m < len(sizes) for m in mw):
+    elif any(not -len(x_shape) <= m < len(x_shape) for m in mx) or any(
+        not -len(sizes) <= m < len(sizes) for m in mw
+    ):
         why = f"names a dim outside x {x_shape} or the weight {sizes}"
     else:
         mx, mw = [m % len(x_shape) for m in mx], [m % len(sizes) for m in mw]
-        bad = [(a, b) for a, b in zip(mx, mw) if x_shape[a] != sizes[b]]
+        bad = [(a, b) for a, b in zip(mx, mw, strict=False) if x_shape[a] != sizes[b]]
         if len(set(mx)) != len(mx) or len(set(mw)) != len(mw):
             why = "repeats a mode"
         elif bad:
@@ -108,9 +117,11 @@ def _contraction_modes(
     return mx, mw
 
 
-def _tensor_dot(x: torch.Tensor, weight: FactorizedTensor, modes: Modes, batched: Modes, name: str) -> torch.Tensor:
+def _tensor_dot(
+    x: torch.Tensor, weight: FactorizedTensor, modes: Modes, batched: Modes, name: str
+) -> torch.Tensor:
     """Contract to x's free dims, then the weight's modes but the contracted ones (batched kept, in order)."""
-    no_batch = isinstance(batched, (tuple, list)) and not batched
+    no_batch = isinstance(batched, tuple | list) and not batched
     if isinstance(x, torch.fx.Proxy):
         if isinstance(modes, int) and modes > 0 and no_batch:
             return factorized_tensordot(x, weight, modes)
@@ -119,14 +130,16 @@ def _tensor_dot(x: torch.Tensor, weight: FactorizedTensor, modes: Modes, batched
     mx, mw = _contraction_modes(modes, x_shape, sizes, name)
     bx, bw = ([], []) if no_batch else _contraction_modes(batched, x_shape, sizes, name)
     if set(mx) & set(bx) or set(mw) & set(bw):
-        raise ShapeError(_MSG_MODES.format(name=name, modes=modes, why=f"overlaps batched_modes={batched!r}"))
+        raise ShapeError(
+            _MSG_MODES.format(name=name, modes=modes, why=f"overlaps batched_modes={batched!r}")
+        )
     if mx and not bx:
         free = [d for d in range(len(x_shape)) if d not in mx]
         return contract_input(x.permute(*free, *mx), weight, tuple(mw), len(mx))
     equation, shapes = weight_shapes(weight)
     lhs, out = equation.split("->")
     fresh = iter(c for c in string.ascii_letters if c not in equation)
-    shared = {**dict(zip(mx, mw)), **dict(zip(bx, bw))}
+    shared = {**dict(zip(mx, mw, strict=False)), **dict(zip(bx, bw, strict=False))}
     x_terms = "".join(out[shared[d]] if d in shared else next(fresh) for d in range(len(x_shape)))
     kept = "".join(x_terms[d] for d in range(len(x_shape)) if d not in shared)
     rest = "".join(c for m, c in enumerate(out) if m not in mw)
@@ -158,7 +171,9 @@ def tensor_dot_tucker(
         torch.Size([2, 4, 5])
     """
     if not isinstance(tucker, TuckerTensor):
-        raise OptionError(f"tensor_dot_tucker needs a TuckerTensor, got {type(tucker).__name__}; use factorized_tensordot.")
+        raise OptionError(
+            f"tensor_dot_tucker needs a TuckerTensor, got {type(tucker).__name__}; use factorized_tensordot."
+        )
     return _tensor_dot(tensor, tucker, modes, batched_modes, "tensor_dot_tucker")
 
 
@@ -182,11 +197,15 @@ def tensor_dot_cp(tensor: torch.Tensor, cp: CPTensor, modes: Modes) -> torch.Ten
         torch.Size([2, 4])
     """
     if not isinstance(cp, CPTensor):
-        raise OptionError(f"tensor_dot_cp needs a CPTensor, got {type(cp).__name__}; use factorized_tensordot.")
+        raise OptionError(
+            f"tensor_dot_cp needs a CPTensor, got {type(cp).__name__}; use factorized_tensordot."
+        )
     return _tensor_dot(tensor, cp, modes, (), "tensor_dot_cp")
 
 
-def tensor_regression(x: torch.Tensor, weight: FactorizedTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def tensor_regression(
+    x: torch.Tensor, weight: FactorizedTensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Tensor regression: ``y[b, o...] = sum_i x[b, i...] W[i..., o...] + bias``.
 
     ``x`` is ``(batch, *input_shape)``; ``W`` has shape ``(*input_shape, *output_shape)``.
@@ -202,7 +221,10 @@ def tensor_regression(x: torch.Tensor, weight: FactorizedTensor, bias: torch.Ten
 
 
 def tucker_trl(
-    x: torch.Tensor, weight: FactorizedTensor, project_input: bool = False, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: FactorizedTensor,
+    project_input: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Tensor regression (:func:`tensor_regression`) with the arguments of tltorch's ``tucker_trl``.
 
@@ -220,7 +242,9 @@ def tucker_trl(
     return tensor_regression(x, weight, bias)
 
 
-def trl(x: torch.Tensor, weight: FactorizedTensor, bias: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+def trl(
+    x: torch.Tensor, weight: FactorizedTensor, bias: torch.Tensor | None = None, **kwargs: Any
+) -> torch.Tensor:
     """Tensor regression (:func:`tensor_regression`) with the arguments of tltorch's ``trl``.
 
     ``project_input=`` is accepted (tltorch passes it on for Tucker weights) and has no effect.
@@ -233,11 +257,15 @@ def trl(x: torch.Tensor, weight: FactorizedTensor, bias: torch.Tensor | None = N
     """
     unknown = sorted(set(kwargs) - {"project_input"})
     if unknown:
-        raise OptionError(f"trl got unexpected keyword arguments {unknown}.\nFix: trl(x, weight, bias=None, project_input=False).")
+        raise OptionError(
+            f"trl got unexpected keyword arguments {unknown}.\nFix: trl(x, weight, bias=None, project_input=False)."
+        )
     return tensor_regression(x, weight, bias)
 
 
-def tcl(x: torch.Tensor, factors: Sequence[torch.Tensor], bias: torch.Tensor | None = None) -> torch.Tensor:
+def tcl(
+    x: torch.Tensor, factors: Sequence[torch.Tensor], bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Tensor contraction: ``x`` (batch, *in) times one (rank_k, in_k) factor per mode -> (batch, *rank).
 
     Example:
@@ -247,7 +275,14 @@ def tcl(x: torch.Tensor, factors: Sequence[torch.Tensor], bias: torch.Tensor | N
     """
     n = len(factors)
     modes, ranks = "ABCDEFGHIJKL"[:n], "abcdefghijkl"[:n]
-    equation = "z" + modes + "," + ",".join(f"{r}{m}" for r, m in zip(ranks, modes)) + "->z" + ranks
+    equation = (
+        "z"
+        + modes
+        + ","
+        + ",".join(f"{r}{m}" for r, m in zip(ranks, modes, strict=False))
+        + "->z"
+        + ranks
+    )
     if any(isinstance(f, torch.fx.Proxy) for f in factors):
         # Shapes unknown while tracing the functional form; layers pass planned contractions instead.
         y = torch.einsum(equation, x, *factors)

@@ -84,7 +84,8 @@ class SubLayer(nn.Module):
 
 def make_bias(shape: Sequence[int], weight: nn.Module, enabled: bool) -> nn.Parameter | None:
     """A bias matching the weight's device and dtype; complex weights get a complex bias,
-    stored as real ``(..., 2)`` like their factors (so DistributedDataParallel works)."""
+    stored as real ``(..., 2)`` like their factors (so DistributedDataParallel works).
+    """
     if not enabled:
         return None
     first = next(iter(weight.parameters()))
@@ -121,6 +122,8 @@ def weight_and_bias(layer: Any, indices: Any) -> tuple[Any, torch.Tensor | None]
 def sub_layer(layer: Any, indices: int, what: str) -> SubLayer:
     """Layer ``indices`` of a stack as a module sharing ``layer``'s parameters (``what`` names the caller)."""
     if layer.n_layers == 1:
-        raise OptionError(f"{what}: a single layer is parametrized (n_layers=1); use the layer itself.")
+        raise OptionError(
+            f"{what}: a single layer is parametrized (n_layers=1); use the layer itself."
+        )
     select_layer(layer.n_layers, indices)
     return SubLayer(layer, indices)

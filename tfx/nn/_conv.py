@@ -26,7 +26,9 @@ def _per_dim(value: Any, order: int, name: str) -> tuple[int, ...]:
         return (value,) * order
     out = tuple(int(v) for v in value)
     if len(out) != order:
-        raise ShapeError(f"{name}={value!r} has {len(out)} entries but the convolution has {order} spatial dims.")
+        raise ShapeError(
+            f"{name}={value!r} has {len(out)} entries but the convolution has {order} spatial dims."
+        )
     return out
 
 
@@ -95,7 +97,9 @@ class FactorizedConv(nn.Module):
         if order is not None and order != self.order:
             raise ShapeError(f"order={order} but kernel_size={kernel_size} has {self.order} dims.")
         if in_channels % groups or out_channels % groups:
-            raise ShapeError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}.")
+            raise ShapeError(
+                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}."
+            )
         self.implementation = check_implementation(implementation, IMPLEMENTATIONS)
         if groups != 1 and self.implementation != "reconstructed":
             raise UnsupportedSiteError(
@@ -107,7 +111,9 @@ class FactorizedConv(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.stride = _per_dim(stride, self.order, "stride")
         self.dilation = _per_dim(dilation, self.order, "dilation")
-        self.padding = padding if isinstance(padding, str) else _per_dim(padding, self.order, "padding")
+        self.padding = (
+            padding if isinstance(padding, str) else _per_dim(padding, self.order, "padding")
+        )
         conv_padding(self.padding, self.kernel_size, self.dilation, self.stride)  # validate now
         self.padding_mode = padding_mode
         self.n_layers = n_layers
@@ -116,11 +122,15 @@ class FactorizedConv(nn.Module):
         shape = (*batch, *self.weight_shape)
         if isinstance(factorization, FactorizedTensor):
             if tuple(factorization.shape) != shape:
-                raise ShapeError(f"the given kernel has shape {factorization.shape}, this layer needs {shape}.")
+                raise ShapeError(
+                    f"the given kernel has shape {factorization.shape}, this layer needs {shape}."
+                )
             self.weight = factorization
         else:
             kwargs = {"fixed_rank_modes": fixed_rank_modes} if fixed_rank_modes else {}
-            self.weight = FactorizedTensor.new(shape, rank=rank, factorization=factorization, device=device, dtype=dtype, **kwargs)
+            self.weight = FactorizedTensor.new(
+                shape, rank=rank, factorization=factorization, device=device, dtype=dtype, **kwargs
+            )
         # After the weight, so the bias takes its device and dtype (complex kernels: complex bias).
         self.bias = make_bias((*batch, out_channels), self.weight, bias or has_bias)
         if isinstance(factorization, FactorizedTensor):
@@ -152,8 +162,15 @@ class FactorizedConv(nn.Module):
         """Convolve ``x`` (batch, in_channels, *spatial) with layer ``indices`` of the stack."""
         weight, bias = weight_and_bias(self, indices)
         return convolve(
-            x, weight, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
-            groups=self.groups, padding_mode=self.padding_mode, implementation=self.implementation,
+            x,
+            weight,
+            bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+            implementation=self.implementation,
         )
 
     def get_conv(self, indices: int) -> SubLayer:
@@ -179,8 +196,16 @@ class FactorizedConv(nn.Module):
         shape = tuple(factorization.shape)[1 if n_layers > 1 else 0 :]
         out_channels, in_channels, *kernel_size = shape
         layer = cls(
-            in_channels, out_channels, tuple(kernel_size), stride=stride, padding=padding, dilation=dilation,
-            bias=bias is not None, n_layers=n_layers, factorization=factorization, implementation=implementation,
+            in_channels,
+            out_channels,
+            tuple(kernel_size),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=bias is not None,
+            n_layers=n_layers,
+            factorization=factorization,
+            implementation=implementation,
             **kwargs,
         )
         if bias is not None:
@@ -209,9 +234,14 @@ class FactorizedConv(nn.Module):
             'same'
         """
         return cls.from_conv_list(
-            [conv_layer], rank=rank, implementation=implementation, factorization=factorization,
-            decompose_weights=decompose_weights, decomposition_kwargs=decomposition_kwargs,
-            fixed_rank_modes=fixed_rank_modes, _single=True,
+            [conv_layer],
+            rank=rank,
+            implementation=implementation,
+            factorization=factorization,
+            decompose_weights=decompose_weights,
+            decomposition_kwargs=decomposition_kwargs,
+            fixed_rank_modes=fixed_rank_modes,
+            _single=True,
         )
 
     @classmethod
@@ -241,11 +271,23 @@ class FactorizedConv(nn.Module):
         n_layers = 1 if _single else len(conv_list)
         weight = first.weight
         layer = cls(
-            config["in_channels"], config["out_channels"], config["kernel_size"], stride=config["stride"],
-            padding=config["padding"], dilation=config["dilation"], bias=all(has_bias), n_layers=n_layers,
-            factorization=factorization, rank=rank, implementation=implementation,
-            fixed_rank_modes=fixed_rank_modes, device=weight.device, dtype=weight.dtype,
-            groups=config["groups"], padding_mode=config["padding_mode"], **kwargs,
+            config["in_channels"],
+            config["out_channels"],
+            config["kernel_size"],
+            stride=config["stride"],
+            padding=config["padding"],
+            dilation=config["dilation"],
+            bias=all(has_bias),
+            n_layers=n_layers,
+            factorization=factorization,
+            rank=rank,
+            implementation=implementation,
+            fixed_rank_modes=fixed_rank_modes,
+            device=weight.device,
+            dtype=weight.dtype,
+            groups=config["groups"],
+            padding_mode=config["padding_mode"],
+            **kwargs,
         )
         if decompose_weights:
             kernels = torch.stack([c.weight.detach() for c in conv_list])
@@ -272,7 +314,9 @@ def _conv_config(conv: nn.Module) -> dict[str, Any]:
             "Fix: leave it dense."
         )
     if not isinstance(conv, nn.modules.conv._ConvNd):
-        raise UnsupportedSiteError(f"from_conv needs an nn.Conv1d/2d/3d, got {type(conv).__name__}.")
+        raise UnsupportedSiteError(
+            f"from_conv needs an nn.Conv1d/2d/3d, got {type(conv).__name__}."
+        )
     padding = conv.padding if isinstance(conv.padding, str) else tuple(conv.padding)
     return {
         "in_channels": conv.in_channels,

@@ -64,15 +64,25 @@ class FactorizedEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         rows, cols = _tensorized_features(
-            num_embeddings, embedding_dim, auto_tensorize, n_tensorized_modes,
-            tensorized_num_embeddings, tensorized_embedding_dim, False,
+            num_embeddings,
+            embedding_dim,
+            auto_tensorize,
+            n_tensorized_modes,
+            tensorized_num_embeddings,
+            tensorized_embedding_dim,
+            False,
         )
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.tensorized_num_embeddings, self.tensorized_embedding_dim = as_shape(rows, "rows"), as_shape(cols, "cols")
+        self.tensorized_num_embeddings, self.tensorized_embedding_dim = (
+            as_shape(rows, "rows"),
+            as_shape(cols, "cols"),
+        )
         self.n_layers = n_layers
         self.implementation = check_implementation(implementation, IMPLEMENTATIONS)
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
-            raise ShapeError(f"padding_idx={padding_idx} is outside [-{num_embeddings}, {num_embeddings}).")
+            raise ShapeError(
+                f"padding_idx={padding_idx} is outside [-{num_embeddings}, {num_embeddings})."
+            )
         self.padding_idx = None if padding_idx is None else padding_idx % num_embeddings
         batch = (n_layers,) if n_layers > 1 else ()
         self.tensor_shape = (*batch, self.tensorized_num_embeddings, self.tensorized_embedding_dim)
@@ -87,7 +97,13 @@ class FactorizedEmbedding(nn.Module):
             self.weight = factorization
         else:
             self.factorization = factorization
-            self.weight = TensorizedTensor.new(self.tensor_shape, rank=rank, factorization=factorization, device=device, dtype=dtype)
+            self.weight = TensorizedTensor.new(
+                self.tensor_shape,
+                rank=rank,
+                factorization=factorization,
+                device=device,
+                dtype=dtype,
+            )
             self.reset_parameters()
         self.rank = self.weight.rank
 
@@ -133,9 +149,15 @@ class FactorizedEmbedding(nn.Module):
         ``n_tensorized_modes`` defaults to 2, as in tltorch (the constructor's default is 3).
         """
         return cls.from_embedding_list(
-            [embedding_layer], rank=rank, factorization=factorization, n_tensorized_modes=n_tensorized_modes,
-            decompose_weights=decompose_weights, auto_tensorize=auto_tensorize,
-            decomposition_kwargs=decomposition_kwargs, _single=True, **kwargs,
+            [embedding_layer],
+            rank=rank,
+            factorization=factorization,
+            n_tensorized_modes=n_tensorized_modes,
+            decompose_weights=decompose_weights,
+            auto_tensorize=auto_tensorize,
+            decomposition_kwargs=decomposition_kwargs,
+            _single=True,
+            **kwargs,
         )
 
     @classmethod
@@ -152,22 +174,35 @@ class FactorizedEmbedding(nn.Module):
         **kwargs: Any,
     ) -> FactorizedEmbedding:
         """One stacked layer jointly factorizing same-shaped embeddings (``n_tensorized_modes``
-        2 by default, as in tltorch)."""
+        2 by default, as in tltorch).
+        """
         first = embedding_layer_list[0]
         for emb in embedding_layer_list:
             _check_embedding(emb)
             if emb.weight.shape != first.weight.shape or emb.padding_idx != first.padding_idx:
-                raise ShapeError("from_embedding_list needs embeddings of one shape and padding_idx.")
+                raise ShapeError(
+                    "from_embedding_list needs embeddings of one shape and padding_idx."
+                )
         n, d = first.weight.shape
         layer = cls(
-            n, d, auto_tensorize=auto_tensorize, n_tensorized_modes=n_tensorized_modes, factorization=factorization,
-            rank=rank, n_layers=1 if _single else len(embedding_layer_list), device=first.weight.device,
-            dtype=first.weight.dtype, padding_idx=first.padding_idx, **kwargs,
+            n,
+            d,
+            auto_tensorize=auto_tensorize,
+            n_tensorized_modes=n_tensorized_modes,
+            factorization=factorization,
+            rank=rank,
+            n_layers=1 if _single else len(embedding_layer_list),
+            device=first.weight.device,
+            dtype=first.weight.dtype,
+            padding_idx=first.padding_idx,
+            **kwargs,
         )
         if decompose_weights:
             tables = torch.stack([e.weight.detach() for e in embedding_layer_list])
             tables = tables[0] if _single else tables
-            layer.weight.init_from_tensor(tables.reshape(layer.weight.tensor_shape), **(decomposition_kwargs or {}))
+            layer.weight.init_from_tensor(
+                tables.reshape(layer.weight.tensor_shape), **(decomposition_kwargs or {})
+            )
         return layer
 
     def extra_repr(self) -> str:
@@ -180,7 +215,9 @@ class FactorizedEmbedding(nn.Module):
 
 def _check_embedding(embedding: nn.Module) -> None:
     if not isinstance(embedding, nn.Embedding):
-        raise UnsupportedSiteError(f"from_embedding needs an nn.Embedding, got {type(embedding).__name__}.")
+        raise UnsupportedSiteError(
+            f"from_embedding needs an nn.Embedding, got {type(embedding).__name__}."
+        )
     if embedding.max_norm is not None:
         raise UnsupportedSiteError(
             f"nn.Embedding(max_norm={embedding.max_norm}) renormalises looked-up rows in place, which a "

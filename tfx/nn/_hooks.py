@@ -73,7 +73,7 @@ def rank_sizes(tensor: FactorizedTensor) -> list[int]:
         return [tensor.rank]
     if isinstance(tensor, TuckerTensor):
         return list(tensor.rank)
-    if isinstance(tensor, (TTTensor, BlockTT)):
+    if isinstance(tensor, TTTensor | BlockTT):
         return list(tensor.rank[1:-1])
     return []
 
@@ -103,9 +103,9 @@ def scaled(tensor: FactorizedTensor, scales: list[torch.Tensor | None]) -> Facto
         return _same_form(tensor, (weights, factors), tensor.rank)
     if isinstance(tensor, TuckerTensor):
         core, factors = tensor.decomposition
-        factors = [f if s is None else f * s for f, s in zip(factors, scales)]
+        factors = [f if s is None else f * s for f, s in zip(factors, scales, strict=False)]
         return _same_form(tensor, (core, factors), tensor.rank)
-    if isinstance(tensor, (TTTensor, BlockTT)):
+    if isinstance(tensor, TTTensor | BlockTT):
         cores = list(tensor.decomposition)
         for k, s in enumerate(scales):
             if s is not None:
@@ -206,12 +206,19 @@ class TensorDropout:
             raise OptionError(f"min_values={min_values} must be >= 1.\nFix: e.g. min_values=1.")
         if implementation not in _IMPLEMENTATIONS:
             raise unknown_option("tensor dropout implementation", implementation, _IMPLEMENTATIONS)
-        self.proba, self.min_dim, self.min_values, self.drop_test = proba, min_dim, min_values, drop_test
+        self.proba, self.min_dim, self.min_values, self.drop_test = (
+            proba,
+            min_dim,
+            min_values,
+            drop_test,
+        )
         self.implementation = implementation
 
     def _keep(self, size: int, like: torch.Tensor) -> torch.Tensor:
         """A 0/1 mask of the kept components (branch-free, so fx and compile can trace it)."""
-        keep = torch.bernoulli(torch.full((size,), 1 - self.proba, device=like.device, dtype=torch.float32))
+        keep = torch.bernoulli(
+            torch.full((size,), 1 - self.proba, device=like.device, dtype=torch.float32)
+        )
         n_forced = min(self.min_values, size)
         chosen = torch.randperm(size, device=like.device)[:n_forced]
         forced = torch.zeros(size, device=like.device).index_fill_(0, chosen, 1.0)
@@ -222,7 +229,11 @@ class TensorDropout:
 
     def _apply_tensor_dropout(self, tensor: Any, training: bool = True) -> Any:
         """``tensor`` with components dropped (tltorch's name for the hook's work)."""
-        if not isinstance(tensor, FactorizedTensor) or not self.proba or not (training or self.drop_test):
+        if (
+            not isinstance(tensor, FactorizedTensor)
+            or not self.proba
+            or not (training or self.drop_test)
+        ):
             return tensor
         sizes = rank_sizes(tensor)
         if not sizes or not hasattr(tensor, "factors"):
@@ -234,7 +245,9 @@ class TensorDropout:
         scale = 1.0 / (1 - self.proba) if training else 1.0
         mask = self.implementation == "mask" or (self.implementation == "auto" and _tracing(like))
         if mask:
-            return scaled(tensor, [None if k is None else (k * scale).to(like.dtype) for k in keeps])
+            return scaled(
+                tensor, [None if k is None else (k * scale).to(like.dtype) for k in keeps]
+            )
         kept = [None if k is None else k.nonzero().squeeze(1) for k in keeps]
         n_sampled = sum(k is not None for k in keeps)
         return reduced(tensor, kept, scale**n_sampled)
@@ -257,15 +270,25 @@ class TensorDropout:
                 forms, for :class:`CPDropout`, ...) or already has tensor dropout.
         """
         if not isinstance(module, FactorizedTensor):
-            raise OptionError(f"tensor dropout applies to tfx factorized tensors, got {type(module).__name__}.")
+            raise OptionError(
+                f"tensor dropout applies to tfx factorized tensors, got {type(module).__name__}."
+            )
         if not isinstance(module, cls._forms):
             raise OptionError(
                 f"{cls.__name__} applies to {cls._form_name} tensors, got a {module._name} tensor.\n"
                 "Fix: tfx.tensor_dropout(tensor, p=...), which serves every form."
             )
         if any(isinstance(h, TensorDropout) for h in module._forward_hooks.values()):
-            raise OptionError("tensor dropout is already applied to this tensor.\nFix: remove_tensor_dropout(tensor) first.")
-        hook = cls(proba, min_dim=min_dim, min_values=min_values, drop_test=drop_test, implementation=implementation)
+            raise OptionError(
+                "tensor dropout is already applied to this tensor.\nFix: remove_tensor_dropout(tensor) first."
+            )
+        hook = cls(
+            proba,
+            min_dim=min_dim,
+            min_values=min_values,
+            drop_test=drop_test,
+            implementation=implementation,
+        )
         module.register_forward_hook(hook)
         return module
 
@@ -349,7 +372,11 @@ def tensor_dropout(
         True
     """
     return TensorDropout.apply(
-        factorized_tensor, p, min_dim=min_dim, min_values=min_values, drop_test=drop_test,
+        factorized_tensor,
+        p,
+        min_dim=min_dim,
+        min_values=min_values,
+        drop_test=drop_test,
         implementation=implementation,
     )
 
@@ -387,7 +414,7 @@ def _gates_of(module: nn.Module) -> list[Any]:
     gates = getattr(module, "lasso_weights", None)
     if gates is None:
         return []
-    return [gates] if isinstance(gates, (torch.Tensor, torch.fx.Proxy)) else list(gates)
+    return [gates] if isinstance(gates, torch.Tensor | torch.fx.Proxy) else list(gates)
 
 
 class TensorLasso:
@@ -423,9 +450,18 @@ class TensorLasso:
     _form_name: ClassVar[str] = ""
 
     def __init__(
-        self, penalty: float = 0.01, clamp_weights: bool = True, threshold: float = 1e-6, normalize_loss: bool = True
+        self,
+        penalty: float = 0.01,
+        clamp_weights: bool = True,
+        threshold: float = 1e-6,
+        normalize_loss: bool = True,
     ) -> None:
-        self.penalty, self.clamp_weights, self.threshold, self.normalize_loss = penalty, clamp_weights, threshold, normalize_loss
+        self.penalty, self.clamp_weights, self.threshold, self.normalize_loss = (
+            penalty,
+            clamp_weights,
+            threshold,
+            normalize_loss,
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -495,7 +531,9 @@ class TensorLasso:
                 has no rank components, or already has a lasso.
         """
         if not isinstance(module, FactorizedTensor):
-            raise OptionError(f"tensor lasso applies to tfx factorized tensors, got {type(module).__name__}.")
+            raise OptionError(
+                f"tensor lasso applies to tfx factorized tensors, got {type(module).__name__}."
+            )
         sizes = rank_sizes(module)
         if not sizes:
             raise OptionError(
@@ -509,17 +547,24 @@ class TensorLasso:
                 "for any form."
             )
         if hasattr(module, "lasso_weights"):
-            raise OptionError("tensor lasso is already applied to this tensor.\nFix: remove_tensor_lasso(tensor) first.")
+            raise OptionError(
+                "tensor lasso is already applied to this tensor.\nFix: remove_tensor_lasso(tensor) first."
+            )
         first = next(iter(module.parameters()))
         # tltorch's parameter shapes: CP one (rank,) vector, Tucker (rank[k],) per mode,
         # TT (1, 1, rank[k]) per inner bond.
-        lead = (1, 1) if isinstance(module, (TTTensor, BlockTT)) else ()
-        gates = [nn.Parameter(torch.ones((*lead, s), device=first.device, dtype=first.dtype)) for s in sizes]
+        lead = (1, 1) if isinstance(module, TTTensor | BlockTT) else ()
+        gates = [
+            nn.Parameter(torch.ones((*lead, s), device=first.device, dtype=first.dtype))
+            for s in sizes
+        ]
         module.lasso_weights = gates[0] if isinstance(module, CPTensor) else _Gates(gates)
         module.register_forward_hook(self, prepend=True)
         return module
 
-    def set_weights(self, module: FactorizedTensor, value: float, clamp_weights: bool = False) -> None:
+    def set_weights(
+        self, module: FactorizedTensor, value: float, clamp_weights: bool = False
+    ) -> None:
         """Fill every gate of ``module`` with ``value`` (clamped to [-1, 1] if ``clamp_weights``)."""
         with torch.no_grad():
             for gate in _gates_of(module):
@@ -533,19 +578,41 @@ class TensorLasso:
         return module
 
     @classmethod
-    def from_factorization(cls, factorization: FactorizedTensor, penalty: float = 0.01, clamp_weights: bool = True,
-                           threshold: float = 1e-6, normalize_loss: bool = True) -> TensorLasso:
+    def from_factorization(
+        cls,
+        factorization: FactorizedTensor,
+        penalty: float = 0.01,
+        clamp_weights: bool = True,
+        threshold: float = 1e-6,
+        normalize_loss: bool = True,
+    ) -> TensorLasso:
         """The lasso class for the form of the tensor ``factorization`` (tltorch's constructor)."""
         lasso_cls = _lasso_class(type(factorization), type(factorization).__name__)
-        return lasso_cls(penalty=penalty, clamp_weights=clamp_weights, threshold=threshold, normalize_loss=normalize_loss)
+        return lasso_cls(
+            penalty=penalty,
+            clamp_weights=clamp_weights,
+            threshold=threshold,
+            normalize_loss=normalize_loss,
+        )
 
     @classmethod
-    def from_factorization_name(cls, factorization_name: str, penalty: float = 0.01, clamp_weights: bool = True,
-                                threshold: float = 1e-6, normalize_loss: bool = True) -> TensorLasso:
+    def from_factorization_name(
+        cls,
+        factorization_name: str,
+        penalty: float = 0.01,
+        clamp_weights: bool = True,
+        threshold: float = 1e-6,
+        normalize_loss: bool = True,
+    ) -> TensorLasso:
         """The lasso class for a form name: ``'cp'``, ``'tucker'``, ``'tt'``... or tltorch's ``'CPTensor'``."""
         form = _form_class(factorization_name)
         lasso_cls = _lasso_class(form, factorization_name)
-        return lasso_cls(penalty=penalty, clamp_weights=clamp_weights, threshold=threshold, normalize_loss=normalize_loss)
+        return lasso_cls(
+            penalty=penalty,
+            clamp_weights=clamp_weights,
+            threshold=threshold,
+            normalize_loss=normalize_loss,
+        )
 
 
 class CPLasso(TensorLasso):
@@ -606,7 +673,9 @@ def _form_class(name: str) -> type:
         raise OptionError(f"factorization={name!r} must be a name such as 'cp', 'tucker', 'tt'.")
     key = name.lower()
     if key.endswith("tensorized") and key != "tensorized":
-        return _lookup(TensorizedTensor._factorizations, key[: -len("tensorized")], "tensorized tensor")
+        return _lookup(
+            TensorizedTensor._factorizations, key[: -len("tensorized")], "tensorized tensor"
+        )
     if key.endswith("tensor") and key != "tensor":
         key = key[: -len("tensor")]
     known = {**FactorizedTensor._factorizations, **TensorizedTensor._factorizations}
@@ -628,8 +697,13 @@ def _drop_gates(module: nn.Module) -> None:
     module._parameters.pop("lasso_weights", None)
 
 
-def tensor_lasso(factorization: str = "CP", penalty: float = 0.01, clamp_weights: bool = True,
-                 threshold: float = 1e-6, normalize_loss: bool = True) -> TensorLasso:
+def tensor_lasso(
+    factorization: str = "CP",
+    penalty: float = 0.01,
+    clamp_weights: bool = True,
+    threshold: float = 1e-6,
+    normalize_loss: bool = True,
+) -> TensorLasso:
     """A tensor lasso for the named form: a :class:`CPLasso`, :class:`TuckerLasso` or :class:`TTLasso`.
 
     Args:
@@ -656,7 +730,11 @@ def tensor_lasso(factorization: str = "CP", penalty: float = 0.01, clamp_weights
         'CPLasso'
     """
     return TensorLasso.from_factorization_name(
-        factorization, penalty=penalty, clamp_weights=clamp_weights, threshold=threshold, normalize_loss=normalize_loss
+        factorization,
+        penalty=penalty,
+        clamp_weights=clamp_weights,
+        threshold=threshold,
+        normalize_loss=normalize_loss,
     )
 
 

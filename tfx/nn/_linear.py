@@ -16,7 +16,15 @@ from ..functional._linear import linear_in_modes
 from ..functional._planning import FastCache, batch_bucket, compile_linear, is_tracing
 from ..tensors import TensorizedTensor
 from ..utils import get_tensorized_shape
-from ._common import SubLayer, as_shape, check_implementation, make_bias, set_bias, sub_layer, weight_and_bias
+from ._common import (
+    SubLayer,
+    as_shape,
+    check_implementation,
+    make_bias,
+    set_bias,
+    sub_layer,
+    weight_and_bias,
+)
 
 __all__ = ["FactorizedLinear"]
 
@@ -88,9 +96,13 @@ class FactorizedLinear(nn.Module):
                     f"the given weight has tensorized_shape={factorization.tensorized_shape}, but this "
                     f"layer needs {shape}."
                 )
-            self.weight = factorization.to(device=device, dtype=dtype) if (device or dtype) else factorization
+            self.weight = (
+                factorization.to(device=device, dtype=dtype) if (device or dtype) else factorization
+            )
         else:
-            self.weight = TensorizedTensor.new(shape, rank=rank, factorization=factorization, device=device, dtype=dtype)
+            self.weight = TensorizedTensor.new(
+                shape, rank=rank, factorization=factorization, device=device, dtype=dtype
+            )
         # After the weight, so the bias takes its device and dtype (complex weights: complex bias).
         self.bias = make_bias((*batch, self.out_features), self.weight, bias)
         if isinstance(factorization, TensorizedTensor):
@@ -115,7 +127,12 @@ class FactorizedLinear(nn.Module):
         """``x @ W.T + b`` for layer ``indices`` of the stack."""
         # Eager fast path: one generated function per input shape (see compile_linear); it
         # returns None whenever the general path below is needed (hooks, stacked layers, ...).
-        if not torch.compiler.is_compiling() and type(x) is torch.Tensor and indices.__class__ is int and indices == 0:
+        if (
+            not torch.compiler.is_compiling()
+            and type(x) is torch.Tensor
+            and indices.__class__ is int
+            and indices == 0
+        ):
             entry = self._fast.get(x.shape)
             if entry is None:
                 entry = self._fast_entry(x)
@@ -139,7 +156,10 @@ class FactorizedLinear(nn.Module):
             fast.clear()
         weight = self.weight
         ok = (
-            self.n_layers == 1 and x.ndim >= 1 and x.shape[-1] == self.in_features and x.numel() > 0
+            self.n_layers == 1
+            and x.ndim >= 1
+            and x.shape[-1] == self.in_features
+            and x.numel() > 0
             and isinstance(weight, TensorizedTensor)
         )
         entry: tuple[Any, tuple[int, ...]] | bool = False
@@ -153,7 +173,9 @@ class FactorizedLinear(nn.Module):
             key = (weight._plan, batch, x.ndim == 2, implementation)
             run = fast.programs.get(key)
             if run is None:
-                run = fast.programs[key] = compile_linear(self, weight, in_modes, batch, x.ndim, implementation) or False
+                run = fast.programs[key] = (
+                    compile_linear(self, weight, in_modes, batch, x.ndim, implementation) or False
+                )
             if run:
                 entry = (run, (*x.shape[:-1], self.out_features))
         fast[x.shape] = entry
@@ -199,13 +221,24 @@ class FactorizedLinear(nn.Module):
         """
         out_features, in_features = linear.weight.shape
         in_shape, out_shape = _tensorized_features(
-            in_features, out_features, auto_tensorize, n_tensorized_modes,
-            in_tensorized_features, out_tensorized_features, verbose,
+            in_features,
+            out_features,
+            auto_tensorize,
+            n_tensorized_modes,
+            in_tensorized_features,
+            out_tensorized_features,
+            verbose,
         )
         layer = cls(
-            in_shape, out_shape, bias=bias and linear.bias is not None, factorization=factorization,
-            rank=rank, implementation=implementation, checkpointing=checkpointing,
-            device=linear.weight.device, dtype=linear.weight.dtype,
+            in_shape,
+            out_shape,
+            bias=bias and linear.bias is not None,
+            factorization=factorization,
+            rank=rank,
+            implementation=implementation,
+            checkpointing=checkpointing,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
         )
         layer.weight.init_from_matrix(linear.weight.detach(), **(decomposition_kwargs or {}))
         if layer.bias is not None:
@@ -234,18 +267,29 @@ class FactorizedLinear(nn.Module):
             raise ShapeError("from_linear_list: either every linear has a bias or none does.")
         first = linear_list[0].weight
         layer = cls(
-            in_tensorized_features, out_tensorized_features, bias=bias and all(has_bias),
-            factorization=factorization, rank=rank, implementation=implementation,
-            n_layers=len(linear_list), checkpointing=checkpointing, device=first.device, dtype=first.dtype,
+            in_tensorized_features,
+            out_tensorized_features,
+            bias=bias and all(has_bias),
+            factorization=factorization,
+            rank=rank,
+            implementation=implementation,
+            n_layers=len(linear_list),
+            checkpointing=checkpointing,
+            device=first.device,
+            dtype=first.dtype,
         )
         if layer.weight_shape != tuple(first.shape):
             raise ShapeError(
                 f"the tensorized features describe a {layer.weight_shape} weight, the linears have {tuple(first.shape)}."
             )
         weights = torch.stack([lin.weight.detach() for lin in linear_list])
-        layer.weight.init_from_tensor(weights.reshape(layer.weight.tensor_shape), **(decomposition_kwargs or {}))
+        layer.weight.init_from_tensor(
+            weights.reshape(layer.weight.tensor_shape), **(decomposition_kwargs or {})
+        )
         if layer.bias is not None:
-            set_bias(layer.bias, layer.weight, torch.stack([lin.bias.detach() for lin in linear_list]))  # type: ignore[union-attr]
+            set_bias(
+                layer.bias, layer.weight, torch.stack([lin.bias.detach() for lin in linear_list])
+            )  # type: ignore[union-attr]
         return layer
 
     def extra_repr(self) -> str:
@@ -266,7 +310,10 @@ def _tensorized_features(
     verbose: bool,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if in_shape is not None and out_shape is not None:
-        in_t, out_t = as_shape(in_shape, "in_tensorized_features"), as_shape(out_shape, "out_tensorized_features")
+        in_t, out_t = (
+            as_shape(in_shape, "in_tensorized_features"),
+            as_shape(out_shape, "out_tensorized_features"),
+        )
         if (math.prod(in_t), math.prod(out_t)) != (in_features, out_features):
             raise ShapeError(
                 f"in_tensorized_features={in_t} and out_tensorized_features={out_t} describe a "
@@ -278,4 +325,6 @@ def _tensorized_features(
             "auto_tensorize=False needs both in_tensorized_features and out_tensorized_features.\n"
             "Fix: pass them, or leave auto_tensorize=True."
         )
-    return get_tensorized_shape(in_features, out_features, order=n_modes, min_dim=2, verbose=verbose)
+    return get_tensorized_shape(
+        in_features, out_features, order=n_modes, min_dim=2, verbose=verbose
+    )

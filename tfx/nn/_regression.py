@@ -95,7 +95,9 @@ class TRL(nn.Module):
         self.n_layers = n_layers
         batch = (n_layers,) if n_layers > 1 else ()
         if bias:
-            self.bias = nn.Parameter(torch.empty((*batch, *self.output_shape), device=device, dtype=dtype))
+            self.bias = nn.Parameter(
+                torch.empty((*batch, *self.output_shape), device=device, dtype=dtype)
+            )
         else:
             self.register_parameter("bias", None)
         if isinstance(factorization, FactorizedTensor):
@@ -105,8 +107,14 @@ class TRL(nn.Module):
                 with torch.no_grad():
                     self.bias.zero_()
         else:
-            self.weight = FactorizedTensor.new((*batch, *self.weight_shape), rank=rank, factorization=factorization,
-                                               device=device, dtype=dtype, **kwargs)
+            self.weight = FactorizedTensor.new(
+                (*batch, *self.weight_shape),
+                rank=rank,
+                factorization=factorization,
+                device=device,
+                dtype=dtype,
+                **kwargs,
+            )
             self.init_from_random()
         self.factorization = self.weight.name
         self.rank = self.weight.rank
@@ -117,17 +125,28 @@ class TRL(nn.Module):
         if got == expected:
             return
         if got == (*batch, *self.input_shape[1:], *self.output_shape[1:]):
-            fix = (f"input_shape and output_shape without the batch size: TRL({self.input_shape[1:]}, "
-                   f"{self.output_shape[1:] or self.output_shape}, factorization=weight).")
+            fix = (
+                f"input_shape and output_shape without the batch size: TRL({self.input_shape[1:]}, "
+                f"{self.output_shape[1:] or self.output_shape}, factorization=weight)."
+            )
         else:
             n = len(got) - len(batch) - self.n_output
             fix = f"a weight of shape {expected}."
-            if n > 0 and got[len(got) - self.n_output:] == self.output_shape:
-                fix = f"TRL({got[len(batch):len(batch) + n]}, {self.output_shape}, factorization=weight), or " + fix
-        raise ShapeError(_MSG_WEIGHT.format(
-            input_shape=self.input_shape, output_shape=self.output_shape, expected=expected,
-            stacked=", after n_layers" if batch else "", got=got, fix=fix,
-        ))
+            if n > 0 and got[len(got) - self.n_output :] == self.output_shape:
+                fix = (
+                    f"TRL({got[len(batch):len(batch) + n]}, {self.output_shape}, factorization=weight), or "
+                    + fix
+                )
+        raise ShapeError(
+            _MSG_WEIGHT.format(
+                input_shape=self.input_shape,
+                output_shape=self.output_shape,
+                expected=expected,
+                stacked=", after n_layers" if batch else "",
+                got=got,
+                fix=fix,
+            )
+        )
 
     def init_from_random(self, decompose_full_weight: bool = False) -> None:
         """Weight entries N(0, 1 / sqrt(3 n_in)), bias 0; or decompose a random full weight."""
@@ -143,7 +162,9 @@ class TRL(nn.Module):
             if self.bias is not None:
                 self.bias.zero_()
 
-    def init_from_linear(self, linear: nn.Linear, unsqueezed_modes: Sequence[int] | None = None, **kwargs: Any) -> TRL:
+    def init_from_linear(
+        self, linear: nn.Linear, unsqueezed_modes: Sequence[int] | None = None, **kwargs: Any
+    ) -> TRL:
         """Initialise from a linear layer on the flattened input (bias copied where both have one).
 
         With ``unsqueezed_modes`` (Tucker weights, as in tltorch), the linear acts
@@ -188,11 +209,17 @@ class TRL(nn.Module):
         kept = tuple(s for i, s in enumerate(self.input_shape) if i not in pooled)
         n_in, n_out = math.prod(kept), math.prod(self.output_shape)
         if tuple(linear.weight.shape) != (n_out, n_in):
-            raise ShapeError(_MSG_LINEAR.format(
-                kept=kept, output_shape=self.output_shape, n_in=n_in, n_out=n_out,
-                pooled=f" (modes {pooled} pooled)" if pooled else "", linear=linear,
-                fix=f"nn.Linear({n_in}, {n_out}), or other unsqueezed_modes / shapes.",
-            ))
+            raise ShapeError(
+                _MSG_LINEAR.format(
+                    kept=kept,
+                    output_shape=self.output_shape,
+                    n_in=n_in,
+                    n_out=n_out,
+                    pooled=f" (modes {pooled} pooled)" if pooled else "",
+                    linear=linear,
+                    fix=f"nn.Linear({n_in}, {n_out}), or other unsqueezed_modes / shapes.",
+                )
+            )
         weight = linear.weight.detach().t().reshape(*kept, *self.output_shape)
         if pooled:
             self.weight.init_from_tensor(weight, unsqueezed_modes=pooled, **kwargs)
@@ -205,16 +232,28 @@ class TRL(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         shape, n = tuple(x.shape), self.n_input
-        if len(shape) > n and shape[len(shape) - n:] == self.input_shape:
+        if len(shape) > n and shape[len(shape) - n :] == self.input_shape:
             return
-        why, fix = "", f"reshape x to (batch, {_dims(self.input_shape)}), or build TRL(input_shape=x.shape[1:], ...)."
+        why, fix = (
+            "",
+            f"reshape x to (batch, {_dims(self.input_shape)}), or build TRL(input_shape=x.shape[1:], ...).",
+        )
         if n > 1 and len(shape) == n and shape[1:] == self.input_shape[1:]:
             out = self.output_shape
             fixed_out = out[1:] if len(out) > 1 and out[0] == self.input_shape[0] else out
-            why, fix = _WHY_BATCH, f"TRL(input_shape={self.input_shape[1:]}, output_shape={fixed_out}, ...)."
-        raise ShapeError(_MSG_INPUT.format(
-            input_shape=self.input_shape, x_shape=shape, dims=_dims(self.input_shape), why=why, fix=fix,
-        ))
+            why, fix = (
+                _WHY_BATCH,
+                f"TRL(input_shape={self.input_shape[1:]}, output_shape={fixed_out}, ...).",
+            )
+        raise ShapeError(
+            _MSG_INPUT.format(
+                input_shape=self.input_shape,
+                x_shape=shape,
+                dims=_dims(self.input_shape),
+                why=why,
+                fix=fix,
+            )
+        )
 
     def forward(self, x: torch.Tensor, indices: int = 0) -> torch.Tensor:
         """``(batch, *input_shape) -> (batch, *output_shape)`` (any number of leading dims)."""
@@ -272,15 +311,24 @@ class TCL(nn.Module):
         self.output_shape = self.rank
         self.n_layers = n_layers
         batch = (n_layers,) if n_layers > 1 else ()
-        for i, (s, r) in enumerate(zip(self.input_shape, self.rank)):
-            self.register_parameter(f"factor_{i}", nn.Parameter(torch.empty((*batch, r, s), device=device, dtype=dtype)))
+        for i, (s, r) in enumerate(zip(self.input_shape, self.rank, strict=False)):
+            self.register_parameter(
+                f"factor_{i}", nn.Parameter(torch.empty((*batch, r, s), device=device, dtype=dtype))
+            )
         if bias:
             self.bias = nn.Parameter(torch.empty((*batch, *self.rank), device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
         n = self.order
         modes, ranks = "ABCDEFGHIJKL"[:n], "abcdefghijkl"[:n]
-        self._equation = "z" + modes + "," + ",".join(f"{r}{m}" for r, m in zip(ranks, modes)) + "->z" + ranks
+        self._equation = (
+            "z"
+            + modes
+            + ","
+            + ",".join(f"{r}{m}" for r, m in zip(ranks, modes, strict=False))
+            + "->z"
+            + ranks
+        )
         self.reset_parameters()
 
     @property
@@ -302,7 +350,11 @@ class TCL(nn.Module):
         select_layer(self.n_layers, indices)
         factors = self.factors if self.n_layers == 1 else [f[indices] for f in self.factors]
         batch = traced_batch() if is_tracing(x) else batch_bucket(x.shape[0])
-        plan = plan_einsum(self._equation, (batch, *self.input_shape), *zip(self.rank, self.input_shape))
+        plan = plan_einsum(
+            self._equation,
+            (batch, *self.input_shape),
+            *zip(self.rank, self.input_shape, strict=False),
+        )
         y = plan(x, *factors)
         if self.bias is not None:
             y = y + (self.bias if self.n_layers == 1 else self.bias[indices])

@@ -5,4 +5,15 @@ from ._emit import emit, output_error
 from ._match import Site, find_sites
 from ._rewrite import build_layer, rewrite, splice
 
-__all__ = ["Captured", "Tracer", "capture", "Site", "find_sites", "build_layer", "rewrite", "splice", "emit", "output_error"]
+__all__ = [
+    "Captured",
+    "Tracer",
+    "capture",
+    "Site",
+    "find_sites",
+    "build_layer",
+    "rewrite",
+    "splice",
+    "emit",
+    "output_error",
+]

@@ -35,7 +35,13 @@ from ..cost._whiten import InputStats, RowCounts
 from ._capture import call_with
 from ._match import Site
 
-__all__ = ["collect_statistics", "measure_sensitivity", "MAX_FULL", "calibration_batches", "attention_mask"]
+__all__ = [
+    "collect_statistics",
+    "measure_sensitivity",
+    "MAX_FULL",
+    "calibration_batches",
+    "attention_mask",
+]
 
 #: Inputs wider than this keep only the diagonal of their second moment (memory: an
 #: ``in x in`` float64 matrix per distinct input; 8192 -> 512 MiB).
@@ -56,7 +62,9 @@ def calibration_batches(calibration: Iterable[Any]) -> list[Any]:
     return batches
 
 
-def _conv_rows(x: torch.Tensor, weight_shape: Sequence[int], conv: dict[str, Any]) -> torch.Tensor | None:
+def _conv_rows(
+    x: torch.Tensor, weight_shape: Sequence[int], conv: dict[str, Any]
+) -> torch.Tensor | None:
     """The conv's im2col patches as rows ``(positions, in * prod(kernel))``, in the weight's order."""
     kernel = tuple(weight_shape[2:])
     order = len(kernel)
@@ -67,13 +75,21 @@ def _conv_rows(x: torch.Tensor, weight_shape: Sequence[int], conv: dict[str, Any
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0,) * order
-        elif padding == "same" and all(d * (k - 1) % 2 == 0 for d, k in zip(dilation, kernel)):
-            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+        elif padding == "same" and all(
+            d * (k - 1) % 2 == 0 for d, k in zip(dilation, kernel, strict=False)
+        ):
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=False))
         else:
             return None
     stride = tuple(conv.get("stride", (1,) * order))
     if order == 1:  # a 1-d conv is a 2-d one over a height of 1
-        x, kernel, padding, stride, dilation = x.unsqueeze(2), (1, *kernel), (0, *padding), (1, *stride), (1, *dilation)
+        x, kernel, padding, stride, dilation = (
+            x.unsqueeze(2),
+            (1, *kernel),
+            (0, *padding),
+            (1, *stride),
+            (1, *dilation),
+        )
     patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C*k, L)
     return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
@@ -102,8 +118,14 @@ class _Observer(nn.Module):
     input), only the unmasked rows count: padding is not data.
     """
 
-    def __init__(self, stats: InputStats, kind: str, weight_shape: Sequence[int], conv: dict[str, Any],
-                 mask: _Mask | None = None) -> None:
+    def __init__(
+        self,
+        stats: InputStats,
+        kind: str,
+        weight_shape: Sequence[int],
+        conv: dict[str, Any],
+        mask: _Mask | None = None,
+    ) -> None:
         super().__init__()
         self.stats = stats
         self.kind = kind
@@ -117,7 +139,9 @@ class _Observer(nn.Module):
             if isinstance(x, torch.Tensor) and not x.is_floating_point():
                 mask = self.mask.value if self.mask is not None else None
                 if mask is not None and tuple(x.shape) == tuple(mask.shape):
-                    x_seen = x[mask.to(x.device)]  # padding is not data: the pad row's lookups do not count
+                    x_seen = x[
+                        mask.to(x.device)
+                    ]  # padding is not data: the pad row's lookups do not count
                 else:
                     x_seen = x
                 self.stats.update(x_seen)
@@ -155,7 +179,8 @@ class _Perturb(nn.Module):
 
     def forward(self, y: Any) -> Any:
         """``y`` plus noise of norm ``scale * |y|`` (or ``y`` when off); with a mask over the
-        batch's positions, on the real positions only (padding is not data)."""
+        batch's positions, on the real positions only (padding is not data).
+        """
         if not self.scale or not isinstance(y, torch.Tensor) or not y.is_floating_point():
             return y
         gen = torch.Generator(device=y.device).manual_seed(self.seed)
@@ -178,7 +203,9 @@ def _positions_mask(mask: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor 
 
 def _key(site: Site) -> Any:
     """Sites reading the same input with the same patch geometry share statistics."""
-    conv = tuple(sorted((k, str(v)) for k, v in site.conv.items())) if site.info.kind == "conv" else ()
+    conv = (
+        tuple(sorted((k, str(v)) for k, v in site.conv.items())) if site.info.kind == "conv" else ()
+    )
     kernel = tuple(site.info.weight_shape[2:]) if site.info.kind == "conv" else ()
     return (site.input if site.node is not None else site.name, site.info.kind, kernel, conv)
 
@@ -188,8 +215,12 @@ def _features(site: Site) -> int:
 
 
 def collect_statistics(
-    gm: fx.GraphModule, sites: Sequence[Site], batches: Sequence[Any], progress: Any = None,
-    mask_fn: Any = attention_mask, masked: _Mask | None = None,
+    gm: fx.GraphModule,
+    sites: Sequence[Site],
+    batches: Sequence[Any],
+    progress: Any = None,
+    mask_fn: Any = attention_mask,
+    masked: _Mask | None = None,
 ) -> dict[str, InputStats]:
     """Per factorizable linear / conv site: the second moment of its input over ``batches``.
 
@@ -206,7 +237,9 @@ def collect_statistics(
         ``{site name: InputStats}`` for the sites that were observed.
     """
     masked = masked if masked is not None else _Mask()
-    wanted = [s for s in sites if s.info.factorizable and s.info.kind in ("linear", "conv", "embedding")]
+    wanted = [
+        s for s in sites if s.info.factorizable and s.info.kind in ("linear", "conv", "embedding")
+    ]
     shared: dict[Any, Any] = {}
     per_site: dict[str, Any] = {}
     for site in wanted:
@@ -221,13 +254,17 @@ def collect_statistics(
     for site in wanted:
         key = _key(site)
         if key not in observers:
-            observers[key] = _Observer(shared[key], site.info.kind, site.info.weight_shape, site.conv, masked)
+            observers[key] = _Observer(
+                shared[key], site.info.kind, site.info.weight_shape, site.conv, masked
+            )
     undo = _attach(gm, wanted, observers)
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
                 mask = mask_fn(batch) if mask_fn is not None else None
-                if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
+                if mask is not None and (
+                    not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                ):
                     raise OptionError(
                         f"calibration_mask returned {type(mask).__name__} "
                         f"{getattr(mask, 'dtype', '')} for batch {i}; it must return a boolean tensor "
@@ -256,21 +293,32 @@ def collect_statistics(
                     progress.update(1)
     finally:
         undo()
-    return {name: stats for name, stats in per_site.items() if stats.count > 0 and not stats.unsupported}
+    return {
+        name: stats for name, stats in per_site.items() if stats.count > 0 and not stats.unsupported
+    }
 
 
-def _attach(gm: fx.GraphModule, sites: Sequence[Site], modules: dict[Any, nn.Module], after: bool = False) -> Any:
+def _attach(
+    gm: fx.GraphModule, sites: Sequence[Site], modules: dict[Any, nn.Module], after: bool = False
+) -> Any:
     """Splice ``modules`` (keyed by :func:`_key`, or by site name when ``after``) in front of
-    (or after) each site; returns a function that takes them out again."""
+    (or after) each site; returns a function that takes them out again.
+    """
     if sites and sites[0].node is None:  # module-swap path: hooks on the layers
         handles = []
         for site in sites:
             layer = gm.get_submodule("model." + site.name)
             module = modules[site.name if after else _key(site)]
             if after:
-                handles.append(layer.register_forward_hook(lambda _m, _a, out, mod=module: mod(out)))
+                handles.append(
+                    layer.register_forward_hook(lambda _m, _a, out, mod=module: mod(out))
+                )
             else:
-                handles.append(layer.register_forward_pre_hook(lambda _m, args, mod=module: (mod(args[0]), *args[1:])))
+                handles.append(
+                    layer.register_forward_pre_hook(
+                        lambda _m, args, mod=module: (mod(args[0]), *args[1:])
+                    )
+                )
         return lambda: [h.remove() for h in handles]
     added: list[fx.Node] = []
     names: list[str] = []
@@ -314,7 +362,11 @@ def _outputs(gm: nn.Module, batch: Any, mask: torch.Tensor | None = None) -> lis
 
 
 def measure_sensitivity(
-    gm: fx.GraphModule, sites: Sequence[Site], batch: Any, scale: float = 0.05, progress: Any = None,
+    gm: fx.GraphModule,
+    sites: Sequence[Site],
+    batch: Any,
+    scale: float = 0.05,
+    progress: Any = None,
     mask: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Per factorizable site: how much a relative error at its output grows by the model's output.
@@ -347,7 +399,9 @@ def measure_sensitivity(
                     got = _outputs(gm, batch, mask)
                 finally:
                     module.scale = 0.0
-                change = sum(float(((g - r) ** 2).sum()) for g, r in zip(got, reference))
+                change = sum(
+                    float(((g - r) ** 2).sum()) for g, r in zip(got, reference, strict=False)
+                )
                 out[site.name] = change / ref_norm2 / scale**2
                 if progress is not None:
                     progress.update(1)
@@ -387,15 +441,21 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
             return site
         if site.info.kind == "linear":
             rows, cols = choice.tensorized_shape
-            if (math.prod(rows), math.prod(cols)) != tuple(weight.shape):  # zero-padded: left as planned
+            if (math.prod(rows), math.prod(cols)) != tuple(
+                weight.shape
+            ):  # zero-padded: left as planned
                 return site
             whitening = stats.whitening(cols)
-            approx = TensorizedTensor.from_matrix(whitening.apply(work), rows, cols, rank=choice.rank, factorization=choice.form)
+            approx = TensorizedTensor.from_matrix(
+                whitening.apply(work), rows, cols, rank=choice.rank, factorization=choice.form
+            )
             target = whitening.undo(approx.to_matrix())
         else:
             whitening = stats.whitening(weight.shape[1:])
             whitened = whitening.apply(work).reshape(weight.shape)
-            approx = FactorizedTensor.from_tensor(whitened, rank=choice.rank, factorization=choice.form)
+            approx = FactorizedTensor.from_tensor(
+                whitened, rank=choice.rank, factorization=choice.form
+            )
             target = whitening.undo(approx.to_tensor().reshape(flat.shape))
     return dataclasses.replace(site, weight=target.reshape(weight.shape).to(weight.dtype))
 
@@ -429,7 +489,12 @@ class Calibrated:
 
 
 def calibrate(
-    gm: fx.GraphModule, sites: Sequence[Site], calibration: Iterable[Any], *, sensitivity: bool, progress: Any = None,
+    gm: fx.GraphModule,
+    sites: Sequence[Site],
+    calibration: Iterable[Any],
+    *,
+    sensitivity: bool,
+    progress: Any = None,
     mask: Any = attention_mask,
 ) -> Calibrated:
     """Collect statistics (and sensitivities) for ``sites`` of the captured ``gm``.
@@ -452,7 +517,9 @@ def calibrate(
         clock = time.perf_counter()
         wanted = [s for s in sites if s.info.factorizable]
         bar = progress(len(wanted), "tfx: sensitivity") if progress else None
-        sens = measure_sensitivity(gm, sites, batches[0], progress=bar, mask=mask(batches[0]) if mask else None)
+        sens = measure_sensitivity(
+            gm, sites, batches[0], progress=bar, mask=mask(batches[0]) if mask else None
+        )
         if bar is not None:
             bar.close()
         timings["calibration (sensitivity)"] = time.perf_counter() - clock

@@ -69,8 +69,12 @@ class Tracer(fx.Tracer):
         from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
 
         # a factorized layer is a site of its own (a result factorized again), not its factors' ops
-        factorized = isinstance(m, (FactorizedLinear, FactorizedConv, FactorizedEmbedding))
-        return module_qualified_name in self.skip or factorized or super().is_leaf_module(m, module_qualified_name)
+        factorized = isinstance(m, FactorizedLinear | FactorizedConv | FactorizedEmbedding)
+        return (
+            module_qualified_name in self.skip
+            or factorized
+            or super().is_leaf_module(m, module_qualified_name)
+        )
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -79,7 +83,7 @@ def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (), {}
     if isinstance(example_inputs, dict):
         return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
+    if isinstance(example_inputs, tuple | list):
         return tuple(example_inputs), {}
     return (example_inputs,), {}
 
@@ -132,14 +136,18 @@ def _symbolic_trace(model: nn.Module, skip: Sequence[str], example_inputs: Any) 
     if example_inputs is not None:
         args, kwargs = split_inputs(example_inputs)
         if kwargs:
-            raise TraceError("symbolic_trace graphs take positional inputs; keyword inputs go through torch.export")
+            raise TraceError(
+                "symbolic_trace graphs take positional inputs; keyword inputs go through torch.export"
+            )
         from torch.fx.passes.shape_prop import ShapeProp
 
         ShapeProp(gm).propagate(*args)
     return gm
 
 
-def _export(model: nn.Module, example_inputs: Any, notes: list[str] | None = None) -> fx.GraphModule:
+def _export(
+    model: nn.Module, example_inputs: Any, notes: list[str] | None = None
+) -> fx.GraphModule:
     args, kwargs = split_inputs(example_inputs)
     widened = _widened(args, kwargs)
     attempts = [] if widened is None else [(*widened, True)]
@@ -154,7 +162,10 @@ def _export(model: nn.Module, example_inputs: Any, notes: list[str] | None = Non
         except Exception as err:  # noqa: BLE001 - the example as given is the fallback
             if i == len(attempts) - 1 or _output_not_exportable(err):
                 raise
-            logger.info("export of the batch-2 copy of a batch-1 example failed (%s); exporting it as given", err)
+            logger.info(
+                "export of the batch-2 copy of a batch-1 example failed (%s); exporting it as given",
+                err,
+            )
     assert ep is not None
     unlifted = ep.module()
     # The module torch.export returns refuses .train(); a plain GraphModule over the same
@@ -175,7 +186,9 @@ def _output_not_exportable(err: BaseException) -> bool:
     return "which is not a known type" in text or "register a pytree" in text
 
 
-def _widened(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+def _widened(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     """The example with its batch of one repeated to two rows, or None when it is not a batch of one.
 
     torch.export specialises every dimension of size 1 (a symbolic size cannot be 0 or 1), so
@@ -195,7 +208,9 @@ def _widened(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, 
     return tuple(widen(a) for a in args), {k: widen(v) for k, v in kwargs.items()}
 
 
-def _export_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], allow_static: bool) -> Any:
+def _export_dynamic(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], allow_static: bool
+) -> Any:
     """``torch.export.export`` with the most dynamic shapes the model allows.
 
     Every dimension (torch.export's AUTO keeps a dimension dynamic unless the model
@@ -212,13 +227,18 @@ def _export_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
         except Exception as err:  # noqa: BLE001 - a less dynamic capture is the fallback
             if i == len(specs) - 1 or _output_not_exportable(err):
                 raise
-            logger.info("export with dynamic shapes failed (%s); trying fewer dynamic dimensions", err)
+            logger.info(
+                "export with dynamic shapes failed (%s); trying fewer dynamic dimensions", err
+            )
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _as_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], every_dim: bool = False) -> Any:
+def _as_dynamic(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], every_dim: bool = False
+) -> Any:
     """``dynamic_shapes`` for export: the batch dimension, or (``every_dim``) every dimension
-    through ``Dim.AUTO``; False where that is not available (torch < 2.5)."""
+    through ``Dim.AUTO``; False where that is not available (torch < 2.5).
+    """
     import inspect
 
     auto = getattr(torch.export.Dim, "AUTO", None)
@@ -227,7 +247,7 @@ def _as_dynamic(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     names = list(inspect.signature(model.forward).parameters)
     spec: dict[str, Any] = {}
-    for name, value in [*zip(names, args), *kwargs.items()]:
+    for name, value in [*zip(names, args, strict=False), *kwargs.items()]:
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             spec[name] = None
         elif every_dim:
@@ -262,7 +282,8 @@ def _first_line(err: BaseException) -> str:
 
 def _without_cache(model: nn.Module, example_inputs: Any) -> Any:
     """The example with ``use_cache=False`` added, or None when the model takes no ``use_cache``
-    or the example already sets it."""
+    or the example already sets it.
+    """
     import inspect
 
     try:
@@ -277,7 +298,7 @@ def _without_cache(model: nn.Module, example_inputs: Any) -> Any:
     names = list(params)
     if len(args) > names.index("use_cache"):
         return None
-    named = dict(zip(names, args))
+    named = dict(zip(names, args, strict=False))
     return {**named, **kwargs, "use_cache": False}
 
 
@@ -301,7 +322,9 @@ def capture(model: nn.Module, example_inputs: Any = None, skip: Sequence[str] = 
     """
     failures: list[str] = []
     try:
-        return Captured(_symbolic_trace(model, skip, example_inputs), "symbolic_trace", failures, model)
+        return Captured(
+            _symbolic_trace(model, skip, example_inputs), "symbolic_trace", failures, model
+        )
     except Exception as err:  # noqa: BLE001 - any failure moves on to the next path
         failures.append(f"torch.fx.symbolic_trace: {_first_line(err)}")
     if example_inputs is not None:
@@ -343,10 +366,12 @@ def capture(model: nn.Module, example_inputs: Any = None, skip: Sequence[str] = 
         _warn_notes([note])
         return Captured(gm, "module_swap", failures, gm.model, [note])
     raise TraceError(
-        f"tfx could not capture {type(model).__name__}.\n  " + "\n  ".join(failures) + "\nFix one of:\n"
+        f"tfx could not capture {type(model).__name__}.\n  "
+        + "\n  ".join(failures)
+        + "\nFix one of:\n"
         "  - pass example inputs, so torch.export can capture it:  tfx.factorize(model, 0.5, example_inputs=(x,))\n"
-        "  - leave the failing module dense:  tfx.factorize(model, 0.5, skip=[\"name.of.module\"])\n"
-        "  - use the dynamo path:  torch.compile(model, backend=\"tfx\")"
+        '  - leave the failing module dense:  tfx.factorize(model, 0.5, skip=["name.of.module"])\n'
+        '  - use the dynamo path:  torch.compile(model, backend="tfx")'
     )
 
 

@@ -29,10 +29,16 @@ MIN_PARAMS = 256
 aten = torch.ops.aten
 _LINEAR_FNS = {F.linear, torch._C._nn.linear, aten.linear.default}
 _CONV_FNS = {
-    F.conv1d: 1, F.conv2d: 2, F.conv3d: 3,
-    aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3,
+    F.conv1d: 1,
+    F.conv2d: 2,
+    F.conv3d: 3,
+    aten.conv1d.default: 1,
+    aten.conv2d.default: 2,
+    aten.conv3d.default: 3,
     # padding="same" / "valid" lower to these overloads (same arguments, a string padding)
-    aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3,
+    aten.conv1d.padding: 1,
+    aten.conv2d.padding: 2,
+    aten.conv3d.padding: 3,
 }
 _EMBEDDING_FNS = {F.embedding, aten.embedding.default}
 _ADDMM_FNS = {torch.addmm, aten.addmm.default}
@@ -90,7 +96,8 @@ def _param(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
 
 def _weight(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
     """Like :func:`_param`, for a layer's weight: only an ``nn.Parameter`` makes a site (a
-    buffer used as a weight, e.g. a fixed projection, is not a parameter of the budget)."""
+    buffer used as a weight, e.g. a fixed projection, is not a parameter of the budget).
+    """
     found = _param(gm, node)
     return found if found is not None and isinstance(found[1], nn.Parameter) else None
 
@@ -162,7 +169,8 @@ def _module_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
 
 def _factorized_site(module: nn.Module, name: str, node: Any, path: str) -> Site | None:
     """A ``tfx.nn`` layer as a site: its weight is the reconstruction, its held parameters
-    the factors' (a result of ``tfx.factorize`` can be factorized again, with exact counts)."""
+    the factors' (a result of ``tfx.factorize`` can be factorized again, with exact counts).
+    """
     from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
 
     if getattr(module, "n_layers", 1) != 1:
@@ -173,20 +181,56 @@ def _factorized_site(module: nn.Module, name: str, node: Any, path: str) -> Site
     with torch.no_grad():
         if isinstance(module, FactorizedLinear):
             weight = module.weight.to_matrix().detach()
-            info = SiteInfo(name, "linear", tuple(weight.shape), _tokens(x, weight.shape[1]), bias is not None, path=path)
+            info = SiteInfo(
+                name,
+                "linear",
+                tuple(weight.shape),
+                _tokens(x, weight.shape[1]),
+                bias is not None,
+                path=path,
+            )
             return Site(info, node, x, weight, bias, name + ".weight", held_params=held)
         if isinstance(module, FactorizedEmbedding):
             weight = module.weight.to_matrix().detach()
             shape = _shape(x)
-            info = SiteInfo(name, "embedding", tuple(weight.shape), math.prod(shape) if shape else 1, False, path=path)
-            return Site(info, node, x, weight, None, name + ".weight", padding_idx=module.padding_idx, held_params=held)
+            info = SiteInfo(
+                name,
+                "embedding",
+                tuple(weight.shape),
+                math.prod(shape) if shape else 1,
+                False,
+                path=path,
+            )
+            return Site(
+                info,
+                node,
+                x,
+                weight,
+                None,
+                name + ".weight",
+                padding_idx=module.padding_idx,
+                held_params=held,
+            )
         if isinstance(module, FactorizedConv) and module.groups == 1:
             weight = module.weight.to_tensor().detach()
             out = _shape(node)
             tokens = math.prod((out[0], *out[2:])) if out else 1
-            info = SiteInfo(name, "conv", tuple(weight.shape), tokens, bias is not None, path=path, in_tokens=_positions(x))
-            conv = {"stride": tuple(module.stride), "padding": module.padding, "dilation": tuple(module.dilation),
-                    "groups": 1, "padding_mode": module.padding_mode}
+            info = SiteInfo(
+                name,
+                "conv",
+                tuple(weight.shape),
+                tokens,
+                bias is not None,
+                path=path,
+                in_tokens=_positions(x),
+            )
+            conv = {
+                "stride": tuple(module.stride),
+                "padding": module.padding,
+                "dilation": tuple(module.dilation),
+                "groups": 1,
+                "padding_mode": module.padding_mode,
+            }
             return Site(info, node, x, weight, bias, name + ".weight", conv, held_params=held)
     return None
 
@@ -194,31 +238,81 @@ def _factorized_site(module: nn.Module, name: str, node: Any, path: str) -> Site
 def _site_of_module(module: nn.Module, name: str, node: Any, path: str) -> Site | None:
     from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
 
-    if isinstance(module, (FactorizedLinear, FactorizedConv, FactorizedEmbedding)):
+    if isinstance(module, FactorizedLinear | FactorizedConv | FactorizedEmbedding):
         return _factorized_site(module, name, node, path)
     x = node.args[0] if node is not None and node.args else None
     if isinstance(module, nn.Linear):
-        info = SiteInfo(name, "linear", tuple(module.weight.shape), _tokens(x, module.in_features), module.bias is not None, path=path)
+        info = SiteInfo(
+            name,
+            "linear",
+            tuple(module.weight.shape),
+            _tokens(x, module.in_features),
+            module.bias is not None,
+            path=path,
+        )
         return Site(info, node, x, module.weight.detach(), _detached(module.bias), name + ".weight")
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         out = _shape(node)
         tokens = math.prod((out[0], *out[2:])) if out else 1
-        info = SiteInfo(name, "conv", tuple(module.weight.shape), tokens, module.bias is not None, path=path, in_tokens=_positions(x))
-        conv = {"stride": tuple(module.stride), "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
-                "dilation": tuple(module.dilation), "groups": module.groups, "padding_mode": module.padding_mode}
-        return Site(info, node, x, module.weight.detach(), _detached(module.bias), name + ".weight", conv)
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        info = SiteInfo(
+            name,
+            "conv",
+            tuple(module.weight.shape),
+            tokens,
+            module.bias is not None,
+            path=path,
+            in_tokens=_positions(x),
+        )
+        conv = {
+            "stride": tuple(module.stride),
+            "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
+            "dilation": tuple(module.dilation),
+            "groups": module.groups,
+            "padding_mode": module.padding_mode,
+        }
+        return Site(
+            info, node, x, module.weight.detach(), _detached(module.bias), name + ".weight", conv
+        )
+    if (
+        type(module).__name__ == "Conv1D"
+        and getattr(module, "weight", None) is not None
+        and module.weight.dim() == 2
+    ):
         # transformers' Conv1D (GPT-2): x @ W + b with W stored (in, out); a module on the
         # module-swap path (the graph paths see its addmm).
         matrix = module.weight.detach().t()
-        info = SiteInfo(name, "linear", tuple(matrix.shape), _tokens(x, matrix.shape[1]), module.bias is not None, path=path)
+        info = SiteInfo(
+            name,
+            "linear",
+            tuple(matrix.shape),
+            _tokens(x, matrix.shape[1]),
+            module.bias is not None,
+            path=path,
+        )
         return Site(info, node, x, matrix, _detached(module.bias), name + ".weight")
     if isinstance(module, nn.Embedding):
         shape = _shape(x)
-        info = SiteInfo(name, "embedding", tuple(module.weight.shape), math.prod(shape) if shape else 1, False, path=path)
-        site = Site(info, node, x, module.weight.detach(), None, name + ".weight", padding_idx=module.padding_idx)
+        info = SiteInfo(
+            name,
+            "embedding",
+            tuple(module.weight.shape),
+            math.prod(shape) if shape else 1,
+            False,
+            path=path,
+        )
+        site = Site(
+            info,
+            node,
+            x,
+            module.weight.detach(),
+            None,
+            name + ".weight",
+            padding_idx=module.padding_idx,
+        )
         if module.max_norm is not None or module.scale_grad_by_freq or module.sparse:
-            site.info = dataclasses.replace(info, factorizable=False, reason="max_norm/scale_grad_by_freq/sparse embedding")
+            site.info = dataclasses.replace(
+                info, factorizable=False, reason="max_norm/scale_grad_by_freq/sparse embedding"
+            )
         return site
     return None
 
@@ -234,8 +328,17 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
         if weight is None or weight[1].dim() != 2:
             return None
         x = node.args[0]
-        info = SiteInfo(_module_name(weight[0], node), "linear", tuple(weight[1].shape), _tokens(x, weight[1].shape[1]), bias is not None, path=path)
-        return Site(info, node, x, weight[1].detach(), _detached(bias[1]) if bias else None, weight[0])
+        info = SiteInfo(
+            _module_name(weight[0], node),
+            "linear",
+            tuple(weight[1].shape),
+            _tokens(x, weight[1].shape[1]),
+            bias is not None,
+            path=path,
+        )
+        return Site(
+            info, node, x, weight[1].detach(), _detached(bias[1]) if bias else None, weight[0]
+        )
     if target in _ADDMM_FNS or target in _MATMUL_FNS:
         addmm = target in _ADDMM_FNS
         x, w = (node.args[1], node.args[2]) if addmm else (node.args[0], node.args[1])
@@ -244,7 +347,14 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
         if weight is None or weight[1].dim() != 2 or (addmm and bias is None):
             return None
         matrix = weight[1].detach().t()  # x @ W: the linear weight is W^T, (out, in)
-        info = SiteInfo(_module_name(weight[0], node), "linear", tuple(matrix.shape), _tokens(x, matrix.shape[1]), addmm, path=path)
+        info = SiteInfo(
+            _module_name(weight[0], node),
+            "linear",
+            tuple(matrix.shape),
+            _tokens(x, matrix.shape[1]),
+            addmm,
+            path=path,
+        )
         return Site(info, node, x, matrix, _detached(bias[1]) if bias else None, weight[0])
     if target in _CONV_FNS:
         weight, bias = _weight(gm, _arg(node, 1, "weight")), _param(gm, _arg(node, 2, "bias"))
@@ -252,15 +362,32 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
             return None
         order = _CONV_FNS[target]
         conv = {
-            "stride": _per_dim(_arg(node, 3, "stride", 1), order), "padding": _padding(_arg(node, 4, "padding", 0), order),
-            "dilation": _per_dim(_arg(node, 5, "dilation", 1), order), "groups": int(_arg(node, 6, "groups", 1)),
+            "stride": _per_dim(_arg(node, 3, "stride", 1), order),
+            "padding": _padding(_arg(node, 4, "padding", 0), order),
+            "dilation": _per_dim(_arg(node, 5, "dilation", 1), order),
+            "groups": int(_arg(node, 6, "groups", 1)),
             "padding_mode": "zeros",
         }
         out = _shape(node)
         tokens = math.prod((out[0], *out[2:])) if out else 1
-        info = SiteInfo(_module_name(weight[0], node), "conv", tuple(weight[1].shape), tokens, bias is not None, path=path,
-                        in_tokens=_positions(node.args[0]))
-        return Site(info, node, node.args[0], weight[1].detach(), _detached(bias[1]) if bias else None, weight[0], conv)
+        info = SiteInfo(
+            _module_name(weight[0], node),
+            "conv",
+            tuple(weight[1].shape),
+            tokens,
+            bias is not None,
+            path=path,
+            in_tokens=_positions(node.args[0]),
+        )
+        return Site(
+            info,
+            node,
+            node.args[0],
+            weight[1].detach(),
+            _detached(bias[1]) if bias else None,
+            weight[0],
+            conv,
+        )
     if target in _EMBEDDING_FNS:
         aten_form = target is aten.embedding.default
         w_node, x = (node.args[0], node.args[1]) if aten_form else (node.args[1], node.args[0])
@@ -268,9 +395,18 @@ def _function_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
         if weight is None:
             return None
         padding_idx = _arg(node, 2, "padding_idx", -1 if aten_form else None)
-        padding_idx = None if padding_idx is None or (aten_form and padding_idx == -1) else int(padding_idx)
+        padding_idx = (
+            None if padding_idx is None or (aten_form and padding_idx == -1) else int(padding_idx)
+        )
         shape = _shape(x)
-        info = SiteInfo(_module_name(weight[0], node), "embedding", tuple(weight[1].shape), math.prod(shape) if shape else 1, False, path=path)
+        info = SiteInfo(
+            _module_name(weight[0], node),
+            "embedding",
+            tuple(weight[1].shape),
+            math.prod(shape) if shape else 1,
+            False,
+            path=path,
+        )
         return Site(info, node, x, weight[1].detach(), None, weight[0], padding_idx=padding_idx)
     return None
 
@@ -317,7 +453,9 @@ def _dense_reason(site: Site, kinds: set[str], skip: set[str]) -> str:
     return ""
 
 
-def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[Site]:
+def find_sites(
+    gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()
+) -> list[Site]:
     """Every site of ``gm`` in graph order; ``info.factorizable`` False (with a reason) for those that stay dense.
 
     Weights used by more than one site (tied, e.g. an LM head sharing the token
@@ -347,7 +485,8 @@ def find_sites(gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = N
 def _unique_names(sites: Sequence[Site]) -> None:
     """A weight called at several places (a functional table read by an embedding and a head,
     a layer module called twice) is one site per call: the second and later are named
-    ``<name>:1``, ``<name>:2``, ... in graph order, so that every site has its own row."""
+    ``<name>:1``, ``<name>:2``, ... in graph order, so that every site has its own row.
+    """
     seen: dict[str, int] = {}
     for site in sites:
         count = seen.get(site.name, 0)
@@ -356,7 +495,9 @@ def _unique_names(sites: Sequence[Site]) -> None:
             site.info = dataclasses.replace(site.info, name=f"{site.info.name}:{count}")
 
 
-def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[Site]:
+def find_module_sites(
+    root: nn.Module, *, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()
+) -> list[Site]:
     """Sites as modules of ``root`` (the module-swap path: no graph, so no shapes and no node).
 
     Subclasses of the layer types are sites. One whose ``forward`` is its own and does not go
@@ -366,7 +507,9 @@ def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, sk
     from ._swap import swap_kind
 
     kinds_set = set(kinds) if kinds is not None else {"linear", "conv", "embedding"}
-    read_by_parent = {id(m.out_proj) for m in root.modules() if isinstance(m, nn.MultiheadAttention)}
+    read_by_parent = {
+        id(m.out_proj) for m in root.modules() if isinstance(m, nn.MultiheadAttention)
+    }
     sites = []
     for name, module in root.named_modules(remove_duplicate=False):
         site = _site_of_module(module, name, None, "module_swap")
@@ -389,7 +532,8 @@ def find_module_sites(root: nn.Module, *, kinds: Sequence[str] | None = None, sk
 
 def _mark_tied(sites: Sequence[Site], skip: set[str]) -> None:
     """Sites whose weights share storage (tied, e.g. an LM head and the token embedding) stay
-    dense, with the reason in the plan: never silently untied."""
+    dense, with the reason in the plan: never silently untied.
+    """
     users: dict[int, list[str]] = {}
     for site in sites:
         users.setdefault(_storage(site), []).append(site.name)
@@ -397,5 +541,9 @@ def _mark_tied(sites: Sequence[Site], skip: set[str]) -> None:
         shared = users.get(_storage(site), [])
         if len(shared) > 1 and site.name not in skip:
             others = sorted({n for n in shared if n != site.name})
-            reason = ("tied weight (shared with " + ", ".join(others) + ")") if others else "weight used by several call sites"
+            reason = (
+                ("tied weight (shared with " + ", ".join(others) + ")")
+                if others
+                else "weight used by several call sites"
+            )
             site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)

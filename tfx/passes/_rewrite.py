@@ -40,7 +40,9 @@ def _tensorized(site: Site, choice: Choice, **kwargs: Any) -> TensorizedTensor:
     n_rows, n_cols = math.prod(rows), math.prod(cols)
     if (n_rows, n_cols) != tuple(weight.shape):  # padded with zero rows/columns by the cost model
         weight = F.pad(weight, (0, n_cols - weight.shape[1], 0, n_rows - weight.shape[0]))
-    return TensorizedTensor.from_matrix(weight, rows, cols, rank=choice.rank, factorization=_TENSORIZED_FORM[choice.form], **kwargs)
+    return TensorizedTensor.from_matrix(
+        weight, rows, cols, rank=choice.rank, factorization=_TENSORIZED_FORM[choice.form], **kwargs
+    )
 
 
 class Padded(nn.Module):
@@ -50,7 +52,9 @@ class Padded(nn.Module):
     tensorizes; zero rows and columns make it exact. The bias is added after slicing.
     """
 
-    def __init__(self, inner: nn.Module, in_pad: int, out_features: int, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self, inner: nn.Module, in_pad: int, out_features: int, bias: torch.Tensor | None
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.in_pad = in_pad
@@ -90,14 +94,28 @@ def _dense_layer(site: Site) -> nn.Module:
     if kind == "embedding":
         return nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=site.padding_idx)
     if kind == "linear":
-        layer: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=site.bias is not None,
-                                     device=weight.device, dtype=weight.dtype)
+        layer: nn.Module = nn.Linear(
+            weight.shape[1],
+            weight.shape[0],
+            bias=site.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
     else:
         conv = site.conv
         cls = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[weight.dim()]
-        layer = cls(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride=conv["stride"],
-                    padding=conv["padding"], dilation=conv["dilation"], bias=site.bias is not None,
-                    padding_mode=conv["padding_mode"], device=weight.device, dtype=weight.dtype)
+        layer = cls(
+            weight.shape[1],
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=conv["stride"],
+            padding=conv["padding"],
+            dilation=conv["dilation"],
+            bias=site.bias is not None,
+            padding_mode=conv["padding_mode"],
+            device=weight.device,
+            dtype=weight.dtype,
+        )
     with torch.no_grad():
         layer.weight.copy_(weight)
         if site.bias is not None:
@@ -112,14 +130,24 @@ def table_tensor(site: Site, choice: Choice) -> TensorizedTensor:
 
 def tied_layer(site: Site, choice: Choice, tensor: TensorizedTensor) -> nn.Module:
     """A layer for ``site`` (linear or embedding) that holds ``tensor`` itself: every reader of a
-    tied weight holds the same tensor module, so the result stays tied."""
+    tied weight holds the same tensor module, so the result stays tied.
+    """
     rows, cols = choice.tensorized_shape
     implementation = _IMPLEMENTATION.get(choice.order, "auto")
     if site.info.kind == "embedding":
-        return FactorizedEmbedding(math.prod(rows), math.prod(cols), auto_tensorize=False, tensorized_num_embeddings=rows,
-                                   tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx,
-                                   implementation=implementation if choice.order in _IMPLEMENTATION else "factorized")
-    layer = FactorizedLinear(cols, rows, bias=site.bias is not None, factorization=tensor, implementation=implementation)
+        return FactorizedEmbedding(
+            math.prod(rows),
+            math.prod(cols),
+            auto_tensorize=False,
+            tensorized_num_embeddings=rows,
+            tensorized_embedding_dim=cols,
+            factorization=tensor,
+            padding_idx=site.padding_idx,
+            implementation=implementation if choice.order in _IMPLEMENTATION else "factorized",
+        )
+    layer = FactorizedLinear(
+        cols, rows, bias=site.bias is not None, factorization=tensor, implementation=implementation
+    )
     if site.bias is not None:
         set_bias(layer.bias, layer.weight, site.bias)  # type: ignore[arg-type]
     return layer
@@ -128,7 +156,8 @@ def tied_layer(site: Site, choice: Choice, tensor: TensorizedTensor) -> nn.Modul
 def shared_basis_layer(members: list[Site], rank: int, stats: Any = None) -> dict[str, nn.Module]:
     """Layers for sibling linears over one input basis: ``W_k ~ U_k diag(w) V^T``, with ``V``
     and ``w`` one pair of parameters held by every member (from one truncated SVD of the
-    stacked weights, whitened by the shared input's statistics when given)."""
+    stacked weights, whitened by the shared input's statistics when given).
+    """
     from ..tensors import CPTensorized
     from ..tensors._decompose import truncated_svd
 
@@ -147,10 +176,16 @@ def shared_basis_layer(members: list[Site], rank: int, stats: Any = None) -> dic
     offset = 0
     for member in members:
         out = member.weight.shape[0]
-        factor = nn.Parameter(left[offset:offset + out].contiguous())
+        factor = nn.Parameter(left[offset : offset + out].contiguous())
         offset += out
         tensor = CPTensorized(weights, [factor, basis], ((out,), (n_in,)), rank)
-        layer = FactorizedLinear((n_in,), (out,), bias=member.bias is not None, factorization=tensor, implementation="factorized")
+        layer = FactorizedLinear(
+            (n_in,),
+            (out,),
+            bias=member.bias is not None,
+            factorization=tensor,
+            implementation="factorized",
+        )
         if member.bias is not None:
             set_bias(layer.bias, layer.weight, member.bias)  # type: ignore[arg-type]
         layers[member.name] = layer
@@ -159,7 +194,8 @@ def shared_basis_layer(members: list[Site], rank: int, stats: Any = None) -> dic
 
 def build_layer(site: Site, choice: Choice) -> nn.Module:
     """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says (a dense
-    torch layer for an already factorized site planned dense)."""
+    torch layer for an already factorized site planned dense).
+    """
     if choice.form == "dense":
         return _dense_layer(site)
     weight = site.weight
@@ -171,39 +207,68 @@ def build_layer(site: Site, choice: Choice) -> nn.Module:
         out_features, in_features = site.info.weight_shape
         padded = (math.prod(rows), math.prod(cols)) != (out_features, in_features)
         has_bias = site.bias is not None and not padded
-        layer = FactorizedLinear(cols, rows, bias=has_bias, factorization=tensor, implementation=implementation,
-                                 device=weight.device, dtype=weight.dtype)
+        layer = FactorizedLinear(
+            cols,
+            rows,
+            bias=has_bias,
+            factorization=tensor,
+            implementation=implementation,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         if has_bias:
             set_bias(layer.bias, layer.weight, site.bias)  # type: ignore[arg-type]
         if padded:
             return Padded(layer, math.prod(cols) - in_features, out_features, site.bias)
-        if len(rows) == len(cols) == 1 and choice.order == "factors" and (choice.tokens or site.info.tokens) <= 1:
+        if (
+            len(rows) == len(cols) == 1
+            and choice.order == "factors"
+            and (choice.tokens or site.info.tokens) <= 1
+        ):
             _single_row_layout(layer)
         return layer
     if site.info.kind == "embedding":
         tensor = _tensorized(site, choice, **extra)
         rows, cols = choice.tensorized_shape
         num, dim = site.info.weight_shape
-        layer = FactorizedEmbedding(math.prod(rows), math.prod(cols), auto_tensorize=False, tensorized_num_embeddings=rows,
-                                    tensorized_embedding_dim=cols, factorization=tensor, padding_idx=site.padding_idx,
-                                    implementation=implementation if choice.order in _IMPLEMENTATION else "factorized")
+        layer = FactorizedEmbedding(
+            math.prod(rows),
+            math.prod(cols),
+            auto_tensorize=False,
+            tensorized_num_embeddings=rows,
+            tensorized_embedding_dim=cols,
+            factorization=tensor,
+            padding_idx=site.padding_idx,
+            implementation=implementation if choice.order in _IMPLEMENTATION else "factorized",
+        )
         # Padded rows are never looked up; padded columns are sliced off.
         return layer if math.prod(cols) == dim else Padded(layer, 0, dim, None)
-    tensor = FactorizedTensor.from_tensor(weight, rank=choice.rank, factorization=_CONV_FORM[choice.form], **extra)
+    tensor = FactorizedTensor.from_tensor(
+        weight, rank=choice.rank, factorization=_CONV_FORM[choice.form], **extra
+    )
     conv = site.conv
     return FactorizedConv.from_factorization(
-        tensor, implementation=implementation, stride=conv["stride"], padding=conv["padding"], dilation=conv["dilation"],
-        bias=site.bias, padding_mode=conv["padding_mode"],
+        tensor,
+        implementation=implementation,
+        stride=conv["stride"],
+        padding=conv["padding"],
+        dilation=conv["dilation"],
+        bias=site.bias,
+        padding_mode=conv["padding_mode"],
     )
 
 
-def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inputs: fx.Node, batch: int) -> Any:
+def splice(
+    gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inputs: fx.Node, batch: int
+) -> Any:
     """Register ``layer`` at ``prefix`` and replace ``node`` by the ops of its traced forward."""
     with planned_batch(batch):
         sub = fx.symbolic_trace(layer)
     owner_path, _, attr = prefix.rpartition(".")
     owner = gm.get_submodule(owner_path) if owner_path else gm
-    if attr in owner._parameters or attr in owner._buffers:  # a bare weight (e.g. F.linear(x, self.proj))
+    if (
+        attr in owner._parameters or attr in owner._buffers
+    ):  # a bare weight (e.g. F.linear(x, self.proj))
         delattr(owner, attr)
     gm.add_submodule(prefix, layer)
     env: dict[fx.Node, Any] = {}
@@ -237,7 +302,8 @@ def splice(gm: fx.GraphModule, node: fx.Node, layer: nn.Module, prefix: str, inp
 def _drop_unread(gm: fx.GraphModule, target: str) -> None:
     """Delete parameter/buffer ``target`` when no node of the graph reads it any more (e.g. the
     bias of a bare ``F.linear`` weight, now held by the spliced layer), so the module's
-    parameters are the plan's. Attributes of modules the graph calls are left to those modules."""
+    parameters are the plan's. Attributes of modules the graph calls are left to those modules.
+    """
     if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
         return
     owner_path, _, attr = target.rpartition(".")
@@ -273,7 +339,8 @@ def _bias_parameter(gm: fx.GraphModule, site: Site) -> nn.Parameter | None:
 
 def _keep_bias(layer: nn.Module, bias: nn.Parameter | None) -> None:
     """Give ``layer`` the site's own bias Parameter (same values), so a bias tied elsewhere
-    (RoBERTa's ``lm_head.bias``) or read by several calls (ALBERT's shared layers) stays one."""
+    (RoBERTa's ``lm_head.bias``) or read by several calls (ALBERT's shared layers) stays one.
+    """
     new = layer._parameters.get("bias")
     if bias is not None and isinstance(new, nn.Parameter) and new.shape == bias.shape:
         if bool((new.detach() == bias.detach()).all()):
@@ -281,8 +348,13 @@ def _keep_bias(layer: nn.Module, bias: nn.Parameter | None) -> None:
 
 
 def rewrite(
-    gm: fx.GraphModule, sites: list[Site], choices: list[Choice], progress: Any = None, *,
-    build: Callable[[Site, Choice], nn.Module] = build_layer, keep_bias: bool = True,
+    gm: fx.GraphModule,
+    sites: list[Site],
+    choices: list[Choice],
+    progress: Any = None,
+    *,
+    build: Callable[[Site, Choice], nn.Module] = build_layer,
+    keep_bias: bool = True,
 ) -> None:
     """Replace every site whose choice is not dense; ``progress`` is an optional tqdm-like bar.
 
@@ -292,12 +364,14 @@ def rewrite(
     graph inputs, passes False.
     """
     replaced: dict[fx.Node, Any] = {}  # a site's input may be an earlier site, already spliced away
-    for site, choice in zip(sites, choices):
+    for site, choice in zip(sites, choices, strict=False):
         if choice.form != "dense" or site.held_params is not None:
             layer = build(site, choice)
             if keep_bias:
                 _keep_bias(layer, _bias_parameter(gm, site))
             inputs = replaced.get(site.input, site.input)
-            replaced[site.node] = splice(gm, site.node, layer, site.name, inputs, choice.tokens or site.info.tokens)
+            replaced[site.node] = splice(
+                gm, site.node, layer, site.name, inputs, choice.tokens or site.info.tokens
+            )
         if progress is not None:
             progress.update(1)

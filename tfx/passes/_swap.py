@@ -38,10 +38,11 @@ def _base(module: nn.Module) -> type | None:
 
 def swap_kind(module: nn.Module) -> str | None:
     """How ``module`` can be replaced: ``'replace'`` (its forward is its base layer's, or it is
-    a ``tfx.nn`` layer), ``'delegate'`` (a subclass whose forward calls ``super().forward``), or None."""
+    a ``tfx.nn`` layer), ``'delegate'`` (a subclass whose forward calls ``super().forward``), or None.
+    """
     from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
 
-    if isinstance(module, (FactorizedLinear, FactorizedConv, FactorizedEmbedding)):
+    if isinstance(module, FactorizedLinear | FactorizedConv | FactorizedEmbedding):
         return "replace"
     base = _base(module)
     if base is None:
@@ -57,7 +58,8 @@ def swap_kind(module: nn.Module) -> str | None:
 
 def module_of(root: nn.Module, name: str, weight_target: str) -> nn.Module | None:
     """The layer module of ``root`` whose weight is ``weight_target`` and whose call the site
-    ``name`` is, when it can be swapped; else None."""
+    ``name`` is, when it can be swapped; else None.
+    """
     owner_path, _, attr = weight_target.rpartition(".")
     if attr != "weight":
         return None
@@ -73,7 +75,8 @@ def module_of(root: nn.Module, name: str, weight_target: str) -> nn.Module | Non
 
 def _holders(root: nn.Module, target: nn.Module) -> list[tuple[nn.Module, str]]:
     """Every (parent, attribute) that holds ``target``: a module shared under several names
-    (BART's ``shared`` and ``encoder.embed_tokens``) is replaced under all of them."""
+    (BART's ``shared`` and ``encoder.embed_tokens``) is replaced under all of them.
+    """
     return [
         (parent, key)
         for parent in root.modules()
@@ -92,10 +95,15 @@ def _delegating_class(cls: type, base: type) -> type:
             """The factorized weight (its ``dtype`` and ``device`` are what code around it reads)."""
             return getattr(self, DELEGATE_CHILD).weight
 
-        call = type(f"_Factorized{base.__name__}Call", (base,),
-                    {"forward": forward, "weight": property(weight), "__module__": __name__})
+        call = type(
+            f"_Factorized{base.__name__}Call",
+            (base,),
+            {"forward": forward, "weight": property(weight), "__module__": __name__},
+        )
         doc = f"{cls.__name__} whose base {base.__name__} call runs the factorized layer ``{DELEGATE_CHILD}``."
-        _DELEGATES[cls] = type(f"Factorized{cls.__name__}", (cls, call), {"__module__": __name__, "__doc__": doc})
+        _DELEGATES[cls] = type(
+            f"Factorized{cls.__name__}", (cls, call), {"__module__": __name__, "__doc__": doc}
+        )
     return _DELEGATES[cls]
 
 
@@ -111,7 +119,8 @@ def _delegate(module: nn.Module, layer: nn.Module) -> None:
 
 def _keep_bias(module: nn.Module, layer: nn.Module) -> None:
     """Give ``layer`` the module's own bias Parameter (same values): a bias tied elsewhere
-    (RoBERTa's ``lm_head.bias`` is ``lm_head.decoder.bias``) stays tied, and nothing is copied."""
+    (RoBERTa's ``lm_head.bias`` is ``lm_head.decoder.bias``) stays tied, and nothing is copied.
+    """
     old, new = module._parameters.get("bias"), getattr(layer, "_parameters", {}).get("bias")
     if isinstance(old, nn.Parameter) and isinstance(new, nn.Parameter) and old.shape == new.shape:
         with_values = bool((old.detach() == new.detach()).all())
@@ -120,7 +129,9 @@ def _keep_bias(module: nn.Module, layer: nn.Module) -> None:
 
 
 def swap_modules(
-    root: nn.Module, targets: Sequence[tuple[nn.Module, Any]], build: Callable[[Any], nn.Module],
+    root: nn.Module,
+    targets: Sequence[tuple[nn.Module, Any]],
+    build: Callable[[Any], nn.Module],
     progress: Any = None,
 ) -> None:
     """Replace each ``(module, item)`` of ``targets`` in ``root`` by ``build(item)``, in place."""

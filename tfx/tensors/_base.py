@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._errors import OptionError, ShapeError, TensorError, TfxError, unknown_option
+from .._errors import OptionError, ShapeError, TensorError, unknown_option
 
 __all__ = [
     "FactorizedTensor",
@@ -41,7 +41,9 @@ def _lookup(registry: dict[str, type], factorization: str, what: str) -> type:
         return registry[key]
     except KeyError:
         names = [cls._name for cls in registry.values()]
-        raise unknown_option(f"{what} factorization", factorization, names, hint=_REGISTRY_HINT) from None
+        raise unknown_option(
+            f"{what} factorization", factorization, names, hint=_REGISTRY_HINT
+        ) from None
 
 
 class FactorizedTensor(nn.Module):
@@ -138,7 +140,9 @@ class FactorizedTensor(nn.Module):
         """Initialise the factors so the reconstruction has mean 0 and std ``std``."""
         raise NotImplementedError
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> FactorizedTensor:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> FactorizedTensor:
         """Insert a new mode of size ``new_dim`` at ``mode``, replicating the tensor along it."""
         raise NotImplementedError
 
@@ -162,7 +166,8 @@ class FactorizedTensor(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the dense tensor (of its factors; complex forms: the complex dtype), as
-        code written for a dense ``weight`` reads it (``layer.weight.dtype``)."""
+        code written for a dense ``weight`` reads it (``layer.weight.dtype``).
+        """
         first = next(iter(self.parameters()), None)
         if first is None:
             first = next(iter(self.buffers()), None)
@@ -314,7 +319,11 @@ class TensorizedTensor(FactorizedTensor):
 
     @classmethod
     def new(  # type: ignore[override]
-        cls, tensorized_shape: Sequence[Any], rank: Any = "same", factorization: str = "CP", **kwargs: Any
+        cls,
+        tensorized_shape: Sequence[Any],
+        rank: Any = "same",
+        factorization: str = "CP",
+        **kwargs: Any,
     ) -> TensorizedTensor:
         """A new tensorized tensor, initialised.
 
@@ -390,7 +399,9 @@ class TensorizedTensor(FactorizedTensor):
     def extra_repr(self) -> str:
         return f"tensorized_shape={self.tensorized_shape}, rank={self.rank}"
 
-    def _insert_batch_mode(self, new_dim: int, mode: int, new_factor: Any, flat_transduct: Any) -> Any:
+    def _insert_batch_mode(
+        self, new_dim: int, mode: int, new_factor: Any, flat_transduct: Any
+    ) -> Any:
         """``transduct`` for tensorized forms: a batch mode before entry ``mode``.
 
         ``flat_transduct`` is the plain form's ``transduct`` (``super().transduct``), which
@@ -460,11 +471,13 @@ def parse_tensorized_shape(tensorized_shape: Sequence[Any]) -> tuple[Any, ...]:
     for entry in tensorized_shape:
         if isinstance(entry, int) and not isinstance(entry, bool):
             out.append(entry)
-        elif isinstance(entry, (tuple, list, torch.Size)) and entry and all(
-            isinstance(e, (tuple, list)) for e in entry
+        elif (
+            isinstance(entry, tuple | list | torch.Size)
+            and entry
+            and all(isinstance(e, tuple | list) for e in entry)
         ):
             out.extend(tuple(_size_or_error(x, tensorized_shape) for x in e) for e in entry)
-        elif isinstance(entry, (tuple, list, torch.Size)) and entry:
+        elif isinstance(entry, tuple | list | torch.Size) and entry:
             out.append(tuple(_size_or_error(x, tensorized_shape) for x in entry))
         else:
             raise ShapeError(
@@ -531,7 +544,9 @@ def _index_tensor(index: Any, size: int) -> torch.Tensor | None:
         # Bounds are checked like dense indexing does; negative entries wrap.
         low, high = int(tensor.min()), int(tensor.max())
         if low < -size or high >= size:
-            raise IndexError(f"index {high if high >= size else low} is out of bounds for size {size}")
+            raise IndexError(
+                f"index {high if high >= size else low} is out of bounds for size {size}"
+            )
     return torch.where(tensor < 0, tensor + size, tensor)
 
 
@@ -559,10 +574,12 @@ def normalise_index(index: Any, shape: Sequence[int]) -> list[Any] | None:
     items += [slice(None)] * (len(shape) - len(items))
     modes: list[Any] = []
     n_advanced = 0
-    for item, size in zip(items, shape):
+    for item, size in zip(items, shape, strict=False):
         if isinstance(item, bool):
             return None
-        if isinstance(item, int) or (isinstance(item, torch.Tensor) and item.ndim == 0 and not item.dtype == torch.bool):
+        if isinstance(item, int) or (
+            isinstance(item, torch.Tensor) and item.ndim == 0 and not item.dtype == torch.bool
+        ):
             value = int(item)
             if not -size <= value < size:
                 raise IndexError(f"index {value} is out of bounds for dimension with size {size}")
@@ -580,7 +597,7 @@ def normalise_index(index: Any, shape: Sequence[int]) -> list[Any] | None:
 
 def _selects_nothing(modes: list[Any], shape: Sequence[int]) -> bool:
     """Whether an index leaves an empty mode (answered densely: forms have no empty factors)."""
-    return any(mode_length(i, s) == 0 for i, s in zip(modes, shape))
+    return any(mode_length(i, s) == 0 for i, s in zip(modes, shape, strict=False))
 
 
 def slice_length(index: slice, size: int) -> int:
@@ -663,7 +680,7 @@ def squared_norm(tensor: FactorizedTensor) -> torch.Tensor:
     if len(free) < len(bonds):  # more than 52 letters: rebuild instead (rare, tiny bonds)
         full = tensor.to_tensor()
         return (full.abs() ** 2).sum() if full.is_complex() else (full * full).sum()
-    rename = dict(zip(bonds, free))
+    rename = dict(zip(bonds, free, strict=False))
     twin = "".join(rename.get(c, c) for c in lhs)
     plan = plan_einsum(f"{lhs},{twin}->", *shapes, *shapes)
     value = plan(*operands, *[o.conj() for o in operands])

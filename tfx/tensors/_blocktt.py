@@ -37,7 +37,9 @@ from ._tt import tt_init_std
 __all__ = ["BlockTT"]
 
 
-def _split(tensorized_shape: tuple[Any, ...]) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+def _split(
+    tensorized_shape: tuple[Any, ...],
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
     """(batch sizes, tensorized entries); batch modes must lead, entries share a length."""
     batch = tuple(e for e in tensorized_shape if isinstance(e, int))
     entries = tuple(e for e in tensorized_shape if isinstance(e, tuple))
@@ -86,7 +88,12 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         ((1, 4, 4, 1), [(1, 4, 5, 4), (4, 3, 3, 4), (4, 2, 2, 1)])
     """
 
-    def __init__(self, factors: Sequence[Any], tensorized_shape: Sequence[Any], rank: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        factors: Sequence[Any],
+        tensorized_shape: Sequence[Any],
+        rank: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.tensorized_shape = parse_tensorized_shape(tensorized_shape)
         self.tensor_shape = tensor_shape_of(self.tensorized_shape)
@@ -108,7 +115,7 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
 
     @staticmethod
     def _core_sizes(entries: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
-        return tuple(math.prod(sizes) for sizes in zip(*entries))
+        return tuple(math.prod(sizes) for sizes in zip(*entries, strict=False))
 
     @classmethod
     def new(  # type: ignore[override]
@@ -136,7 +143,11 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
 
     @classmethod
     def from_tensor(  # type: ignore[override]
-        cls, tensor: torch.Tensor, tensorized_shape: Sequence[Any], rank: Any = "same", **kwargs: Any
+        cls,
+        tensor: torch.Tensor,
+        tensorized_shape: Sequence[Any],
+        rank: Any = "same",
+        **kwargs: Any,
     ) -> BlockTT:
         """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) by block TT-SVD."""
         tshape = parse_tensorized_shape(tensorized_shape)
@@ -182,7 +193,9 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         for i, core in enumerate(self.factors):
             core.data.mul_(per_core if i or factor >= 0 else -per_core)
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> BlockTT:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> BlockTT:
         """Insert a batch mode of size ``new_dim`` at ``mode`` (<= number of batch modes)."""
         if not 0 <= mode <= len(self.batch_shape):
             raise ShapeError(
@@ -196,7 +209,11 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
             expand[mode] = new_dim
             cores.append(torch.nn.Parameter(data.expand(*expand).contiguous()))
         self.factors = FactorList(cores)
-        self.tensorized_shape = (*self.tensorized_shape[:mode], new_dim, *self.tensorized_shape[mode:])
+        self.tensorized_shape = (
+            *self.tensorized_shape[:mode],
+            new_dim,
+            *self.tensorized_shape[mode:],
+        )
         self.tensor_shape = tensor_shape_of(self.tensorized_shape)
         self.shape = matrix_shape_of(self.tensorized_shape)
         self.batch_shape, self.entries = _split(self.tensorized_shape)
@@ -210,22 +227,29 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
             # Selecting several rows of a tensorized mode breaks the product
             # structure the cores rely on: answer with the dense slice.
             value = self.to_matrix()
-            return value[tuple(i.to(value.device) if isinstance(i, torch.Tensor) else i for i in modes)]
+            return value[
+                tuple(i.to(value.device) if isinstance(i, torch.Tensor) else i for i in modes)
+            ]
         cores = [self._v(f) for f in self.factors]
         batch = []
         for axis in reversed(range(nb)):  # index batch dims right to left so positions stay valid
             index = modes[axis]
-            selector = [slice(None)] * axis + [index.to(cores[0].device) if isinstance(index, torch.Tensor) else index]
+            selector = [slice(None)] * axis + [
+                index.to(cores[0].device) if isinstance(index, torch.Tensor) else index
+            ]
             cores = [c[tuple(selector)] for c in cores]
             if not isinstance(index, int):
                 batch.insert(0, int(cores[0].shape[axis]))
         offset = len(batch) + 1  # first mode axis of a core: after batch dims and the left bond
         entries = []
         dropped = 0
-        for e, (index, entry) in enumerate(zip(entry_index, self.entries)):
+        for e, (index, entry) in enumerate(zip(entry_index, self.entries, strict=False)):
             if isinstance(index, int):
                 subs = unravel(index, entry, None)
-                cores = [c.select(offset + e - dropped, int(s)) for c, s in zip(cores, subs)]
+                cores = [
+                    c.select(offset + e - dropped, int(s))
+                    for c, s in zip(cores, subs, strict=False)
+                ]
                 dropped += 1
             else:
                 entries.append(entry)
@@ -249,4 +273,7 @@ def _decompose_batched(
     tensor = tensor.reshape(full)
     flat = tensor.reshape(-1, *full[len(batch) :])
     per_item = [_decompose.block_tt_svd(t, entries, rank, **kwargs) for t in flat]
-    return [torch.stack([cores[k] for cores in per_item]).reshape(*batch, *per_item[0][k].shape) for k in range(len(per_item[0]))]
+    return [
+        torch.stack([cores[k] for cores in per_item]).reshape(*batch, *per_item[0][k].shape)
+        for k in range(len(per_item[0]))
+    ]

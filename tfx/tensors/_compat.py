@@ -59,8 +59,10 @@ def tensorized_shape_to_shape(tensorized_shape: Sequence[Any]) -> list[int]:
     """
     out = []
     for entry in tensorized_shape:
-        sizes = tuple(entry) if isinstance(entry, (tuple, list, torch.Size)) else (entry,)
-        if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        sizes = tuple(entry) if isinstance(entry, tuple | list | torch.Size) else (entry,)
+        if not sizes or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes
+        ):
             raise ShapeError(
                 f"tensorized_shape={tensorized_shape!r}: entry {entry!r} is neither a size nor a "
                 "tuple of sizes.\nFix: e.g. tensorized_shape=((4, 3, 2), (5, 3, 2))."
@@ -123,7 +125,9 @@ class ComplexFactorList(FactorList):
     @staticmethod
     def _real(factor: Any) -> Any:
         if isinstance(factor, torch.Tensor) and factor.is_complex():
-            real = torch.view_as_real(factor.detach() if isinstance(factor, nn.Parameter) else factor)
+            real = torch.view_as_real(
+                factor.detach() if isinstance(factor, nn.Parameter) else factor
+            )
             return nn.Parameter(real) if isinstance(factor, nn.Parameter) else real
         return factor
 

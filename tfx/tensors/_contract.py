@@ -39,7 +39,11 @@ class ContractionPlan:
     __slots__ = ("equation", "shapes", "steps", "flops")
 
     def __init__(
-        self, equation: str, shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...], flops: int
+        self,
+        equation: str,
+        shapes: tuple[tuple[int, ...], ...],
+        steps: tuple[Step, ...],
+        flops: int,
     ) -> None:
         self.equation = equation
         self.shapes = shapes
@@ -99,7 +103,9 @@ def _recipe(equation: str, big: int) -> tuple[Any, ...] | None:
     la, lb = inputs.split(",")
     if len(set(la)) != len(la) or len(set(lb)) != len(lb) or len(set(out)) != len(out):
         return None  # repeated letters (traces, diagonals)
-    if any(c not in lb and c not in out for c in la) or any(c not in la and c not in out for c in lb):
+    if any(c not in lb and c not in out for c in la) or any(
+        c not in la and c not in out for c in lb
+    ):
         return None  # a letter summed inside one operand
     ref = la if big == 0 else lb
     batch = [c for c in ref if c in la and c in lb and c in out]
@@ -114,14 +120,20 @@ def _recipe(equation: str, big: int) -> tuple[Any, ...] | None:
     produced = batch + a_only + b_only
     perm_out = tuple(produced.index(c) for c in out)
     return (
-        "mm", plan_a, plan_b,
-        [la.index(c) for c in batch], [la.index(c) for c in a_only], [lb.index(c) for c in b_only],
+        "mm",
+        plan_a,
+        plan_b,
+        [la.index(c) for c in batch],
+        [la.index(c) for c in a_only],
+        [lb.index(c) for c in b_only],
         [la.index(c) for c in contracted],
         None if perm_out == tuple(range(len(out))) else perm_out,
     )
 
 
-def _layout(letters: str, batch: list[str], own: list[str], contracted: list[str], k_first: bool = False) -> tuple[Any, bool]:
+def _layout(
+    letters: str, batch: list[str], own: list[str], contracted: list[str], k_first: bool = False
+) -> tuple[Any, bool]:
     """(permutation or None, transpose) putting an operand as (batch, rows, cols) for bmm."""
     want = batch + (contracted + own if k_first else own + contracted)
     swapped = batch + (own + contracted if k_first else contracted + own)
@@ -138,8 +150,11 @@ def _broadcast(la: str, lb: str, out: str) -> tuple[Any, ...]:
     perm = tuple(small.index(c) for c in order)
     view = [c in small for c in big]
     perm_out = tuple(big.index(c) for c in out)
-    return swap, None if perm == tuple(range(len(small))) else perm, view, (
-        None if perm_out == tuple(range(len(out))) else perm_out
+    return (
+        swap,
+        None if perm == tuple(range(len(small))) else perm,
+        view,
+        (None if perm_out == tuple(range(len(out))) else perm_out),
     )
 
 
@@ -171,7 +186,9 @@ def _pairwise(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return y.permute(perm_out) if perm_out is not None else y
 
 
-def _as_matrix(x: torch.Tensor, layout: tuple[Any, bool], nb: int, rows: int, cols: int, batched: bool) -> torch.Tensor:
+def _as_matrix(
+    x: torch.Tensor, layout: tuple[Any, bool], nb: int, rows: int, cols: int, batched: bool
+) -> torch.Tensor:
     perm, transpose = layout
     if perm is not None:
         x = x.permute(perm)
@@ -245,8 +262,8 @@ def _limited(
     if memory_limit == "max_io":
         inputs, output = equation.split("->")
         sizes: dict[str, int] = {}
-        for term, shape in zip(inputs.split(","), shapes_t):
-            sizes.update(zip(term, shape))
+        for term, shape in zip(inputs.split(","), shapes_t, strict=False):
+            sizes.update(zip(term, shape, strict=False))
         out_size = math.prod(sizes[c] for c in output)
         limit: int | None = max([out_size, *(math.prod(s) for s in shapes_t)])
     else:
@@ -307,7 +324,12 @@ class _Emitter:
         dims = [self._dim(part) for part in _split(letters, groups)]
         if not dims:
             return "(())"
-        return "(" + ", ".join("-1" if d is None else str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+        return (
+            "("
+            + ", ".join("-1" if d is None else str(d) for d in dims)
+            + ("," if len(dims) == 1 else "")
+            + ")"
+        )
 
     def new(self, expr: str) -> str:
         name = f"t{self.count}"
@@ -316,7 +338,9 @@ class _Emitter:
         return name
 
     # ----------------------------------------------------------------- views
-    def arrangement(self, v: _Value, letters: str, groups: tuple[int, ...]) -> tuple[list[str], int]:
+    def arrangement(
+        self, v: _Value, letters: str, groups: tuple[int, ...]
+    ) -> tuple[list[str], int]:
         """Method calls turning ``v`` into (``letters``, ``groups``) and their cost."""
         if v.letters == letters:
             if v.groups == groups:
@@ -346,13 +370,16 @@ class _Emitter:
             run_of = {c: i for i, r in enumerate(runs) for c in r}
             # Merging pieces of two different runs (both longer than 1) copies the data.
             copies = any(
-                len({run_of[c] for c in part if self.sizes[c] != 1}) > 1 for part in _split(letters, groups)
+                len({run_of[c] for c in part if self.sizes[c] != 1}) > 1
+                for part in _split(letters, groups)
             )
             cost += _OP_COST + (self.numel(letters) if copies else 0)
         return calls, cost
 
     # ----------------------------------------------------------------- steps
-    def step(self, values: list[_Value], out: str, want: tuple[str, tuple[int, ...]] | None) -> tuple[_Value, tuple[str, str] | None]:
+    def step(
+        self, values: list[_Value], out: str, want: tuple[str, tuple[int, ...]] | None
+    ) -> tuple[_Value, tuple[str, str] | None]:
         """Emit one planned step; with ``want`` (the last step), also the final layout.
 
         Returns the result and, when the last step is a plain 2-D ``mm`` already in the
@@ -366,12 +393,18 @@ class _Emitter:
             outer = bool(shared) and all(self.sizes[c] == 1 for c in shared)
             p, q = (self._squeeze(v, w, out, outer) for v, w in (values, values[::-1]))
             lp, lq = set(p.letters), set(q.letters)
-            pure = len(lp) == len(p.letters) and len(lq) == len(q.letters) and len(set(out)) == len(out)
+            pure = (
+                len(lp) == len(p.letters)
+                and len(lq) == len(q.letters)
+                and len(set(out)) == len(out)
+            )
             if pure and lp | lq == set(out) | (lp & lq) and set(out) <= lp | lq:
                 contracted = (lp & lq) - set(out)
                 if not contracted and (lp <= lq or lq <= lp):
                     return self._mul(p, q), None
-                if not contracted:  # a broadcast multiply, as einsum runs (and the cost model prices) it
+                if (
+                    not contracted
+                ):  # a broadcast multiply, as einsum runs (and the cost model prices) it
                     return self._outer(p, q, out), None
                 return self._matmul(p, q, out, want)
         return self._einsum(values, out), None
@@ -382,10 +415,16 @@ class _Emitter:
 
         Their physical dims stay, as dims of no letter (size 1), so no op is needed.
         """
-        gone = {c for c in v.letters if self.sizes[c] == 1 and c not in out and (outer or c not in other.letters)}
+        gone = {
+            c
+            for c in v.letters
+            if self.sizes[c] == 1 and c not in out and (outer or c not in other.letters)
+        }
         if not gone:
             return v
-        groups = tuple(len([c for c in part if c not in gone]) for part in _split(v.letters, v.groups))
+        groups = tuple(
+            len([c for c in part if c not in gone]) for part in _split(v.letters, v.groups)
+        )
         return _Value(v.name, "".join(c for c in v.letters if c not in gone), groups)
 
     def _mul(self, p: _Value, q: _Value) -> _Value:
@@ -426,11 +465,16 @@ class _Emitter:
         for v in (p, q):
             mine = "".join(c for c in out if c in v.letters)
             calls, _ = self.arrangement(v, mine, tuple(1 for _ in mine))
-            dims = ["-1" if self.sizes[c] is None else str(self.sizes[c]) if c in v.letters else "1" for c in out]
+            dims = [
+                "-1" if self.sizes[c] is None else str(self.sizes[c]) if c in v.letters else "1"
+                for c in out
+            ]
             exprs.append(v.name + "".join(calls) + f".reshape({', '.join(dims)},)")
         return _Value(self.new(f"{exprs[0]} * {exprs[1]}"), out, tuple(1 for _ in out))
 
-    def _matmul(self, p: _Value, q: _Value, out: str, want: tuple[str, tuple[int, ...]] | None) -> tuple[_Value, tuple[str, str] | None]:
+    def _matmul(
+        self, p: _Value, q: _Value, out: str, want: tuple[str, tuple[int, ...]] | None
+    ) -> tuple[_Value, tuple[str, str] | None]:
         batch_sets = set(p.letters) & set(q.letters) & set(out)
         k_set = (set(p.letters) & set(q.letters)) - set(out)
         best: tuple[int, list[str], _Value, tuple[str, str] | None] | None = None
@@ -454,23 +498,47 @@ class _Emitter:
         self.count += 1
         return value, fused
 
-    def _operand(self, v: _Value, letters: str, groups: tuple[int, ...], transpose: bool) -> tuple[str, int]:
+    def _operand(
+        self, v: _Value, letters: str, groups: tuple[int, ...], transpose: bool
+    ) -> tuple[str, int]:
         calls, cost = self.arrangement(v, letters, groups)
         if transpose:
             calls.append(".transpose(-1, -2)" if len(groups) == 3 else ".t()")
             cost += _OP_COST
         return v.name + "".join(calls), cost
 
-    def _finish_cost(self, letters: str, groups: tuple[int, ...], want: tuple[str, tuple[int, ...]] | None) -> int:
+    def _finish_cost(
+        self, letters: str, groups: tuple[int, ...], want: tuple[str, tuple[int, ...]] | None
+    ) -> int:
         if want is None:
             return 0
         return self.arrangement(_Value("", letters, groups), *want)[1]
 
-    def _mm_candidate(self, a: _Value, b: _Value, bt: str, m: str, k: str, n: str, ta: bool, tb: bool,
-                      want: tuple[str, tuple[int, ...]] | None) -> tuple[int, list[str], _Value, tuple[str, str] | None]:
+    def _mm_candidate(
+        self,
+        a: _Value,
+        b: _Value,
+        bt: str,
+        m: str,
+        k: str,
+        n: str,
+        ta: bool,
+        tb: bool,
+        want: tuple[str, tuple[int, ...]] | None,
+    ) -> tuple[int, list[str], _Value, tuple[str, str] | None]:
         lead = (len(bt),) if bt else ()
-        ea, ca = self._operand(a, bt + (k + m if ta else m + k), lead + ((len(k), len(m)) if ta else (len(m), len(k))), ta)
-        eb, cb = self._operand(b, bt + (n + k if tb else k + n), lead + ((len(n), len(k)) if tb else (len(k), len(n))), tb)
+        ea, ca = self._operand(
+            a,
+            bt + (k + m if ta else m + k),
+            lead + ((len(k), len(m)) if ta else (len(m), len(k))),
+            ta,
+        )
+        eb, cb = self._operand(
+            b,
+            bt + (n + k if tb else k + n),
+            lead + ((len(n), len(k)) if tb else (len(k), len(n))),
+            tb,
+        )
         letters, groups = bt + m + n, lead + (len(m), len(n))
         name = f"t{self.count}"
         fused = None
@@ -480,8 +548,9 @@ class _Emitter:
         cost = ca + cb + _OP_COST + self._finish_cost(letters, groups, want)
         return cost, [line], _Value(name, letters, groups), fused
 
-    def _broadcast_candidate(self, f: _Value, x: _Value, k_set: set[str],
-                             want: tuple[str, tuple[int, ...]] | None) -> tuple[int, list[str], _Value, None] | None:
+    def _broadcast_candidate(
+        self, f: _Value, x: _Value, k_set: set[str], want: tuple[str, tuple[int, ...]] | None
+    ) -> tuple[int, list[str], _Value, None] | None:
         """``matmul(F (N, K), X (O, K, R))``: K in the middle of X, F broadcast over O."""
         if not k_set or not set(f.letters) - k_set:
             return None
@@ -492,7 +561,9 @@ class _Emitter:
         nf = "".join(c for c in f.letters if c not in k_set)
         best = None
         for tf in (False, True):
-            ef, cf = self._operand(f, k + nf if tf else nf + k, (len(k), len(nf)) if tf else (len(nf), len(k)), tf)
+            ef, cf = self._operand(
+                f, k + nf if tf else nf + k, (len(k), len(nf)) if tf else (len(nf), len(k)), tf
+            )
             if best is None or cf < best[1]:
                 best = (ef, cf)
         letters = o + nf + r
@@ -505,8 +576,13 @@ class _Emitter:
         else:  # bmm with F expanded (a stride-0 view) over O: matmul's own dispatch costs more
             ex, cx = self._operand(x, x.letters, (len(o), len(k), len(r)), False)
             groups = (len(o), len(nf), len(r))
-            n_rows, n_k = (-1 if d is None else d for d in (self._dim(nf), self._dim(k)))  # -1: F's own size
-            lines = [f"{name} = {ex}", f"{name} = torch.bmm({best[0]}.expand({name}.shape[0], {n_rows}, {n_k}), {name})"]
+            n_rows, n_k = (
+                -1 if d is None else d for d in (self._dim(nf), self._dim(k))
+            )  # -1: F's own size
+            lines = [
+                f"{name} = {ex}",
+                f"{name} = torch.bmm({best[0]}.expand({name}.shape[0], {n_rows}, {n_k}), {name})",
+            ]
             ops = 2
         cost = best[1] + cx + ops * _OP_COST + self._finish_cost(letters, groups, want)
         return cost, lines, _Value(name, letters, groups), None
@@ -517,7 +593,9 @@ class _Emitter:
             calls, _ = self.arrangement(v, v.letters, tuple(1 for _ in v.letters))
             exprs.append(v.name + "".join(calls))
         equation = ",".join(v.letters for v in values) + "->" + out
-        return _Value(self.new(f"torch.einsum({equation!r}, {', '.join(exprs)})"), out, tuple(1 for _ in out))
+        return _Value(
+            self.new(f"torch.einsum({equation!r}, {', '.join(exprs)})"), out, tuple(1 for _ in out)
+        )
 
     def finish(self, v: _Value, letters: str, groups: tuple[int, ...]) -> str:
         calls, _ = self.arrangement(v, letters, groups)
@@ -525,8 +603,12 @@ class _Emitter:
 
 
 def emit_steps(
-    steps: Sequence[Step], values: list[_Value], sizes: dict[str, int | None], *,
-    hint: int = 1, want: tuple[str, tuple[int, ...]] | None = None,
+    steps: Sequence[Step],
+    values: list[_Value],
+    sizes: dict[str, int | None],
+    *,
+    hint: int = 1,
+    want: tuple[str, tuple[int, ...]] | None = None,
 ) -> tuple[list[str], _Value, tuple[str, str] | None]:
     """Lines replaying ``steps`` on ``values``; the final value and the fusable last ``mm``.
 
@@ -555,10 +637,10 @@ def compile_plan(plan: ContractionPlan, shapes: Sequence[Sequence[int]]) -> Any:
     inputs, out = plan.equation.split("->")
     terms = inputs.split(",")
     sizes: dict[str, int | None] = {}
-    for term, shape in zip(terms, shapes):
-        sizes.update(zip(term, (int(s) for s in shape)))
+    for term, shape in zip(terms, shapes, strict=False):
+        sizes.update(zip(term, (int(s) for s in shape), strict=False))
     names = [f"o{i}" for i in range(len(terms))]
-    values = [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms)]
+    values = [_Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms, strict=False)]
     want = (out, tuple(1 for _ in out))
     lines, result, _ = emit_steps(plan.steps, values, sizes, hint=1, want=want)
     final = _Emitter(sizes, 1).finish(result, *want)
@@ -567,7 +649,9 @@ def compile_plan(plan: ContractionPlan, shapes: Sequence[Sequence[int]]) -> Any:
     return make_function("replay", names, body, {})
 
 
-def make_function(name: str, args: Sequence[str], body: Sequence[str], scope: dict[str, Any]) -> Any:
+def make_function(
+    name: str, args: Sequence[str], body: Sequence[str], scope: dict[str, Any]
+) -> Any:
     """Compile ``def name(*args): body`` (lines without indentation) with ``torch`` and ``scope``."""
     source = f"def {name}({', '.join(args)}):\n" + "\n".join("    " + line for line in body) + "\n"
     namespace: dict[str, Any] = {"torch": torch, **scope}

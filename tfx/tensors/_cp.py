@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from . import _decompose, _rank
 from ._base import (
@@ -43,7 +42,9 @@ def _cp_equation(order: int) -> str:
     return "z," + ",".join(f"{m}z" for m in modes) + "->" + modes
 
 
-def _cp_decompose(tensor: torch.Tensor, rank: int, **kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _cp_decompose(
+    tensor: torch.Tensor, rank: int, **kwargs: Any
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     if tensor.ndim == 2 and rank <= min(tensor.shape) and not kwargs:
         # A CP decomposition of a matrix is its truncated SVD: exact and optimal.
         u, s, vh = _decompose.truncated_svd(tensor, rank)
@@ -105,7 +106,10 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         shape = check_shape(shape, "CPTensor.new")
         rank = _rank.cp_rank(shape, rank)
         weights = new_parameter((rank,), device=device, dtype=dtype, complex_form=cls._complex)
-        factors = [new_parameter((s, rank), device=device, dtype=dtype, complex_form=cls._complex) for s in shape]
+        factors = [
+            new_parameter((s, rank), device=device, dtype=dtype, complex_form=cls._complex)
+            for s in shape
+        ]
         return cls(weights, factors, shape, rank).normal_(0, 1)
 
     @classmethod
@@ -116,10 +120,15 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         rank = _rank.cp_rank(shape, rank)
         weights, factors = _cp_decompose(tensor, rank, **kwargs)
         return cls(
-            to_storage(weights, cls._complex), [to_storage(f, cls._complex) for f in factors], shape, rank
+            to_storage(weights, cls._complex),
+            [to_storage(f, cls._complex) for f in factors],
+            shape,
+            rank,
         )
 
-    def init_from_tensor(self, tensor: torch.Tensor, l2_reg: float = 1e-5, **kwargs: Any) -> CPTensor:
+    def init_from_tensor(
+        self, tensor: torch.Tensor, l2_reg: float = 1e-5, **kwargs: Any
+    ) -> CPTensor:
         """Decompose ``tensor`` at this tensor's rank, in place (CP-ALS)."""
         tensor = decomposition_input(tensor, self._complex).reshape(self._mode_sizes())
         device, dtype = self._param_device_dtype()
@@ -160,11 +169,15 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
     def _scale_(self, factor: float) -> None:
         self.weights.data.mul_(factor)
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> CPTensor:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> CPTensor:
         """Insert a mode of size ``new_dim`` at ``mode``; the tensor is replicated along it."""
         device, dtype = self._param_device_dtype()
         if new_factor is None:
-            new_factor = torch.ones(new_dim, self.rank, device=device, dtype=torch.complex64 if self._complex else dtype)
+            new_factor = torch.ones(
+                new_dim, self.rank, device=device, dtype=torch.complex64 if self._complex else dtype
+            )
         factors = list(self.factors)
         factors.insert(mode, to_storage(new_factor.to(device), self._complex))
         self.factors = FactorList(factors)
@@ -177,12 +190,14 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         weights = self._v(self.weights)
         factors = []
         shape = []
-        for index, factor, size in zip(modes, self.factors, self.shape):
+        for index, factor, size in zip(modes, self.factors, self.shape, strict=False):
             factor = self._v(factor)
             if isinstance(index, int):
                 weights = weights * factor[index]
             else:
-                factors.append(factor[index.to(factor.device) if isinstance(index, torch.Tensor) else index])
+                factors.append(
+                    factor[index.to(factor.device) if isinstance(index, torch.Tensor) else index]
+                )
                 shape.append(mode_length(index, size))
         if not factors:
             return weights.sum()
@@ -227,12 +242,19 @@ class CPTensorized(CPTensor, TensorizedTensor, name="CP"):
         full = tensor_shape_of(tshape)
         rank = _rank.cp_rank(full, rank)
         weights = new_parameter((rank,), device=device, dtype=dtype, complex_form=cls._complex)
-        factors = [new_parameter((s, rank), device=device, dtype=dtype, complex_form=cls._complex) for s in full]
+        factors = [
+            new_parameter((s, rank), device=device, dtype=dtype, complex_form=cls._complex)
+            for s in full
+        ]
         return cls(weights, factors, tshape, rank).normal_(0, 1)
 
     @classmethod
     def from_tensor(  # type: ignore[override]
-        cls, tensor: torch.Tensor, tensorized_shape: Sequence[Any], rank: Any = "same", **kwargs: Any
+        cls,
+        tensor: torch.Tensor,
+        tensorized_shape: Sequence[Any],
+        rank: Any = "same",
+        **kwargs: Any,
     ) -> CPTensorized:
         """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape)."""
         tshape = parse_tensorized_shape(tensorized_shape)
@@ -241,10 +263,15 @@ class CPTensorized(CPTensor, TensorizedTensor, name="CP"):
         rank = _rank.cp_rank(full, rank)
         weights, factors = _cp_decompose(tensor, rank, **kwargs)
         return cls(
-            to_storage(weights, cls._complex), [to_storage(f, cls._complex) for f in factors], tshape, rank
+            to_storage(weights, cls._complex),
+            [to_storage(f, cls._complex) for f in factors],
+            tshape,
+            rank,
         )
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> CPTensorized:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> CPTensorized:
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
         return self._insert_batch_mode(new_dim, mode, new_factor, super().transduct)  # type: ignore[no-any-return]
 
@@ -253,7 +280,7 @@ class CPTensorized(CPTensor, TensorizedTensor, name="CP"):
         stored = [self._v(f) for f in self.factors]
         factors: list[torch.Tensor] = []
         tshape: list[Any] = []
-        for index, entry in zip(modes, self.tensorized_shape):
+        for index, entry in zip(modes, self.tensorized_shape, strict=False):
             n = len(entry) if isinstance(entry, tuple) else 1
             group, stored = stored[:n], stored[n:]
             if isinstance(entry, tuple) and index == slice(None):
@@ -263,7 +290,7 @@ class CPTensorized(CPTensor, TensorizedTensor, name="CP"):
             sizes = entry if isinstance(entry, tuple) else (entry,)
             # Rows of the Khatri-Rao product of the group, for the selected indices only.
             merged = None
-            for sub, factor in zip(unravel(index, sizes, group[0].device), group):
+            for sub, factor in zip(unravel(index, sizes, group[0].device), group, strict=False):
                 row = factor[sub]
                 merged = row if merged is None else merged * row
             if isinstance(index, int):

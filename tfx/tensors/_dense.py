@@ -66,7 +66,9 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
     ) -> DenseTensor:
         """A new dense tensor with N(0, 1) entries."""
         shape = check_shape(shape, "DenseTensor.new")
-        return cls(new_parameter(shape, device=device, dtype=dtype, complex_form=cls._complex), shape).normal_(0, 1)
+        return cls(
+            new_parameter(shape, device=device, dtype=dtype, complex_form=cls._complex), shape
+        ).normal_(0, 1)
 
     @classmethod
     def from_tensor(cls, tensor: torch.Tensor, rank: Any = "same", **kwargs: Any) -> DenseTensor:  # type: ignore[override]
@@ -78,7 +80,10 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
         """Copy ``tensor`` into this tensor, in place."""
         tensor = decomposition_input(tensor, self._complex)
         device, _ = self._param_device_dtype()
-        self._store("tensor", to_storage(tensor.clone().reshape(self._stored_shape()).to(device), self._complex))
+        self._store(
+            "tensor",
+            to_storage(tensor.clone().reshape(self._stored_shape()).to(device), self._complex),
+        )
         return self
 
     def _stored_shape(self) -> tuple[int, ...]:
@@ -107,7 +112,9 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
             self.tensor.data.normal_(mean, std)
         return self
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> DenseTensor:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> DenseTensor:
         """Insert a mode of size ``new_dim`` at ``mode``, replicating the tensor along it."""
         data = self.tensor.data.unsqueeze(mode)
         expand = [-1] * data.ndim
@@ -120,7 +127,7 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
     def _index(self, modes: list[Any]) -> Any:
         value = self.to_tensor()
         result = value[tuple(_moved(i, value) for i in modes)]
-        shape = [mode_length(i, s) for i, s in zip(modes, self.shape)]
+        shape = [mode_length(i, s) for i, s in zip(modes, self.shape, strict=False)]
         shape = [s for s in shape if s is not None]
         if not shape:
             return result
@@ -157,7 +164,9 @@ class DenseTensorized(DenseTensor, TensorizedTensor, name="Dense"):
         """A new dense tensorized matrix with N(0, 1) entries."""
         tshape = parse_tensorized_shape(tensorized_shape)
         full = tensor_shape_of(tshape)
-        return cls(new_parameter(full, device=device, dtype=dtype, complex_form=cls._complex), tshape).normal_(0, 1)
+        return cls(
+            new_parameter(full, device=device, dtype=dtype, complex_form=cls._complex), tshape
+        ).normal_(0, 1)
 
     @classmethod
     def from_tensor(  # type: ignore[override]
@@ -168,7 +177,9 @@ class DenseTensorized(DenseTensor, TensorizedTensor, name="Dense"):
         tensor = decomposition_input(tensor, cls._complex).reshape(tensor_shape_of(tshape))
         return cls(to_storage(tensor.clone(), cls._complex), tshape)
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> DenseTensorized:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> DenseTensorized:
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
         return self._insert_batch_mode(new_dim, mode, new_factor, super().transduct)  # type: ignore[no-any-return]
 
@@ -178,7 +189,7 @@ class DenseTensorized(DenseTensor, TensorizedTensor, name="Dense"):
         view_shape: list[int] = []
         view_index: list[Any] = []
         tshape: list[Any] = []
-        for index, entry in zip(modes, self.tensorized_shape):
+        for index, entry in zip(modes, self.tensorized_shape, strict=False):
             if isinstance(entry, tuple) and index == slice(None):
                 view_shape.extend(entry)
                 view_index.extend([slice(None)] * len(entry))

@@ -82,7 +82,10 @@ def _as_int_tuple(rank: object, what: str) -> tuple[int, ...]:
         raise RankError(
             f"rank={rank!r} for a {what} is not an int, a tuple of ints, 'same' or a float."
         ) from None
-    return tuple(_check_int(r if isinstance(r, bool) or not hasattr(r, "__index__") else int(r), what) for r in items)
+    return tuple(
+        _check_int(r if isinstance(r, bool) or not hasattr(r, "__index__") else int(r), what)
+        for r in items
+    )
 
 
 def cp_rank(shape: Sequence[int], rank: RankSpec) -> int:
@@ -99,7 +102,7 @@ def cp_rank(shape: Sequence[int], rank: RankSpec) -> int:
     if is_fraction(rank):
         fraction = _fraction(rank, what)
         return max(1, int(round(math.prod(shape) * fraction / sum(shape))))
-    if isinstance(rank, (tuple, list)) and len(rank) == 1:
+    if isinstance(rank, tuple | list) and len(rank) == 1:
         rank = rank[0]
     return _check_int(rank, what)
 
@@ -163,7 +166,7 @@ def tucker_rank(
         solved = (max(1, int(round(s * c))) for s in shape)
         return tuple(
             s if i in fixed else (r if overcomplete else min(s, r))
-            for i, (s, r) in enumerate(zip(shape, solved))
+            for i, (s, r) in enumerate(zip(shape, solved, strict=False))
         )
     if isinstance(rank, int) and not isinstance(rank, bool):
         _check_int(rank, what)
@@ -175,8 +178,8 @@ def tucker_rank(
                 f"rank={tuple(ranks)} has {len(ranks)} entries but the {what} has "
                 f"{len(shape)} modes.\nFix: pass one rank per mode, e.g. rank={shape}."
             )
-    if not overcomplete and any(r > s for r, s in zip(ranks, shape)):
-        largest = tuple(min(r, s) for r, s in zip(ranks, shape))
+    if not overcomplete and any(r > s for r, s in zip(ranks, shape, strict=False)):
+        largest = tuple(min(r, s) for r, s in zip(ranks, shape, strict=False))
         raise RankError(
             f"rank={rank!r} is too large for a {what}: the rank of each mode is at most its "
             f"size, so the largest valid rank is {shape}.\n"
@@ -188,9 +191,7 @@ def tucker_rank(
 def tt_rank_bounds(shape: Sequence[int]) -> tuple[int, ...]:
     """The largest TT rank of each bond: min(prod(left), prod(right)), boundaries 1."""
     shape = tuple(shape)
-    inner = tuple(
-        min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape))
-    )
+    inner = tuple(min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape)))
     return (1, *inner, 1)
 
 
@@ -243,7 +244,9 @@ def tt_rank(
     bounds = tt_rank_bounds(shape)
     if is_fraction(rank):
         ranks = _tt_fraction(shape, _fraction(rank, what))
-        return ranks if overcomplete else tuple(min(r, b) for r, b in zip(ranks, bounds))
+        return (
+            ranks if overcomplete else tuple(min(r, b) for r, b in zip(ranks, bounds, strict=False))
+        )
     if isinstance(rank, int) and not isinstance(rank, bool):
         # One int is the largest bond rank (tensorly's tensor_train reads it so): bonds
         # that cannot hold it (near the ends) take their own largest rank. No bond exceeds
@@ -266,8 +269,8 @@ def tt_rank(
                 f"rank={tuple(ranks)} for a {what} must start and end with 1 (boundary ranks).\n"
                 f"Fix: rank=(1, {', '.join(map(str, ranks[1:-1]))}, 1)."
             )
-    if not overcomplete and any(r > b for r, b in zip(ranks, bounds)):
-        largest = tuple(min(r, b) for r, b in zip(ranks, bounds))
+    if not overcomplete and any(r > b for r, b in zip(ranks, bounds, strict=False)):
+        largest = tuple(min(r, b) for r, b in zip(ranks, bounds, strict=False))
         raise RankError(
             f"rank={rank!r} is too large for a {what}: bond k cannot exceed "
             f"min(prod(shape[:k]), prod(shape[k:])), so the largest valid rank is {bounds}.\n"

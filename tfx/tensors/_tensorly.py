@@ -58,13 +58,17 @@ _TENSORLY: Final = {
     "cp": ("tensorly.cp_tensor.CPTensor", "parafac", "a (weights, factors) tuple"),
     "tucker": ("tensorly.tucker_tensor.TuckerTensor", "tucker", "a (core, factors) tuple"),
     "tt": ("tensorly.tt_tensor.TTTensor", "tensor_train", "a list of (rank, size, rank) cores"),
-    "blocktt": ("tensorly.tt_matrix.TTMatrix", "tensor_train_matrix", "a list of (rank, rows, cols, rank) cores"),
+    "blocktt": (
+        "tensorly.tt_matrix.TTMatrix",
+        "tensor_train_matrix",
+        "a list of (rank, rows, cols, rank) cores",
+    ),
     "dense": ("a tensor", "", "a tensor or NumPy array"),
 }
 
 
 def _tensorly_types() -> dict[str, type]:
-    """tensorly's factorized types by family (imported on first use)."""
+    """Tensorly's factorized types by family (imported on first use)."""
     from tensorly.cp_tensor import CPTensor as TlCP
     from tensorly.tt_matrix import TTMatrix
     from tensorly.tt_tensor import TTTensor as TlTT
@@ -160,19 +164,19 @@ def _tensorly_kind(value: Any) -> str | None:
     for kind, tl_type in _tensorly_types().items():
         if isinstance(value, tl_type):
             return kind
-    if isinstance(value, (torch.Tensor, np.ndarray)):
+    if isinstance(value, torch.Tensor | np.ndarray):
         return "dense"
     return None
 
 
 def _raw_kind(value: Any) -> str | None:
     """The family a plain tuple/list spells: (weights, factors), (core, factors), cores."""
-    if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], (tuple, list)):
+    if isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[1], tuple | list):
         first = value[0]
         if first is None or getattr(first, "ndim", None) == 1:
             return "cp"
         return "tucker"
-    if isinstance(value, (tuple, list)) and value:
+    if isinstance(value, tuple | list) and value:
         ndims = {getattr(v, "ndim", None) for v in value}
         if ndims == {3}:
             return "tt"
@@ -182,7 +186,7 @@ def _raw_kind(value: Any) -> str | None:
 
 
 def _validated(kind: str, parts: Any, what: str) -> Any:
-    """tensorly's own object for ``parts`` (torch tensors), validated by tensorly."""
+    """Tensorly's own object for ``parts`` (torch tensors), validated by tensorly."""
     try:
         with pytorch_backend():
             return _tensorly_types()[kind](parts)
@@ -190,7 +194,11 @@ def _validated(kind: str, parts: Any, what: str) -> Any:
         full_name, maker, tuple_form = _TENSORLY[kind]
         raise ShapeError(
             _MSG_BAD_VALUE.format(
-                what=what, kind=full_name.rsplit(".", 1)[-1], reason=err, maker=maker, tuple_form=tuple_form
+                what=what,
+                kind=full_name.rsplit(".", 1)[-1],
+                reason=err,
+                maker=maker,
+                tuple_form=tuple_form,
             )
         ) from None
 
@@ -203,7 +211,9 @@ def _torch_parts(kind: str, value: Any) -> Any:
         weights, factors = (value.weights, value.factors) if hasattr(value, "weights") else value
         factors = [_tensor(f, f"factor {i}") for i, f in enumerate(factors)]
         if weights is None:
-            weights = torch.ones(factors[0].shape[1], dtype=factors[0].dtype, device=factors[0].device)
+            weights = torch.ones(
+                factors[0].shape[1], dtype=factors[0].dtype, device=factors[0].device
+            )
         return _tensor(weights, "the weights"), factors
     if kind == "tucker":
         core, factors = (value.core, value.factors) if hasattr(value, "core") else value
@@ -236,12 +246,15 @@ def _tensorized_shape(cls: type, kind: str, parts: Any, tensorized_shape: Any) -
     tshape = parse_tensorized_shape(tensorized_shape)
     flat = tensor_shape_of(tshape)
     if flat != shape:
-        raise ShapeError(_MSG_SHAPE_MISMATCH.format(tshape=tensorized_shape, flat=flat, shape=shape))
+        raise ShapeError(
+            _MSG_SHAPE_MISMATCH.format(tshape=tensorized_shape, flat=flat, shape=shape)
+        )
     if kind == "blocktt" and tshape != (shape[: len(shape) // 2], shape[len(shape) // 2 :]):
         raise ShapeError(
             _MSG_SHAPE_MISMATCH.format(
-                tshape=tensorized_shape, flat=flat, shape=f"rows {shape[: len(shape) // 2]} x columns "
-                f"{shape[len(shape) // 2:]}"
+                tshape=tensorized_shape,
+                flat=flat,
+                shape=f"rows {shape[: len(shape) // 2]} x columns " f"{shape[len(shape) // 2:]}",
             )
         )
     return tshape
@@ -258,7 +271,9 @@ def _target(cls: type, kind: str, tensorized_shape: Any) -> type:
         suggestion = next(classes for name, _, classes in _FAMILIES if name == kind)[0].__name__
         raise OptionError(
             _MSG_WRONG_KIND.format(
-                got=_TENSORLY[kind][0], target=cls.__name__, expected=_TENSORLY[family][0],
+                got=_TENSORLY[kind][0],
+                target=cls.__name__,
+                expected=_TENSORLY[family][0],
                 suggestion=f"{suggestion}.from_tensorly(value)",
             )
         )
@@ -316,7 +331,10 @@ def from_tensorly(cls: type, value: Any, tensorized_shape: Any = None) -> Factor
     if kind == "cp":
         weights, factors = parts
         return target(  # type: ignore[no-any-return]
-            _storage(weights, target), [_storage(f, target) for f in factors], shape, int(weights.shape[0])
+            _storage(weights, target),
+            [_storage(f, target) for f in factors],
+            shape,
+            int(weights.shape[0]),
         )
     if kind == "tucker":
         core, factors = parts
@@ -374,7 +392,9 @@ def decomposition_names() -> list[str]:
     """The decompositions of ``tensorly.decomposition`` that can be named, e.g. ``'parafac'``."""
     import tensorly.decomposition as tld
 
-    return sorted(n for n in dir(tld) if not n.startswith("_") and inspect.isfunction(getattr(tld, n)))
+    return sorted(
+        n for n in dir(tld) if not n.startswith("_") and inspect.isfunction(getattr(tld, n))
+    )
 
 
 def _resolve(decomposition: Any) -> tuple[Callable[..., Any], str]:
@@ -386,7 +406,9 @@ def _resolve(decomposition: Any) -> tuple[Callable[..., Any], str]:
         key = decomposition.lower().replace("-", "_")
         if key not in names:
             raise unknown_option(
-                "decomposition", decomposition, names,
+                "decomposition",
+                decomposition,
+                names,
                 hint="Or pass any callable(tensor, rank=..., **kwargs) returning a tensorly type.",
             )
         return getattr(tld, key), f"tensorly.decomposition.{key}"
@@ -396,12 +418,16 @@ def _resolve(decomposition: Any) -> tuple[Callable[..., Any], str]:
     raise OptionError(_MSG_NOT_CALLABLE.format(decomposition=decomposition))
 
 
-def _rank_for(kind: str, shape: tuple[int, ...], tshape: Any, rank: Any, kwargs: dict[str, Any]) -> Any:
-    """tfx's normalised rank for ``shape``, in the spelling tensorly takes (a list for tuples)."""
+def _rank_for(
+    kind: str, shape: tuple[int, ...], tshape: Any, rank: Any, kwargs: dict[str, Any]
+) -> Any:
+    """Tfx's normalised rank for ``shape``, in the spelling tensorly takes (a list for tuples)."""
     if kind == "cp":
         return _rank.cp_rank(shape, rank)
     if kind == "tucker":
-        return list(_rank.tucker_rank(shape, rank, fixed_modes=kwargs.pop("fixed_rank_modes", None)))
+        return list(
+            _rank.tucker_rank(shape, rank, fixed_modes=kwargs.pop("fixed_rank_modes", None))
+        )
     if kind == "tt":
         return list(_rank.tt_rank(shape, rank))
     sizes = BlockTT._core_sizes(tshape)
@@ -461,7 +487,9 @@ def decompose(
                 f"factorization={form._name!r}, decomposition=...)."  # type: ignore[attr-defined]
             )
         tshape = parse_tensorized_shape(tensorized_shape)
-        if kind == "blocktt" and (len(tshape) != 2 or not all(isinstance(e, tuple) for e in tshape)):
+        if kind == "blocktt" and (
+            len(tshape) != 2 or not all(isinstance(e, tuple) for e in tshape)
+        ):
             raise ShapeError(_MSG_TTM_LAYOUT.format(what="This BlockTT", tshape=tshape))
     shape = tensor_shape_of(tshape) if tshape is not None else tuple(tensor.shape)
     tensor = tensor.reshape(shape)
@@ -471,7 +499,9 @@ def decompose(
             result = fn(tensor, rank=rank_arg, **kwargs)
     except (ValueError, TypeError, RuntimeError, IndexError) as err:
         raise TensorError(
-            _MSG_FAILED.format(name=name, shape=shape, rank=rank_arg, err=err, kwargs=sorted(kwargs) or "none")
+            _MSG_FAILED.format(
+                name=name, shape=shape, rank=rank_arg, err=err, kwargs=sorted(kwargs) or "none"
+            )
         ) from err
     if isinstance(result, tuple) and result and _tensorly_kind(result[0]) not in (None, "dense"):
         result = result[0]  # (decomposition, errors) from return_errors=True

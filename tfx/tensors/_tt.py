@@ -62,7 +62,7 @@ def _padded_tt_svd(tensor: torch.Tensor, rank: Sequence[int]) -> list[torch.Tens
     gradient reaches the zero rows and training can use them.
     """
     bounds = _rank.tt_rank_bounds(tuple(tensor.shape))
-    fit = tuple(min(int(r), b) for r, b in zip(rank, bounds))
+    fit = tuple(min(int(r), b) for r, b in zip(rank, bounds, strict=False))
     cores = _decompose.tt_svd(tensor, fit)
     for k in range(1, len(fit) - 1):
         extra = int(rank[k]) - fit[k]
@@ -93,7 +93,10 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
     """
 
     def __init__(
-        self, factors: Sequence[Any], shape: Sequence[int] | None = None, rank: Sequence[int] | None = None
+        self,
+        factors: Sequence[Any],
+        shape: Sequence[int] | None = None,
+        rank: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.shape = tuple(shape) if shape is not None else tuple(int(f.shape[1]) for f in factors)
@@ -131,7 +134,9 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         shape = check_shape(shape, "TTTensor.new")
         rank = _rank.tt_rank(shape, rank, overcomplete=True)
         factors = [
-            new_parameter((rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex)
+            new_parameter(
+                (rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex
+            )
             for k, s in enumerate(shape)
         ]
         return cls(factors, shape, rank).normal_(0, 1)
@@ -195,7 +200,9 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         for i, core in enumerate(self.factors):
             core.data.mul_(per_core if i or factor >= 0 else -per_core)
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TTTensor:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> TTTensor:
         """Insert a mode of size ``new_dim`` at ``mode``: an identity core, replicating the tensor."""
         device, dtype = self._param_device_dtype()
         bond = self.rank[mode]
@@ -215,7 +222,7 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         shape: list[int] = []
         rank = [1]
         pending = None  # a (rank[-1], r) matrix waiting to be absorbed into the next kept core
-        for k, (index, factor) in enumerate(zip(modes, self.factors)):
+        for k, (index, factor) in enumerate(zip(modes, self.factors, strict=False)):
             core = self._v(factor)
             if pending is not None:
                 core = torch.tensordot(pending, core, dims=([1], [0]))
@@ -223,7 +230,9 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
                 pending = core[:, index, :]
                 continue
             pending = None
-            cores.append(core[:, index.to(core.device) if isinstance(index, torch.Tensor) else index, :])
+            cores.append(
+                core[:, index.to(core.device) if isinstance(index, torch.Tensor) else index, :]
+            )
             shape.append(mode_length(index, self.shape[k]))  # type: ignore[arg-type]
             rank.append(self.rank[k + 1])
         if not cores:
@@ -248,7 +257,12 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
         torch.Size([24, 30])
     """
 
-    def __init__(self, factors: Sequence[Any], tensorized_shape: Sequence[Any], rank: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        factors: Sequence[Any],
+        tensorized_shape: Sequence[Any],
+        rank: Sequence[int] | None = None,
+    ) -> None:
         self.tensorized_shape = parse_tensorized_shape(tensorized_shape)
         self.tensor_shape = tensor_shape_of(self.tensorized_shape)
         super().__init__(factors, self.tensor_shape, rank)
@@ -276,14 +290,20 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
         full = tensor_shape_of(tshape)
         rank = _rank.tt_rank(full, rank, overcomplete=True)
         factors = [
-            new_parameter((rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex)
+            new_parameter(
+                (rank[k], s, rank[k + 1]), device=device, dtype=dtype, complex_form=cls._complex
+            )
             for k, s in enumerate(full)
         ]
         return cls(factors, tshape, rank).normal_(0, 1)
 
     @classmethod
     def from_tensor(  # type: ignore[override]
-        cls, tensor: torch.Tensor, tensorized_shape: Sequence[Any], rank: Any = "same", **kwargs: Any
+        cls,
+        tensor: torch.Tensor,
+        tensorized_shape: Sequence[Any],
+        rank: Any = "same",
+        **kwargs: Any,
     ) -> TTTensorized:
         """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) by TT-SVD."""
         tshape = parse_tensorized_shape(tensorized_shape)
@@ -301,14 +321,16 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
         self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
         return self
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TTTensorized:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> TTTensorized:
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
         return self._insert_batch_mode(new_dim, mode, new_factor, super().transduct)  # type: ignore[no-any-return]
 
     def _index(self, modes: list[Any]) -> Any:
         flat: list[Any] = []
         tshape: list[Any] = []
-        for index, entry in zip(modes, self.tensorized_shape):
+        for index, entry in zip(modes, self.tensorized_shape, strict=False):
             if not isinstance(entry, tuple):
                 flat.append(index)
                 if not isinstance(index, int):
@@ -321,7 +343,9 @@ class TTTensorized(TTTensor, TensorizedTensor, name="TT"):
             else:
                 # Several rows of a tensorized mode: no TT structure survives.
                 value = self.to_matrix()
-                return value[tuple(i.to(value.device) if isinstance(i, torch.Tensor) else i for i in modes)]
+                return value[
+                    tuple(i.to(value.device) if isinstance(i, torch.Tensor) else i for i in modes)
+                ]
         shape, self.shape = self.shape, self.tensor_shape
         try:
             result = TTTensor._index(self, flat)

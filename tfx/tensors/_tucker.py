@@ -12,8 +12,8 @@ import torch
 from . import _decompose, _rank
 from ._base import (
     FactorizedTensor,
-    TensorizedTensor,
     ShapeError,
+    TensorizedTensor,
     check_shape,
     decomposition_input,
     matrix_shape_of,
@@ -35,7 +35,9 @@ _LETTERS = string.ascii_letters
 
 def _tucker_equation(order: int) -> str:
     ranks, modes = _LETTERS[:order], _LETTERS[order : 2 * order]
-    return ranks + "," + ",".join(f"{m}{r}" for m, r in zip(modes, ranks)) + "->" + modes
+    return (
+        ranks + "," + ",".join(f"{m}{r}" for m, r in zip(modes, ranks, strict=False)) + "->" + modes
+    )
 
 
 def _padded_hosvd(
@@ -53,9 +55,9 @@ def _padded_hosvd(
     modes = kwargs.get("modes")
     modes = range(tensor.ndim) if modes is None else [m % tensor.ndim for m in modes]
     sizes = [int(tensor.shape[m]) for m in modes]
-    fit = [min(int(r), s) for r, s in zip(rank, sizes)]
+    fit = [min(int(r), s) for r, s in zip(rank, sizes, strict=False)]
     core, factors = _decompose.hosvd(tensor, fit, **kwargs)
-    for k, (mode, r, f) in enumerate(zip(modes, rank, fit)):
+    for k, (mode, r, f) in enumerate(zip(modes, rank, fit, strict=False)):
         if r > f:
             repeat = torch.arange(r - f, device=factors[k].device) % f
             factors[k] = torch.cat([factors[k], factors[k][:, repeat]], dim=1)
@@ -115,7 +117,9 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
     def _build(self) -> None:
         sizes = self._mode_sizes()
         self.order = len(sizes)
-        self._plan = plan_einsum(_tucker_equation(self.order), self.rank, *zip(sizes, self.rank))
+        self._plan = plan_einsum(
+            _tucker_equation(self.order), self.rank, *zip(sizes, self.rank, strict=False)
+        )
 
     @classmethod
     def new(  # type: ignore[override]
@@ -143,13 +147,17 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         core = new_parameter(rank, device=device, dtype=dtype, complex_form=cls._complex)
         factors = [
             new_parameter((s, r), device=device, dtype=dtype, complex_form=cls._complex)
-            for s, r in zip(shape, rank)
+            for s, r in zip(shape, rank, strict=False)
         ]
         return cls(core, factors, shape, rank).normal_(0, 1)
 
     @classmethod
     def from_tensor(  # type: ignore[override]
-        cls, tensor: torch.Tensor, rank: Any = "same", fixed_rank_modes: Sequence[int] | None = None, **kwargs: Any
+        cls,
+        tensor: torch.Tensor,
+        rank: Any = "same",
+        fixed_rank_modes: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> TuckerTensor:
         """Decompose ``tensor`` by (sequentially truncated) HOSVD. Keeps dtype and device.
 
@@ -169,7 +177,12 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         shape = tuple(tensor.shape)
         rank = _rank.tucker_rank(shape, rank, fixed_modes=fixed_rank_modes, overcomplete=True)
         core, factors = _padded_hosvd(tensor, rank, **kwargs)
-        return cls(to_storage(core, cls._complex), [to_storage(f, cls._complex) for f in factors], shape, rank)
+        return cls(
+            to_storage(core, cls._complex),
+            [to_storage(f, cls._complex) for f in factors],
+            shape,
+            rank,
+        )
 
     def init_from_tensor(
         self,
@@ -212,7 +225,9 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         device, _ = self._param_device_dtype()
         for m in unsqueezed:
             scale = 1.0 / sizes[m] if unsqueezed_init == "average" else float(unsqueezed_init)
-            factors.insert(m, torch.full((sizes[m], 1), scale, dtype=core.dtype, device=core.device))
+            factors.insert(
+                m, torch.full((sizes[m], 1), scale, dtype=core.dtype, device=core.device)
+            )
             core = core.unsqueeze(m)
         self._store("core", to_storage(core.to(device), self._complex))
         self.factors = FactorList([to_storage(f.to(device), self._complex) for f in factors])
@@ -246,7 +261,9 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
     def _scale_(self, factor: float) -> None:
         self.core.data.mul_(factor)
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TuckerTensor:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> TuckerTensor:
         """Insert a mode of size ``new_dim`` (rank 1) at ``mode``, replicating the tensor along it."""
         device, dtype = self._param_device_dtype()
         if new_factor is None:
@@ -265,13 +282,17 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         core = self._v(self.core)
         factors, shape, rank = [], [], []
         dropped = 0
-        for k, (index, factor, size) in enumerate(zip(modes, self.factors, self.shape)):
+        for k, (index, factor, size) in enumerate(
+            zip(modes, self.factors, self.shape, strict=False)
+        ):
             factor = self._v(factor)
             if isinstance(index, int):
                 core = _contract_mode(core, factor[index], k - dropped)
                 dropped += 1
             else:
-                factors.append(factor[index.to(factor.device) if isinstance(index, torch.Tensor) else index])
+                factors.append(
+                    factor[index.to(factor.device) if isinstance(index, torch.Tensor) else index]
+                )
                 shape.append(mode_length(index, size))
                 rank.append(self.rank[k])
         if not factors:
@@ -325,13 +346,18 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
         rank = _rank.tucker_rank(full, rank, fixed_modes=fixed_rank_modes, overcomplete=True)
         core = new_parameter(rank, device=device, dtype=dtype, complex_form=cls._complex)
         factors = [
-            new_parameter((s, r), device=device, dtype=dtype, complex_form=cls._complex) for s, r in zip(full, rank)
+            new_parameter((s, r), device=device, dtype=dtype, complex_form=cls._complex)
+            for s, r in zip(full, rank, strict=False)
         ]
         return cls(core, factors, tshape, rank).normal_(0, 1)
 
     @classmethod
     def from_tensor(  # type: ignore[override]
-        cls, tensor: torch.Tensor, tensorized_shape: Sequence[Any], rank: Any = "same", **kwargs: Any
+        cls,
+        tensor: torch.Tensor,
+        tensorized_shape: Sequence[Any],
+        rank: Any = "same",
+        **kwargs: Any,
     ) -> TuckerTensorized:
         """Decompose a tensor of shape ``tensor_shape`` (or the matrix shape) by HOSVD.
 
@@ -344,9 +370,16 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
         fixed = kwargs.pop("fixed_rank_modes", None)
         rank = _rank.tucker_rank(full, rank, fixed_modes=fixed, overcomplete=True)
         core, factors = _padded_hosvd(tensor, rank, **kwargs)
-        return cls(to_storage(core, cls._complex), [to_storage(f, cls._complex) for f in factors], tshape, rank)
+        return cls(
+            to_storage(core, cls._complex),
+            [to_storage(f, cls._complex) for f in factors],
+            tshape,
+            rank,
+        )
 
-    def transduct(self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None) -> TuckerTensorized:
+    def transduct(
+        self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
+    ) -> TuckerTensorized:
         """Insert a batch mode of size ``new_dim`` before entry ``mode`` of the tensorized shape."""
         return self._insert_batch_mode(new_dim, mode, new_factor, super().transduct)  # type: ignore[no-any-return]
 
@@ -359,7 +392,7 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
         tshape: list[Any] = []
         axis = 0  # position in the current core of the first mode of this entry
         core_shape = list(self.rank)  # static, so fx-traced indexing needs no tensor shapes
-        for index, entry in zip(modes, self.tensorized_shape):
+        for index, entry in zip(modes, self.tensorized_shape, strict=False):
             n = len(entry) if isinstance(entry, tuple) else 1
             group, stored = stored[:n], stored[n:]
             group_rank, ranks = ranks[:n], ranks[n:]
@@ -373,7 +406,7 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
             # Rows of the Kronecker product of the group's factors, for the selected rows only;
             # the group's core modes merge into one.
             merged = None
-            for sub, factor in zip(unravel(index, sizes, group[0].device), group):
+            for sub, factor in zip(unravel(index, sizes, group[0].device), group, strict=False):
                 row = factor[sub]
                 if merged is None:
                     merged = row
