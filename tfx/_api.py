@@ -69,7 +69,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
-    return tqdm(total=total, desc=desc, leave=False)
+    return tqdm(total=total, desc=desc, leave=False, disable=None)  # None: only on a terminal
 
 
 def _check_names(values: Iterable[str], valid: Sequence[str], what: str) -> tuple[str, ...]:

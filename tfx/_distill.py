@@ -144,7 +144,8 @@ def distill(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="tfx: distill", leave=False)
+        # disable=None: a bar only on a terminal, never carriage-return frames in logs or pipes
+        bar = tqdm(total=steps, desc="tfx: distill", leave=False, disable=None)
     was_training, teacher_training = student.training, teacher.training
     student.train()
     teacher.eval()
