@@ -95,15 +95,6 @@ def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def outputs_equal(a: Any, b: Any) -> bool:
-    a_leaves, a_spec = tree_flatten(a)
-    b_leaves, b_spec = tree_flatten(b)
-    return a_spec == b_spec and all(
-        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
-        for x, y in zip(a_leaves, b_leaves, strict=True)
-    )
-
-
 def full_rank_plan(plan: FactorizationPlan) -> FactorizationPlan:
     """``plan`` with every factorizable site set to 'svd' at full rank (exact for every kind)."""
     choices = []

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import tfx.utils
 from tfx._errors import ShapeError, TfxWarning
-from tfx.utils import balanced_tensorization, get_tensorized_shape, prod, tensorizations
+from tfx.utils import balanced_tensorization, get_tensorized_shape, tensorizations
 
 # --------------------------------------------------------------------------- #
 # Reference results from the real tltorch 0.5.0 (torch 2.13.0, CPU), generated
@@ -352,7 +352,7 @@ def test_tensorizations_raise_on_invalid_input(
 
 
 # --------------------------------------------------------------------------- #
-# tensorizations, balanced_tensorization, prod
+# tensorizations, balanced_tensorization
 # --------------------------------------------------------------------------- #
 
 
@@ -382,7 +382,7 @@ def test_tensorizations_returns_a_fresh_list() -> None:
 @pytest.mark.parametrize("order", [2, 3, 4, 5, 6])
 def test_tensorizations_handles_large_highly_composite_sizes(order: int) -> None:
     found = tensorizations(720720, order)
-    assert found and all(prod(t) == 720720 and len(t) == order for t in found)
+    assert found and all(math.prod(t) == 720720 and len(t) == order for t in found)
     assert len(set(found)) == len(found)
 
 
@@ -396,16 +396,13 @@ def test_balanced_tensorization_examples() -> None:
     assert balanced_tensorization(24, 3, min_dim=3) is None
 
 
-def test_prod_multiplies_entries() -> None:
-    assert prod((8, 8, 12)) == 768
-    assert prod(()) == 1
-
-
 def test_all_lists_the_public_functions() -> None:
+    # The tensorization search lives with the core; tfx.utils is its tltorch path.
     defined_here = {
         name
         for name, value in vars(tfx.utils).items()
-        if not name.startswith("_") and getattr(value, "__module__", None) == "tfx.utils"
+        if not name.startswith("_")
+        and getattr(value, "__module__", None) == "tfx.tensors._tensorize"
     }
     reexported = {
         "FactorList",
@@ -449,8 +446,8 @@ def test_get_tensorized_shape_properties(
     else:
         with pytest.warns(TfxWarning, match=r"Could not tensorize"):
             in_shape, out_shape = get_tensorized_shape(in_features, out_features, order, min_dim)
-    assert prod(in_shape) == in_features
-    assert prod(out_shape) == out_features
+    assert math.prod(in_shape) == in_features
+    assert math.prod(out_shape) == out_features
     assert len(in_shape) == len(out_shape)
     assert list(in_shape) == sorted(in_shape) and list(out_shape) == sorted(out_shape)
 

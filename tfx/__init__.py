@@ -89,7 +89,7 @@ from .tensors import (
     tucker_init,
 )
 from .tensors import _init as init
-from .utils import get_tensorized_shape
+from .tensors._tensorize import get_tensorized_shape
 
 __version__ = "0.1.0"
 

@@ -114,38 +114,13 @@ def test_choose_raises_one_below_minimum(strategy) -> None:
         choose(_BOUNDARY, 40 + 3 + 50 - 1, strategy=strategy)
 
 
-_BUG_DP_CEIL = (
-    "bug: tfx/cost/_choose.py _dp rounds each option's extra cost UP to bins of (budget - floor) / "
-    "2000 (math.ceil(extra / unit - 1e-9)), so combinations that fit exactly are lost"
-)
-_BUG_UNIFORM = (
-    "bug: tfx/cost/_choose.py _uniform bisects the common fraction on [0, 1) and never tries 1.0, "
-    "so _closest() never admits a site's largest option: it returns [0, 0] (errors 0.5, 0.3) "
-    "although [1, 1] (error 0) costs 29 <= 29"
-)
-
-
-def with_bugs(bugs: dict[str, str]) -> list:
-    """Every strategy, those named in ``bugs`` marked strict xfail with the given reason."""
-    return [
-        pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=bugs[s])) if s in bugs else s
-        for s in STRATEGIES
-    ]
-
-
-_BEST_BUGS: dict[str, str] = {}
-
-
-@pytest.mark.parametrize("strategy", with_bugs(_BEST_BUGS))
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_choose_takes_every_best_option_when_budget_allows(strategy) -> None:
     options = [[opt(10, 0.5), opt(20, 0.0)], [opt(5, 0.3), opt(9, 0.0)]]
     assert choose(options, 29, strategy=strategy) == [1, 1]
 
 
-_TIE_BUGS: dict[str, str] = {}
-
-
-@pytest.mark.parametrize("strategy", with_bugs(_TIE_BUGS))
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_choose_breaks_equal_cost_ties_by_error(strategy) -> None:
     assert choose([[opt(5, 0.9), opt(5, 0.1)]], 5, strategy=strategy) == [1]
 

@@ -222,7 +222,6 @@ def choose(
     *,
     strategy: str = "auto",
     weights: Sequence[float] | None = None,
-    names: Sequence[str] | None = None,
 ) -> list[int]:
     """An option index per site, total cost within ``budget``, least weighted squared error.
 
@@ -231,7 +230,6 @@ def choose(
         budget: the most total cost (parameters) the sites may use.
         strategy: a registered strategy name.
         weights: per-site error weights (sensitivities); 1 by default.
-        names: site names, for error messages.
 
     Raises:
         BudgetError: when even the cheapest option everywhere exceeds ``budget``.

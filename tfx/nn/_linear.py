@@ -15,7 +15,7 @@ from ..functional import factorized_linear, linear_flops
 from ..functional._linear import linear_in_modes
 from ..functional._planning import FastCache, batch_bucket, compile_linear, is_tracing
 from ..tensors import TensorizedTensor
-from ..utils import get_tensorized_shape
+from ..tensors._tensorize import get_tensorized_shape
 from ._common import (
     SubLayer,
     as_shape,
