@@ -12,21 +12,34 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 import torch
 
 from ..tensors import FactorizedTensor, TensorizedTensor
-from ..tensors._contract import ContractionPlan, plan_einsum
+from ..tensors._contract import (
+    ContractionPlan,
+    Layout,
+    cached,
+    common_dtype,
+    make_function,
+    plan_einsum,
+    program,
+    promote,
+    replay,
+)
 
 __all__ = [
-    "FastCache",
-    "compile_linear",
-    "operand_sources",
     "DEFAULT_BATCH",
+    "FastCache",
     "batch_bucket",
+    "compile_linear",
+    "contract_input",
     "input_plan",
     "is_tracing",
+    "matrix_layout",
+    "operand_sources",
     "planned_batch",
     "traced_batch",
     "weight_shapes",
@@ -124,6 +137,57 @@ def _input_equation(
     return f"{b}{x_letters},{lhs}->{b}{rest}", in_sizes, out_sizes
 
 
+_MSG_DTYPE: Final = (
+    "a factorized contraction got an input of dtype {x} and a weight of dtype {w}: like "
+    "F.linear, it does not mix them.\nFix: cast one of them, e.g. x.to({w}) or module.to({x})."
+)
+
+
+def _autocast(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
+        return bool(torch.is_autocast_enabled())
+
+
+def _check_dtype(x: torch.Tensor, operands: Sequence[torch.Tensor]) -> None:
+    """The input and the weight share a dtype (the weight's own operands are promoted)."""
+    dtype = x.dtype
+    if all(o.dtype is dtype for o in operands):
+        return
+    weight = common_dtype(operands)
+    if weight is not dtype and not _autocast(x.device.type):
+        raise RuntimeError(_MSG_DTYPE.format(x=dtype, w=weight))
+
+
+def matrix_layout(
+    equation: str, shapes: tuple[tuple[int, ...], ...], *, symbolic: bool, bias: bool
+) -> Layout:
+    """An input plan's layout: ``x`` as a (rows, features) matrix, the result as one too.
+
+    With ``symbolic`` the number of rows is left to run time (a traced graph, a batch bucket).
+    """
+    inputs, out = equation.split("->")
+    terms = inputs.split(",")
+    groups = ((1, len(terms[0]) - 1), *(tuple(1 for _ in t) for t in terms[1:]))
+    return Layout(
+        shapes,
+        groups=groups,
+        want=(out, (1, len(out) - 1)),
+        symbolic=out[0] if symbolic else None,
+        bias=bias,
+    )
+
+
+@torch._dynamo.assume_constant_result
+def _traced_input_program(
+    equation: str, shapes: tuple[tuple[int, ...], ...], steps: tuple[Any, ...], bias: bool
+) -> tuple[tuple[Any, ...], Any]:
+    # Constant in its arguments: torch.compile runs it at trace time (no emitter in the graph).
+    made = program(equation, steps, matrix_layout(equation, shapes, symbolic=True, bias=bias))
+    return made.stmts, made.result
+
+
 def contract_input(
     x: torch.Tensor,
     weight: FactorizedTensor,
@@ -139,80 +203,27 @@ def contract_input(
     (broadcast over them) is added.
     """
     sizes = weight.tensor_shape if isinstance(weight, TensorizedTensor) else weight.shape
-    in_features = math.prod([sizes[m] for m in in_modes])
-    if is_tracing(x):
-        batch = traced_batch()
-    else:
-        batch = batch_bucket(x.numel() // max(in_features, 1))
-    if is_tracing(x):
-        plan, in_sizes, out_sizes = input_plan(weight, in_modes, batch)
-    else:  # eager: a per-weight cache skips even the (cached) planning calls
-        cache = weight.__dict__.setdefault("_input_plans", {})
-        key = (weight._plan, in_modes, batch)
-        entry = cache.get(key)
-        if entry is None:
-            entry = cache[key] = input_plan(weight, in_modes, batch)
-        plan, in_sizes, out_sizes = entry
     lead = x.shape[:-n_in_dims]
     operands = weight.contraction()[1]
-    if isinstance(x, torch.fx.Proxy) and not getattr(weight, "_complex", False):
-        # fx-traced: the same straight-line (b)mm program as the eager fast path, with a symbolic
-        # batch size, so graphs run GEMMs on views instead of einsum's equation parsing and
-        # output permutes. The optional bias is fused into the last GEMM when it can be.
-        # (Under torch.compile the einsum steps stay: inductor lowers them itself.)
-        program = traced_program(plan, bias is not None)
-        y = program(
-            x.reshape(-1, math.prod(in_sizes)), *operands, *(() if bias is None else (bias,))
-        )
-        return y.reshape(lead + (out_sizes if out_shape is None else out_shape))
+    if is_tracing(x):
+        # The traced renderer of the engine's program: GEMMs on views with a symbolic number
+        # of rows, the optional bias fused into the last GEMM when it can be.
+        plan, in_sizes, out_sizes = input_plan(weight, in_modes, traced_batch())
+        if not isinstance(x, torch.fx.Proxy):
+            operands = list(promote(operands))  # dtypes are known under dynamo
+        with_bias = bias is not None
+        stmts, result = _traced_input_program(plan.equation, plan.shapes, plan.steps, with_bias)
+        y = replay(stmts, result, (x.reshape(-1, math.prod(in_sizes)), *operands, bias))
+        out = out_sizes if out_shape is None else out_shape
+        return y.reshape(lead + out)  # type: ignore[no-any-return]
+    in_features = math.prod([sizes[m] for m in in_modes])
+    batch = batch_bucket(x.numel() // max(in_features, 1))
+    key = (weight._plan, in_modes, batch)  # the engine's cache, keyed on the weight's plan
+    plan, in_sizes, out_sizes = cached(key, input_plan, weight, in_modes, batch)
+    _check_dtype(x, operands)
     y = plan(x.reshape((-1,) + in_sizes), *operands)
     y = y.reshape(lead + (out_sizes if out_shape is None else out_shape))
     return y if bias is None else y + bias
-
-
-_TRACED: dict[tuple[Any, ...], Any] = {}
-
-
-def traced_program(plan: ContractionPlan, with_bias: bool) -> Any:
-    """Generated ``f(x, *operands[, bias])`` replaying ``plan`` with any number of rows.
-
-    ``x`` is ``(rows, prod(input sizes))``; the result is ``(rows, prod(output sizes))``
-    (bias added, with ``addmm`` when the last step is a plain GEMM). Only torch calls and
-    tensor methods, so fx records them and dynamo traces them.
-    """
-    key = (plan.equation, plan.shapes, plan.steps, with_bias)
-    program = _TRACED.get(key)
-    if program is None:
-        from ..tensors._contract import _Emitter, _Value, emit_steps, make_function
-
-        inputs, out = plan.equation.split("->")
-        terms = inputs.split(",")
-        sizes: dict[str, int | None] = {}
-        for term, shape in zip(terms, plan.shapes, strict=False):
-            sizes.update(zip(term, shape, strict=False))
-        hint = plan.shapes[0][0]
-        sizes[out[0]] = None  # the batch letter: -1 in reshapes
-        names = [f"o{i}" for i in range(len(terms) - 1)]
-        values = [_Value("x", terms[0], (1, len(terms[0]) - 1))]
-        values += [
-            _Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:], strict=False)
-        ]
-        want = (out, (1, len(out) - 1))
-        body, result, fused = emit_steps(plan.steps, values, sizes, hint=hint, want=want)
-        if fused is not None:
-            body.pop()  # the last mm, fused with the bias below
-            body.append(
-                f"return torch.addmm(bias, {fused[0]}, {fused[1]})"
-                if with_bias
-                else f"return torch.mm({fused[0]}, {fused[1]})"
-            )
-        else:
-            y = _Emitter(sizes, hint).finish(result, *want)
-            body.append(f"return {y} + bias" if with_bias else f"return {y}")
-        program = _TRACED[key] = make_function(
-            "traced_contract", ["x", *names, *(["bias"] if with_bias else [])], body, {}
-        )
-    return program
 
 
 # ------------------------------------------------------------------------ eager fast path
@@ -285,7 +296,8 @@ def operand_sources(weight: FactorizedTensor) -> tuple[list[str], list[str]] | N
         setup.append("fl = w._modules['factors']")
         for key in factors._keys:
             if key in factors._parameters:
-                stored.append((f"fl._parameters[{key!r}]", factors._parameters[key]))  # type: ignore[arg-type]
+                param = factors._parameters[key]
+                stored.append((f"fl._parameters[{key!r}]", param))  # type: ignore[arg-type]
             elif isinstance(factors._views.get(key), torch.Tensor):
                 stored.append((f"fl._views[{key!r}]", factors._views[key]))
     exprs = []
@@ -325,25 +337,26 @@ def compile_linear(
     """
     from torch.nn.modules import module as torch_module
 
-    from ..tensors._contract import _Emitter, _Value, emit_steps, make_function
-
     sources = operand_sources(weight)
     if sources is None:
         return None
     setup, exprs = sources
-    names = [f"o{i}" for i in range(len(exprs))]
     n_in = (
         math.prod(weight.tensor_shape[m] for m in in_modes)
         if isinstance(weight, TensorizedTensor)
         else weight.shape[1]
     )
+    factorized = implementation != "reconstructed"
+    names = [f"o{i + factorized}" for i in range(len(exprs))]  # o0 is the input when factorized
     body = [
         "w = layer._modules['weight']",
-        "if type(w) is not CLS or w is not W or w._plan is not PLAN or w._forward_hooks or w._forward_pre_hooks "
-        "or HOOKS or PRE_HOOKS or (layer.training and layer.checkpointing):",
+        "if type(w) is not CLS or w is not W or w._plan is not PLAN or w._forward_hooks "
+        "or w._forward_pre_hooks or HOOKS or PRE_HOOKS "
+        "or (layer.training and layer.checkpointing):",
         "    return None",
         *setup,
-        *(f"{n} = {e}" for n, e in zip(names, exprs, strict=False)),
+        *(f"{n} = {e}" for n, e in zip(names, exprs, strict=True)),
+        # Mixed dtypes: the general path promotes the weight's operands or rejects the input.
         "if " + " or ".join(f"{n}.dtype is not x.dtype" for n in names) + ":",
         "    return None",
         # Where the bias lives now (a KeyError once it moves sends the caller to the general path).
@@ -353,49 +366,19 @@ def compile_linear(
     ]
     if x_ndim != 2:
         body.append(f"x = x.reshape(-1, {n_in})")
-    if implementation == "reconstructed":
-        equation, shapes = weight_shapes(weight)
-        inputs, out = equation.split("->")
-        sizes: dict[str, int | None] = {}
-        for term, shape in zip(inputs.split(","), shapes, strict=False):
-            sizes.update(zip(term, shape, strict=False))
+    if factorized:
+        plan = input_plan(weight, in_modes, batch)[0]
+        # Bucket 1 holds batch 1 only: its row count is fixed; other buckets share one program.
+        layout = matrix_layout(plan.equation, plan.shapes, symbolic=batch > 1, bias=True)
+        body += ["o0 = x", *program(plan.equation, plan.steps, layout).lines("y")]
+    else:
+        plan = weight._plan
+        _, out = plan.equation.split("->")
         rows = "".join(c for i, c in enumerate(out) if i not in in_modes)
         cols = "".join(out[m] for m in in_modes)
-        values = [
-            _Value(n, t, tuple(1 for _ in t))
-            for n, t in zip(names, inputs.split(","), strict=False)
-        ]
-        want = (rows + cols, (len(rows), len(cols)))
-        lines, result, _ = emit_steps(weight._plan.steps, values, sizes, want=want)
-        body += lines
-        body.append(
-            f"y = torch.nn.functional.linear(x, {_Emitter(sizes, 1).finish(result, *want)}, bias)"
-        )
-    else:
-        plan, in_sizes, _ = input_plan(weight, in_modes, batch)
-        inputs, out = plan.equation.split("->")
-        terms = inputs.split(",")
-        sizes = {}
-        for term, shape in zip(terms, plan.shapes, strict=False):
-            sizes.update(zip(term, shape, strict=False))
-        if batch > 1:
-            sizes[out[0]] = None  # the batch letter: -1 in reshapes (bucket 1 holds batch 1 only)
-        values = [_Value("x", terms[0], (1, len(terms[0]) - 1))]
-        values += [
-            _Value(n, t, tuple(1 for _ in t)) for n, t in zip(names, terms[1:], strict=False)
-        ]
-        want = (out, (1, len(out) - 1))
-        lines, result, fused = emit_steps(plan.steps, values, sizes, hint=batch, want=want)
-        body += lines
-        if fused is not None:
-            body.pop()  # the last mm: fused with the bias
-            body.append(
-                f"y = torch.mm({fused[0]}, {fused[1]}) if bias is None else torch.addmm(bias, {fused[0]}, {fused[1]})"
-            )
-        else:
-            body.append(f"y = {_Emitter(sizes, batch).finish(result, *want)}")
-            body.append("if bias is not None:")
-            body.append("    y = y + bias")
+        layout = Layout(plan.shapes, want=(rows + cols, (len(rows), len(cols))))
+        body += program(plan.equation, plan.steps, layout).lines("matrix")
+        body.append("y = torch.nn.functional.linear(x, matrix, bias)")
     body.append("return y" if x_ndim == 2 else "return y.reshape(out_shape)")
     scope = {
         "CLS": type(weight),
