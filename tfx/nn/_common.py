@@ -62,7 +62,8 @@ def select_layer(n_layers: int, indices: Any) -> None:
         return
     if not isinstance(indices, int) or not -n_layers <= indices < n_layers:
         raise OptionError(
-            f"indices={indices!r} must be an int in [0, {n_layers}) for a stack of {n_layers} layers."
+            f"indices={indices!r} must be an int in [0, "
+            f"{n_layers}) for a stack of {n_layers} layers."
         )
 
 
@@ -83,7 +84,9 @@ class SubLayer(nn.Module):
 
 
 def make_bias(shape: Sequence[int], weight: nn.Module, enabled: bool) -> nn.Parameter | None:
-    """A bias matching the weight's device and dtype; complex weights get a complex bias,
+    """A bias matching the weight's device and dtype.
+
+    Complex weights get a complex bias,
     stored as real ``(..., 2)`` like their factors (so DistributedDataParallel works).
     """
     if not enabled:
@@ -120,7 +123,10 @@ def weight_and_bias(layer: Any, indices: Any) -> tuple[Any, torch.Tensor | None]
 
 
 def sub_layer(layer: Any, indices: int, what: str) -> SubLayer:
-    """Layer ``indices`` of a stack as a module sharing ``layer``'s parameters (``what`` names the caller)."""
+    """Layer ``indices`` of a stack as a module sharing ``layer``'s parameters.
+
+    ``what`` names the caller in error messages.
+    """
     if layer.n_layers == 1:
         raise OptionError(
             f"{what}: a single layer is parametrized (n_layers=1); use the layer itself."

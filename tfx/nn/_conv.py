@@ -49,7 +49,8 @@ class FactorizedConv(nn.Module):
         factorization: ``'cp'``, ``'tucker'``, ``'tt'``, ``'dense'``, complex variants,
             or a ready ``FactorizedTensor``.
         rank: int, tuple, ``'same'`` or a float fraction; validated against the kernel shape.
-        implementation: ``'factorized'``, ``'reconstructed'``, ``'mobilenet'`` (CP only) or ``'auto'``.
+        implementation: ``'factorized'``, ``'reconstructed'``, ``'mobilenet'`` (CP only) or
+            ``'auto'``.
         fixed_rank_modes: Tucker modes kept at full rank.
         device, dtype: of the parameters.
         groups: ``groups > 1`` needs ``implementation='reconstructed'``.
@@ -57,7 +58,9 @@ class FactorizedConv(nn.Module):
 
     Example:
         >>> import torch, tfx
-        >>> conv = tfx.FactorizedConv(16, 32, 3, order=2, padding=1, factorization="tucker", rank=0.3)
+        >>> conv = tfx.FactorizedConv(
+        ...     16, 32, 3, order=2, padding=1, factorization="tucker", rank=0.3
+        ... )
         >>> conv(torch.randn(2, 16, 8, 8)).shape
         torch.Size([2, 32, 8, 8])
     """
@@ -88,8 +91,10 @@ class FactorizedConv(nn.Module):
         if isinstance(kernel_size, int):
             if order is None:
                 raise ShapeError(
-                    f"kernel_size={kernel_size} is an int, so the number of spatial dims is unknown.\n"
-                    f"Fix: FactorizedConv(..., kernel_size={kernel_size}, order=2) or kernel_size=({kernel_size}, {kernel_size})."
+                    f"kernel_size={kernel_size} is an int, so "
+                    "the number of spatial dims is unknown.\n"
+                    f"Fix: FactorizedConv(..., kernel_size={kernel_size}, "
+                    f"order=2) or kernel_size=({kernel_size}, {kernel_size})."
                 )
             kernel_size = (kernel_size,) * order
         self.kernel_size = tuple(int(k) for k in kernel_size)
@@ -98,13 +103,15 @@ class FactorizedConv(nn.Module):
             raise ShapeError(f"order={order} but kernel_size={kernel_size} has {self.order} dims.")
         if in_channels % groups or out_channels % groups:
             raise ShapeError(
-                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}."
+                f"groups={groups} must divide in_channels={in_channels} "
+                f"and out_channels={out_channels}."
             )
         self.implementation = check_implementation(implementation, IMPLEMENTATIONS)
         if groups != 1 and self.implementation != "reconstructed":
             raise UnsupportedSiteError(
                 f"groups={groups}: grouped convolutions have no factorized form here.\n"
-                "Fix: implementation='reconstructed' (exact: the kernel is rebuilt, then F.conv with groups)."
+                "Fix: implementation='reconstructed' (exact: the "
+                "kernel is rebuilt, then F.conv with groups)."
             )
         if padding_mode not in PADDING_MODES:
             raise OptionError(f"padding_mode={padding_mode!r} is not one of {PADDING_MODES}.")
@@ -148,7 +155,7 @@ class FactorizedConv(nn.Module):
         return (self.in_channels // self.groups) * math.prod(self.kernel_size)
 
     def reset_parameters(self) -> None:
-        """Kernel entries with ``nn.Conv``'s default variance, 1 / (3 fan_in); bias as ``nn.Conv``."""
+        """Kernel entries with ``nn.Conv``'s variance, 1 / (3 fan_in); bias as ``nn.Conv``."""
         with torch.no_grad():
             self.weight.normal_(0, 1.0 / math.sqrt(3 * self._fan_in()))
         self._reset_bias()
@@ -224,7 +231,9 @@ class FactorizedConv(nn.Module):
         fixed_rank_modes: Sequence[int] | None = None,
         verbose: bool = False,
     ) -> FactorizedConv:
-        """Factorize an ``nn.Conv{1,2,3}d``, carrying stride, padding (incl. ``'same'``), dilation,
+        """Factorize an ``nn.Conv{1,2,3}d``; dtype and device kept.
+
+        Stride, padding (incl. ``'same'``), dilation,
         groups and padding_mode over exactly; dtype and device kept.
 
         Example:
@@ -263,7 +272,8 @@ class FactorizedConv(nn.Module):
         for conv in conv_list[1:]:
             if _conv_config(conv) != config:
                 raise ShapeError(
-                    f"from_conv_list needs identically configured convolutions; {conv} differs from {first}."
+                    "from_conv_list needs identically configured "
+                    f"convolutions; {conv} differs from {first}."
                 )
         has_bias = [conv.bias is not None for conv in conv_list]
         if any(has_bias) and not all(has_bias):
@@ -300,9 +310,10 @@ class FactorizedConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-            f"padding_mode={self.padding_mode!r}, weight={self.weight._name}, rank={self.rank}, "
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, padding_mode={self.padding_mode!r}, "
+            f"weight={self.weight._name}, rank={self.rank}, "
             f"implementation={self.implementation!r}, n_layers={self.n_layers}"
         )
 
@@ -310,7 +321,8 @@ class FactorizedConv(nn.Module):
 def _conv_config(conv: nn.Module) -> dict[str, Any]:
     if isinstance(conv, nn.modules.conv._ConvTransposeNd):
         raise UnsupportedSiteError(
-            f"{type(conv).__name__} is a transposed convolution, which FactorizedConv does not implement.\n"
+            f"{type(conv).__name__} is a transposed convolution, "
+            "which FactorizedConv does not implement.\n"
             "Fix: leave it dense."
         )
     if not isinstance(conv, nn.modules.conv._ConvNd):

@@ -29,7 +29,8 @@ class FactorizedEmbedding(nn.Module):
         auto_tensorize: tensorize both sizes with :func:`tfx.get_tensorized_shape`.
         n_tensorized_modes: order of the tensorization.
         tensorized_num_embeddings, tensorized_embedding_dim: explicit tensorizations.
-        factorization: ``'blocktt'`` (default), ``'cp'``, ``'tucker'``, ``'tt'``, ``'dense'``, complex
+        factorization: ``'blocktt'`` (default), ``'cp'``, ``'tucker'``, ``'tt'``, ``'dense'``,
+            complex
             variants, or a ready ``TensorizedTensor`` of tensorized shape ``(rows, cols)``.
         rank: int, tuple, ``'same'`` or float.
         n_layers: number of stacked tables sharing one factorization.
@@ -90,8 +91,8 @@ class FactorizedEmbedding(nn.Module):
         if isinstance(factorization, TensorizedTensor):
             if tuple(factorization.tensorized_shape) != self.tensor_shape:
                 raise ShapeError(
-                    f"the given table has tensorized_shape={factorization.tensorized_shape}, but this "
-                    f"layer needs {self.tensor_shape}."
+                    f"the given table has tensorized_shape={factorization.tensorized_shape}, "
+                    f"but this layer needs {self.tensor_shape}."
                 )
             self.factorization = factorization._name
             self.weight = factorization
@@ -173,7 +174,9 @@ class FactorizedEmbedding(nn.Module):
         _single: bool = False,
         **kwargs: Any,
     ) -> FactorizedEmbedding:
-        """One stacked layer jointly factorizing same-shaped embeddings (``n_tensorized_modes``
+        """One stacked layer jointly factorizing same-shaped embeddings.
+
+        ``n_tensorized_modes`` is
         2 by default, as in tltorch).
         """
         first = embedding_layer_list[0]
@@ -220,11 +223,13 @@ def _check_embedding(embedding: nn.Module) -> None:
         )
     if embedding.max_norm is not None:
         raise UnsupportedSiteError(
-            f"nn.Embedding(max_norm={embedding.max_norm}) renormalises looked-up rows in place, which a "
-            "factorized table cannot do.\nFix: leave this embedding dense, or drop max_norm first."
+            f"nn.Embedding(max_norm={embedding.max_norm}) renormalises "
+            "looked-up rows in place, which a factorized table cannot do.\n"
+            "Fix: leave this embedding dense, or drop max_norm first."
         )
     if embedding.scale_grad_by_freq or embedding.sparse:
         raise OptionError(
-            "nn.Embedding with scale_grad_by_freq=True or sparse=True has no factorized equivalent.\n"
+            "nn.Embedding with scale_grad_by_freq=True or "
+            "sparse=True has no factorized equivalent.\n"
             "Fix: leave this embedding dense."
         )

@@ -117,7 +117,7 @@ def scaled(tensor: FactorizedTensor, scales: list[torch.Tensor | None]) -> Facto
 def reduced(
     tensor: FactorizedTensor, kept: list[torch.Tensor | None], scale: float
 ) -> FactorizedTensor:
-    """``tensor`` with only the rank components ``kept[k]`` (indices; None: all), times ``scale``."""
+    """``tensor`` with only the rank components ``kept[k]`` (None: all), times ``scale``."""
     if isinstance(tensor, CPTensor):
         weights, factors = tensor.decomposition
         if kept[0] is not None:
@@ -275,12 +275,14 @@ class TensorDropout:
             )
         if not isinstance(module, cls._forms):
             raise OptionError(
-                f"{cls.__name__} applies to {cls._form_name} tensors, got a {module._name} tensor.\n"
+                f"{cls.__name__} applies to {cls._form_name} "
+                f"tensors, got a {module._name} tensor.\n"
                 "Fix: tfx.tensor_dropout(tensor, p=...), which serves every form."
             )
         if any(isinstance(h, TensorDropout) for h in module._forward_hooks.values()):
             raise OptionError(
-                "tensor dropout is already applied to this tensor.\nFix: remove_tensor_dropout(tensor) first."
+                "tensor dropout is already applied to this tensor.\n"
+                "Fix: remove_tensor_dropout(tensor) first."
             )
         hook = cls(
             proba,
@@ -325,14 +327,20 @@ class CPDropout(TensorDropout):
 
 
 class TuckerDropout(TensorDropout):
-    """Tensor dropout restricted to Tucker tensors (tltorch's class): drops each mode's components."""
+    """Tensor dropout restricted to Tucker tensors (tltorch's class).
+
+    It drops each mode's components.
+    """
 
     _forms = (TuckerTensor,)
     _form_name = "Tucker"
 
 
 class TTDropout(TensorDropout):
-    """Tensor dropout restricted to TT (and BlockTT) tensors (tltorch's class): drops bond components."""
+    """Tensor dropout restricted to TT (and BlockTT) tensors (tltorch's class).
+
+    It drops bond components.
+    """
 
     _forms = (TTTensor, BlockTT)
     _form_name = "TT"
@@ -474,9 +482,10 @@ class TensorLasso:
         """The penalty accumulated since the last :meth:`reset` (0, with a warning, if none)."""
         if self.n_element == 0:
             warnings.warn(
-                "lasso.loss is 0: no tensor with this lasso ran forward since the last reset() "
-                "(or the model runs as a traced graph, which does not record it).\n"
-                "Fix: read the loss after the forward pass; apply the lasso with lasso.apply(tensor).",
+                "lasso.loss is 0: no tensor with this lasso ran forward since the last "
+                "reset() (or the model runs as a traced graph, which does not record it).\n"
+                "Fix: read the loss after the forward pass; "
+                "apply the lasso with lasso.apply(tensor).",
                 TfxWarning,
                 stacklevel=2,
             )
@@ -537,18 +546,21 @@ class TensorLasso:
         sizes = rank_sizes(module)
         if not sizes:
             raise OptionError(
-                f"tensor lasso needs rank components to penalise; a {module._name} tensor has none.\n"
+                "tensor lasso needs rank components to "
+                f"penalise; a {module._name} tensor has none.\n"
                 "Fix: apply it to a CP, Tucker, TT or BlockTT tensor."
             )
         if not isinstance(module, self._forms):
             raise OptionError(
-                f"{type(self).__name__} applies to {self._form_name} tensors, got a {module._name} tensor.\n"
-                f"Fix: tfx.tensor_lasso(factorization={module._name.lower()!r}), or tfx.TensorLasso(...) "
-                "for any form."
+                f"{type(self).__name__} applies to {self._form_name} "
+                f"tensors, got a {module._name} tensor.\n"
+                f"Fix: tfx.tensor_lasso(factorization={module._name.lower()!r}), "
+                "or tfx.TensorLasso(...) for any form."
             )
         if hasattr(module, "lasso_weights"):
             raise OptionError(
-                "tensor lasso is already applied to this tensor.\nFix: remove_tensor_lasso(tensor) first."
+                "tensor lasso is already applied to this tensor.\n"
+                "Fix: remove_tensor_lasso(tensor) first."
             )
         first = next(iter(module.parameters()))
         # tltorch's parameter shapes: CP one (rank,) vector, Tucker (rank[k],) per mode,
@@ -565,7 +577,7 @@ class TensorLasso:
     def set_weights(
         self, module: FactorizedTensor, value: float, clamp_weights: bool = False
     ) -> None:
-        """Fill every gate of ``module`` with ``value`` (clamped to [-1, 1] if ``clamp_weights``)."""
+        """Fill every gate of ``module`` with ``value``, clamped to [-1, 1] if ``clamp_weights``."""
         with torch.no_grad():
             for gate in _gates_of(module):
                 gate.fill_(max(-1.0, min(1.0, value)) if clamp_weights else value)
@@ -604,7 +616,10 @@ class TensorLasso:
         threshold: float = 1e-6,
         normalize_loss: bool = True,
     ) -> TensorLasso:
-        """The lasso class for a form name: ``'cp'``, ``'tucker'``, ``'tt'``... or tltorch's ``'CPTensor'``."""
+        """The lasso class for a form name.
+
+        Names: ``'cp'``, ``'tucker'``, ``'tt'``... or tltorch's ``'CPTensor'``.
+        """
         form = _form_class(factorization_name)
         lasso_cls = _lasso_class(form, factorization_name)
         return lasso_cls(
@@ -668,7 +683,7 @@ class TTLasso(TensorLasso):
 
 
 def _form_class(name: str) -> type:
-    """The form registered as ``name``, also accepting tltorch's class names (``'TuckerTensor'``)."""
+    """The form registered as ``name``; tltorch's class names (``'TuckerTensor'``) too."""
     if not isinstance(name, str):
         raise OptionError(f"factorization={name!r} must be a name such as 'cp', 'tucker', 'tt'.")
     key = name.lower()
@@ -704,7 +719,7 @@ def tensor_lasso(
     threshold: float = 1e-6,
     normalize_loss: bool = True,
 ) -> TensorLasso:
-    """A tensor lasso for the named form: a :class:`CPLasso`, :class:`TuckerLasso` or :class:`TTLasso`.
+    """A tensor lasso for a form: :class:`CPLasso`, :class:`TuckerLasso` or :class:`TTLasso`.
 
     Args:
         factorization: a form name, case-insensitive (``'cp'``, ``'tucker'``,

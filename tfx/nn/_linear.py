@@ -57,7 +57,9 @@ class FactorizedLinear(nn.Module):
 
     Example:
         >>> import torch, tfx
-        >>> layer = tfx.FactorizedLinear((8, 8, 12), (12, 16, 16), factorization="blocktt", rank=0.1)
+        >>> layer = tfx.FactorizedLinear(
+        ...     (8, 8, 12), (12, 16, 16), factorization="blocktt", rank=0.1
+        ... )
         >>> layer(torch.randn(4, 768)).shape
         torch.Size([4, 3072])
     """
@@ -93,8 +95,8 @@ class FactorizedLinear(nn.Module):
         if isinstance(factorization, TensorizedTensor):
             if tuple(factorization.tensorized_shape) != shape:
                 raise ShapeError(
-                    f"the given weight has tensorized_shape={factorization.tensorized_shape}, but this "
-                    f"layer needs {shape}."
+                    f"the given weight has tensorized_shape={factorization.tensorized_shape}, "
+                    f"but this layer needs {shape}."
                 )
             self.weight = (
                 factorization.to(device=device, dtype=dtype) if (device or dtype) else factorization
@@ -113,7 +115,7 @@ class FactorizedLinear(nn.Module):
         self._fast = FastCache()  # input shape -> (generated forward, output shape); see forward
 
     def reset_parameters(self) -> None:
-        """Weight entries with ``nn.Linear``'s variance (1 / (3 in_features)); bias as ``nn.Linear``."""
+        """Weight entries of variance 1 / (3 in_features), bias as ``nn.Linear`` sets it."""
         with torch.no_grad():
             self.weight.normal_(0, 1.0 / math.sqrt(3 * self.in_features))
         self._reset_bias()
@@ -150,7 +152,7 @@ class FactorizedLinear(nn.Module):
         return self._linear(x, weight, bias)
 
     def _fast_entry(self, x: torch.Tensor) -> tuple[Any, tuple[int, ...]] | bool:
-        """Compile (or reuse) the fast forward for inputs shaped like ``x``; False if none applies."""
+        """Compile (or reuse) the fast forward for inputs shaped like ``x``; False if none fits."""
         fast = self._fast
         if len(fast) >= _MAX_SHAPES:
             fast.clear()
@@ -211,11 +213,13 @@ class FactorizedLinear(nn.Module):
         decomposition_kwargs: dict[str, Any] | None = None,
         verbose: bool = False,
     ) -> FactorizedLinear:
-        """Factorize an ``nn.Linear`` (its weight decomposed, its bias copied; dtype and device kept).
+        """Factorize an ``nn.Linear``: weight decomposed, bias copied, dtype and device kept.
 
         Example:
             >>> import torch, tfx
-            >>> layer = tfx.FactorizedLinear.from_linear(torch.nn.Linear(64, 32), rank=0.5, factorization="tucker")
+            >>> layer = tfx.FactorizedLinear.from_linear(
+            ...     torch.nn.Linear(64, 32), rank=0.5, factorization="tucker"
+            ... )
             >>> layer.in_tensorized_features, layer.out_tensorized_features
             ((4, 4, 4), (2, 4, 4))
         """
@@ -258,7 +262,7 @@ class FactorizedLinear(nn.Module):
         checkpointing: bool = False,
         decomposition_kwargs: dict[str, Any] | None = None,
     ) -> FactorizedLinear:
-        """One stacked layer (``n_layers = len(linear_list)``) jointly factorizing same-shaped linears."""
+        """One stacked layer of ``len(linear_list)`` jointly factorized same-shaped linears."""
         shapes = {tuple(lin.weight.shape) for lin in linear_list}
         if len(shapes) != 1:
             raise ShapeError(f"from_linear_list needs linears of one shape, got {sorted(shapes)}.")
@@ -280,7 +284,8 @@ class FactorizedLinear(nn.Module):
         )
         if layer.weight_shape != tuple(first.shape):
             raise ShapeError(
-                f"the tensorized features describe a {layer.weight_shape} weight, the linears have {tuple(first.shape)}."
+                f"the tensorized features describe a {layer.weight_shape} "
+                f"weight, the linears have {tuple(first.shape)}."
             )
         weights = torch.stack([lin.weight.detach() for lin in linear_list])
         layer.weight.init_from_tensor(
@@ -295,8 +300,9 @@ class FactorizedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features} {self.in_tensorized_features}, out_features="
-            f"{self.out_features} {self.out_tensorized_features}, weight={self.weight._name}, rank={self.rank}, "
-            f"implementation={self.implementation!r}, n_layers={self.n_layers}, bias={self.bias is not None}"
+            f"{self.out_features} {self.out_tensorized_features}, weight={self.weight._name}, "
+            f"rank={self.rank}, implementation={self.implementation!r}, "
+            f"n_layers={self.n_layers}, bias={self.bias is not None}"
         )
 
 
@@ -316,8 +322,9 @@ def _tensorized_features(
         )
         if (math.prod(in_t), math.prod(out_t)) != (in_features, out_features):
             raise ShapeError(
-                f"in_tensorized_features={in_t} and out_tensorized_features={out_t} describe a "
-                f"{math.prod(out_t)}x{math.prod(in_t)} weight, but the layer's is {out_features}x{in_features}."
+                f"in_tensorized_features={in_t} and out_tensorized_features={out_t} "
+                f"describe a {math.prod(out_t)}x{math.prod(in_t)} weight, but the "
+                f"layer's is {out_features}x{in_features}."
             )
         return in_t, out_t
     if not auto_tensorize:

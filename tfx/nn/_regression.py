@@ -20,21 +20,23 @@ __all__ = ["TRL", "TCL"]
 
 
 _MSG_INPUT: Final = (
-    "TRL(input_shape={input_shape}) got an input of shape {x_shape}; it must be (batch, *input_shape) "
-    "= (batch, {dims}).\n{why}Fix: {fix}"
+    "TRL(input_shape={input_shape}) got an input of shape {x_shape}; "
+    "it must be (batch, *input_shape) = (batch, {dims}).\n"
+    "{why}Fix: {fix}"
 )
 _WHY_BATCH: Final = (
     "input_shape is the shape of one sample, without the batch size (tltorch's convention; "
     "earlier tfx versions took (batch, *in)).\n"
 )
 _MSG_WEIGHT: Final = (
-    "TRL(input_shape={input_shape}, output_shape={output_shape}) needs a weight of shape {expected} "
-    "(input_shape + output_shape{stacked}); the factorization given has shape {got}.\n"
+    "TRL(input_shape={input_shape}, output_shape={output_shape}) needs a weight of shape "
+    "{expected} (input_shape + output_shape{stacked}); the factorization given has shape {got}.\n"
     "Fix: {fix}"
 )
 _MSG_LINEAR: Final = (
-    "TRL.init_from_linear: a TRL from {kept} to {output_shape}{pooled} needs a Linear({n_in}, {n_out}); "
-    "got {linear}.\nFix: {fix}"
+    "TRL.init_from_linear: a TRL from {kept} to {output_shape}{pooled} "
+    "needs a Linear({n_in}, {n_out}); got {linear}.\n"
+    "Fix: {fix}"
 )
 
 
@@ -43,7 +45,7 @@ def _dims(shape: Sequence[int]) -> str:
 
 
 class TRL(nn.Module):
-    """Tensor regression layer: ``y[b, o...] = <x[b], W[..., o...]> + bias`` with a factorized ``W``.
+    """Tensor regression layer: ``y[b, o...] = <x[b], W[..., o...]> + bias``, ``W`` factorized.
 
     The signature is tltorch 0.5's: ``input_shape`` and ``output_shape`` are the
     shapes of one sample, without the batch size, and the weight has shape
@@ -54,7 +56,8 @@ class TRL(nn.Module):
         output_shape: the output's shape without the batch dim (an int for a vector).
         bias: whether to learn a bias of shape ``output_shape``.
         verbose: unused (tltorch compatibility).
-        factorization: ``'cp'``, ``'tucker'``, ``'tt'``, ``'dense'``, complex variants or a ready tensor
+        factorization: ``'cp'``, ``'tucker'``, ``'tt'``, ``'dense'``, complex variants or a ready
+            tensor
             of shape ``input_shape + output_shape``.
         rank: int, tuple, ``'same'`` or float.
         n_layers: stacked regressions sharing one factorization (``layer(x, indices=i)``).
@@ -134,8 +137,8 @@ class TRL(nn.Module):
             fix = f"a weight of shape {expected}."
             if n > 0 and got[len(got) - self.n_output :] == self.output_shape:
                 fix = (
-                    f"TRL({got[len(batch):len(batch) + n]}, {self.output_shape}, factorization=weight), or "
-                    + fix
+                    f"TRL({got[len(batch):len(batch) + n]}, "
+                    f"{self.output_shape}, factorization=weight), or " + fix
                 )
         raise ShapeError(
             _MSG_WEIGHT.format(
@@ -183,7 +186,9 @@ class TRL(nn.Module):
         Example:
             >>> import torch, tfx
             >>> head = torch.nn.Linear(10, 12)                     # after x.mean((2, 3))
-            >>> trl = tfx.TRL((10, 4, 4), (12,), rank=(10, 1, 1, 12), factorization="tucker", bias=True)
+            >>> trl = tfx.TRL(
+            ...     (10, 4, 4), (12,), rank=(10, 1, 1, 12), factorization="tucker", bias=True
+            ... )
             >>> trl = trl.init_from_linear(head, unsqueezed_modes=(1, 2))
             >>> x = torch.randn(2, 10, 4, 4)
             >>> torch.allclose(trl(x), head(x.mean((2, 3))), atol=1e-5)
@@ -192,19 +197,22 @@ class TRL(nn.Module):
         pooled = sorted(set(unsqueezed_modes)) if unsqueezed_modes is not None else []
         if unsqueezed_modes is not None and not isinstance(self.weight, TuckerTensor):
             raise OptionError(
-                f"init_from_linear(unsqueezed_modes={unsqueezed_modes}) needs a Tucker weight; this TRL's is "
-                f"{self.factorization!r}.\nFix: TRL(..., factorization='tucker', rank=... with 1 on those modes)."
+                f"init_from_linear(unsqueezed_modes={unsqueezed_modes}) needs "
+                f"a Tucker weight; this TRL's is {self.factorization!r}.\n"
+                "Fix: TRL(..., factorization='tucker', rank=... with 1 on those modes)."
             )
         if self.n_layers > 1:
             raise OptionError(
-                f"init_from_linear on a stack of {self.n_layers} regressions (n_layers={self.n_layers}) "
-                "would give every layer the same weight.\nFix: build TRL(..., n_layers=1) per linear."
+                f"init_from_linear on a stack of {self.n_layers} regressions "
+                f"(n_layers={self.n_layers}) would give every layer the same weight.\n"
+                "Fix: build TRL(..., n_layers=1) per linear."
             )
         if any(not 0 <= m < self.n_input for m in pooled):
             raise ShapeError(
-                f"init_from_linear: unsqueezed_modes={unsqueezed_modes} must be input modes, 0 to "
-                f"{self.n_input - 1} (input_shape={self.input_shape}).\nFix: count the modes in input_shape, "
-                "without the batch dim: x.mean((2, 3)) on (batch, C, H, W) is unsqueezed_modes=(1, 2)."
+                f"init_from_linear: unsqueezed_modes={unsqueezed_modes} must be input "
+                f"modes, 0 to {self.n_input - 1} (input_shape={self.input_shape}).\n"
+                "Fix: count the modes in input_shape, without the batch dim: "
+                "x.mean((2, 3)) on (batch, C, H, W) is unsqueezed_modes=(1, 2)."
             )
         kept = tuple(s for i, s in enumerate(self.input_shape) if i not in pooled)
         n_in, n_out = math.prod(kept), math.prod(self.output_shape)
@@ -236,7 +244,8 @@ class TRL(nn.Module):
             return
         why, fix = (
             "",
-            f"reshape x to (batch, {_dims(self.input_shape)}), or build TRL(input_shape=x.shape[1:], ...).",
+            f"reshape x to (batch, {_dims(self.input_shape)}), "
+            "or build TRL(input_shape=x.shape[1:], ...).",
         )
         if n > 1 and len(shape) == n and shape[1:] == self.input_shape[1:]:
             out = self.output_shape
@@ -337,7 +346,10 @@ class TCL(nn.Module):
         return [getattr(self, f"factor_{i}") for i in range(self.order)]
 
     def reset_parameters(self) -> None:
-        """Factors as ``nn.Linear`` weights (Kaiming uniform); bias uniform in +-1/sqrt(input_shape[0])."""
+        """Factors as ``nn.Linear`` weights (Kaiming uniform).
+
+        The bias is uniform in +-1/sqrt(input_shape[0]).
+        """
         for factor in self.factors:
             for matrix in factor.reshape(-1, *factor.shape[-2:]):
                 nn.init.kaiming_uniform_(matrix, a=math.sqrt(5))

@@ -111,7 +111,9 @@ class FactorizedTensor(nn.Module):
         Example:
             >>> import torch, tfx
             >>> t = torch.randn(4, 5, 6, dtype=torch.float64)
-            >>> tfx.FactorizedTensor.from_tensor(t, rank=(2, 3, 3), factorization="tucker", decomposition="tucker").rank
+            >>> tfx.FactorizedTensor.from_tensor(
+            ...     t, rank=(2, 3, 3), factorization="tucker", decomposition="tucker"
+            ... ).rank
             (2, 3, 3)
         """
         form = _lookup(cls._factorizations, factorization, "tensor")
@@ -165,7 +167,9 @@ class FactorizedTensor(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the dense tensor (of its factors; complex forms: the complex dtype), as
+        """The dtype of the dense tensor (of its factors; complex forms: the complex dtype).
+
+        As
         code written for a dense ``weight`` reads it (``layer.weight.dtype``).
         """
         first = next(iter(self.parameters()), None)
@@ -328,7 +332,8 @@ class TensorizedTensor(FactorizedTensor):
         """A new tensorized tensor, initialised.
 
         Args:
-            tensorized_shape: e.g. ``((4, 3, 2), (5, 3, 2))`` or ``(n_layers, (4, 3, 2), (5, 3, 2))``.
+            tensorized_shape: e.g. ``((4, 3, 2), (5, 3, 2))`` or
+                ``(n_layers, (4, 3, 2), (5, 3, 2))``.
             rank: int, tuple, ``'same'`` or a float fraction of the dense parameters.
             factorization: ``"CP"``, ``"Tucker"``, ``"BlockTT"``, ``"Dense"`` or a complex variant.
             **kwargs: ``device``, ``dtype``.
@@ -373,7 +378,9 @@ class TensorizedTensor(FactorizedTensor):
         Example:
             >>> import torch, tfx
             >>> m = torch.randn(24, 30)
-            >>> w = tfx.TensorizedTensor.from_matrix(m, (4, 3, 2), (5, 3, 2), rank=1.0, factorization="blocktt")
+            >>> w = tfx.TensorizedTensor.from_matrix(
+            ...     m, (4, 3, 2), (5, 3, 2), rank=1.0, factorization="blocktt"
+            ... )
             >>> w.to_matrix().shape
             torch.Size([24, 30])
         """
@@ -688,7 +695,7 @@ def squared_norm(tensor: FactorizedTensor) -> torch.Tensor:
 
 
 def unravel(index: Any, shape: Sequence[int], device: Any) -> list[Any]:
-    """Per-mode indices of a flat ``index`` (int, slice or 1-D tensor) into ``shape`` (row-major)."""
+    """Per-mode indices of a flat ``index`` (int, slice or 1-D tensor) into row-major ``shape``."""
     size = math.prod(shape)
     if isinstance(index, slice):
         index = torch.arange(size, device=device)[index]

@@ -171,7 +171,7 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         return [self._v(f) for f in self.factors]
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
-        """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
+        """The reconstruction as ``(einsum equation, operands)``, output modes ``tensor_shape``."""
         return self._plan.equation, [self._v(f) for f in self.factors]
 
     def to_tensor(self) -> torch.Tensor:

@@ -147,7 +147,7 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         return self._v(self.weights), [self._v(f) for f in self.factors]
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
-        """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
+        """The reconstruction as ``(einsum equation, operands)``, output modes ``tensor_shape``."""
         return self._plan.equation, [self._v(self.weights), *[self._v(f) for f in self.factors]]
 
     def to_tensor(self) -> torch.Tensor:
@@ -156,7 +156,7 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
 
     @torch.no_grad()
     def normal_(self, mean: float = 0.0, std: float = 1.0) -> CPTensor:
-        """Weights 1, factors N(0, (std / sqrt(rank)) ** (1 / order)): the entries get std ``std``."""
+        """Weights 1, factors N(0, (std / sqrt(rank)) ** (1 / order)): entries get std ``std``."""
         self._check_mean(mean)
         factor_std = (std / math.sqrt(self.rank)) ** (1.0 / self.order)
         self.weights.data.fill_(0)

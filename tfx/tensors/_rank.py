@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
 
 from .._errors import RankError
 
@@ -43,7 +42,7 @@ __all__ = [
     "is_fraction",
 ]
 
-RankSpec = Union[int, float, str, Sequence[int]]
+RankSpec = int | float | str | Sequence[int]
 
 
 def is_fraction(rank: object) -> bool:
@@ -108,7 +107,10 @@ def cp_rank(shape: Sequence[int], rank: RankSpec) -> int:
 
 
 def _solve_tucker_fraction(shape: Sequence[int], fixed: Sequence[int], fraction: float) -> float:
-    """Bisection for c in  n * c**k + (sum of squared free dims + sum of squared fixed dims) * c = fraction * n."""
+    """Bisection for c in ``n * c**k + linear * c = fraction * n``.
+
+    ``linear`` is the sum of the squared free dims and of the squared fixed dims.
+    """
     n = math.prod(shape)
     free = [s for i, s in enumerate(shape) if i not in fixed]
     k = len(free)

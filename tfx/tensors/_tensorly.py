@@ -284,8 +284,8 @@ def _storage(tensor: torch.Tensor, cls: type) -> torch.nn.Parameter:
     if tensor.is_complex() and not cls._complex:  # type: ignore[attr-defined]
         raise TensorError(
             f"cannot store complex values ({tensor.dtype}) in a real {cls.__name__}.\n"
-            f"Fix: use the complex form, e.g. tfx.Complex{cls.__name__.replace('Tensorized', 'Tensor')}"
-            ".from_tensorly(value)."
+            "Fix: use the complex form, e.g. "
+            f"tfx.Complex{cls.__name__.replace('Tensorized', 'Tensor')}.from_tensorly(value)."
         )
     return to_storage(tensor, cls._complex)  # type: ignore[attr-defined]
 
@@ -376,8 +376,8 @@ def to_tensorly(tensor: FactorizedTensor) -> Any:
         first, factors = tensor.decomposition
         if kind == "tucker" and len(factors) < 2:
             raise ShapeError(
-                f"a {type(tensor).__name__} of shape {tuple(tensor.shape)} has no tensorly counterpart: "
-                "tensorly's TuckerTensor has at least two modes.\n"
+                f"a {type(tensor).__name__} of shape {tuple(tensor.shape)} has no "
+                "tensorly counterpart: tensorly's TuckerTensor has at least two modes.\n"
                 "Fix: for one mode, the Tucker form is a matrix product: tensor.to_tensor()."
             )
         return _validated(kind, (first, list(factors)), type(tensor).__name__)

@@ -203,7 +203,7 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
     def transduct(
         self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
     ) -> TTTensor:
-        """Insert a mode of size ``new_dim`` at ``mode``: an identity core, replicating the tensor."""
+        """Insert a mode of size ``new_dim`` at ``mode``: an identity core replicates the tensor."""
         device, dtype = self._param_device_dtype()
         bond = self.rank[mode]
         if new_factor is None:

@@ -239,7 +239,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         return self._v(self.core), [self._v(f) for f in self.factors]
 
     def contraction(self) -> tuple[str, list[torch.Tensor]]:
-        """The reconstruction as ``(einsum equation, operands)``; output modes are ``tensor_shape``."""
+        """The reconstruction as ``(einsum equation, operands)``, output modes ``tensor_shape``."""
         return self._plan.equation, [self._v(self.core), *[self._v(f) for f in self.factors]]
 
     def to_tensor(self) -> torch.Tensor:
@@ -264,7 +264,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
     def transduct(
         self, new_dim: int, mode: int = 0, new_factor: torch.Tensor | None = None
     ) -> TuckerTensor:
-        """Insert a mode of size ``new_dim`` (rank 1) at ``mode``, replicating the tensor along it."""
+        """Insert a mode of size ``new_dim`` (rank 1) at ``mode``, replicating the tensor there."""
         device, dtype = self._param_device_dtype()
         if new_factor is None:
             new_factor = torch.ones(new_dim, 1, device=device, dtype=dtype)
