@@ -173,6 +173,19 @@ def test_cached_decoder_result_exports_and_generates(llama_result) -> None:  # n
     assert out.shape == (1, 15)
 
 
+def test_cached_decoder_calibrates_through_its_analysis_graph() -> None:
+    """The analysis graph was captured with use_cache=False, so the calibration batches (which
+    do not say it) are given it too; the plan is then calibrated."""
+    model = tiny_llama()
+    ids = torch.randint(0, VOCAB, (2, 12))
+    batches = [{"input_ids": torch.randint(0, VOCAB, (3, 12))} for _ in range(2)]
+    result = tfx.factorize(
+        model, 0.5, example_inputs={"input_ids": ids}, calibration=batches, progress=False
+    )
+    assert any(n.startswith("calibrated on 2 batches") for n in result.tfx_plan.notes)
+    assert any(c.form != "dense" for c in result.tfx_plan.choices)
+
+
 # ------------------------------------------------------------ 4. the model's signature
 def test_result_accepts_keywords_the_example_did_not_use(llama_result) -> None:  # noqa: ANN001
     _, result, _, _ = llama_result

@@ -471,6 +471,18 @@ def _calibrate(
     )
 
 
+def _calibration_for(captured: Any, calibration: Any) -> Any:
+    """The calibration batches as the captured graph takes them: with ``use_cache=False`` when
+    the analysis graph was captured so (a Hugging Face decoder whose cache torch.export refused)."""
+    if calibration is None or captured.graph_faithful or captured.path != "export":
+        return calibration
+    from .passes._calibrate import calibration_batches
+    from .passes._capture import _without_cache
+
+    batches = calibration_batches(calibration)
+    return [_without_cache(captured.model, b) or b for b in batches]
+
+
 def _builder(calibrated: Calibrated | None) -> Any:
     """The layer builder for rewrite: :func:`build_layer`, on the output-aware weight when calibrated."""
     if calibrated is None:
@@ -502,6 +514,7 @@ def plan(
     """
     _check_strategy(strategy, calibration)
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
+    calibration = _calibration_for(captured, calibration)
     calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress, calibration_mask)
     groups, siblings = _groups(
         sites, kinds, skip, forms, captured, emission, calibrated is not None
@@ -543,6 +556,9 @@ def factorize(
     emit: str = "auto",
     calibration_mask: Callable[[Any], torch.Tensor | None] | None = None,
     inplace: bool = False,
+    sequential: bool | str = False,
+    offload: str | None = None,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """Factorize every linear, convolution and embedding of ``model`` under one budget.
 
@@ -586,6 +602,19 @@ def factorize(
             the memory allows can be factorized (no second copy of its weights). The original
             is consumed: with a ``"modules"`` result the returned module *is* ``model``;
             with a graph result ``model``'s modules may have been changed. Default: a copy.
+        sequential: factorize a model made of repeated blocks (``nn.ModuleList`` of layers, as
+            every Hugging Face transformer) one block at a time, in bounded memory: ``True``
+            finds the list, or name it (``"model.layers"``). Spectra are computed block by
+            block (one block's input statistics in memory), the budget is allocated once over
+            all of them, then each block is decomposed for the inputs the *factorized* blocks
+            before it give it. Runs on ``calibration`` batches (or ``example_inputs``); the
+            result is the model with its layers replaced (``emit="modules"``). With
+            ``inplace=True`` the peak memory stays near the model's own size. See the
+            large-models guide.
+        offload: with ``sequential``: where the blocks' inputs are kept between blocks:
+            ``None`` (where the block runs), ``"cpu"`` or ``"disk"`` (a temporary directory).
+        device: with ``sequential``: the device each block is moved to for its statistics and
+            decomposition (e.g. ``"cuda"`` while the model stays on the CPU); None: where it is.
         emit: the kind of result: ``"graph"`` (a ``torch.fx.GraphModule``), ``"modules"``
             (a copy of ``model``, of its own class, with its layer modules replaced by
             ``tfx.nn`` layers; functional sites stay dense) or ``"auto"``: ``"modules"`` for
@@ -622,6 +651,40 @@ def factorize(
     """
     if plan is None:
         _check_strategy(strategy, calibration)
+    if plan is not None and plan.capture == "sequential" and not sequential:
+        sequential = True  # a plan made block by block is re-applied block by block
+    if sequential or offload is not None or device is not None:
+        if not sequential:
+            raise OptionError(
+                "offload= and device= apply to sequential mode.\nFix: pass sequential=True "
+                "(or the name of the model's list of blocks)."
+            )
+        if emit == "graph":
+            raise OptionError(
+                "sequential mode replaces the model's layer modules; it has no graph result.\n"
+                "Fix: emit='auto' or emit='modules'."
+            )
+        from ._sequential import factorize_sequential
+
+        return factorize_sequential(
+            model,
+            budget,
+            blocks=None if sequential is True else str(sequential),
+            example_inputs=example_inputs,
+            calibration=calibration,
+            forms=forms,
+            kinds=kinds,
+            skip=skip,
+            strategy=strategy,
+            device_profile=device_profile,
+            verify=verify,
+            progress=progress,
+            plan=plan,
+            calibration_mask=calibration_mask,
+            inplace=inplace,
+            offload=offload,
+            device=device,
+        )
     start = time.perf_counter()
     if plan is not None and emit == "auto":
         emit = plan.emit
@@ -631,6 +694,7 @@ def factorize(
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit, inplace)
     reference = captured.reference
     capture_s = time.perf_counter() - start
+    calibration = _calibration_for(captured, calibration)
     calibrated = _calibrate(
         captured.gm,
         sites,

@@ -1,0 +1,782 @@
+"""Sequential mode: factorize a model made of repeated blocks one block at a time.
+
+``tfx.factorize(model, budget, calibration=..., sequential=True, inplace=True)`` never
+captures the whole model, never holds more than one block's input statistics, and feeds each
+block the outputs of the *factorized* blocks before it, so that later blocks are fitted to what
+they will really see.
+
+Stages::
+
+    find_blocks        the model's largest nn.ModuleList of blocks of one class
+    find sites         every linear / conv / embedding module (module discovery, no graph)
+    trace              one model call per batch with each block's forward replaced by a stub
+                       that records its inputs (the keyword arguments the model builds for it:
+                       masks, positions) and passes the hidden state on: the prefix runs
+                       (embeddings), no block does
+    spectra            block by block on the *dense* model: statistics of the block's inputs,
+                       candidates (spectra) of its sites, the statistics dropped, the block run
+                       to give the next block its inputs; then the sites outside the blocks
+    choose             one allocation under the global budget (tfx.cost.plan_graph)
+    decompose          prefix sites first; then block by block: statistics of its inputs as
+                       the factorized blocks before it give them, its layers decomposed for
+                       those inputs and swapped in, the factorized block run for the next;
+                       then the sites after the blocks (the head) on the factorized outputs
+
+Block inputs are kept per calibration batch on ``offload`` (``None``: where the block runs;
+``"cpu"``; ``"disk"``: a temporary directory), and each block is moved to ``device`` for its
+work and back. Sites that read one tensor inside a block (Q/K/V, gate/up) are found by the
+identity of the tensor their forwards receive, and get joint shared-basis options as in the
+one-shot path. Whole-model sensitivities are not measured (they need a forward of the whole
+model per site): every site's error weighs the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import inspect
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from ._errors import OptionError, TfxError
+from .cost import FactorizationPlan, Option, build_graph, candidates, plan_graph
+from .cost._device import DeviceProfile
+from .passes import Site
+from .passes._calibrate import attention_mask, calibration_batches, collect_statistics
+from .passes._capture import call_with, split_inputs
+from .passes._match import find_module_sites
+
+__all__ = ["find_blocks", "BlockStream", "factorize_sequential"]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a model call early."""
+
+
+def find_blocks(model: nn.Module, name: str | None = None) -> tuple[str, nn.ModuleList]:
+    """The model's list of repeated blocks, as ``(name, list)``.
+
+    ``name`` if given; else the ``nn.ModuleList`` holding the most parameters among those of
+    two or more children of one class (``model.layers``, ``encoder.layer``, ``transformer.h``).
+
+    Example:
+        >>> import torch
+        >>> layers = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(3)])
+        >>> net = torch.nn.Sequential(layers)
+        >>> find_blocks(net)[0]
+        '0'
+    """
+    if name is not None:
+        try:
+            found = model.get_submodule(name)
+        except AttributeError:
+            found = None
+        if not isinstance(found, nn.ModuleList | nn.Sequential) or len(found) == 0:
+            raise OptionError(
+                f"sequential={name!r} names no nn.ModuleList of {type(model).__name__}.\n"
+                "Fix: name the list of the model's blocks, e.g. sequential='model.layers', or pass "
+                "sequential=True to find it."
+            )
+        return name, found  # type: ignore[return-value]
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for qual, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size and (best is None or size > best[0]):
+            best = (size, qual, module)
+    if best is None:
+        raise OptionError(
+            f"sequential=True found no list of repeated blocks in {type(model).__name__} (an "
+            "nn.ModuleList of two or more modules of one class, as the layers of a transformer).\n"
+            "Fix: name the list, e.g. sequential='encoder.layer', or factorize in one shot "
+            "(sequential=False)."
+        )
+    return best[1], best[2]
+
+
+class _Store:
+    """One tensor per calibration batch, in memory (on ``device``) or on disk."""
+
+    def __init__(self, offload: str | None) -> None:
+        if offload not in (None, "cpu", "disk"):
+            raise OptionError(
+                f"offload={offload!r} is not one of None, 'cpu', 'disk'.\nFix: offload='cpu' keeps "
+                "block inputs in host memory, offload='disk' in a temporary directory."
+            )
+        self.offload = offload
+        self._items: dict[int, torch.Tensor] = {}
+        self._dir = tempfile.TemporaryDirectory(prefix="tfx-") if offload == "disk" else None
+
+    def put(self, i: int, value: torch.Tensor) -> None:
+        value = value.detach()
+        if self._dir is not None:
+            torch.save(value.cpu(), Path(self._dir.name) / f"{i}.pt")
+            return
+        self._items[i] = value.cpu() if self.offload == "cpu" else value
+
+    def get(self, i: int) -> torch.Tensor:
+        if self._dir is not None:
+            return torch.load(Path(self._dir.name) / f"{i}.pt", weights_only=True)
+        return self._items[i]
+
+    def close(self) -> None:
+        self._items.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
+def _to(tree: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return tree
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _no_cache(model: nn.Module, batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``batch`` as ``(args, kwargs)``, with ``use_cache=False`` where the model takes it.
+
+    Blocks are run on their own, so nothing may be appended to a cache.
+    """
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        params = {}
+    args, kwargs = split_inputs(batch)
+    if "use_cache" in params:
+        kwargs.setdefault("use_cache", False)
+    return args, kwargs
+
+
+class _Runner(nn.Module):
+    """Runs ``self.step(i)`` for batch ``(i,)``.
+
+    It holds the model as ``.model``: the module-swap layout ``collect_statistics`` expects.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.step: Callable[[int], Any] = lambda i: None
+
+    def forward(self, i: int) -> Any:
+        return self.step(i)
+
+
+class BlockStream:
+    """Runs ``model``'s blocks one at a time over the calibration batches.
+
+    Args:
+        model: the model.
+        blocks: its list of blocks (``find_blocks``).
+        batches: the calibration batches (in the ``example_inputs`` format).
+        masks: per batch, a boolean mask over its positions, or None.
+        offload: where block inputs are kept between blocks (``None``, ``"cpu"``, ``"disk"``).
+        device: the device a block is moved to for its work (None: where it is).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: nn.ModuleList,
+        batches: Sequence[Any],
+        masks: Sequence[torch.Tensor | None],
+        offload: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.model, self.blocks, self.masks = model, blocks, list(masks)
+        self.batches = [_no_cache(model, b) for b in batches]
+        self.device = torch.device(device) if device is not None else None
+        self.hidden = _Store(offload)
+        self.calls: list[list[tuple[tuple[Any, ...], dict[str, Any], int | None]]] = []
+        self.runner = _Runner(model)
+        self._batch = 0
+        self._output: tuple[str, tuple[Any, ...]] = ("tensor", ())
+        self._learn_output()
+
+    # ------------------------------------------------------------------ model calls
+    def _learn_output(self) -> None:
+        """The structure of a block's output (a tensor, or a tuple led by the hidden state)."""
+
+        def hook(_m: nn.Module, _a: Any, out: Any) -> None:
+            if isinstance(out, tuple | list):
+                self._output = ("tuple", tuple(None for _ in out[1:]))
+            raise _Stop
+
+        handle = self.blocks[0].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                self._call(0)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+
+    def _like(self, hidden: torch.Tensor) -> Any:
+        kind, rest = self._output
+        return hidden if kind == "tensor" else (hidden, *rest)
+
+    @staticmethod
+    def _split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, int | None]:
+        if args and isinstance(args[0], torch.Tensor):
+            return args[0], 0
+        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            return kwargs["hidden_states"], None
+        raise TfxError(
+            "sequential mode could not find a block's input: its first positional argument or "
+            "keyword 'hidden_states' must be the hidden-state tensor.\nFix: factorize in one "
+            "shot (sequential=False), or name another list of blocks."
+        )
+
+    @contextlib.contextmanager
+    def stubs(self, mode: str) -> Iterator[None]:
+        """Replace every block's forward by a stub for the model calls inside the block.
+
+        ``"trace"``: record each block's call arguments per batch and the first block's input,
+        and pass the hidden state on (the prefix runs, no block does). ``"finish"``: the last
+        block returns the stored hidden state of the batch (the layers after the blocks run on
+        the factorized blocks' output).
+        """
+        if mode == "trace":
+            self.calls = [[] for _ in self.blocks]
+        last = len(self.blocks) - 1
+
+        def stub(k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            hidden, where = self._split(args, kwargs)
+            if mode == "trace":
+                rest_args = args[1:] if where == 0 else args
+                rest_kwargs = {n: v for n, v in kwargs.items() if n != "hidden_states"}
+                self.calls[k].append((rest_args, rest_kwargs, where))
+                if k == 0:
+                    self.hidden.put(self._batch, hidden)
+            elif k == last:
+                hidden = self.hidden.get(self._batch).to(hidden.device)
+            return self._like(hidden)
+
+        for k, block in enumerate(self.blocks):
+            block.forward = (lambda k: lambda *a, **kw: stub(k, a, kw))(k)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            for block in self.blocks:
+                block.__dict__.pop("forward", None)
+        if mode == "trace" and any(len(c) != len(self.batches) for c in self.calls):
+            raise TfxError(
+                "sequential mode needs every block called once per model call; "
+                f"{type(self.model).__name__} called its blocks "
+                f"{[len(c) for c in self.calls]} times over {len(self.batches)} batches.\n"
+                "Fix: factorize in one shot (sequential=False)."
+            )
+
+    def _call(self, i: int) -> Any:
+        self._batch = i
+        args, kwargs = self.batches[i]
+        return self.model(*args, **kwargs)
+
+    def collect(self, sites: Sequence[Site], step: Callable[[int], Any]) -> dict[str, Any]:
+        """Statistics of ``sites``' inputs while ``step(i)`` runs for every batch ``i``."""
+        sites = [s for s in sites if s.info.factorizable]
+        if not sites:
+            with torch.no_grad():
+                for i in range(len(self.batches)):
+                    step(i)
+            return {}
+        self.runner.step = step
+        return collect_statistics(
+            self.runner,  # type: ignore[arg-type]
+            sites,
+            [(i,) for i in range(len(self.batches))],
+            mask_fn=lambda b: self.masks[b[0]],
+        )
+
+    def trace(self, sites: Sequence[Site] = ()) -> dict[str, Any]:
+        """Record the blocks' inputs (see :meth:`stubs`).
+
+        Returns the statistics of ``sites`` (layers before the blocks), recorded on the way.
+        """
+        with self.stubs("trace"):
+            return self.collect(sites, self._call)
+
+    def finish(self, sites: Sequence[Site] = ()) -> dict[str, Any]:
+        """Statistics of ``sites`` (after the blocks) on the stored output of the last block."""
+        with self.stubs("finish"):
+            return self.collect(sites, self._call)
+
+    def run_block(self, k: int, i: int) -> torch.Tensor:
+        """Block ``k`` on batch ``i``'s stored input; returns its hidden-state output."""
+        args, kwargs, where = self.calls[k][i]
+        hidden = _to(self.hidden.get(i), self.device)
+        args, kwargs = _to(args, self.device), _to(kwargs, self.device)
+        if where == 0:
+            out = self.blocks[k](hidden, *args, **kwargs)
+        else:
+            out = self.blocks[k](*args, hidden_states=hidden, **kwargs)
+        return out if isinstance(out, torch.Tensor) else out[0]
+
+    def advance(self, k: int) -> None:
+        """Replace every batch's stored input by block ``k``'s output on it."""
+        with torch.no_grad():
+            for i in range(len(self.batches)):
+                self.hidden.put(i, self.run_block(k, i))
+
+    def statistics(self, k: int, sites: Sequence[Site]) -> dict[str, Any]:
+        """Input statistics of ``sites`` (block ``k``'s) on the stored inputs of block ``k``."""
+        return self.collect(sites, lambda i: self.run_block(k, i))
+
+    def close(self) -> None:
+        self.hidden.close()
+
+
+@dataclasses.dataclass
+class _Parts:
+    """Site indices: before the blocks, per block, after the blocks."""
+
+    prefix: list[int]
+    blocks: list[list[int]]
+    suffix: list[int]
+
+
+def _parts(sites: Sequence[Site], blocks_name: str, n_blocks: int, early: set[str]) -> _Parts:
+    parts = _Parts([], [[] for _ in range(n_blocks)], [])
+    for i, site in enumerate(sites):
+        rest = (
+            site.name[len(blocks_name) + 1 :] if site.name.startswith(blocks_name + ".") else None
+        )
+        if rest is not None and rest.split(".")[0].isdigit():
+            parts.blocks[int(rest.split(".")[0])].append(i)
+        elif site.name in early:
+            parts.prefix.append(i)
+        else:
+            parts.suffix.append(i)
+    return parts
+
+
+def _set_tokens(site: Site, x: Any) -> None:
+    """Set ``site.info.tokens`` (rows per forward, for FLOP counts) from its input ``x``."""
+    if not isinstance(x, torch.Tensor) or site.info.kind == "conv":
+        return
+    rows = x.numel() if site.info.kind == "embedding" else x.numel() // max(x.shape[-1], 1)
+    site.info = dataclasses.replace(site.info, tokens=max(int(rows), 1))
+
+
+def _hooks(model: nn.Module, sites: Sequence[Site], members: Sequence[int], fn: Any) -> list[Any]:
+    return [
+        model.get_submodule(sites[i].name).register_forward_pre_hook(
+            lambda _m, args, i=i: fn(i, args[0] if args else None)
+        )
+        for i in members
+    ]
+
+
+def _prefix_names(stream: BlockStream, sites: Sequence[Site]) -> set[str]:
+    """The sites the model calls before its first block (their tokens set on the way)."""
+    early: set[str] = set()
+
+    def seen(i: int, x: Any) -> None:
+        _set_tokens(sites[i], x)
+        early.add(sites[i].name)
+
+    def stop(_m: nn.Module, _a: Any) -> None:
+        raise _Stop
+
+    handles = _hooks(stream.model, sites, range(len(sites)), seen)
+    handles.append(stream.blocks[0].register_forward_pre_hook(stop))
+    try:
+        with torch.no_grad():
+            stream._call(0)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return early
+
+
+def _look_at_block(
+    stream: BlockStream, k: int, sites: Sequence[Site], members: Sequence[int]
+) -> list[list[int]]:
+    """One run of block ``k`` on batch 0: its sites' tokens, and sibling groups.
+
+    Siblings are linear sites whose forwards receive one tensor (they can share an input basis).
+    """
+    by_input: dict[tuple[int, int, tuple[int, ...]], list[int]] = {}
+
+    def seen(i: int, x: Any) -> None:
+        _set_tokens(sites[i], x)
+        site = sites[i]
+        if not isinstance(x, torch.Tensor) or site.info.kind != "linear":
+            return
+        if not site.info.factorizable or site.held_params is not None:
+            return
+        group = by_input.setdefault((id(x), x.data_ptr(), tuple(x.shape)), [])
+        if i not in group:
+            group.append(i)
+
+    handles = _hooks(stream.model, sites, members, seen)
+    try:
+        with torch.no_grad():
+            stream.run_block(k, 0)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [group for group in by_input.values() if len(group) > 1]
+
+
+def _outside(total: int, sites: Sequence[Site]) -> int:
+    """Parameters held outside the sites (each weight storage counted once)."""
+    held = {
+        s.weight.untyped_storage().data_ptr(): s.info.dense_params
+        if s.held_params is None
+        else s.held_params
+        for s in sites
+        if s.weight.numel()
+    }
+    return total - sum(held.values())
+
+
+def _batches(calibration: Any, example_inputs: Any) -> list[Any] | None:
+    if calibration is not None:
+        return calibration_batches(calibration)
+    return [example_inputs] if example_inputs is not None else None
+
+
+def _masks(batches: Sequence[Any], mask_fn: Any) -> list[torch.Tensor | None]:
+    masks = []
+    for i, batch in enumerate(batches):
+        mask = mask_fn(batch) if mask_fn is not None else None
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
+            raise OptionError(
+                f"calibration_mask returned {type(mask).__name__} for batch {i}; it must return a "
+                "boolean tensor over the batch's positions (True: real data) or None.\n"
+                "Fix: calibration_mask=lambda batch: batch['attention_mask'].bool()"
+            )
+        masks.append(mask)
+    return masks
+
+
+@dataclasses.dataclass
+class _Job:
+    """What a sequential run works on."""
+
+    root: nn.Module
+    sites: list[Site]
+    parts: _Parts
+    stream: BlockStream | None
+    forms: Sequence[str]
+    profile: DeviceProfile | None
+    calibrated: bool
+
+
+def _spectra(
+    job: _Job, progress: Any
+) -> tuple[list[list[Option]], list[dict[str, Any]], list[Any]]:
+    """Candidates of every site, and the sibling groups' joint options.
+
+    Block by block on the dense model: one block's statistics in memory at a time.
+    """
+    from ._api import _sibling_node
+    from ._shared import SiblingGroup, group_options
+
+    sites, stream = job.sites, job.stream
+    options: list[list[Option]] = [[] for _ in sites]
+    kept: list[dict[str, Any]] = [{} for _ in sites]
+    planned: list[Any] = []
+
+    def fill(indices: Sequence[int], stats: dict[str, Any]) -> None:
+        for i in indices:
+            site = sites[i]
+            options[i] = candidates(
+                site.info, site.weight, job.forms, stats.get(site.name), job.profile, keep=kept[i]
+            )
+
+    prefix = [sites[i] for i in job.parts.prefix]
+    stats = stream.trace(prefix) if stream is not None and job.calibrated else {}
+    if stream is not None and not job.calibrated:
+        stream.trace()
+    fill(job.parts.prefix, stats)
+    for k, members in enumerate(job.parts.blocks):
+        groups: list[list[int]] = []
+        with _on_device(job, k):
+            if stream is not None:
+                groups = _look_at_block(stream, k, sites, members)
+            stats = stream.statistics(k, [sites[i] for i in members]) if job.calibrated else {}
+            fill(members, stats)
+            if job.calibrated and "svd" in job.forms:
+                for group in groups:
+                    sib = SiblingGroup(group, f"{sites[group[0]].name}+{len(group) - 1}")
+                    member = [options[i] for i in group]
+                    opts = group_options(
+                        sib,
+                        sites,
+                        member,
+                        stats.get(sites[group[0]].name),
+                        [1.0] * len(group),
+                        False,
+                    )
+                    planned.append(_sibling_node(sib, sites, opts))
+            del stats
+            if stream is not None:
+                stream.advance(k)
+        if progress is not None:
+            progress.update(1)
+    suffix = [sites[i] for i in job.parts.suffix]
+    stats = stream.finish(suffix) if stream is not None and job.calibrated else {}
+    if stream is not None:
+        _suffix_tokens(stream, sites, job.parts.suffix)
+    fill(job.parts.suffix, stats)
+    return options, kept, planned
+
+
+def _suffix_tokens(stream: BlockStream, sites: Sequence[Site], members: Sequence[int]) -> None:
+    handles = _hooks(stream.model, sites, members, lambda i, x: _set_tokens(sites[i], x))
+    try:
+        with stream.stubs("finish"), torch.no_grad():
+            stream._call(0)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _on_device(job: _Job, k: int) -> Iterator[None]:
+    """Block ``k`` (and its sites' weights) on the stream's device for the duration."""
+    stream = job.stream
+    if stream is None or stream.device is None:
+        yield
+        return
+    block = stream.blocks[k]
+    home = next((p.device for p in block.parameters()), None)
+    block.to(stream.device)
+    _refresh(job, k)
+    try:
+        yield
+    finally:
+        if home is not None:
+            block.to(home)
+        _refresh(job, k)
+
+
+def _refresh(job: _Job, k: int) -> None:
+    """Point block ``k``'s sites at their modules' weights (after a move)."""
+    for i in job.parts.blocks[k]:
+        module = job.root.get_submodule(job.sites[i].name)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and job.sites[i].weight.numel():
+            job.sites[i].weight = weight.detach()
+            bias = getattr(module, "bias", None)
+            job.sites[i].bias = bias.detach() if isinstance(bias, torch.Tensor) else None
+
+
+def _decompose(
+    job: _Job, the_plan: FactorizationPlan, groups: Sequence[Any], progress: Any
+) -> None:
+    """Build and swap in the chosen layers.
+
+    The prefix, then each block on the factorized blocks' outputs, then the suffix.
+    """
+    from types import SimpleNamespace
+
+    from ._api import _emit_modules
+    from ._shared import shared_builder
+    from ._tied import tied_builder
+    from .passes._calibrate import whitened_site
+    from .passes._rewrite import build_layer
+
+    sites, stream = job.sites, job.stream
+    now: dict[str, Any] = {}
+    build = tied_builder(
+        groups,
+        sites,
+        the_plan,
+        lambda site, choice: build_layer(whitened_site(site, choice, now.get(site.name)), choice),
+    )
+    build = shared_builder(sites, the_plan, lambda site: now.get(site.name), build)
+    captured = SimpleNamespace(model=job.root, path="module_swap")
+    tied = {sites[i].name for g in groups for i in g.members}
+
+    def emit(indices: Sequence[int]) -> bool:
+        chosen = [sites[i] for i in indices]
+        _emit_modules(captured, chosen, the_plan, build, None, tied)
+        return any(the_plan.choice(s.name).form != "dense" for s in chosen)
+
+    def release(indices: Sequence[int]) -> None:
+        for i in indices:  # the dense weight goes with its module (unless a tied reader needs it)
+            if sites[i].name not in tied:
+                sites[i].weight = sites[i].weight.new_empty(0)
+
+    prefix = [sites[i] for i in job.parts.prefix]
+    if stream is not None and job.calibrated:
+        now = stream.trace(prefix)
+    if emit(job.parts.prefix) and stream is not None and job.calibrated:
+        stream.trace()  # the blocks' inputs from the factorized prefix
+    for k, members in enumerate(job.parts.blocks):
+        with _on_device(job, k):
+            if stream is not None and job.calibrated:
+                now.clear()
+                now.update(stream.statistics(k, [sites[i] for i in members]))
+            emit(members)
+            now.clear()
+            if stream is not None and job.calibrated:
+                stream.advance(k)
+        release(members)
+        if progress is not None:
+            progress.update(1)
+    if stream is not None and job.calibrated:
+        now.update(stream.finish([sites[i] for i in job.parts.suffix]))
+    emit(job.parts.suffix)
+    now.clear()
+
+
+def factorize_sequential(
+    model: nn.Module,
+    budget: Any,
+    *,
+    blocks: str | None,
+    example_inputs: Any,
+    calibration: Any,
+    forms: Sequence[str],
+    kinds: Sequence[str],
+    skip: Sequence[str],
+    strategy: str,
+    device_profile: DeviceProfile | None,
+    verify: bool,
+    progress: bool,
+    plan: FactorizationPlan | None,
+    calibration_mask: Any,
+    inplace: bool,
+    offload: str | None,
+    device: str | torch.device | None,
+) -> nn.Module:
+    """``tfx.factorize(..., sequential=...)``: see the module docstring and ``tfx.factorize``."""
+    from . import _api
+    from ._tied import tied_groups
+    from .passes._emit import check_result, tie_groups
+
+    if strategy == "sensitivity":
+        raise OptionError(
+            "strategy=\"sensitivity\" measures each layer's effect on the whole model's output, a "
+            "forward of the whole model per layer, which sequential mode does not make.\n"
+            'Fix: strategy="auto" (every layer\'s output error weighs the same), or '
+            "sequential=False."
+        )
+    start = time.perf_counter()
+    _api._check_model(model)
+    _api._check_names(forms, _api.FORMS, "form")
+    _api._check_names(kinds, _api.KINDS, "kind")
+    _api._check_skip(model, skip)
+    batches = _batches(calibration, example_inputs)
+    ties = tie_groups(model)
+    was_training = model.training
+    model.eval()
+    reference = None
+    try:
+        if example_inputs is not None and verify:
+            with torch.no_grad():
+                reference = call_with(model, example_inputs)
+        root = model if inplace else copy.deepcopy(model)
+    finally:
+        model.train(was_training)
+    root.eval()
+    blocks_name, block_list = find_blocks(root, blocks)
+    sites = find_module_sites(root, kinds=kinds, skip=skip)
+    if not any(s.info.factorizable for s in sites) and not any(
+        s.info.reason.startswith("tied weight") for s in sites
+    ):
+        raise _api._nothing_to_factorize(model, kinds)
+    _api._check_weights(sites)
+    mask_fn = calibration_mask if calibration_mask is not None else attention_mask
+    stream = None
+    if batches is not None:
+        stream = BlockStream(root, block_list, batches, _masks(batches, mask_fn), offload, device)
+    early = _prefix_names(stream, sites) if stream is not None else set()
+    job = _Job(
+        root,
+        sites,
+        _parts(sites, blocks_name, len(block_list), early),
+        stream,
+        forms,
+        device_profile,
+        calibration is not None,
+    )
+    groups = tied_groups(sites, kinds, skip, root)
+    timings: dict[str, float] = {"capture + match": time.perf_counter() - start}
+    bar = _api._progress(len(block_list), progress, "tfx: blocks (spectra)")
+    try:
+        if plan is None:
+            clock = time.perf_counter()
+            options, kept, planned = _spectra(job, bar)
+            timings["candidates (spectra, block by block)"] = time.perf_counter() - clock
+            planned = [_api._tied_node(g, sites, forms, device_profile) for g in groups] + planned
+            nodes = [
+                {
+                    "itemsize": s.weight.element_size(),
+                    "held": s.held_params,
+                    "kept": k,
+                    "weight": 1.0,
+                }
+                for s, k in zip(sites, kept, strict=True)
+            ]
+            graph = build_graph([s.info for s in sites], options, (), extra=nodes, groups=planned)
+            clock = time.perf_counter()
+            total = _api._count_params(root)
+            the_plan = plan_graph(
+                graph,
+                budget,
+                total=total,
+                strategy=strategy,
+                profile=device_profile,
+                outside=_outside(total, sites),
+            )
+            timings["choose"] = time.perf_counter() - clock
+        else:
+            the_plan = copy.deepcopy(plan)
+            _api._check_plan(the_plan, sites)
+        if bar is not None:
+            bar.close()
+        bar = _api._progress(len(block_list), progress, "tfx: blocks (decompose)")
+        clock = time.perf_counter()
+        _decompose(job, the_plan, groups, bar)
+        timings["decompose (block by block)"] = time.perf_counter() - clock
+    finally:
+        if bar is not None:
+            bar.close()
+        if stream is not None:
+            stream.close()
+    result = root
+    result.train(was_training)
+    _api._declare_shared(result)
+    if plan is not None:
+        _api._recount(result, the_plan)
+    check_result(ties, result, the_plan)
+    if plan is None and the_plan.total_params_after > the_plan.budget_params:
+        raise _api.PlanMismatchError(
+            f"the plan holds {the_plan.total_params_after:,} parameters, above its budget of "
+            f"{the_plan.budget_params:,.0f}: a bug in tfx (please report it with the model)."
+        )
+    the_plan.capture, the_plan.emit = "sequential", "modules"
+    n = len(batches) if batches is not None else 0
+    note = f"sequential: {len(block_list)} blocks of {blocks_name!r} factorized one at a time" + (
+        f", each calibrated on {n} batches as the factorized blocks before it give them "
+        "(errors are relative output errors on that data; every site weighs the same)"
+        if calibration is not None
+        else " from their weights (no calibration)"
+    )
+    if plan is None:
+        the_plan.notes.append(note)
+    if verify and example_inputs is not None:
+        clock = time.perf_counter()
+        the_plan.output_error = _api._verify(result, reference, example_inputs)
+        timings["verify"] = time.perf_counter() - clock
+    timings["total"] = time.perf_counter() - start
+    the_plan.timings = timings
+    _api._attach_plan(result, the_plan)
+    return result
