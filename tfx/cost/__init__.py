@@ -1,4 +1,4 @@
-"""The cost model: candidates per site, their params / FLOPs / error, allocation strategies, the plan.
+"""The cost model: candidates per site, their params / FLOPs / error, strategies, the plan.
 
 Pure: shapes and numbers (and the dense weights, for their spectra); no fx, no modules.
 """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Union
 
 from .._errors import BudgetError
 
@@ -13,7 +12,7 @@ __all__ = ["Budget", "BudgetSpec", "normalise_budget"]
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Explicit targets. ``params``/``flops``: a fraction in (0, 1] of the model's, or an absolute int.
+    """Explicit targets: ``params`` and ``flops``, each a fraction in (0, 1] or an absolute int.
 
     Example:
         >>> Budget(params=0.5)
@@ -24,12 +23,14 @@ class Budget:
     flops: float | int | None = None
 
 
-BudgetSpec = Union[float, int, Budget]
+BudgetSpec = float | int | Budget
 
 
 def _count_hint(value: float, total: float) -> str:
-    """An int count to suggest for a float above 1: the value itself when it is whole (``500.0``
-    meant 500), else half the model (``1.5`` is not a count of one parameter).
+    """An int count to suggest for a float above 1.
+
+    The value itself when it is whole (``500.0`` meant 500), else half the model (``1.5`` is
+    not a count of one parameter).
     """
     if value.is_integer():
         return str(int(value))
@@ -45,14 +46,15 @@ def _absolute(value: float | int, total: float, what: str) -> float:
     ):
         raise BudgetError(
             f"{what}={value!r} is not a positive number.\n"
-            "Fix: a fraction in (0, 1] of the model (budget=0.5) or an absolute count (budget=5_000_000)."
+            "Fix: a fraction in (0, 1] of the model (budget=0.5) "
+            "or an absolute count (budget=5_000_000)."
         )
     if isinstance(value, float):
         if value > 1:
             raise BudgetError(
                 f"{what}={value} is a float above 1, but fractions of the model are in (0, 1].\n"
-                f"Fix: {what}=1.0 (keep everything), a smaller fraction such as {what}=0.5, or an int "
-                f"count of parameters such as {what}={_count_hint(value, total)}."
+                f"Fix: {what}=1.0 (keep everything), a smaller fraction such as {what}=0.5, "
+                f"or an int count of parameters such as {what}={_count_hint(value, total)}."
             )
         return value * total
     return float(value)
@@ -78,7 +80,8 @@ def normalise_budget(
         if budget.flops is not None:
             if total_flops is None:
                 raise BudgetError(
-                    "a FLOP budget needs the layers' input shapes.\nFix: pass example_inputs= to tfx.factorize."
+                    "a FLOP budget needs the layers' input shapes.\n"
+                    "Fix: pass example_inputs= to tfx.factorize."
                 )
             flops = _absolute(budget.flops, total_flops, "flops")
         return params, flops

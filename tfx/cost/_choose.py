@@ -147,9 +147,10 @@ def _dp(
     # Rounding costs up to the grid can miss combinations that fit exactly: never return
     # less than the greedy answer.
     greedy = _greedy(options, budget, weights)
-    score = lambda p: sum(
-        _penalty(opts[i], w) for opts, i, w in zip(options, p, weights, strict=False)
-    )  # noqa: E731
+
+    def score(p: Sequence[int]) -> float:
+        return sum(_penalty(opts[i], w) for opts, i, w in zip(options, p, weights, strict=False))
+
     return picks if score(picks) <= score(greedy) else greedy
 
 
@@ -251,7 +252,8 @@ def choose(
     picks = _STRATEGIES[strategy](options, budget, weights)
     if _total(options, picks) > budget + 1e-6:  # a user strategy that overspends
         raise BudgetError(
-            f"strategy {strategy!r} chose {_total(options, picks):,.0f} parameters, above the budget {budget:,.0f}."
+            f"strategy {strategy!r} chose {_total(options, picks):,.0f} "
+            f"parameters, above the budget {budget:,.0f}."
         )
     return picks
 
@@ -283,8 +285,8 @@ def choose_two(
     flops = sum(opts[i].flops for opts, i in zip(options, picks, strict=False))
     if params > params_budget or flops > flops_budget:
         raise BudgetError(
-            f"the sites need at least {params:,.0f} parameters and {flops:,.0f} FLOPs together, above the "
-            f"budgets of {params_budget:,.0f} parameters and {flops_budget:,.0f} FLOPs.\n"
+            f"the sites need at least {params:,.0f} parameters and {flops:,.0f} FLOPs together, "
+            f"above the budgets of {params_budget:,.0f} parameters and {flops_budget:,.0f} FLOPs.\n"
             "Fix: loosen one of the two targets, or give only one."
         )
     while True:

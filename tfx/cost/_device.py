@@ -34,7 +34,9 @@ class DeviceProfile:
     """Throughputs and per-kernel cost of one device and dtype.
 
     Example:
-        >>> profile = DeviceProfile("cpu", "float32", 1, flops_per_s=1e11, bytes_per_s=1e10, step_s=5e-6)
+        >>> profile = DeviceProfile(
+        ...     "cpu", "float32", 1, flops_per_s=1e11, bytes_per_s=1e10, step_s=5e-6
+        ... )
         >>> round(profile.seconds(2e9, 4e8, 3) * 1e3, 3)   # 20 ms + 40 ms + 0.015 ms
         60.015
     """
@@ -48,8 +50,10 @@ class DeviceProfile:
     dense_step_s: float = 0.0
 
     def seconds(self, flops: float, nbytes: float, steps: int, dense: bool = False) -> float:
-        """Estimated time of ``steps`` kernels doing ``flops`` and moving ``nbytes`` (``dense``:
-        one ``F.linear`` / ``F.conv`` / gather call, whose host cost is ``dense_step_s``).
+        """Estimated time of ``steps`` kernels doing ``flops`` and moving ``nbytes``.
+
+        ``dense``: one ``F.linear`` / ``F.conv`` / gather call, whose host cost is
+        ``dense_step_s``.
         """
         launch = self.dense_step_s if dense and self.dense_step_s else self.step_s
         return flops / self.flops_per_s + nbytes / self.bytes_per_s + steps * launch
@@ -99,7 +103,9 @@ def measure_device(
 
     Example:
         >>> profile = measure_device("cpu")          # doctest: +SKIP
-        >>> gm = tfx.factorize(model, 0.5, example_inputs=(x,), device_profile=profile)  # doctest: +SKIP
+        >>> gm = tfx.factorize(
+        ...     model, 0.5, example_inputs=(x,), device_profile=profile
+        ... )  # doctest: +SKIP
     """
     device = torch.device(device)
     path = _cache_path(device, dtype)

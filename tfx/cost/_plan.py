@@ -40,7 +40,8 @@ class FactorizationPlan:
         fixed_params: parameters outside the sites (norms, biases, dense-only layers).
         budget_params: the parameter budget the plan was made for.
         strategy: the allocation strategy.
-        capture: the capture path of the model (``'symbolic_trace'``, ``'export'``, ``'module_swap'``).
+        capture: the capture path of the model (``'symbolic_trace'``, ``'export'``,
+            ``'module_swap'``).
         output_error: with ``verify=True``, the max relative error of the outputs.
         version: the plan format version.
         timings: seconds spent in each stage of the ``factorize`` call that made it.
@@ -180,7 +181,10 @@ class FactorizationPlan:
         line = "  ".join(f"{{:<{w}}}" for w in widths)
         out = [line.format(*header), line.format(*("-" * w for w in widths))]
         out += [line.format(*r) for r in rows]
-        tail = f"capture: {self.capture}, emit: {self.emit}, strategy: {self.strategy}, budget: {_human(self.budget_params)} params"
+        tail = (
+            f"capture: {self.capture}, emit: {self.emit}, strategy: {self.strategy}, "
+            f"budget: {_human(self.budget_params)} params"
+        )
         if self.output_error is not None:
             tail += f", verified max relative output error: {self.output_error:.3g}"
         lines = [*out, tail, *(f"note: {n}" for n in self.notes)]

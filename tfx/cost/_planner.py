@@ -106,8 +106,9 @@ def not_slower(
     infos: Sequence[SiteInfo | None],
     profile: DeviceProfile | None,
 ) -> tuple[list[list[Option]], str]:
-    """Each item's options without those estimated slower than dense (:data:`MIN_SPEEDUP`), when
-    the budget can still be met that way; else all of them and a note saying so.
+    """Each item's options without those estimated slower than dense (:data:`MIN_SPEEDUP`).
+
+    That is when the budget can still be met that way; else all of them and a note saying so.
 
     With a device profile the estimate is its time; without one, FLOPs at the planned batch
     (embeddings, whose dense gather does no FLOPs, keep every option then). Items without a
@@ -130,12 +131,13 @@ def not_slower(
         return fast, ""
     if profile is not None:
         return options, (
-            "the parameter budget needs some options the device profile estimates slower than their dense "
-            "layer at the planned batch (see 'x dense time' in the notes); a larger budget avoids them"
+            "the parameter budget needs some options the device profile "
+            "estimates slower than their dense layer at the planned batch "
+            "(see 'x dense time' in the notes); a larger budget avoids them"
         )
     return options, (
-        "the parameter budget needs some options with more FLOPs than their dense layer at the planned "
-        "batch (see 'more FLOPs than dense' in the notes); a larger budget avoids them"
+        "the parameter budget needs some options with more FLOPs than their dense layer at the "
+        "planned batch (see 'more FLOPs than dense' in the notes); a larger budget avoids them"
     )
 
 
@@ -153,11 +155,13 @@ def budget_message(
         f"{i.name} ({i.kind} {'x'.join(map(str, i.weight_shape))}: {i.reason})" for i in dense[:3]
     )
     return (
-        f"budget={budget!r} ({_human(budget_params)} of {_human(total)} params) is below the smallest "
-        f"reachable size, {_human(floor)} ({100 * floor / total:.1f}%).\n"
-        f"  {_human(outside)} params sit outside the linear/conv/embedding sites (norms, biases, other layers)"
+        f"budget={budget!r} ({_human(budget_params)} of {_human(total)} params) is below "
+        f"the smallest reachable size, {_human(floor)} ({100 * floor / total:.1f}%).\n"
+        f"  {_human(outside)} params sit outside the "
+        "linear/conv/embedding sites (norms, biases, other layers)"
         + (f"; the largest sites that stay dense: {held}" if held else "")
-        + f".\nFix: budget >= {math.ceil(1000 * floor / total) / 1000:.3f}, or allow more sites (kinds=, skip=)."
+        + f".\nFix: budget >= {math.ceil(1000 * floor / total) / 1000:.3f}, "
+        "or allow more sites (kinds=, skip=)."
     )
 
 

@@ -86,8 +86,8 @@ class SubLayer(nn.Module):
 def make_bias(shape: Sequence[int], weight: nn.Module, enabled: bool) -> nn.Parameter | None:
     """A bias matching the weight's device and dtype.
 
-    Complex weights get a complex bias,
-    stored as real ``(..., 2)`` like their factors (so DistributedDataParallel works).
+    Complex weights get a complex bias, stored as real ``(..., 2)`` like their factors (so
+    DistributedDataParallel works).
     """
     if not enabled:
         return None

@@ -233,8 +233,8 @@ class FactorizedConv(nn.Module):
     ) -> FactorizedConv:
         """Factorize an ``nn.Conv{1,2,3}d``; dtype and device kept.
 
-        Stride, padding (incl. ``'same'``), dilation,
-        groups and padding_mode over exactly; dtype and device kept.
+        Stride, padding (incl. ``'same'``), dilation, groups and padding_mode carry over
+        exactly.
 
         Example:
             >>> import torch, tfx

@@ -176,8 +176,7 @@ class FactorizedEmbedding(nn.Module):
     ) -> FactorizedEmbedding:
         """One stacked layer jointly factorizing same-shaped embeddings.
 
-        ``n_tensorized_modes`` is
-        2 by default, as in tltorch).
+        ``n_tensorized_modes`` is 2 by default, as in tltorch.
         """
         first = embedding_layer_list[0]
         for emb in embedding_layer_list:

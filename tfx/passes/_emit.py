@@ -17,8 +17,9 @@ __all__ = ["emit", "fast_reads", "output_error", "compare_outputs", "check_resul
 
 
 def emit(gm: fx.GraphModule, *, prune: bool = True) -> fx.GraphModule:
-    """Lint the rewritten graph, drop dead nodes and (``prune``) unused submodules, recompile
-    (with :func:`fast_reads`).
+    """Lint the rewritten graph, drop dead nodes and (``prune``) unused submodules, recompile.
+
+    The recompiled code reads attributes with :func:`fast_reads`.
     """
     gm.graph.lint()
     for node in gm.graph.nodes:
@@ -132,9 +133,10 @@ def compare_outputs(expected: Any, candidate: Any, example_inputs: Any) -> float
         new_bad = int((finite & ~torch.isfinite(b)).sum())
         if new_bad:
             raise TensorError(
-                f"the factorized model gives {new_bad} NaN/Inf output values on example_inputs where the "
-                f"original's are finite.\nFix: leave the layers involved dense (skip=[...]), or check the "
-                "model's dtype (float16 factors can overflow; factorize in float32 and cast after)."
+                f"the factorized model gives {new_bad} NaN/Inf output "
+                "values on example_inputs where the original's are finite.\n"
+                "Fix: leave the layers involved dense (skip=[...]), or check the model's "
+                "dtype (float16 factors can overflow; factorize in float32 and cast after)."
             )
         original_bad += int((~finite).sum())
         if not bool(finite.any()):
@@ -143,9 +145,9 @@ def compare_outputs(expected: Any, candidate: Any, example_inputs: Any) -> float
         worst = max(worst, float((a[finite] - b[finite]).abs().max()) / scale)
     if original_bad:
         warnings.warn(
-            f"tfx: the original model itself gives {original_bad} NaN/Inf output values on example_inputs "
-            "(a NaN/Inf in the inputs or in a weight or bias); the verified output error leaves them out. "
-            "Check the model and the example inputs.",
+            f"tfx: the original model itself gives {original_bad} NaN/Inf output values on "
+            "example_inputs (a NaN/Inf in the inputs or in a weight or bias); the verified "
+            "output error leaves them out. Check the model and the example inputs.",
             TfxWarning,
             stacklevel=3,
         )

@@ -55,7 +55,8 @@ class Site:
         input: the node of the layer's input (indices for embeddings).
         weight: the dense weight, in the layer's orientation ((out, in) for linear).
         bias: the bias tensor, or None.
-        weight_target: the attribute path of the weight (``get_attr`` target or module name + ".weight").
+        weight_target: the attribute path of the weight (``get_attr`` target or module name +
+            ``".weight"``).
         conv: for convolutions: stride, padding, dilation, groups, padding_mode.
         padding_idx: for embeddings.
         held_params: for a layer that is already factorized (a ``tfx.nn`` layer, re-planned
@@ -95,8 +96,9 @@ def _param(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
 
 
 def _weight(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
-    """Like :func:`_param`, for a layer's weight: only an ``nn.Parameter`` makes a site (a
-    buffer used as a weight, e.g. a fixed projection, is not a parameter of the budget).
+    """Like :func:`_param`, for a layer's weight: only an ``nn.Parameter`` makes a site.
+
+    A buffer used as a weight, e.g. a fixed projection, is not a parameter of the budget.
     """
     found = _param(gm, node)
     return found if found is not None and isinstance(found[1], nn.Parameter) else None
@@ -134,7 +136,7 @@ def _size(size: Any) -> int:
 
 
 def _module_name(target: str, node: fx.Node | None = None) -> str:
-    """The layer's qualified name: from the exporter's module stack when it has one, else the weight's path."""
+    """The layer's qualified name: the exporter's module stack if any, else the weight's path."""
     stack = node.meta.get("nn_module_stack") if node is not None else None
     if stack:
         path = list(stack.values())[-1][0]
@@ -168,8 +170,10 @@ def _module_site(gm: fx.GraphModule, node: fx.Node, path: str) -> Site | None:
 
 
 def _factorized_site(module: nn.Module, name: str, node: Any, path: str) -> Site | None:
-    """A ``tfx.nn`` layer as a site: its weight is the reconstruction, its held parameters
-    the factors' (a result of ``tfx.factorize`` can be factorized again, with exact counts).
+    """A ``tfx.nn`` layer as a site.
+
+    Its weight is the reconstruction, its held parameters the factors' (a result of
+    ``tfx.factorize`` can be factorized again, with exact counts).
     """
     from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
 
@@ -456,7 +460,9 @@ def _dense_reason(site: Site, kinds: set[str], skip: set[str]) -> str:
 def find_sites(
     gm: fx.GraphModule, *, path: str, kinds: Sequence[str] | None = None, skip: Sequence[str] = ()
 ) -> list[Site]:
-    """Every site of ``gm`` in graph order; ``info.factorizable`` False (with a reason) for those that stay dense.
+    """Every site of ``gm`` in graph order.
+
+    ``info.factorizable`` is False (with a reason) for those that stay dense.
 
     Weights used by more than one site (tied, e.g. an LM head sharing the token
     embedding) stay dense with the reason in the plan: they are never silently untied.
@@ -483,7 +489,9 @@ def find_sites(
 
 
 def _unique_names(sites: Sequence[Site]) -> None:
-    """A weight called at several places (a functional table read by an embedding and a head,
+    """Name each call of a weight called at several places as its own site.
+
+    A weight called at several places (a functional table read by an embedding and a head,
     a layer module called twice) is one site per call: the second and later are named
     ``<name>:1``, ``<name>:2``, ... in graph order, so that every site has its own row.
     """
@@ -531,8 +539,10 @@ def find_module_sites(
 
 
 def _mark_tied(sites: Sequence[Site], skip: set[str]) -> None:
-    """Sites whose weights share storage (tied, e.g. an LM head and the token embedding) stay
-    dense, with the reason in the plan: never silently untied.
+    """Keep sites whose weights share storage dense.
+
+    Tied weights (e.g. an LM head and the token embedding) stay dense, with the reason in the
+    plan: never silently untied.
     """
     users: dict[int, list[str]] = {}
     for site in sites:

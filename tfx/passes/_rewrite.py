@@ -129,8 +129,9 @@ def table_tensor(site: Site, choice: Choice) -> TensorizedTensor:
 
 
 def tied_layer(site: Site, choice: Choice, tensor: TensorizedTensor) -> nn.Module:
-    """A layer for ``site`` (linear or embedding) that holds ``tensor`` itself: every reader of a
-    tied weight holds the same tensor module, so the result stays tied.
+    """A layer for ``site`` (linear or embedding) that holds ``tensor`` itself.
+
+    Every reader of a tied weight holds the same tensor module, so the result stays tied.
     """
     rows, cols = choice.tensorized_shape
     implementation = _IMPLEMENTATION.get(choice.order, "auto")
@@ -154,9 +155,10 @@ def tied_layer(site: Site, choice: Choice, tensor: TensorizedTensor) -> nn.Modul
 
 
 def shared_basis_layer(members: list[Site], rank: int, stats: Any = None) -> dict[str, nn.Module]:
-    """Layers for sibling linears over one input basis: ``W_k ~ U_k diag(w) V^T``, with ``V``
-    and ``w`` one pair of parameters held by every member (from one truncated SVD of the
-    stacked weights, whitened by the shared input's statistics when given).
+    """Layers for sibling linears over one input basis: ``W_k ~ U_k diag(w) V^T``.
+
+    ``V`` and ``w`` are one pair of parameters held by every member (from one truncated SVD of
+    the stacked weights, whitened by the shared input's statistics when given).
     """
     from ..tensors import CPTensorized
     from ..tensors._decompose import truncated_svd
@@ -193,8 +195,9 @@ def shared_basis_layer(members: list[Site], rank: int, stats: Any = None) -> dic
 
 
 def build_layer(site: Site, choice: Choice) -> nn.Module:
-    """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says (a dense
-    torch layer for an already factorized site planned dense).
+    """The ``tfx.nn`` layer holding ``site``'s weight decomposed as ``choice`` says.
+
+    A dense torch layer for an already factorized site planned dense.
     """
     if choice.form == "dense":
         return _dense_layer(site)
@@ -300,9 +303,11 @@ def splice(
 
 
 def _drop_unread(gm: fx.GraphModule, target: str) -> None:
-    """Delete parameter/buffer ``target`` when no node of the graph reads it any more (e.g. the
-    bias of a bare ``F.linear`` weight, now held by the spliced layer), so the module's
-    parameters are the plan's. Attributes of modules the graph calls are left to those modules.
+    """Delete parameter/buffer ``target`` when no node of the graph reads it any more.
+
+    E.g. the bias of a bare ``F.linear`` weight, now held by the spliced layer: the module's
+    parameters are then the plan's. Attributes of modules the graph calls are left to those
+    modules.
     """
     if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
         return
@@ -338,8 +343,10 @@ def _bias_parameter(gm: fx.GraphModule, site: Site) -> nn.Parameter | None:
 
 
 def _keep_bias(layer: nn.Module, bias: nn.Parameter | None) -> None:
-    """Give ``layer`` the site's own bias Parameter (same values), so a bias tied elsewhere
-    (RoBERTa's ``lm_head.bias``) or read by several calls (ALBERT's shared layers) stays one.
+    """Give ``layer`` the site's own bias Parameter (same values).
+
+    So a bias tied elsewhere (RoBERTa's ``lm_head.bias``) or read by several calls (ALBERT's
+    shared layers) stays one.
     """
     new = layer._parameters.get("bias")
     if bias is not None and isinstance(new, nn.Parameter) and new.shape == bias.shape:

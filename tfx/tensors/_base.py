@@ -169,8 +169,7 @@ class FactorizedTensor(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype of the dense tensor (of its factors; complex forms: the complex dtype).
 
-        As
-        code written for a dense ``weight`` reads it (``layer.weight.dtype``).
+        As code written for a dense ``weight`` reads it (``layer.weight.dtype``).
         """
         first = next(iter(self.parameters()), None)
         if first is None:
