@@ -1,11 +1,14 @@
-"""Plans for contracting an input with a factorized weight, cached per batch bucket.
+"""Plans for contracting an input with a factorized weight, per batch bucket.
 
 A layer's contraction is one einsum over the input and the weight's factors.
 Its best pairwise order depends on the batch size, so plans are made per
-bucket of batch sizes (powers of 4) and cached; a forward only looks its plan
-up. Under ``torch.fx`` tracing or ``torch.compile`` the batch size is not
-known (or should not be specialised on), so the plan of a default bucket is
-used and baked into the graph.
+bucket of batch sizes (powers of 4), in the engine's one cache
+(``tfx.tensors._contract``: keyed on the weight's plan, the input modes and the
+bucket). Eager forwards run the engine's eager code; under ``torch.fx`` tracing or
+``torch.compile`` the batch size is not known (or should not be specialised on),
+so the plan of a default bucket is replayed by the engine's traced renderer, the
+number of rows left symbolic. ``compile_linear`` builds ``FactorizedLinear``'s
+eager fast path around the same program.
 """
 
 from __future__ import annotations
@@ -228,7 +231,8 @@ def contract_input(
 
 # ------------------------------------------------------------------------ eager fast path
 # A layer's eager forward, once per (input shape, batch bucket), is compiled into one generated
-# function (see ``tfx.tensors._contract.compile_plan``): it checks in a few attribute reads that
+# function around the engine's program for its plan (``tfx.tensors._contract.program``, its
+# eager rendering inlined, so no extra call): it checks in a few attribute reads that
 # nothing it depends on changed (the weight object and its plan, hooks, dtype), reads the
 # factors straight from the modules' parameter dicts, and runs the planned steps with every
 # size precomputed. Parameters are read on every call, never cached, so in-place optimizer
