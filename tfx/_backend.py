@@ -60,14 +60,16 @@ _DECOMPOSED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _MSG_GRAD: Final = (
     "torch.compile(backend='tfx') compiles for inference: the factorized layers' factors are "
     "constants and the compiled graph records no gradients, so its outputs do not require grad.\n"
-    "Fix: run the compiled model under torch.no_grad() or torch.inference_mode() (this warning "
-    "then goes away); to train or fine-tune a factorized model, use tfx.factorize(model, budget=...)."
+    "Fix: run the compiled model under torch.no_grad() or "
+    "torch.inference_mode() (this warning then goes away); to train or "
+    "fine-tune a factorized model, use tfx.factorize(model, budget=...)."
 )
 
 _MSG_PIECE: Final = (
-    "{err}\n  (torch.compile backend: the budget applies to each graph piece dynamo hands it, here one "
-    "with {tensors} parameter tensors; a graph break splits a model into pieces, and each must fit. "
-    "List the breaks with torch._dynamo.explain(model)(*inputs).)"
+    "{err}\n"
+    "  (torch.compile backend: the budget applies to each graph piece dynamo hands it, "
+    "here one with {tensors} parameter tensors; a graph break splits a model into pieces, "
+    "and each must fit. List the breaks with torch._dynamo.explain(model)(*inputs).)"
 )
 _MSG_SKIP: Final = (
     "skip={name!r} names no module of {owner}.{hint}\n"
@@ -75,13 +77,13 @@ _MSG_SKIP: Final = (
     "torch.compile compiles."
 )
 _MSG_SENSITIVITY: Final = (
-    "strategy='sensitivity' weighs layers by their measured effect on the output, which needs "
-    "calibration data, and the torch.compile backend takes none.\n"
-    "Fix: tfx.backend(budget, strategy='auto'), or tfx.factorize(model, budget, strategy='sensitivity', "
-    "calibration=[...]) and then torch.compile the result."
+    "strategy='sensitivity' weighs layers by their measured effect on the output, "
+    "which needs calibration data, and the torch.compile backend takes none.\n"
+    "Fix: tfx.backend(budget, strategy='auto'), or tfx.factorize(model, budget, "
+    "strategy='sensitivity', calibration=[...]) and then torch.compile the result."
 )
 
-# --- names: dynamo's sources -> the compiled module's qualified names ------------------------------
+# --- names: dynamo's sources -> the compiled module's qualified names -------------------------
 #
 # Dynamo names what a graph reads by *sources*, expressions in the compiled frame:
 # ``L['self']._modules['encoder']._parameters['weight']``, ``G['model']...`` (a global),
@@ -138,8 +140,10 @@ def _qualified_name(source: str) -> tuple[str, str] | None:
 
 
 def _step(source: Any) -> tuple[str, Any]:
-    """How ``source`` reaches its value from its base's: ``("attr", name)``, ``("item", key)``,
-    ``("same", None)`` (dynamo's wrappers that only mark a module), or ``("other", None)``.
+    """How ``source`` reaches its value from its base's.
+
+    One of ``("attr", name)``, ``("item", key)``, ``("same", None)`` (dynamo's wrappers that
+    only mark a module), or ``("other", None)``.
     """
     member, index = getattr(source, "member", None), getattr(source, "index", None)
     if isinstance(member, str):
@@ -155,8 +159,10 @@ def _step(source: Any) -> tuple[str, Any]:
 def _walk(
     source: Any, scope: tuple[dict[str, Any], dict[str, Any]]
 ) -> tuple[nn.Module, str] | None:
-    """The first module along ``source`` (evaluated in the frame's ``(locals, globals)``) and the
-    qualified name of the rest of the path in it; None where a step is not a plain attribute or key.
+    """The first module along ``source`` and the qualified name of the rest of the path in it.
+
+    ``source`` is evaluated in the frame's ``(locals, globals)``; None where a step is not a
+    plain attribute or key.
     """
     links = []
     while source is not None:
@@ -206,9 +212,11 @@ def _frame_scope() -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 
 def _compiled_module() -> nn.Module | None:
-    """The module torch.compile compiles, read off the call stack: the callable ``fn`` of dynamo's
-    innermost entry frame (in ``torch/_dynamo/eval_frame.py``), when it is a module, a module's
-    bound method, or a function that reaches exactly one module (through a closure or a global).
+    """The module torch.compile compiles, read off the call stack.
+
+    That is the callable ``fn`` of dynamo's innermost entry frame (in
+    ``torch/_dynamo/eval_frame.py``), when it is a module, a module's bound method, or a
+    function that reaches exactly one module (through a closure or a global).
     """
     frame = sys._getframe(1)
     while frame is not None:
@@ -241,7 +249,7 @@ def _module_of(fn: Any) -> nn.Module | None:
 
 
 class _Names:
-    """Qualified names, as ``named_modules()`` gives them, for one graph piece's parameters and modules.
+    """Qualified names, as ``named_modules()`` has them, of a graph piece's parameters and modules.
 
     They are relative to the compiled module, also in the frames dynamo resumes inside a
     submodule after a graph break. Where that module is unknown (a function reaching several),
@@ -309,7 +317,8 @@ class _Names:
         return self._params
 
     def module(self, key: str, path: str) -> str:
-        """The qualified name of an entry ``key: (path, type)`` of dynamo's ``nn_module_stack``;
+        """The qualified name of an entry ``key: (path, type)`` of dynamo's ``nn_module_stack``.
+
         ``key`` is the module's ``id`` (``@n`` counts repeated calls).
         """
         head = key.split("@", 1)[0]
@@ -320,13 +329,13 @@ class _Names:
         return named[1] if named else ""
 
     def valid(self) -> set[str]:
-        """Every module name the plan of this piece may use: the compiled module's (or the roots')."""
+        """Every module name this piece's plan may use: the compiled module's (or the roots')."""
         tops = {id(t): t for t in [*self.tops, *(ref() for ref in self.roots)] if t is not None}
         return {name for top in tops.values() for name, _ in top.named_modules()}
 
 
 def _holder(gm: fx.GraphModule, path: Sequence[str]) -> nn.Module | None:
-    """The module at ``path`` on ``gm``, creating empty holder modules on the way; None on a clash."""
+    """The module at ``path`` on ``gm``, adding empty holder modules if missing; None on a clash."""
     owner: nn.Module = gm
     for part in path:
         child = owner._modules.get(part)
@@ -468,7 +477,7 @@ class _Decomposed:
         return self.live() != self.state
 
     def refresh(self) -> None:
-        """Decompose again if the weight or bias changed; the layer's tensors are updated in place."""
+        """Decompose again if the weight or bias changed, updating the layer's tensors in place."""
         if not self.stale():
             return
         param = self.param()
@@ -545,7 +554,7 @@ def _load(layer: nn.Module, entry: _Decomposed) -> None:
 
 @dataclasses.dataclass
 class _Use:
-    """A factorized layer of one compiled graph, and where the graph's inputs hold its weight and bias.
+    """A factorized layer of one compiled graph, and which graph inputs hold its weight and bias.
 
     Dynamo reuses a compiled graph for every module that runs the same code (the parameters
     are graph inputs, which it does not guard by identity): two instances of a class, the
@@ -559,7 +568,7 @@ class _Use:
     bias: int | None
 
     def sync(self, args: Sequence[Any]) -> None:
-        """Make the layer hold the factors of the weight (and bias) among ``args``, decomposed once."""
+        """Make the layer hold the factors of the weight (and bias) in ``args``, decomposed once."""
         entry = self.entry
         weight = args[self.weight]
         if weight is not entry.param():
@@ -574,7 +583,7 @@ class _Use:
 
 
 def _cached_builder(lifted: _Lifted, used: list[_Use]) -> Callable[[Site, Choice], nn.Module]:
-    """``build`` for :func:`~tfx.passes.rewrite`: one decomposition per (Parameter, choice), reused."""
+    """``build`` for :func:`~tfx.passes.rewrite`: one decomposition per (Parameter, choice)."""
 
     def build(site: Site, choice: Choice) -> nn.Module:
         param = lifted.params.get(site.weight_target)
@@ -596,8 +605,10 @@ def _cached_builder(lifted: _Lifted, used: list[_Use]) -> Callable[[Site, Choice
 
 
 def _checked(compiled: Callable[..., Any], used: Sequence[_Use]) -> Callable[..., Any]:
-    """``compiled``, after loading the factors of the parameters each call passes (a few compares
-    per layer): re-decomposed if changed in place since, decomposed if another module's.
+    """``compiled``, after loading the factors of the parameters each call passes.
+
+    That costs a few compares per layer: the factors are re-decomposed if the parameters
+    changed in place since, decomposed if they are another module's.
 
     The factors are the compiled graph's own tensors, so updating them in place is all
     it takes: no recompilation. The plan (form and rank) stays as chosen.
@@ -650,11 +661,15 @@ class _Backend:
         self.mode = mode
         #: The plan of each graph piece compiled so far, in order.
         self.plans: list[FactorizationPlan] = []
-        #: For ``torch.compile(fn)``: the modules its frames reached, that later pieces' names are relative to.
+        #: For ``torch.compile(fn)``: the modules its frames reached, that later pieces' names are
+        #: relative to.
         self.roots: list[weakref.ref[nn.Module]] = []
 
     def __repr__(self) -> str:
-        return f"tfx.backend(budget={self.budget!r}, strategy={self.strategy!r}, compiler={self.compiler!r})"
+        return (
+            f"tfx.backend(budget={self.budget!r}, strategy={self.strategy!r}, "
+            f"compiler={self.compiler!r})"
+        )
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         if torch.is_grad_enabled() and any(
@@ -723,8 +738,10 @@ class _Backend:
 
 
 def _check_skip(skip: Sequence[str], known: set[str], names: _Names) -> None:
-    """Raise on a ``skip=`` name that is no module of the compiled module (or, without one, of
-    what this graph piece reads); a module absent from this piece alone is no error.
+    """Raise on a ``skip=`` name that is no module of the compiled module.
+
+    Without a compiled module, the names are checked against what this graph piece reads; a
+    module absent from this piece alone is no error.
     """
     known.discard("")
     if not known:
@@ -837,7 +854,9 @@ def backend(
 
     Example:
         >>> import torch, tfx
-        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).eval()
+        >>> model = torch.nn.Sequential(
+        ...     torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)
+        ... ).eval()
         >>> tfx_backend = tfx.backend(budget=0.5, compiler="eager")
         >>> compiled = torch.compile(model, backend=tfx_backend)
         >>> with torch.no_grad():
@@ -862,7 +881,9 @@ def default_backend(
     options: dict[str, Any] | None = None,
     mode: str | None = None,
 ) -> Callable[..., Any]:
-    """The ``"tfx"`` entry point of ``torch.compile``: :func:`backend` with its defaults (budget 0.5).
+    """The ``"tfx"`` entry point of ``torch.compile``: :func:`backend` with its defaults.
+
+    The default budget is 0.5.
 
     ``torch.compile(model, backend="tfx", options={"budget": 0.3}, mode=...)`` passes
     ``options`` as the keyword arguments of :func:`backend` and ``mode`` to inductor.

@@ -27,9 +27,10 @@ def _floats(out: Any, pick: Callable[[Any], Any] | None) -> list[torch.Tensor]:
 def _loss(got: list[torch.Tensor], want: list[torch.Tensor], kind: str) -> torch.Tensor:
     if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want, strict=False)):
         raise OptionError(
-            f"the student's outputs ({[tuple(g.shape) for g in got]}) do not match the teacher's "
-            f"({[tuple(w.shape) for w in want]}).\nFix: distil a model factorized from the teacher, or pick "
-            "the tensor to match with output=lambda out: out.last_hidden_state."
+            f"the student's outputs ({[tuple(g.shape) for g in got]}) do "
+            f"not match the teacher's ({[tuple(w.shape) for w in want]}).\n"
+            "Fix: distil a model factorized from the teacher, or pick the "
+            "tensor to match with output=lambda out: out.last_hidden_state."
         )
     terms = []
     for g, w in zip(got, want, strict=False):
@@ -55,7 +56,7 @@ def distill(
     eval_every: int | None = None,
     progress: bool = True,
 ) -> nn.Module:
-    """Fine-tune a factorized ``student`` to reproduce ``teacher``'s outputs (knowledge distillation).
+    """Fine-tune a factorized ``student`` to reproduce ``teacher``'s outputs (distillation).
 
     A short AdamW run (linear warm-up over the first 5% of steps, then linear decay) on
     ``data``, cycled, minimising the distance between the two models' outputs: the relative
@@ -98,7 +99,9 @@ def distill(
 
     Example:
         >>> import torch, tfx
-        >>> teacher = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64))
+        >>> teacher = torch.nn.Sequential(
+        ...     torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64)
+        ... )
         >>> data = [(torch.randn(32, 64),) for _ in range(4)]
         >>> student = tfx.factorize(teacher, 0.4, example_inputs=data[0], progress=False)
         >>> student = tfx.distill(student, teacher, data, steps=20, lr=1e-3, progress=False)
@@ -130,7 +133,8 @@ def distill(
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise OptionError(
-            "the student has no trainable parameters.\nFix: pass a model whose factors require grad."
+            "the student has no trainable parameters.\n"
+            "Fix: pass a model whose factors require grad."
         )
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = max(1, steps // 20)

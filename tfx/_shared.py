@@ -181,8 +181,10 @@ def member_errors(group: SiblingGroup, rank: int) -> list[float]:
 def _frontier(
     member_options: Sequence[Sequence[Option]], weights: Sequence[float]
 ) -> list[tuple[Option, ...]]:
-    """Separate picks on the members' joint error/params frontier: for a sweep of multipliers,
-    each member's best option alone (the Lagrangian of the group's own knapsack).
+    """Separate picks on the members' joint error/params frontier.
+
+    For a sweep of multipliers, each member's best option alone (the Lagrangian of the group's
+    own knapsack).
     """
     seen: dict[tuple[int, ...], tuple[Option, ...]] = {}
     for lam in [0.0, *(10.0 ** (k / 4) for k in range(-40, 9))]:
@@ -212,7 +214,7 @@ def expand(
     chosen: Option,
     make_choice: Callable[[Site, Option], Choice],
 ) -> tuple[dict[int, Choice], dict[int, Option]]:
-    """The group's pick as one plan row per member (and, for separate picks, each member's option)."""
+    """The group's pick as one plan row per member (and, if separate, each member's option)."""
     if chosen.form == "separate":
         picks = dict(zip(group.members, group.separate[id(chosen)], strict=False))
         return {i: make_choice(sites[i], picks[i]) for i in group.members}, picks
@@ -268,9 +270,10 @@ def shared_builder(
 
 
 def merge_shared_steps(gm: fx.GraphModule, layers: set[str]) -> int:
-    """Merge the identical steps of the spliced ``layers`` that read the same parameters from the
-    same input (the ``x V`` of siblings sharing a basis): common-subexpression elimination over
-    their ops, with parameters compared by identity. Returns the nodes removed.
+    """Merge the identical steps of spliced ``layers`` reading the same parameters and input.
+
+    Such steps are the ``x V`` of siblings sharing a basis: common-subexpression elimination
+    over their ops, with parameters compared by identity. Returns the nodes removed.
     """
     canon: dict[Any, fx.Node] = {}
     removed = 0

@@ -113,8 +113,10 @@ def _swappable(root: nn.Module, site: Site) -> bool:
 
 
 def _held_only_by(root: nn.Module, group: Sequence[Site]) -> bool:
-    """Every module of ``root`` holding the group's weight is one of its members (BART's
-    ``shared`` table, never called, would keep a dense copy of a factorized table).
+    """Every module of ``root`` holding the group's weight is one of its members.
+
+    BART's ``shared`` table, never called, would otherwise keep a dense copy of a factorized
+    table.
     """
     weight = root.get_submodule(group[0].name.split(":")[0]).weight
     members = {id(root.get_submodule(s.name.split(":")[0])) for s in group}

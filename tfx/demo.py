@@ -223,9 +223,10 @@ def compiler_demo(budget: float, progress: bool, calibrate: bool = True) -> str:
         f"tfx.factorize took {seconds:.1f} s (capture: {plan.capture})\n"
         f"forward, {len(sentences)} sentences: original {_forward_ms(model, batch):.1f} ms, "
         f"factorized {_forward_ms(gm, batch):.1f} ms (eager, {torch.get_num_threads()} threads)\n"
-        f"sentence-embedding cosine similarity, original vs factorized: mean {float(cosine.mean()):.3f}, "
-        f"min {float(cosine.min()):.3f}\n"
-        f"(post-training factorization {how}, no recovery: see docs/guide/quality.md for calibration and tfx.distill)\n"
+        "sentence-embedding cosine similarity, original vs factorized: "
+        f"mean {float(cosine.mean()):.3f}, min {float(cosine.min()):.3f}\n"
+        f"(post-training factorization {how}, no recovery: see "
+        "docs/guide/quality.md for calibration and tfx.distill)\n"
     )
 
 
