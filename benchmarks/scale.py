@@ -1,0 +1,286 @@
+"""Large models: time and peak memory of ``tfx.factorize`` on a Llama-architecture decoder.
+
+``python benchmarks/scale.py [--layers 16 --hidden 2048 --intermediate 5632 --vocab 32000]
+[--batches 8 --rows 4 --tokens 128] [--modes one-shot,sequential,...] [--save]``
+
+Builds a ``LlamaForCausalLM`` from a config with random weights (the defaults: about 1.1B
+parameters, float32 on the CPU; nothing downloaded), calibration batches of random token ids
+(``--batches`` x ``--rows`` sequences of ``--tokens``), and factorizes it at ``--budget`` in
+each mode, each in a fresh process so that its peak resident memory (``ru_maxrss``) is its own:
+
+- ``one-shot``: the default (a copy of the model, captured whole, every site's statistics);
+- ``sequential``: ``inplace=True, sequential=True`` (one block at a time, no copy);
+- ``sequential-1thread``: the same on one torch thread;
+- ``sequential-2proc``: the same in 2 processes of one thread each (gloo), ``distributed=True``.
+
+Each row reports the stages' wall times (``plan.timings``), the peak RSS against the model's
+size, the parameters before and after, and the relative error of the logits on held-out
+sequences (not calibrated on) against the original's. ``--save`` writes
+``benchmarks/results/scale.{json,md}`` (the table in docs/guide/large-models.md is that file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODES = ("one-shot", "sequential", "sequential-1thread", "sequential-2proc")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--intermediate", type=int, default=5632)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--forms", default="svd")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--save", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    return parser
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _model(args: argparse.Namespace) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=max(args.tokens, 128),
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _batches(args: argparse.Namespace, seed: int, n: int) -> list[dict[str, Any]]:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(4, args.vocab, (args.rows, args.tokens), generator=gen)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    return out
+
+
+def _logits(model: Any, batch: dict[str, Any]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(**batch, use_cache=False).logits
+
+
+def work(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One mode, in this process: build, factorize, measure."""
+    import torch
+
+    import tfx
+
+    threads = 1 if mode in ("sequential-1thread", "sequential-2proc") else 2
+    torch.set_num_threads(threads)
+    distributed = mode == "sequential-2proc"
+    if distributed:
+        import torch.distributed as dist
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port))
+        dist.init_process_group("gloo", rank=args.rank, world_size=2)
+    base_rss = _peak_rss()
+    clock = time.perf_counter()
+    model = _model(args)
+    build_s = time.perf_counter() - clock
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    before = sum(p.numel() for p in model.parameters())
+    calibration = _batches(args, 1, args.batches)
+    held = _batches(args, 2, 1)[0]
+    reference = _logits(model, held)
+    built_rss = _peak_rss()
+    clock = time.perf_counter()
+    kwargs: dict[str, Any] = dict(
+        calibration=calibration,
+        forms=tuple(args.forms.split(",")),
+        progress=False,
+        verify=False,
+    )
+    if mode == "one-shot":
+        kwargs["example_inputs"] = calibration[0]
+    else:
+        kwargs.update(sequential=True, inplace=True)
+    if distributed:
+        kwargs["distributed"] = True
+    result = tfx.factorize(model, args.budget, **kwargs)
+    total = time.perf_counter() - clock
+    peak = _peak_rss()
+    got = _logits(result, held)
+    error = float((got - reference).norm() / reference.norm())
+    plan = result.tfx_plan
+    row = {
+        "mode": mode,
+        "threads": threads,
+        "processes": 2 if distributed else 1,
+        "params_before": before,
+        "params_after": sum(p.numel() for p in result.parameters()),
+        "model_bytes": size,
+        "build_s": build_s,
+        "factorize_s": total,
+        "timings": {k: float(v) for k, v in plan.timings.items()},
+        "rss_before_model": base_rss,
+        "rss_after_build": built_rss,
+        "peak_rss": peak,
+        "peak_over_model": peak / size,
+        "heldout_rel_error": error,
+        "factorized_sites": sum(c.form != "dense" for c in plan.choices),
+    }
+    if distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return row
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(mode: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``mode`` in fresh processes (two for the distributed mode); rank 0's row."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    ranks = 2 if mode == "sequential-2proc" else 1
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                *argv,
+                "--worker",
+                mode,
+                "--rank",
+                str(r),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**env, "OMP_NUM_THREADS": "1"} if ranks == 2 else env,
+        )
+        for r in range(ranks)
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"{mode} failed: return codes {[p.returncode for p in procs]}")
+    rows = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    row = rows[0]
+    row["peak_rss_per_process"] = [r["peak_rss"] for r in rows]
+    return row
+
+
+def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    def gib(n: float) -> str:
+        return f"{n / 2**30:.2f}"
+
+    stages = sorted({k for r in rows for k in r["timings"] if k != "total"})
+    head = [
+        "mode",
+        "procs x threads",
+        "factorize s",
+        *stages,
+        "peak RSS GiB",
+        "peak / model",
+        "params after",
+        "held-out error",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r["mode"],
+            f"{r['processes']} x {r['threads']}",
+            f"{r['factorize_s']:.1f}",
+            *(f"{r['timings'][s]:.1f}" if s in r["timings"] else "" for s in stages),
+            gib(r["peak_rss"]),
+            f"{r['peak_over_model']:.2f}",
+            f"{r['params_after'] / r['params_before']:.3f} of {r['params_before'] / 1e9:.2f}B",
+            f"{r['heldout_rel_error']:.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    sys.path.insert(0, HERE)
+    from _common import git_commit, load_average, machine
+
+    return (
+        f"Llama decoder, {args.layers} layers, hidden {args.hidden}, intermediate "
+        f"{args.intermediate}, vocab {args.vocab} ({gib(rows[0]['model_bytes'])} GiB of float32 "
+        f"weights); budget {args.budget}, forms {args.forms}; calibration {args.batches} batches "
+        f"x {args.rows} x {args.tokens} tokens. Machine: {machine(2)}; tfx {git_commit()}; load "
+        f"average at the end {load_average()}.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(work(args.worker, args)), flush=True)
+        return
+    passed = [a for a in argv if a not in ("--save",)]
+    rows = []
+    for mode in args.modes.split(","):
+        print(f"== {mode} ==", flush=True)
+        rows.append(_spawn(mode, passed))
+        print(json.dumps(rows[-1], indent=1), flush=True)
+    table = _table(rows, args)
+    print(table)
+    if args.save:
+        out = os.path.join(HERE, "results")
+        with open(os.path.join(out, "scale.json"), "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+        with open(os.path.join(out, "scale.md"), "w") as f:
+            f.write(table)
+        _fill_docs(table)
+
+
+def _fill_docs(table: str) -> None:
+    """Put ``table`` between the markers of docs/guide/large-models.md."""
+    import re
+
+    page = os.path.join(HERE, "..", "docs", "guide", "large-models.md")
+    with open(page) as f:
+        text = f.read()
+    start, end = "<!-- scale:table -->", "<!-- /scale:table -->"
+    text = re.sub(
+        re.escape(start) + ".*?" + re.escape(end),
+        lambda _m: f"{start}\n{table}{end}",
+        text,
+        flags=re.DOTALL,
+    )
+    with open(page, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
