@@ -36,7 +36,7 @@ def _fresh_dynamo() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _one_compile_thread() -> Iterator[None]:
-    """Inductor compiles in this process: no pool of compile workers to start on a 2-core machine."""
+    """Inductor compiles in this process: no pool of compile workers to start on 2 cores."""
     from torch._inductor import config
 
     with config.patch(compile_threads=1):
@@ -219,7 +219,7 @@ def test_backend_graph_has_the_plan_and_outputs_of_factorize(name: str) -> None:
     torch.testing.assert_close(got, _run(same, x), rtol=1e-5, atol=1e-6)
 
 
-# --- exact plans reproduce the dense model ----------------------------------------------------------
+# --- exact plans reproduce the dense model --------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -463,7 +463,7 @@ def test_skip_leaves_a_module_dense() -> None:
     assert choice.form == "dense" and "skip" in choice.reason
 
 
-# --- site names: those of tfx.factorize, i.e. the compiled module's named_modules() ------------------
+# --- site names: those of tfx.factorize, i.e. the compiled module's named_modules() ---------------
 
 
 def _tiny_bert() -> tuple[nn.Module, torch.Tensor]:
@@ -482,7 +482,7 @@ def _tiny_bert() -> tuple[nn.Module, torch.Tensor]:
 
 
 def _tiny_gpt2() -> tuple[nn.Module, torch.Tensor]:
-    """GPT-2 with its LM head tied to the token embedding; no cache, which torch.export would refuse."""
+    """GPT-2 with its LM head tied to the token embedding; no cache (torch.export refuses it)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -550,13 +550,13 @@ def test_backend_site_names_are_named_modules_on_swin() -> None:
 
 
 def _layers(model: nn.Module) -> set[str]:
-    """The names of the model's linear, conv and embedding layers (Conv1D: GPT-2's linear layers)."""
+    """The names of the model's linear, conv and embedding layers (GPT-2's Conv1D included)."""
     kinds = ("Linear", "Conv2d", "Embedding", "Conv1D")
     return {name for name, module in model.named_modules() if type(module).__name__ in kinds}
 
 
 class _Block(nn.Module):
-    """A graph break inside: dynamo resumes in this module's own frame, where ``self`` is the block."""
+    """A graph break inside: dynamo resumes in this module's frame, where ``self`` is the block."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -614,7 +614,7 @@ def test_skip_of_a_module_absent_from_a_graph_piece_is_no_error() -> None:
     assert [_factorized(p) for p in backend.plans] == [["blocks.0.inner"]]  # type: ignore[attr-defined]
 
 
-# --- errors ------------------------------------------------------------------------------------------
+# --- errors ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -677,7 +677,7 @@ def test_backend_rejects_malformed_budgets(budget: Any, match: str) -> None:
     ids=["bert", "graph-break"],
 )
 def test_unknown_skip_name_raises_with_a_suggestion(make: Any, skip: str, match: str) -> None:
-    """A misspelt ``skip=`` name would leave the module factorized: an error, as in tfx.factorize."""
+    """A misspelt ``skip=`` name would leave the module factorized: an error, as in factorize."""
     model, x = make()
     compiled = torch.compile(model, backend=tfx.backend(0.5, compiler="eager", skip=[skip]))
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match="Did you mean") as info:

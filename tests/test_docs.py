@@ -118,7 +118,7 @@ def _resolve(path: str) -> object:
 
 
 def test_api_pages_document_every_public_name() -> None:
-    """Every name in ``tfx.__all__`` has a ``:::`` stub; for a subpackage, every name in its ``__all__``."""
+    """Every name in ``tfx.__all__`` has a ``:::`` stub; so has each name of a subpackage's."""
     directives = [
         path
         for page in (DOCS / "api").glob("*.md")

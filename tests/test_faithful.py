@@ -261,7 +261,7 @@ def test_meta_device_model_is_a_clear_option_error() -> None:
         tfx.factorize(model, 0.5, progress=False)
 
 
-# ------------------------------------------------------------ 10. tfx.load needs the inputs of an export plan
+# -------------------------------------------------- 10. tfx.load needs the inputs of an export plan
 def test_load_of_an_export_plan_without_example_inputs_names_them(tmp_path) -> None:  # noqa: ANN001
     model = tiny_bert()
     result = tfx.factorize(model, 0.5, example_inputs=bert_inputs(), progress=False)

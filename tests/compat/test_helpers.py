@@ -1,4 +1,4 @@
-"""tltorch 0.5's helpers kept for tltorch code: kernel layouts, shape helpers, lists, integer helpers.
+"""tltorch 0.5's helpers kept for tltorch code: kernel layouts, shapes, lists, integer helpers.
 
 Expected values are tltorch 0.5's results for the same inputs (checked once against
 tltorch, kept here as data).
@@ -110,7 +110,7 @@ def test_validate_block_tt_rank_matches_tltorch_and_block_tt(
     assert validate_block_tt_rank(shape, rank) == expected == tfx.BlockTT.new(shape, rank=rank).rank
 
 
-# --------------------------------------------------------------------------- complex forms and lists
+# -------------------------------------------------------------------------- complex forms and lists
 def test_complex_handler_makes_a_form_complex() -> None:
     class MyComplexTT(ComplexHandler, tfx.TTTensor):
         pass

@@ -246,7 +246,9 @@ TFX_HOME: dict[str, str] = {
 
 # Deliberately absent from tfx (qualified tltorch name -> why); each is on the guide page.
 OMITTED: dict[str, str] = {
-    "tltorch.factorized_tensors.core.MetaFactorizedTensor": "tfx registers forms with __init_subclass__, no metaclass",
+    "tltorch.factorized_tensors.core.MetaFactorizedTensor": (
+        "tfx registers forms with __init_subclass__, no metaclass"
+    ),
 }
 
 # Expected but not in tfx yet (qualified tltorch name -> what is missing). Strict xfails:

@@ -50,7 +50,7 @@ def random_tensor(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def multilinear(ranks: tuple[int, ...]) -> tuple[int, ...]:
-    """Lower Tucker ranks until each is at most the product of the others (tensorly warns otherwise)."""
+    """Lower Tucker ranks until each is at most the product of the others (else tensorly warns)."""
     out = list(ranks)
     changed = True
     while changed:

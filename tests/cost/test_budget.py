@@ -64,7 +64,8 @@ def test_normalise_budget_rejects_float_above_one(bad) -> None:
 def test_normalise_budget_float_above_one_suggests_fraction_and_count() -> None:
     with pytest.raises(
         BudgetError,
-        match=r"(?s)budget=500\.0 is a float.*Fix: budget=1\.0 .*count of parameters such as budget=500\.",
+        match=r"(?s)budget=500\.0 is a float.*Fix: budget=1\.0 "
+        r".*count of parameters such as budget=500\.",
     ):
         normalise_budget(500.0, 1000, None)
 

@@ -1,4 +1,4 @@
-"""Device profiles: measurement and cache, time estimates, and plans that are not slower than dense."""
+"""Device profiles: measurement and cache, time estimates, and plans not slower than dense."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def _mlp() -> nn.Module:
 
 def test_plan_leaves_out_options_slower_than_dense() -> None:
     """A profile where each kernel launch costs a second: every factorized option (two or more
-    kernels) is slower than the dense layer (one), so at a budget dense fits, nothing is factorized."""
+    kernels) is slower than the dense layer (one), so at a budget dense fits, nothing is
+    factorized."""
     slow_launch = DeviceProfile("cpu", "float32", 1, flops_per_s=1e12, bytes_per_s=1e12, step_s=1.0)
     x = torch.randn(8, 128)
     plan = tfx.plan(_mlp(), 1.0, example_inputs=(x,), device_profile=slow_launch, progress=False)

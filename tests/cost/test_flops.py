@@ -1,4 +1,4 @@
-"""FLOPs and bytes of candidates: hand counts, the cheaper order, and the emitted module's real FLOPs.
+"""FLOPs and bytes of candidates: hand counts, the cheaper order, the emitted module's real FLOPs.
 
 Convention (``tfx.cost._flops``): a pairwise step that sums letters of total size > 1 is a
 (batched) matmul, ``2 * m * n * k`` FLOPs -- what ``torch.utils.flop_counter.FlopCounterMode``
@@ -31,7 +31,7 @@ from tfx.passes._rewrite import build_layer
 
 
 class _Multiplies(TorchDispatchMode):
-    """Counts the elements written by floating-point ``aten.mul`` (the elementwise product steps)."""
+    """Counts the elements written by floating-point ``aten.mul`` (elementwise product steps)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,7 +70,10 @@ def _choice(site, option: Option, order: str) -> Choice:
 
 
 def _measured(site, option: Option, order: str, x: torch.Tensor) -> int:
-    """FLOPs the emitted layer runs: traced as rewrite splices it, FlopCounterMode + elementwise products."""
+    """FLOPs the emitted layer runs, traced as rewrite splices it.
+
+    FlopCounterMode's count plus the elementwise products.
+    """
     layer = build_layer(site, _choice(site, option, order))
     with planned_batch(site.info.tokens):
         traced = torch.fx.symbolic_trace(layer)
@@ -129,7 +132,8 @@ def test_tt_embedding_flops_equal_a_hand_count() -> None:
     ],
 )
 def test_path_flops_equal_opt_einsum_count_when_every_step_sums(equation: str, shapes) -> None:
-    # opt_einsum counts 2 x size for a step with a summed index: the same as ours when every step sums.
+    # opt_einsum counts 2 x size for a step with a summed index: the same as ours when every
+    # step sums.
     _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="optimal")
     assert all(c[1] for c in info.contraction_list)  # every step sums an index
     assert _path_cost(equation, tuple(shapes), None, None, 0).flops == info.opt_cost

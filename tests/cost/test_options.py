@@ -109,7 +109,7 @@ _SETTINGS = settings(
 
 
 def _drawn_option(data, kind, form):  # noqa: ANN001, ANN202 - hypothesis helper
-    """A drawn site of ``kind`` and one of its ``form`` candidates (the example is skipped when it has none)."""
+    """A drawn site of ``kind`` and one of its ``form`` candidates (skipping sites without one)."""
     site = data.draw(sites(kind))
     option = _pick(data.draw, candidates(site.info, site.weight, forms=(form,)), form)
     assume(option is not None)

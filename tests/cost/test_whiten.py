@@ -61,8 +61,8 @@ def test_whitening_is_a_square_root_and_inverts(col_shape: tuple[int, ...]) -> N
             # L L^T is the damped second moment
             cov = stats.covariance()
             damped = cov + 1e-2 * cov.diagonal().mean() * torch.eye(n, dtype=torch.float64)
-            l = white.sqrt[0]
-            torch.testing.assert_close(l @ l.T, damped, rtol=1e-9, atol=1e-12)
+            root = white.sqrt[0]
+            torch.testing.assert_close(root @ root.T, damped, rtol=1e-9, atol=1e-12)
 
 
 def test_modes_product_is_the_kronecker_product() -> None:
@@ -80,9 +80,9 @@ def test_kronecker_factors_are_partial_traces() -> None:
     cov = stats.covariance().reshape(3, 4, 3, 4)
     white = stats.whitening((3, 4))
     c0, c1 = torch.einsum("abcb->ac", cov), torch.einsum("abad->bd", cov)
-    for l, c in zip(white.sqrt, (c0, c1), strict=False):
+    for root, c in zip(white.sqrt, (c0, c1), strict=False):
         damped = c + 1e-2 * c.diagonal().mean() * torch.eye(c.shape[0], dtype=torch.float64)
-        torch.testing.assert_close(l @ l.T, damped, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(root @ root.T, damped, rtol=1e-9, atol=1e-12)
 
 
 def test_svd_estimate_is_the_output_error_on_the_calibration_data() -> None:

@@ -365,7 +365,8 @@ def test_tensor_lasso_from_factorization_picks_the_class_of_the_tensor() -> None
 def test_cp_lasso_on_a_tucker_tensor_raises() -> None:
     with pytest.raises(
         tfx.OptionError,
-        match=r"CPLasso applies to CP tensors, got a Tucker tensor.\nFix: tfx.tensor_lasso\(factorization='tucker'\)",
+        match=r"CPLasso applies to CP tensors, got a Tucker tensor.\n"
+        r"Fix: tfx.tensor_lasso\(factorization='tucker'\)",
     ):
         tfx.nn.CPLasso().apply(_tensor("plain-Tucker"))
 

@@ -403,7 +403,7 @@ def test_calibration_mask_must_be_a_boolean_mask() -> None:
 
 
 def test_embedding_rows_the_data_uses_are_kept_more_precise() -> None:
-    """A table calibrated on lookups of a few rows keeps those rows closer than an uncalibrated one."""
+    """A table calibrated on lookups of a few rows keeps them closer than an uncalibrated one."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(200, 32), nn.Linear(32, 8)).eval()
     used = torch.arange(20)

@@ -101,7 +101,7 @@ _SPECIAL = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 1}
 
 
 def _hf(model: str, config: str, **settings: Any) -> Callable[[], nn.Module]:
-    """A builder of ``transformers.<model>(transformers.<config>(**settings))``, seeded, in eval mode."""
+    """A seeded builder of ``transformers.<model>(transformers.<config>(**settings))``, in eval."""
 
     def make() -> nn.Module:
         import transformers
