@@ -66,7 +66,7 @@ def save(text: str, out: str | None, echo: bool = True) -> str:
 
 
 def tt_ranks(shape: Sequence[int], budget: int) -> tuple[int, ...]:
-    """Largest uniform cap R with TT ranks ``min(R, unfolding bound)`` within ``budget`` parameters."""
+    """Largest uniform cap R with TT ranks ``min(R, unfolding bound)`` within ``budget`` params."""
     bounds = tt_rank_bounds(tuple(shape))
 
     def ranks(cap: int) -> tuple[int, ...]:

@@ -119,10 +119,11 @@ def main(argv: list[str] | None = None) -> str:
                     f"commit {git_commit()}",
                     f"load average before: {load}",
                 ),
-                f"weights: low-rank rank {rank}, {params['low-rank'] / N**2:.1%} of dense; Tucker rank 11^6 on (16,16,16)^2, "
-                f"{params['Tucker'] / N**2:.1%}",
+                f"weights: low-rank rank {rank}, {params['low-rank'] / N**2:.1%} of "
+                f"dense; Tucker rank 11^6 on (16,16,16)^2, {params['Tucker'] / N**2:.1%}",
                 "",
-                "| batch | nn.Linear ms | tfx low-rank ms (x dense) | tfx.factorize graph | hand-written | goal | tfx Tucker ms (x dense) | hand-written | goal |",
+                "| batch | nn.Linear ms | tfx low-rank ms (x dense) | tfx.factorize graph "
+                "| hand-written | goal | tfx Tucker ms (x dense) | hand-written | goal |",
                 "|---|---|---|---|---|---|---|---|---|",
                 *rows,
                 "",

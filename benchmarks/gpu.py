@@ -1,4 +1,4 @@
-"""GPU layer table: factorized linears against ``nn.Linear`` in fp32 and bf16, CUDA events + CUDA graphs.
+"""GPU layer table: factorized linears against ``nn.Linear``, fp32 and bf16, events + CUDA graphs.
 
 NOT YET RUN ON A GPU: the session that wrote this script had no GPU; it was checked only with
 ``--device cpu --quick``. Read the first real run's table with that in mind.
@@ -299,18 +299,18 @@ def _x(v: float | None) -> str:
 
 def markdown(rows: Sequence[Case]) -> str:
     head = (
-        "| dtype | linear (out x in) | params target | batch | layer | rank | params (% dense) | ideal "
-        "| eager ms | eager x dense | graph ms | graph x dense | note |"
+        "| dtype | linear (out x in) | params target | batch | layer | rank | params (% "
+        "dense) | ideal | eager ms | eager x dense | graph ms | graph x dense | note |"
     )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
         dense = r.layer == "nn.Linear"
         lines.append(
-            f"| {r.dtype} | {r.size[0]}x{r.size[1]} | {r.fraction:g} | {r.batch} | {r.layer} | {r.rank} "
-            f"| {r.params:,} ({100 * r.params / r.dense_params:.1f}%) "
-            f"| {'-' if r.ideal is None else f'{r.ideal:.2f}'} | {_ms(r.eager_ms)} "
-            f"| {'' if dense else _x(r.speedup('eager'))} | {_ms(r.graph_ms)} "
-            f"| {'' if dense else _x(r.speedup('graph'))} | {r.note} |"
+            f"| {r.dtype} | {r.size[0]}x{r.size[1]} | {r.fraction:g} | {r.batch} | "
+            f"{r.layer} | {r.rank} | {r.params:,} ({100 * r.params / r.dense_params:.1f}%) "
+            f"| {'-' if r.ideal is None else f'{r.ideal:.2f}'} | {_ms(r.eager_ms)} | "
+            f"{'' if dense else _x(r.speedup('eager'))} | {_ms(r.graph_ms)} | "
+            f"{'' if dense else _x(r.speedup('graph'))} | {r.note} |"
         )
     return "\n".join(lines)
 
@@ -343,11 +343,12 @@ def goals(rows: Sequence[Case]) -> list[str]:
     small = [r for r in rows if r.batch <= 32 and r.layer.startswith("tfx")]
     slower = [r for r in small if (best(r) or 0) < 1.0]
     out.append(
-        f"- {'met' if not slower else 'MISSED'}: tfx layers at batch <= 32 never slower than dense: "
-        f"{len(slower)} of {len(small)} slower"
+        f"- {'met' if not slower else 'MISSED'}: tfx layers at batch <= "
+        f"32 never slower than dense: {len(slower)} of {len(small)} slower"
     )
     out += [
-        f"  - {r.dtype} {r.size[0]}x{r.size[1]} at {r.fraction:g}, B={r.batch}, {r.layer}: {_x(best(r))}"
+        f"  - {r.dtype} {r.size[0]}x{r.size[1]} at "
+        f"{r.fraction:g}, B={r.batch}, {r.layer}: {_x(best(r))}"
         for r in slower
     ]
     return out
@@ -358,11 +359,15 @@ def header(device: torch.device) -> str:
         where = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
         how = "CUDA events; CUDA graph replay where capture works"
     else:
-        where = f"{platform.processor() or 'CPU'} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
+        where = (
+            f"{platform.processor() or 'CPU'} ({os.cpu_count()} CPUs, "
+            f"{torch.get_num_threads()} threads)"
+        )
         how = "time.perf_counter (CPU smoke test, not a GPU measurement)"
     return (
-        f"{datetime.datetime.now().isoformat(timespec='minutes')}; {where}; torch {torch.__version__}; "
-        f"tfx {tfx.__version__}; {how}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
+        f"{datetime.datetime.now().isoformat(timespec='minutes')}; "
+        f"{where}; torch {torch.__version__}; tfx {tfx.__version__}; "
+        f"{how}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
     )
 
 
@@ -415,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "gpu.md"), "w") as f:
             f.write(
-                f"{head}\n\n{table}\n\nGoals (issue 5, GPU):\n{checks}\n\n{len(rows)} timings in {elapsed}\n"
+                f"{head}\n\n{table}\n\nGoals (issue 5, GPU):\n"
+                f"{checks}\n\n{len(rows)} timings in {elapsed}\n"
             )
         with open(os.path.join(args.out, "gpu.json"), "w") as f:
             json.dump(

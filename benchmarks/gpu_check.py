@@ -191,7 +191,11 @@ def layer_checks(dev: torch.device) -> None:
         )
         devices = {p.device.type for p in gm.parameters()}
         assert devices == {dev.type}, devices
-        return f"params {sum(p.numel() for p in gm.parameters())}/{sum(p.numel() for p in model.parameters())}, out.err {gm.tfx_plan.output_error:.3f}"
+        return (
+            f"params {sum(p.numel() for p in gm.parameters())}/"
+            f"{sum(p.numel() for p in model.parameters())}, "
+            f"out.err {gm.tfx_plan.output_error:.3f}"
+        )
 
     check("tfx.factorize on CUDA keeps the device", factorize)
 
@@ -242,10 +246,10 @@ def timing(dev: torch.device) -> None:
         for batch in (1, 32, 2048):
             x = torch.randn(batch, n, device=dev, dtype=dtype)
             with torch.no_grad():
-                base = bench(lambda: dense(x))
+                base = bench(lambda dense=dense, x=x: dense(x))
                 cells = []
                 for layer in layers.values():
-                    t = bench(lambda layer=layer: layer(x))
+                    t = bench(lambda layer=layer, x=x: layer(x))
                     cells.append(f"{t:.3f} ({base / t:.2f}x)")
             say(
                 f"| {str(dtype).split('.')[-1]} | {batch} | {base:.3f} | "
@@ -280,7 +284,8 @@ def main() -> int:
     timing(dev)
     n_fail = sum(line.startswith("FAIL") for line in LINES)
     say(
-        f"\n{sum(line.startswith('PASS') for line in LINES)} passed, {n_fail} failed in {time.time() - start:.0f} s"
+        f"\n{sum(line.startswith('PASS') for line in LINES)} "
+        f"passed, {n_fail} failed in {time.time() - start:.0f} s"
     )
     if args.out:
         with open(f"{args.out}/gpu_check.txt", "w") as fh:

@@ -594,9 +594,11 @@ FULL_EMBEDDINGS = ((30522, 768), (1_000_000, 64))
 
 
 def full_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
-    """``--full``: forward only; tfx rows have kind "full" (not checked against issue 3's goals). Linears: low-rank (rank rounded to 8) and Tucker (``rank=fraction``)
-    against dense and hand-written low-rank; ResNet-50 convs: CP and Tucker at 10%; embeddings:
-    BlockTT rank 16 with 4096 lookups."""
+    """``--full``: forward only; tfx rows have kind "full" (not checked against issue 3's goals).
+
+    Linears: low-rank (rank rounded to 8) and Tucker (``rank=fraction``) against dense and
+    hand-written low-rank; ResNet-50 convs: CP and Tucker at 10%; embeddings: BlockTT rank 16
+    with 4096 lookups."""
     rows: list[Row] = []
     for out_f, in_f in FULL_LINEARS:
         torch.manual_seed(0)
@@ -636,7 +638,8 @@ def full_cases(min_run_time: float, log: Callable[[str], None]) -> list[Row]:
                     ("hand-written low-rank", hand, "hand"),
                     ("tfx Tucker auto", tucker, "full"),
                 ):
-                    note = f"{1 / frac:g}x compression, rank {tucker.rank if 'Tucker' in name else rank}"
+                    shown = tucker.rank if "Tucker" in name else rank
+                    note = f"{1 / frac:g}x compression, rank {shown}"
                     r = Row(
                         case,
                         name,

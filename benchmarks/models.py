@@ -32,9 +32,10 @@ wall time of the ``tfx.factorize`` call with the per-stage breakdown from ``plan
 Timing, as in ``benchmarks/layers.py``: one process; ``--threads`` torch threads (1 by default)
 for everything, ``tfx.factorize`` included (on a loaded 2-core machine, two threads made one
 100 x 512 SVD 300x slower than one thread: OpenMP threads waiting on each other); two warm-up
-calls, then ``--repeats`` rounds of at least three calls sharing ``--min-run-time``; each number is the least of the rounds' medians. With one thread the clock
-is the calling thread's CPU time (time-slicing by other processes on a shared machine is not
-counted); with more threads it is wall-clock time. Nothing here asserts a speed.
+calls, then ``--repeats`` rounds of at least three calls sharing ``--min-run-time``; each
+number is the least of the rounds' medians. With one thread the clock is the calling thread's
+CPU time (time-slicing by other processes on a shared machine is not counted); with more
+threads it is wall-clock time. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ MODELS = ("cnn", "bert", "gpt2")
 
 # ----------------------------------------------------------------------------- ResNet-50
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carries the stride), 1x1 expand (x4), with a projection shortcut when needed."""
+    """1x1 reduce, 3x3 (carries the stride), 1x1 expand (x4); a projection shortcut if needed."""
 
     def __init__(self, cin: int, width: int, stride: int) -> None:
         super().__init__()
@@ -182,7 +183,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, inputs: Any) -> int:
-    """FLOPs of one inference forward, as ``FlopCounterMode`` counts them (matmuls, convolutions)."""
+    """FLOPs of one inference forward as ``FlopCounterMode`` counts them (matmuls, convolutions)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         call(model, inputs)
     return int(counter.get_total_flops())
@@ -204,7 +205,7 @@ class Clock:
 
 
 def measure(fn: Callable[[], Any], clock: Clock, min_run_time: float, repeats: int) -> float:
-    """Milliseconds per ``fn()``: least of ``repeats`` medians of >= 3 calls each, after 2 warm-ups."""
+    """Milliseconds per ``fn()``: least of ``repeats`` medians of >= 3 calls, after 2 warm-ups."""
     fn()
     fn()
     medians = []

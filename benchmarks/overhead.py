@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> str:
     lines = [
         head,
         "",
-        "| layer | form | grad | fwd us | aten replay us | kernels only us | overhead us | beyond kernels us | aten ops (kernels) |",
+        "| layer | form | grad | fwd us | aten replay us | kernels only "
+        "us | overhead us | beyond kernels us | aten ops (kernels) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
@@ -344,9 +345,9 @@ def main(argv: list[str] | None = None) -> str:
             for grad in (False, True):
                 r = measure(layer, x, grad, args.rounds, args.min_run_time)
                 line = (
-                    f"| {case} | {form} | {'yes' if grad else 'no'} | {r['fwd']:.1f} | {r['aten']:.1f} "
-                    f"| {r['kernels']:.1f} | {r['fwd'] - r['aten']:.1f} | {r['fwd'] - r['kernels']:.1f} "
-                    f"| {r['n_ops']} ({r['n_kernels']}) |"
+                    f"| {case} | {form} | {'yes' if grad else 'no'} | {r['fwd']:.1f} | "
+                    f"{r['aten']:.1f} | {r['kernels']:.1f} | {r['fwd'] - r['aten']:.1f} "
+                    f"| {r['fwd'] - r['kernels']:.1f} | {r['n_ops']} ({r['n_kernels']}) |"
                 )
                 lines.append(line)
                 print(line, flush=True)

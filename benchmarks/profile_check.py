@@ -4,9 +4,9 @@
 :class:`tfx.cost.DeviceProfile` (cached), then for single linear layers of issue 5's sizes,
 budgets of 50 / 25 / 10 % of the layer and batches 1 / 32 / 512, plans with and without the
 profile and times the dense layer and all its factorized versions in one process, interleaved
-(one thread, least of three rounds of ``torch.utils.benchmark`` block medians). Prints a markdown table with the
-speedups over dense, the profile's estimate, and the smallest speedup of each column: issue 5
-asks for at least 0.95 over the suite.
+(one thread, least of three rounds of ``torch.utils.benchmark`` block medians). Prints a
+markdown table with the speedups over dense, the profile's estimate, and the smallest speedup
+of each column: issue 5 asks for at least 0.95 over the suite.
 """
 
 from __future__ import annotations
@@ -114,14 +114,15 @@ def main(argv: list[str] | None = None) -> str:
     ]
     lines = [
         stamp(machine(1), f"torch {torch.__version__}"),
-        f"device profile: {profile.flops_per_s / 1e9:.1f} GFLOP/s, {profile.bytes_per_s / 1e9:.1f} GB/s, "
-        f"{profile.step_s * 1e6:.1f} us per kernel",
+        f"device profile: {profile.flops_per_s / 1e9:.1f} GFLOP/s, "
+        f"{profile.bytes_per_s / 1e9:.1f} GB/s, {profile.step_s * 1e6:.1f} us per kernel",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r) + " |" for r in rows),
         "",
-        f"smallest speedup over dense: without a profile {worst['plain']:.2f}x, with it {worst['profile']:.2f}x (goal >= 0.95x)",
+        f"smallest speedup over dense: without a profile {worst['plain']:.2f}x, "
+        f"with it {worst['profile']:.2f}x (goal >= 0.95x)",
     ]
     return save("\n".join(lines) + "\n", args.out)
 

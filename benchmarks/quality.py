@@ -90,7 +90,7 @@ DEFAULT_JSON = HERE / "results" / "quality.json"
 
 # ----------------------------------------------------------------------------- the levers
 def check_levers() -> None:
-    """Exit with a message when this tfx lacks issue 6's levers (calibration, sensitivity, distill)."""
+    """Exit with a message if this tfx lacks issue 6's levers: calibration, sensitivity, distill."""
     missing = []
     if "sensitivity" not in tfx.cost.available_strategies():
         missing.append("strategy='sensitivity'")
@@ -180,7 +180,7 @@ def energy_ranks(layers: dict[str, nn.Module], budget: float) -> dict[str, int |
 def energy_svd(
     model: nn.Module, names: Sequence[str], budget: float
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """A copy of ``model`` with the layers ``names`` replaced by truncated SVDs (ranks by energy)."""
+    """A copy of ``model`` with layers ``names`` replaced by truncated SVDs (ranks by energy)."""
     result = copy.deepcopy(model)
     layers = {name: result.get_submodule(name) for name in names}
     ranks = energy_ranks(layers, budget)
@@ -353,7 +353,7 @@ def _sweep(
     log_format: str,
     **run_kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Every method at every budget: compress with :func:`run_method`, ``measure`` the result, log a row."""
+    """Every method at every budget: :func:`run_method`, then ``measure`` the result, log a row."""
     rows = []
     for fraction in budgets:
         cache: dict[str, Any] = {}
@@ -436,7 +436,10 @@ def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
                 "lr": args.minilm_lr,
                 "loss": "mse",
                 "output": "last_hidden_state",
-                "data": f"{len(calib)} calibration sentences in {len(distill_data)} batches of {args.distill_batch}",
+                "data": (
+                    f"{len(calib)} calibration sentences in {len(distill_data)} batches of "
+                    f"{args.distill_batch}"
+                ),
             },
         },
         "rows": rows,
@@ -445,7 +448,11 @@ def bench_minilm(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ digits
 class DigitsCNN(nn.Module):
-    """conv(1->32, 3) - relu - conv(32->64, 3) - relu - pool - linear(1024->128) - relu - linear(128->10)."""
+    """A small digits CNN.
+
+    conv(1->32, 3) - relu - conv(32->64, 3) - relu - pool - linear(1024->128) - relu -
+    linear(128->10).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -504,7 +511,8 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
     train_s = time.perf_counter() - start
     dense_acc = accuracy(model, x_test, y_test)
     print(
-        f"digits CNN: {n_params(model):,} params, trained in {train_s:.1f} s, test accuracy {100 * dense_acc:.2f}%",
+        f"digits CNN: {n_params(model):,} params, trained in "
+        f"{train_s:.1f} s, test accuracy {100 * dense_acc:.2f}%",
         flush=True,
     )
     names = ["conv1", "conv2", "fc1", "fc2"]
@@ -549,7 +557,7 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------- goals: calibration on text of another kind
+# ------------------------------------------------------- goals: calibration on text of another kind
 DOCSTRINGS = HERE / "data" / "calibration_docstrings.txt"
 TUNING = ROOT / "tfx" / "_data" / "sentences.txt"
 DEFAULT_GOALS_JSON = HERE / "results" / "quality_goals.json"
@@ -613,7 +621,7 @@ GOAL_CASES = (
 
 
 def docstring_lines(count: int) -> list[str]:
-    """``count`` lines of :data:`DOCSTRINGS`, evenly spaced (every module contributes); all if fewer."""
+    """``count`` lines of :data:`DOCSTRINGS`, evenly spaced (every module's); all if fewer."""
     lines = [line.strip() for line in DOCSTRINGS.read_text().splitlines() if line.strip()]
     if count >= len(lines):
         return lines
@@ -716,8 +724,14 @@ def goal_setup(args: argparse.Namespace) -> GoalSetup:
         for k, v in calibration.items()
     }
     notes = {
-        "in-domain": f"{len(in_domain)} sentences of tfx/_data/calibration.txt, {100 * real['in-domain']:.0f}% real tokens",
-        "out-of-domain": f"{len(docs)} lines of benchmarks/data/{DOCSTRINGS.name}, {100 * real['out-of-domain']:.0f}% real tokens",
+        "in-domain": (
+            f"{len(in_domain)} sentences of tfx/_data/calibration.txt, "
+            f"{100 * real['in-domain']:.0f}% real tokens"
+        ),
+        "out-of-domain": (
+            f"{len(docs)} lines of benchmarks/data/{DOCSTRINGS.name}, "
+            f"{100 * real['out-of-domain']:.0f}% real tokens"
+        ),
         "padding": f"batches of {args.batch}, padded to {GOALS_LENGTH} tokens",
         "heldout": f"{len(heldout)} sentences of benchmarks/data/heldout.txt",
         "tuning": f"{len(tuning)} sentences of tfx/_data/sentences.txt",
@@ -747,7 +761,7 @@ def goal_run(
     damping: float | None = None,
     calibration: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Factorize MiniLM for ``case`` calibrated on ``source`` and measure it on the held-out and tuning sets."""
+    """Factorize MiniLM for ``case``, calibrated on ``source``; measure held-out and tuning sets."""
     if calibration is None:  # the uncalibrated case still traces on an in-domain batch
         calibration = setup.calibration.get(source, setup.calibration["in-domain"])
     batches = calibration
@@ -795,8 +809,9 @@ def _goal_log(row: dict[str, Any]) -> None:
     shown = ("strategy", "forms", "damping", "batches")
     extra = "".join(f" {k}={row[k]}" for k in shown if row.get(k) not in (None, "auto", "default"))
     print(
-        f"  {row['case']:<17} {row['source']:<14}{extra}  mean cos {row['mean_cos']:.3f}  p5 {row['p5_cos']:.3f}  "
-        f"(tune {row['tune_mean_cos']:.3f})  kept {100 * row['kept']:.1f}% of all params  {row['factorize_s']:.0f} s",
+        f"  {row['case']:<17} {row['source']:<14}{extra}  mean cos {row['mean_cos']:.3f} "
+        f" p5 {row['p5_cos']:.3f}  (tune {row['tune_mean_cos']:.3f})  kept "
+        f"{100 * row['kept']:.1f}% of all params  {row['factorize_s']:.0f} s",
         flush=True,
     )
 
@@ -818,7 +833,7 @@ LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
 def _lever_calibration(
     setup: GoalSetup, which: str, args: argparse.Namespace
 ) -> list[dict[str, torch.Tensor]]:
-    """The out-of-domain calibration a lever asks for: every docstring line, and/or dynamic padding."""
+    """The out-of-domain calibration a lever asks for: all docstring lines, dynamic padding."""
     lines = docstring_lines(10**9 if which.startswith("all") else args.ood_lines)
     if which == "all":
         return _padded_batches(setup.tokenizer, lines, args.batch)
@@ -860,7 +875,7 @@ def _damping_rows(
     values: Sequence[float],
     rows: Sequence[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Each calibrated case at each damping, out-of-domain; the default's row is the main table's."""
+    """Each calibrated case at each damping, out-of-domain; the default's row is the main one's."""
     from tfx.cost import _whiten
 
     out = []
@@ -880,7 +895,7 @@ def _damping_rows(
 
 
 def bench_goals(args: argparse.Namespace) -> dict[str, Any]:
-    """The four goal cases, in- and out-of-domain; then the levers and the damping sweep where asked."""
+    """The four goal cases, in- and out-of-domain; then the levers and damping sweep if asked."""
     setup = goal_setup(args)
     cases = [c for c in GOAL_CASES if args.goal_cases is None or c.key in args.goal_cases]
     rows = []
@@ -910,9 +925,10 @@ def _goal_cells(case: GoalCase, found: dict[str, dict[str, Any]]) -> str:
         f"{'mean' if k == 'mean_cos' else 'p5'} >= {v:.2f}" for k, v in case.goal.items()
     )
     return (
-        f"| {case.label} | {100 * ood['kept']:.1f}% | {ind['mean_cos']:.3f} / {ind['p5_cos']:.3f} | "
-        f"{ood['mean_cos']:.3f} / {ood['p5_cos']:.3f} | {case.before} | {goal} | "
-        f"**{'met' if _met(case, ood) else 'missed'}** (in-domain: {'met' if _met(case, ind) else 'missed'}) |"
+        f"| {case.label} | {100 * ood['kept']:.1f}% | {ind['mean_cos']:.3f} / "
+        f"{ind['p5_cos']:.3f} | {ood['mean_cos']:.3f} / {ood['p5_cos']:.3f} | "
+        f"{case.before} | {goal} | **{'met' if _met(case, ood) else 'missed'}** "
+        f"(in-domain: {'met' if _met(case, ind) else 'missed'}) |"
     )
 
 
@@ -932,7 +948,8 @@ def _damping_table(goals: dict[str, Any], cases: dict[str, GoalCase]) -> list[st
             value = f"{r['damping']:g}" + (" (default)" if r.get("default") else "")
             value = f"**{value}**" if r is best else value
             out.append(
-                f"| {case.label} | {value} | {r['tune_mean_cos']:.3f} | {r['mean_cos']:.3f} / {r['p5_cos']:.3f} |"
+                f"| {case.label} | {value} | {r['tune_mean_cos']:.3f} "
+                f"| {r['mean_cos']:.3f} / {r['p5_cos']:.3f} |"
             )
     return [*out, "", "Picked by the tuning set: " + "; ".join(picks) + "."]
 
@@ -946,11 +963,11 @@ def goals_markdown(results: dict[str, Any]) -> str:
         f"Measured {results['env']['date']}: {results['env']['line']}; benchmark time "
         f"{results['env']['seconds'] / 60:.1f} minutes.",
         "",
-        f"Calibration: in-domain {setup['in-domain']}; out-of-domain {setup['out-of-domain']}; {setup['padding']}. "
-        f"Held-out: {setup['heldout']}.",
+        f"Calibration: in-domain {setup['in-domain']}; out-of-domain "
+        f"{setup['out-of-domain']}; {setup['padding']}. Held-out: {setup['heldout']}.",
         "",
-        "| case | kept (all params) | in-domain mean / p5 cos | out-of-domain mean / p5 cos | before (out-of-domain) | goal "
-        "| out-of-domain |",
+        "| case | kept (all params) | in-domain mean / p5 cos | out-of-domain "
+        "mean / p5 cos | before (out-of-domain) | goal | out-of-domain |",
         "|---|---:|---:|---:|---:|---|---|",
     ]
     for key, case in cases.items():
@@ -968,13 +985,14 @@ def goals_markdown(results: dict[str, Any]) -> str:
         for r in goals["levers"]:
             batches = r["batches"] if cases[r["case"]].calibrated else "-"
             out.append(
-                f"| {cases[r['case']].label} | {LEVERS[r['lever']][0]} | {batches} | {r['mean_cos']:.3f} | "
-                f"{r['p5_cos']:.3f} | {r['factorize_s']:.0f} |"
+                f"| {cases[r['case']].label} | {LEVERS[r['lever']][0]} | {batches} | "
+                f"{r['mean_cos']:.3f} | {r['p5_cos']:.3f} | {r['factorize_s']:.0f} |"
             )
     if goals["damping"]:
         out += [
             "",
-            f"Whitening damping (`tfx.cost._whiten.DAMPING`), out-of-domain calibration; tuning set: {setup['tuning']}:",
+            "Whitening damping (`tfx.cost._whiten.DAMPING`), "
+            f"out-of-domain calibration; tuning set: {setup['tuning']}:",
             "",
             *_damping_table(goals, cases),
         ]
@@ -984,7 +1002,8 @@ def goals_markdown(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------- output
 def _log(row: dict[str, Any], fmt: str) -> None:
     print(
-        f"  {row['model']:<6} {row['budget']:<5} {METHODS[row['method']]:<28} kept {100 * row['kept']:5.1f}%  "
+        f"  {row['model']:<6} {row['budget']:<5} "
+        f"{METHODS[row['method']]:<28} kept {100 * row['kept']:5.1f}%  "
         + fmt.format(**row)
         + f"  ({row['factorize_s']:.1f} s + distill {row['distill_s']:.1f} s)",
         flush=True,
@@ -1017,8 +1036,9 @@ def markdown(results: dict[str, Any]) -> str:
         out += [
             "## all-MiniLM-L6-v2: sentence embeddings, held-out set",
             "",
-            f"Budget = fraction of the encoder's linear weights ({setup['encoder_linear_weights']:,} of "
-            f"{setup['total_params']:,} params). Calibration: {setup['calibration']}; held-out: {setup['heldout']}.",
+            "Budget = fraction of the encoder's linear weights "
+            f"({setup['encoder_linear_weights']:,} of {setup['total_params']:,} params). "
+            f"Calibration: {setup['calibration']}; held-out: {setup['heldout']}.",
             "",
             "Mean cosine similarity to the original's embeddings:",
             "",
@@ -1028,8 +1048,9 @@ def markdown(results: dict[str, Any]) -> str:
             "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         out += [
-            f"| {r['budget']:g} | {METHODS[r['method']]} | {100 * r['kept']:.1f}% | {r['mean_cos']:.3f} | "
-            f"{r['p5_cos']:.3f} | {r['nn_agree']:.3f} | {r['factorize_s']:.1f} | {r['distill_s']:.1f} |"
+            f"| {r['budget']:g} | {METHODS[r['method']]} | {100 * r['kept']:.1f}% "
+            f"| {r['mean_cos']:.3f} | {r['p5_cos']:.3f} | {r['nn_agree']:.3f} | "
+            f"{r['factorize_s']:.1f} | {r['distill_s']:.1f} |"
             for r in rows
         ]
         out.append("")
@@ -1039,8 +1060,9 @@ def markdown(results: dict[str, Any]) -> str:
         out += [
             "## Digits CNN: test accuracy",
             "",
-            f"Budget = fraction of the whole model ({setup['total_params']:,} params, {setup['weights']:,} of them "
-            f"conv/linear weights). Dense test accuracy: {100 * setup['dense_accuracy']:.2f}% on {setup['test']}.",
+            f"Budget = fraction of the whole model ({setup['total_params']:,} "
+            f"params, {setup['weights']:,} of them conv/linear weights). Dense test "
+            f"accuracy: {100 * setup['dense_accuracy']:.2f}% on {setup['test']}.",
             "",
             *_pivot(rows, "accuracy", lambda v: f"{100 * v:.1f}%"),
             "",
@@ -1048,8 +1070,8 @@ def markdown(results: dict[str, Any]) -> str:
             "|---:|---|---:|---:|---:|---:|",
         ]
         out += [
-            f"| {r['budget']:g} | {METHODS[r['method']]} | {100 * r['kept']:.1f}% | {100 * r['accuracy']:.2f}% | "
-            f"{r['factorize_s']:.1f} | {r['distill_s']:.1f} |"
+            f"| {r['budget']:g} | {METHODS[r['method']]} | {100 * r['kept']:.1f}% | "
+            f"{100 * r['accuracy']:.2f}% | {r['factorize_s']:.1f} | {r['distill_s']:.1f} |"
             for r in rows
         ]
         out.append("")
@@ -1121,8 +1143,8 @@ def _environment() -> dict[str, Any]:
     cpu, commit = cpu_name(), git_commit()
     date = datetime.date.today().isoformat()
     line = (
-        f"tfx {tfx.__version__} ({commit}), torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
-        f"{os.cpu_count()} cores"
+        f"tfx {tfx.__version__} ({commit}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {cpu}, {os.cpu_count()} cores"
     )
     return {
         "date": date,
@@ -1218,7 +1240,7 @@ def _cell(entry: dict[str, Any]) -> str:
 
 
 def plot_ranks(results: dict[str, Any], path: Path) -> None:
-    """Heat maps, one row per method: the fraction of each layer's weights kept, labelled by rank/form."""
+    """Heat maps, a row per method: each layer's fraction of weights kept, labelled by rank/form."""
     import matplotlib
 
     matplotlib.use("Agg")
