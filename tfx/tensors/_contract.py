@@ -104,20 +104,17 @@ class ContractionPlan:
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
         """Contract ``operands`` following the plan (eager code, or traced; see the module)."""
-        first = operands[0]
-        if isinstance(first, torch.fx.Proxy) or torch.compiler.is_compiling():
+        if isinstance(operands[0], torch.fx.Proxy) or torch.compiler.is_compiling():
             return self.traced(*operands)
-        dtype = first.dtype
-        for o in operands:
-            if o.dtype is not dtype:
-                operands = promote(operands)
-                break
         key = (self.equation, self.steps, *[o.shape for o in operands])
         run = _CACHE.get(key)
         if run is None:
             shapes = tuple(tuple(o.shape) for o in operands)
             run = cached(key, _eager_program, self.equation, self.steps, shapes)
-        return run(*operands)  # type: ignore[no-any-return]
+        result = run(*operands)
+        if result is None:  # mixed dtypes (the program checks): promoted once, at the boundary
+            return run(*promote(operands))  # type: ignore[no-any-return]
+        return result  # type: ignore[no-any-return]
 
     def traced(self, *operands: Any) -> Any:
         """The traced renderer: the plan's program replayed on ``operands`` (fx or dynamo)."""
@@ -329,8 +326,13 @@ def _traced_program(
 
 def _eager_program(
     equation: str, steps: tuple[Step, ...], shapes: tuple[tuple[int, ...], ...]
-) -> Callable[..., torch.Tensor]:
-    return Program(*emit(equation, steps, shapes), len(shapes)).function
+) -> Callable[..., torch.Tensor | None]:
+    """A plan's eager code for operands of ``shapes``; None when their dtypes differ."""
+    made = Program(*emit(equation, steps, shapes), len(shapes))
+    mixed = " or ".join(f"{name}.dtype is not o0.dtype" for name in made.args[1:])
+    guard = [f"if {mixed}:", "    return None"] if mixed else []
+    body = [*guard, *made.lines(), "return y"]
+    return make_function("program", made.args, body, {})  # type: ignore[no-any-return]
 
 
 # ----------------------------------------------------------------------------- rendering
