@@ -31,6 +31,7 @@ from ._backend import backend
 from ._distill import distill
 from ._errors import (
     BudgetError,
+    DistributedError,
     OptionError,
     PlanMismatchError,
     RankError,
@@ -160,5 +161,6 @@ __all__ = [
     "OptionError",
     "PlanMismatchError",
     "TensorError",
+    "DistributedError",
     "TfxWarning",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ._distributed import Distributed, plan_digest, prebuilt_builder, resolve, svd_cost
 from ._errors import (
     OptionError,
     PlanMismatchError,
@@ -142,8 +143,13 @@ def _plan_sites(
     groups: Sequence[TiedGroup] = (),
     siblings: Sequence[SiblingGroup] = (),
     graph_result: bool = True,
+    ranks: Distributed | None = None,
 ) -> FactorizationPlan:
-    """Candidates for every site and group, the graph, then the planner (tfx.cost.plan_graph)."""
+    """Candidates for every site and group, the graph, then the planner (tfx.cost.plan_graph).
+
+    With ``ranks``, each site's candidates are made by one rank (by cost) and shared; the
+    plan is made on every rank from them, and the ranks check that theirs agree.
+    """
     total = _count_params(model)
     outside = total - sum(
         {
@@ -155,15 +161,25 @@ def _plan_sites(
         }.values()
     )
     clock = time.perf_counter()
-    options: list[list[Option]] = []
-    kept: list[dict[str, Any]] = []
     bar = _progress(len(sites), progress, "tfx: spectra")
-    for site in sites:
+
+    def spectra(site: Site) -> tuple[list[Option], dict[str, Any]]:
         stats = calibrated.stats.get(site.name) if calibrated is not None else None
-        kept.append({})
-        options.append(candidates(site.info, site.weight, forms, stats, profile, keep=kept[-1]))
+        keep: dict[str, Any] = {}
+        found = candidates(site.info, site.weight, forms, stats, profile, keep=keep)
         if bar is not None:
             bar.update(1)
+        return found, keep
+
+    made = (
+        [spectra(site) for site in sites]
+        if ranks is None
+        else ranks.map_assigned(
+            sites, [svd_cost(s.info.weight_shape) for s in sites], spectra, what="spectra"
+        )
+    )
+    options: list[list[Option]] = [found for found, _ in made]
+    kept: list[dict[str, Any]] = [keep for _, keep in made]
     if bar is not None:
         bar.close()
     if weights is None and calibrated is not None and calibrated.sensitivity:
@@ -186,9 +202,13 @@ def _plan_sites(
         [s.info for s in sites], options, _edges(gm, sites), extra=nodes, groups=planned
     )
     clock = time.perf_counter()
-    the_plan = plan_graph(
-        graph, budget, total=total, strategy=strategy, profile=profile, outside=outside
-    )
+
+    def choose() -> FactorizationPlan:
+        return plan_graph(
+            graph, budget, total=total, strategy=strategy, profile=profile, outside=outside
+        )
+
+    the_plan = choose() if ranks is None else ranks.step("plan", choose, digest=plan_digest)
     timings = {"candidates (spectra)": spectra_s, "choose": time.perf_counter() - clock}
     if calibrated is not None:
         for choice in the_plan.choices:
@@ -446,6 +466,7 @@ def _calibrate(
     strategy: str,
     progress: bool,
     mask: Any = None,
+    ranks: Distributed | None = None,
 ) -> Calibrated | None:
     if calibration is None:
         return None
@@ -468,6 +489,7 @@ def _calibrate(
         sensitivity=strategy in ("sensitivity", "auto"),
         progress=bar,
         mask=mask if mask is not None else attention_mask,
+        ranks=ranks,
     )
 
 
@@ -506,16 +528,21 @@ def plan(
     progress: bool = True,
     emit: str = "auto",
     calibration_mask: Callable[[Any], torch.Tensor | None] | None = None,
+    distributed: bool | None = None,
 ) -> FactorizationPlan:
     """Decide, per layer, the form, tensorized shape and rank under one budget; change nothing.
 
-    Arguments are those of :func:`factorize`. Returns the :class:`FactorizationPlan`
+    Arguments are those of :func:`factorize` (``distributed`` included: under ``torchrun``
+    every rank returns the same plan). Returns the :class:`FactorizationPlan`
     (print it for the table; ``plan.to_json()`` to save it).
     """
     _check_strategy(strategy, calibration)
+    ranks = resolve(distributed)
     captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
     calibration = _calibration_for(captured, calibration)
-    calibrated = _calibrate(captured.gm, sites, calibration, strategy, progress, calibration_mask)
+    calibrated = _calibrate(
+        captured.gm, sites, calibration, strategy, progress, calibration_mask, ranks
+    )
     groups, siblings = _groups(
         sites, kinds, skip, forms, captured, emission, calibrated is not None
     )
@@ -533,9 +560,12 @@ def plan(
         groups=groups,
         siblings=siblings,
         graph_result=emission == "graph",
+        ranks=ranks,
     )
     the_plan.emit = emission
     the_plan.notes[:0] = captured.notes
+    if ranks is not None:
+        ranks.record(the_plan)
     return the_plan
 
 
@@ -559,6 +589,7 @@ def factorize(
     sequential: bool | str = False,
     offload: str | None = None,
     device: str | torch.device | None = None,
+    distributed: bool | None = None,
 ) -> nn.Module:
     """Factorize every linear, convolution and embedding of ``model`` under one budget.
 
@@ -615,6 +646,16 @@ def factorize(
             ``None`` (where the block runs), ``"cpu"`` or ``"disk"`` (a temporary directory).
         device: with ``sequential``: the device each block is moved to for its statistics and
             decomposition (e.g. ``"cuda"`` while the model stays on the CPU); None: where it is.
+        distributed: spread the work over a ``torch.distributed`` process group (``torchrun``):
+            every rank calls ``factorize`` with the same model and ``calibration``; each runs
+            its shard of the batches (batch ``i`` on rank ``i % world``), the statistics are
+            combined exactly, sensitivities, spectra and decompositions are each made once and
+            shared, and every rank returns the same model, bit for bit the one a single process
+            makes on the same data. ``None`` (default): use the default group when one is
+            initialised with more than one process; ``True``: require it; ``False``: one
+            process. A rank whose work fails makes every rank raise
+            :class:`~tfx.DistributedError`; a rank that dies is waited for up to the group's
+            ``timeout``. See the large-models guide.
         emit: the kind of result: ``"graph"`` (a ``torch.fx.GraphModule``), ``"modules"``
             (a copy of ``model``, of its own class, with its layer modules replaced by
             ``tfx.nn`` layers; functional sites stay dense) or ``"auto"``: ``"modules"`` for
@@ -636,6 +677,7 @@ def factorize(
             original's are finite.
         UnsupportedSiteError: the model has no site at all (e.g. a quantized model).
         PlanMismatchError: ``plan`` does not fit this model.
+        DistributedError: with ``distributed``, another rank failed (its error is named).
 
     Warns:
         TfxWarning: a capture fallback that changes what the result can do (module swap,
@@ -686,6 +728,7 @@ def factorize(
             device=device,
         )
     start = time.perf_counter()
+    ranks = resolve(distributed)
     if plan is not None and emit == "auto":
         emit = plan.emit
     ties = (
@@ -702,6 +745,7 @@ def factorize(
         strategy if plan is None else "auto",
         progress,
         calibration_mask,
+        ranks,
     )
     groups, siblings = _groups(
         sites, kinds, skip, forms, captured, emission, calibrated is not None
@@ -721,6 +765,7 @@ def factorize(
             groups=groups,
             siblings=siblings,
             graph_result=emission == "graph",
+            ranks=ranks,
         )
         the_plan.notes[:0] = captured.notes
     else:
@@ -743,12 +788,16 @@ def factorize(
         sites, the_plan, lambda site: calibrated.stats.get(site.name) if calibrated else None, build
     )
     bar = _progress(len(sites), progress, "tfx: decompose")
+    spread = _spread(ranks, build, groups, sites)
     if emission == "modules":
         tied = {sites[i].name for g in groups for i in g.members}
-        result = _emit_modules(captured, sites, the_plan, build, bar, tied)
+        result = _emit_modules(captured, sites, the_plan, build, bar, tied, spread=spread)
     else:
         gm = captured.gm
-        rewrite(gm, sites, [the_plan.choice(s.name) for s in sites], bar, build=build)
+        choices = [the_plan.choice(s.name) for s in sites]
+        if spread is not None:
+            build = spread(list(zip(sites, choices, strict=True)))
+        rewrite(gm, sites, choices, bar, build=build)
         merge_shared_steps(gm, {c.site for c in the_plan.choices if c.group})  # siblings: x V once
         result = emit_graph(gm)
     if bar is not None:
@@ -770,6 +819,8 @@ def factorize(
     if verify and example_inputs is not None:
         the_plan.output_error = _verify(result, reference, example_inputs)
         the_plan.timings["verify"] = time.perf_counter() - clock
+    if ranks is not None:
+        ranks.record(the_plan)
     the_plan.timings["total"] = time.perf_counter() - start
     if (
         emission == "graph"
@@ -828,8 +879,12 @@ def _emit_modules(
     build: Any,
     bar: Any,
     tied: set[str],
+    spread: Callable[[list[tuple[Site, Choice]]], Any] | None = None,
 ) -> nn.Module:
-    """The captured copy of the model with its chosen layers replaced (see tfx.passes._swap)."""
+    """The captured copy of the model with its chosen layers replaced (see tfx.passes._swap).
+
+    ``spread`` (distributed): from the ``(site, choice)`` calls, the builder to use instead.
+    """
     from .passes._swap import module_of, swap_modules
 
     root = captured.model
@@ -847,8 +902,32 @@ def _emit_modules(
         else:
             module = module_of(root, site.name, site.weight_target)
         targets.append((module, (_module_conv(site, module), choice)))
+    if spread is not None:
+        build = spread([item for _, item in targets])
     swap_modules(root, targets, lambda item: build(*item), bar)
     return root
+
+
+def _spread(
+    ranks: Distributed | None, build: Any, groups: Sequence[TiedGroup], sites: Sequence[Site]
+) -> Callable[[list[tuple[Site, Choice]]], Any] | None:
+    """With ``ranks``: ``build`` with the layers of the calls it will get made over the ranks.
+
+    A tied table's readers, and siblings over one basis, are built by one rank: their layers
+    share Parameters, which stay shared when sent whole.
+    """
+    if ranks is None:
+        return None
+    table = {sites[i].name: "tied:" + sites[g.owner].name for g in groups for i in g.members}
+
+    def unit(site: Site, choice: Choice) -> str:
+        return table.get(site.name) or (f"basis:{choice.group}" if choice.group else site.name)
+
+    def prepare(calls: list[tuple[Site, Choice]]) -> Any:
+        factorized = [(site, choice) for site, choice in calls if choice.form != "dense"]
+        return prebuilt_builder(ranks, factorized, build, unit)
+
+    return prepare
 
 
 def _module_conv(site: Site, module: nn.Module) -> Site:

@@ -11,7 +11,8 @@ exception, so existing ``except ValueError`` blocks keep working::
     ├─ BudgetError(TfxError, ValueError)         budget malformed or unreachable
     ├─ OptionError(TfxError, ValueError)         unknown factorization/strategy name or keyword
     ├─ TensorError(TfxError, ValueError)         values that cannot be factorized (int dtype, NaN/Inf)
-    └─ PlanMismatchError(TfxError, RuntimeError) plan does not fit this graph
+    ├─ PlanMismatchError(TfxError, RuntimeError) plan does not fit this graph
+    └─ DistributedError(TfxError, RuntimeError)  a rank failed (distributed=): every rank raises
     TfxWarning(UserWarning)
 
 Messages say what failed (quoting the user's value), why (with the computed
@@ -33,6 +34,7 @@ __all__ = [
     "OptionError",
     "PlanMismatchError",
     "TensorError",
+    "DistributedError",
     "TfxWarning",
     "unknown_option",
 ]
@@ -72,6 +74,16 @@ class TensorError(TfxError, ValueError):
 
 class PlanMismatchError(TfxError, RuntimeError):
     """A saved plan does not fit the model it is applied to."""
+
+
+class DistributedError(TfxError, RuntimeError):
+    """A rank of a distributed ``tfx.factorize`` failed: every rank raises this, naming it.
+
+    ``rank`` is the failing rank (the first one, when several failed); the message holds its
+    error, and on that rank the error is chained as ``__cause__``.
+    """
+
+    rank: int | None = None
 
 
 class TfxWarning(UserWarning):

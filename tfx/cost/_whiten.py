@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ._compensated import CompensatedSum
+
 __all__ = ["RowCounts", "InputStats", "Whitening", "DAMPING", "modes_product"]
 
 #: Relative damping of the second moment (a fraction of its mean eigenvalue).
@@ -50,7 +52,11 @@ class InputStats:
     def __init__(self, features: int, full: bool = True) -> None:
         self.features = features
         self.full = full
-        self.moment: torch.Tensor | None = None
+        #: The running sum while rows are added (None before the first row and after
+        #: :meth:`settle`): a compensated pair, so that the moment is the correctly rounded
+        #: sum of the batches' terms whatever their order or sharding over processes.
+        self.total: CompensatedSum | None = None
+        self._settled: torch.Tensor | None = None
         self.count = 0
         self.unsupported = False
         self._whitening: dict[object, Whitening] = {}
@@ -63,15 +69,55 @@ class InputStats:
         # One GEMM in the rows' precision (float32 for float32 models), accumulated in float64.
         x = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
         part = (x.T @ x) if self.full else (x * x).sum(0)
-        self.moment = part.double() if self.moment is None else self.moment + part.double()
+        self._running(part.device).add(part)
         self.count += rows.shape[0]
+        self._whitening.clear()
+
+    def _running(self, device: torch.device) -> CompensatedSum:
+        if self.total is None:
+            shape = (self.features, self.features) if self.full else (self.features,)
+            self.total = CompensatedSum(shape, device)
+            if self._settled is not None:  # continue from the settled moment
+                self.total.add(self._settled)
+                self._settled = None
+        return self.total
+
+    @property
+    def moment(self) -> torch.Tensor | None:
+        """``sum x x^T`` in float64 (its diagonal when not ``full``); None before any row."""
+        return self.total.value() if self.total is not None else self._settled
+
+    def settle(self) -> None:
+        """Keep the moment as one float64 tensor (half the memory of the running pair)."""
+        if self.total is not None:
+            self._settled, self.total = self.total.value(), None
+
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moment as the pair ``(hi, lo)`` it is the sum of (``-0.0`` before any row).
+
+        Another process's statistics take it with :meth:`merge`.
+        """
+        if self.total is not None:
+            return self.total.hi, self.total.lo
+        if self._settled is not None:
+            return self._settled, torch.full_like(self._settled, -0.0)
+        shape = (self.features, self.features) if self.full else (self.features,)
+        empty = torch.full(shape, -0.0, dtype=torch.float64)
+        return empty, empty.clone()
+
+    def merge(self, hi: torch.Tensor, lo: torch.Tensor, count: int) -> None:
+        """Add the rows of another accumulation, given by its :meth:`pair` and row count."""
+        running = self._running(hi.device)
+        running.merge(hi, lo)
+        self.count += count
         self._whitening.clear()
 
     def covariance(self) -> torch.Tensor:
         """``E[x x^T]`` (a vector of its diagonal when not ``full``)."""
-        if self.moment is None or self.count == 0:
+        moment = self.moment
+        if moment is None or self.count == 0:
             raise ValueError("no calibration rows recorded")
-        return self.moment.cpu() / self.count
+        return moment.cpu() / self.count
 
     def whitening(
         self, col_shape: Sequence[int] | None = None, damping: float = DAMPING
@@ -236,6 +282,11 @@ class RowCounts:
             return
         self.counts += torch.bincount(flat, minlength=self.rows).double()
         self.count += flat.numel()
+
+    def merge(self, counts: torch.Tensor, count: int) -> None:
+        """Add another accumulation's ``counts`` and lookup ``count`` (whole numbers: exact)."""
+        self.counts += counts.to(self.counts.device, torch.float64)
+        self.count += count
 
     def scales(self) -> torch.Tensor:
         """The row weights ``sqrt(count + mean count)``."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,9 @@ from .._errors import OptionError
 from ..cost._whiten import InputStats, RowCounts
 from ._capture import call_with
 from ._match import Site
+
+if TYPE_CHECKING:
+    from .._distributed import Distributed
 
 __all__ = [
     "collect_statistics",
@@ -221,6 +224,7 @@ def collect_statistics(
     progress: Any = None,
     mask_fn: Any = attention_mask,
     masked: _Mask | None = None,
+    ranks: Distributed | None = None,
 ) -> dict[str, InputStats]:
     """Per factorizable linear / conv site: the second moment of its input over ``batches``.
 
@@ -232,6 +236,10 @@ def collect_statistics(
     ``mask_fn(batch)`` gives a boolean mask over the batch's positions (by default the
     batch's ``attention_mask``): a linear whose input rows line up with it (input shape
     ``mask.shape + (features,)``) records only the unmasked rows. ``masked`` counts them.
+
+    With ``ranks`` (a process group, see :mod:`tfx._distributed`), this rank runs its shard of
+    ``batches`` and the statistics of all ranks are combined: every rank gets the bits one
+    process gets on all of them.
 
     Returns:
         ``{site name: InputStats}`` for the sites that were observed.
@@ -257,10 +265,43 @@ def collect_statistics(
             observers[key] = _Observer(
                 shared[key], site.info.kind, site.info.weight_shape, site.conv, masked
             )
+    indices = range(len(batches)) if ranks is None else ranks.shard(range(len(batches)))
+
+    def run() -> None:
+        _observe(gm, wanted, observers, batches, indices, progress, mask_fn, masked)
+
+    if ranks is None:
+        run()
+    else:
+        ranks.step("calibration (statistics)", run)
+        unique = list({id(s): s for s in shared.values()}.values())
+        combined = dict(zip(map(id, unique), ranks.combine_stats(unique), strict=True))
+        per_site = {name: combined[id(s)] for name, s in per_site.items()}
+        masked.kept, masked.seen = ranks.sum_ints([masked.kept, masked.seen])
+    for stats in per_site.values():
+        if isinstance(stats, InputStats):
+            stats.settle()
+    return {
+        name: stats for name, stats in per_site.items() if stats.count > 0 and not stats.unsupported
+    }
+
+
+def _observe(
+    gm: fx.GraphModule,
+    wanted: Sequence[Site],
+    observers: dict[Any, _Observer],
+    batches: Sequence[Any],
+    indices: Iterable[int],
+    progress: Any,
+    mask_fn: Any,
+    masked: _Mask,
+) -> None:
+    """Run ``gm`` on ``batches[i]`` for each of ``indices``, with the observers spliced in."""
     undo = _attach(gm, wanted, observers)
     try:
         with torch.no_grad():
-            for i, batch in enumerate(batches):
+            for i in indices:
+                batch = batches[i]
                 mask = mask_fn(batch) if mask_fn is not None else None
                 if mask is not None and (
                     not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
@@ -293,9 +334,6 @@ def collect_statistics(
                     progress.update(1)
     finally:
         undo()
-    return {
-        name: stats for name, stats in per_site.items() if stats.count > 0 and not stats.unsupported
-    }
 
 
 def _attach(
@@ -368,6 +406,7 @@ def measure_sensitivity(
     scale: float = 0.05,
     progress: Any = None,
     mask: torch.Tensor | None = None,
+    ranks: Distributed | None = None,
 ) -> dict[str, float]:
     """Per factorizable site: how much a relative error at its output grows by the model's output.
 
@@ -376,6 +415,8 @@ def measure_sensitivity(
     the model's floating outputs divided by ``scale ** 2`` (1 means an error passes through
     unchanged; residual connections and normalisation usually damp it). With ``mask`` (the
     batch's real positions), noise goes to and outputs are compared at those positions only.
+    With ``ranks``, the sites are split over the ranks (one forward each) and every rank gets
+    every site's value.
     """
     wanted = [s for s in sites if s.info.factorizable]
     perturbs = {site.name: _Perturb(mask) for site in wanted}
@@ -392,8 +433,9 @@ def measure_sensitivity(
                     "zero), so every layer would look free to compress.\nFix: make the model return its "
                     "logits or features (not e.g. argmax indices), or use strategy='auto'."
                 )
-            for i, site in enumerate(wanted):
-                module = perturbs[site.name]
+
+            def measure(i: int) -> float:
+                module = perturbs[wanted[i].name]
                 module.scale, module.seed = scale, 1234 + i
                 try:
                     got = _outputs(gm, batch, mask)
@@ -402,9 +444,19 @@ def measure_sensitivity(
                 change = sum(
                     float(((g - r) ** 2).sum()) for g, r in zip(got, reference, strict=False)
                 )
-                out[site.name] = change / ref_norm2 / scale**2
                 if progress is not None:
                     progress.update(1)
+                return change / ref_norm2 / scale**2
+
+            order = range(len(wanted))
+            values = (
+                [measure(i) for i in order]
+                if ranks is None
+                else ranks.map_assigned(
+                    order, [1.0] * len(wanted), measure, what="calibration (sensitivity)"
+                )
+            )
+            out = {site.name: value for site, value in zip(wanted, values, strict=True)}
     finally:
         undo()
     return out
@@ -496,11 +548,13 @@ def calibrate(
     sensitivity: bool,
     progress: Any = None,
     mask: Any = attention_mask,
+    ranks: Distributed | None = None,
 ) -> Calibrated:
     """Collect statistics (and sensitivities) for ``sites`` of the captured ``gm``.
 
     ``mask`` maps a batch to a boolean mask over its positions (default: its
-    ``attention_mask``); masked positions are left out of the statistics.
+    ``attention_mask``); masked positions are left out of the statistics. ``ranks``: spread
+    the work over a process group (see :mod:`tfx._distributed`).
     """
     import time
 
@@ -508,7 +562,7 @@ def calibrate(
     clock = time.perf_counter()
     bar = progress(len(batches), "tfx: calibration") if progress else None
     masked = _Mask()
-    stats = collect_statistics(gm, sites, batches, bar, mask, masked)
+    stats = collect_statistics(gm, sites, batches, bar, mask, masked, ranks)
     if bar is not None:
         bar.close()
     timings = {"calibration (statistics)": time.perf_counter() - clock}
@@ -518,7 +572,12 @@ def calibrate(
         wanted = [s for s in sites if s.info.factorizable]
         bar = progress(len(wanted), "tfx: sensitivity") if progress else None
         sens = measure_sensitivity(
-            gm, sites, batches[0], progress=bar, mask=mask(batches[0]) if mask else None
+            gm,
+            sites,
+            batches[0],
+            progress=bar,
+            mask=mask(batches[0]) if mask else None,
+            ranks=ranks,
         )
         if bar is not None:
             bar.close()
