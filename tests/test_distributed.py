@@ -297,6 +297,12 @@ def test_factorize_distributed_true_without_a_group_raises() -> None:
         tfx.factorize(model, 0.5, progress=False, distributed=True, **data)
 
 
+def test_factorize_distributed_with_sequential_mode_says_it_is_not_supported() -> None:
+    model, data = CASES["mlp"]()
+    with pytest.raises(tfx.OptionError, match="does not use one yet"):
+        tfx.factorize(model, 0.5, progress=False, distributed=True, sequential=True, **data)
+
+
 def test_map_assigned_keeps_parameters_shared_within_an_item() -> None:
     def pair(width: int) -> list[nn.Linear]:
         first, second = nn.Linear(width, width), nn.Linear(width, width)
