@@ -1,24 +1,24 @@
 """Time tfx.tensors._decompose on a 4096 x 4096 float32 matrix (and CP-ALS on 256 x 256).
 
-Run: .venv/bin/python benchmarks/decompose_speed.py [--threads N]
-Prints, per case, the best wall time of 3 runs after a warm-up (and that run's
-process CPU time), and the relative error. The load average is printed first:
-on a shared machine, other processes slow torch's threads down a lot, so
-compare runs made at similar loads, or with --threads 1.
+Run: .venv/bin/python benchmarks/decompose_speed.py [--threads N] [--out FILE]
+Prints a markdown table: per case, the best wall time of 3 runs after a warm-up (and that
+run's process CPU time), and the relative error (CP-ALS: its fit). The first line names the
+machine, the thread count and the load average: other processes slow torch's threads down a
+lot, so compare runs made at similar loads, or with --threads 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
 import torch
-from _common import tt_ranks
+from _common import git_commit, load_average, machine, save, stamp, tt_ranks
 
 from tfx.tensors._decompose import block_tt_svd, cp_als, hosvd, truncated_svd, tt_svd
 
@@ -58,10 +58,12 @@ def tt_dense(cores: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
+    """Time every decomposition; print and return the markdown report (first line: the run)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="also write the markdown report to this file")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -72,13 +74,22 @@ def main() -> None:
     w = (u * torch.arange(1, n + 1).pow(-0.5)) @ v.T
     budget = int(TARGET * n * n)
     threads = torch.get_num_threads()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"torch {torch.__version__}, {threads} threads, load average {load}")
-    print(f"4096 x 4096 float32 with a s_i = i^-0.5 spectrum; targets {TARGET:.0%} of the params")
+    head = stamp(
+        machine(threads),
+        "float32",
+        f"torch {torch.__version__}",
+        f"commit {git_commit()}",
+        f"load average before: {load_average()}",
+    )
+    rows: list[str] = []
+
+    def row(name: str, shape: str, ranks: object, t: Timing, error: str) -> None:
+        rows.append(f"| {name} | {shape} | {ranks} | {float(t):.3f} | {t.cpu:.3f} | {error} |")
+        print(rows[-1], file=sys.stderr, flush=True)
 
     rank = budget // (2 * n)
     t, (uu, s, vh) = best_of(partial(truncated_svd, w, rank))
-    print(f"truncated_svd rank {rank}: {t:.3f}, rel err {rel((uu * s) @ vh, w):.4f}")
+    row("truncated_svd", f"{n} x {n}", rank, t, f"rel. err {rel((uu * s) @ vh, w):.4f}")
 
     x4 = w.reshape(64, 64, 64, 64)
     r = 1
@@ -86,13 +97,13 @@ def main() -> None:
         r += 1
     t, (core, factors) = best_of(partial(hosvd, x4, (r,) * 4))
     rec = torch.einsum("abcd,ia,jb,kc,ld->ijkl", core, *factors)
-    print(f"hosvd (64,)*4 ranks {(r,) * 4}: {t:.3f}, rel err {rel(rec, x4):.4f}")
+    row("hosvd", "64 x 64 x 64 x 64", (r,) * 4, t, f"rel. err {rel(rec, x4):.4f}")
 
     for shape in ((16,) * 6, (8,) * 8):
         ranks = tt_ranks(shape, budget)
         t, cores = best_of(partial(tt_svd, w.reshape(shape), ranks))
         err = rel(tt_dense(cores).reshape(n, n), w)
-        print(f"tt_svd {shape} ranks {ranks}: {t:.3f}, rel err {err:.4f}")
+        row("tt_svd", " x ".join(map(str, shape)), ranks, t, f"rel. err {err:.4f}")
 
     for half in ((8, 8, 8, 8), (16, 16, 16)):
         ranks = tt_ranks(tuple(a * a for a in half), budget)
@@ -101,16 +112,27 @@ def main() -> None:
         d = len(half)
         dense = tt_dense(flat).reshape(*(s for h in half for s in (h, h)))
         dense = dense.permute(*range(0, 2 * d, 2), *range(1, 2 * d, 2)).reshape(n, n)
-        print(f"block_tt_svd {half}x{half} ranks {ranks}: {t:.3f}, rel err {rel(dense, w):.4f}")
+        shown = f"{' x '.join(map(str, half))} by {' x '.join(map(str, half))}"
+        row("block_tt_svd", shown, ranks, t, f"rel. err {rel(dense, w):.4f}")
 
     m = w[:256, :256].contiguous()
     for cp_rank in (13, 64, 128, 256, 512):
         t, (_, _, fit) = best_of(partial(cp_als, m, cp_rank))
-        print(f"cp_als 256 x 256 rank {cp_rank}: {t:.3f}, fit {fit:.4f}")
+        row("cp_als", "256 x 256", cp_rank, t, f"fit {fit:.4f}")
     x3 = w.reshape(256, 256, 256)[:64, :64, :64].contiguous()
     for cp_rank in (10, 100):
         t, (_, _, fit) = best_of(partial(cp_als, x3, cp_rank), repeats=1)
-        print(f"cp_als 64 x 64 x 64 rank {cp_rank}: {t:.3f}, fit {fit:.4f}")
+        row("cp_als", "64 x 64 x 64", cp_rank, t, f"fit {fit:.4f}")
+
+    table = "\n".join(
+        [
+            "| decomposition | input | ranks | wall s | CPU s | error |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    report = f"{head}; load average after: {load_average()}\n\n{table}\n"
+    return save(report, args.out)
 
 
 if __name__ == "__main__":

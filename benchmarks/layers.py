@@ -37,7 +37,7 @@ from typing import Any
 
 import opt_einsum
 import torch
-from _common import load_average, machine, save, stamp, tt_ranks
+from _common import git_commit, load_average, machine, save, stamp, tt_ranks
 from torch import nn
 from torch.utils.benchmark import Timer
 
@@ -799,6 +799,7 @@ def header() -> str:
         str(DTYPE).replace("torch.", ""),
         f"torch {torch.__version__}",
         tl,
+        f"commit {git_commit()}",
         f"load average before: {load_average()}",
     )
 

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import load_average, save, stamp
+from _common import git_commit, load_average, machine, save, stamp
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.benchmark import Timer
@@ -327,8 +327,9 @@ def main(argv: list[str] | None = None) -> str:
     torch.manual_seed(0)
     parts = {"linear": linear_cases, "conv": conv_cases, "embedding": embedding_cases}
     head = stamp(
+        machine(1),
         f"torch {torch.__version__}",
-        "1 thread",
+        f"commit {git_commit()}",
         f"thread CPU time, least of {args.rounds} interleaved medians",
         f"load average before: {load_average()}",
     )

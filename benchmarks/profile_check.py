@@ -15,7 +15,7 @@ import argparse
 import sys
 
 import torch
-from _common import machine, save, stamp
+from _common import git_commit, machine, save, stamp
 from torch import nn
 from torch.utils import benchmark
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> str:
         "profile: est.",
     ]
     lines = [
-        stamp(machine(1), f"torch {torch.__version__}"),
+        stamp(machine(1), f"torch {torch.__version__}", f"commit {git_commit()}"),
         f"device profile: {profile.flops_per_s / 1e9:.1f} GFLOP/s, "
         f"{profile.bytes_per_s / 1e9:.1f} GB/s, {profile.step_s * 1e6:.1f} us per kernel",
         "",

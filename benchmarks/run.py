@@ -1,58 +1,174 @@
-"""``make bench``: the layer benchmark (benchmarks/layers.py), the decomposition timings, the planned
-layers against dense (benchmarks/profile_check.py: issue 5's minimum speedup), the model
-table (benchmarks/models.py, eager; ``--compiled`` adds inductor columns when run alone), then quality.
+"""``make bench``: run the benchmarks and write their tables into docs/performance.md.
 
-The quality benchmark (benchmarks/quality.py) factorizes MiniLM and a digits CNN with five
-methods at three budgets each and rewrites docs/img/quality*.png and
-benchmarks/results/quality.json.
+Each part is a script that also runs alone (see benchmarks/README.md); its markdown report
+replaces the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in the page as
+soon as the part finishes, so a run cut short keeps the tables it finished:
 
-Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py
-See benchmarks/README.md for the tltorch comparison and for running each part alone.
+- ``layers``: benchmarks/layers.py, factorized layers against dense (and tltorch 0.5 when it
+  is installed), forward and forward+backward, one CPU thread;
+- ``layers-full``: layers.py --only "" --full, the layer sizes of common models, forward only;
+- ``decompose``: benchmarks/decompose_speed.py, the decompositions of a 4096 x 4096 matrix;
+- ``profile``: benchmarks/profile_check.py, layers planned by tfx.factorize with and without a
+  device profile, against dense;
+- ``models``: benchmarks/models.py, ResNet-50, BERT-base and GPT-2 small factorized at
+  0.5 / 0.25 / 0.1, eager (``models.py --compiled`` alone adds inductor columns);
+- ``overhead``: benchmarks/overhead.py, host time of small layers beside their aten ops;
+- ``gpu``: benchmarks/gpu.py, only on a machine with CUDA (skipped otherwise);
+- ``quality``: benchmarks/quality.py, which writes benchmarks/results/quality.json and
+  docs/img/quality*.png (its tables belong to the quality guide, not to this page).
+
+Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py [--only layers,models] [--quick]
+[--docs FILE | --no-docs]. ``--quick`` passes each script's smoke-run option: rough numbers,
+for checking the pipeline, not for the page.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "performance.md"
+_BLOCK = re.compile(
+    r"(?P<open><!-- bench:(?P<name>[\w-]+) -->\n).*?(?P<close><!-- /bench:(?P=name) -->)",
+    re.DOTALL,
+)
 
-import decompose_speed  # noqa: E402
-import layers  # noqa: E402
-import models  # noqa: E402
-import profile_check  # noqa: E402
-import quality  # noqa: E402
+
+@dataclass(frozen=True)
+class Part:
+    """One benchmark: its banner, and ``run(quick)`` returning its markdown report."""
+
+    title: str
+    run: Callable[[bool], str | None]
+    in_docs: bool = True
 
 
-def main() -> None:
-    print("== benchmarks/layers.py: factorized layers vs dense (and tltorch), 1 CPU thread ==")
-    layers.main(["--full"])  # issue 3's table and goals, then issue 5's layer list (forward only)
-    if hasattr(decompose_speed, "main"):
-        print()
-        print(
-            "== benchmarks/decompose_speed.py: decompositions of a 4096 x 4096 matrix ==",
-            flush=True,
+def _layers(quick: bool) -> str:
+    import layers
+
+    return layers.main(["--quick"] if quick else [])
+
+
+def _layers_full(quick: bool) -> str:
+    import layers
+
+    return layers.main(["--only", "", "--full", *(["--quick"] if quick else [])])
+
+
+def _decompose(quick: bool) -> str:
+    import decompose_speed
+
+    return decompose_speed.main(["--threads", "1"])
+
+
+def _profile(quick: bool) -> str:
+    import profile_check
+
+    return profile_check.main(["--quick"] if quick else [])
+
+
+def _models(quick: bool) -> str:
+    import models
+
+    return models.main(["--quick"] if quick else [])
+
+
+def _overhead(quick: bool) -> str:
+    import overhead
+
+    return overhead.main(["--rounds", "1"] if quick else [])
+
+
+def _gpu(quick: bool) -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: the GPU table is left as it is")
+        return None
+    import tempfile
+
+    import gpu
+
+    with tempfile.TemporaryDirectory() as out:
+        if gpu.main(["--out", out, *(["--quick"] if quick else [])]) != 0:
+            return None
+        return Path(out, "gpu.md").read_text()
+
+
+def _quality(quick: bool) -> None:
+    import quality
+
+    quality.main(["--quick"] if quick else [])
+
+
+PARTS: dict[str, Part] = {
+    "layers": Part("benchmarks/layers.py: factorized layers against dense", _layers),
+    "layers-full": Part("benchmarks/layers.py --full: layer sizes of common models", _layers_full),
+    "decompose": Part("benchmarks/decompose_speed.py: decompositions, 4096 x 4096", _decompose),
+    "profile": Part("benchmarks/profile_check.py: plans with and without a profile", _profile),
+    "models": Part("benchmarks/models.py: ResNet-50, BERT-base, GPT-2 small (eager)", _models),
+    "overhead": Part("benchmarks/overhead.py: host time of small layers", _overhead),
+    "gpu": Part("benchmarks/gpu.py: linear layers on one GPU", _gpu),
+    "quality": Part("benchmarks/quality.py: quality after factorization", _quality, False),
+}
+
+
+def blocks(text: str) -> list[str]:
+    """The names of the ``<!-- bench:NAME -->`` blocks of a page, in order."""
+    return [m.group("name") for m in _BLOCK.finditer(text)]
+
+
+def fill(text: str, name: str, content: str) -> str:
+    """``text`` with the block ``name`` holding ``content`` (the markers kept).
+
+    Raises:
+        KeyError: the page has no block ``name``, or more than one.
+    """
+    found = [m for m in _BLOCK.finditer(text) if m.group("name") == name]
+    if len(found) != 1:
+        raise KeyError(
+            f"{len(found)} blocks named {name!r}; the page needs exactly one "
+            f"'<!-- bench:{name} -->' ... '<!-- /bench:{name} -->' pair"
         )
-        sys.argv = sys.argv[:1]  # decompose_speed parses its own (empty) command line
-        decompose_speed.main()
-    print()
-    print(
-        "== benchmarks/profile_check.py: planned layers against dense, with and without a device profile ==",
-        flush=True,
+    m = found[0]
+    body = content.strip("\n") + "\n"
+    return text[: m.start()] + m.group("open") + body + m.group("close") + text[m.end() :]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    profile_check.main([])
-    print()
-    print(
-        "== benchmarks/models.py: ResNet-50, BERT-base, GPT-2 small factorized at 0.5 / 0.25 / 0.1 "
-        "(eager; add --compiled alone) ==",
-        flush=True,
-    )
-    models.main([])
-    print()
-    print(
-        "== benchmarks/quality.py: quality after factorization (MiniLM, digits CNN) ==", flush=True
-    )
-    quality.main([])
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    parser.add_argument("--quick", action="store_true", help="each script's smoke-run option")
+    parser.add_argument("--docs", type=Path, default=DOCS, help="the page the tables go into")
+    parser.add_argument("--no-docs", action="store_true", help="print the tables only")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; the parts are {list(PARTS)}")
+    page = None if args.no_docs else args.docs
+    if page is not None:
+        # Check every block before an hour of timing, not after it.
+        missing = [n for n in names if PARTS[n].in_docs and n not in blocks(page.read_text())]
+        if missing:
+            parser.error(f"{page} has no block for {missing}")
+    sys.path.insert(0, HERE)  # the parts import their scripts as modules
+    for name in names:
+        part = PARTS[name]
+        print(f"\n== {part.title} ==", flush=True)
+        report = part.run(args.quick)
+        if page is not None and part.in_docs and report:
+            page.write_text(fill(page.read_text(), name, report))
+            print(f"(written into {page}, block {name!r})", flush=True)
 
 
 if __name__ == "__main__":
