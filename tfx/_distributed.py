@@ -153,7 +153,7 @@ class Distributed:
         return [results[i] for i in range(len(items))]
 
     # --------------------------------------------------------------- statistics
-    def sum_ints(self, values: Sequence[int], *, what: str = "counts") -> list[int]:
+    def sum_ints(self, values: Sequence[int], *, what: str) -> list[int]:
         """Every rank's ``values`` added up, element by element."""
         parts = self._gather(what, [int(v) for v in values])
         return [sum(column) for column in zip(*parts, strict=True)]
@@ -197,7 +197,8 @@ class Distributed:
 
         backend = dist.get_backend(self.group) if dist.is_initialized() else "no group"
         plan.notes.append(
-            f"spread over {self.world} processes (torch.distributed, {backend}): calibration "
+            f"spread over {self.world} process{'es' if self.world != 1 else ''} "
+            f"(torch.distributed, {backend}): calibration "
             f"batch i on rank i % {self.world}, statistics combined exactly; sensitivities, "
             "spectra and decompositions each made once, by rank, and shared; timings are one "
             "rank's"

@@ -16,10 +16,11 @@ terms ``2**43`` (8.8e12) over a thousand. Beyond that the pair is still accurate
 ``2**-100`` relative, and its rounded value differs between orders only where the exact sum
 lies within that distance of a rounding tie.
 
-Cost: about eight elementwise passes over the sum per term, done in place over cache-sized
-chunks on the CPU, no allocation of the sum's size: measured below the single
-``(a + b.double())`` of a plain accumulation, which allocates, and a few percent of the
-GEMM that makes a term of a 768-wide input from 256 rows.
+Cost: nine elementwise passes per term, in place over cache-sized chunks on the CPU (no
+allocation of the sum's size). ``InputStats.update`` (the GEMM, then this) measured 17, 50
+and 272 ms on one thread for 512 x 768, 2048 x 768 and 512 x 3072 rows, against 21, 50 and
+375 ms with the plain ``moment + part.double()`` it replaced, whose fresh allocations cost
+more than the passes; the GEMM alone took 12, 49 and 223 ms.
 """
 
 from __future__ import annotations

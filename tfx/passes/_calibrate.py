@@ -277,7 +277,7 @@ def collect_statistics(
         unique = list({id(s): s for s in shared.values()}.values())
         combined = dict(zip(map(id, unique), ranks.combine_stats(unique), strict=True))
         per_site = {name: combined[id(s)] for name, s in per_site.items()}
-        masked.kept, masked.seen = ranks.sum_ints([masked.kept, masked.seen])
+        masked.kept, masked.seen = ranks.sum_ints([masked.kept, masked.seen], what="statistics")
     for stats in per_site.values():
         if isinstance(stats, InputStats):
             stats.settle()
