@@ -159,6 +159,11 @@ def _record(out: Path, name: str, rank: int, err: BaseException) -> None:
 
 
 def _failures(rank: int, out: Path) -> None:
+    # 0. Work every rank does in full gives different results (as a nondeterministic one would).
+    try:
+        Distributed(rank=rank, world=WORLD).step("a plan", lambda: rank, digest=str)
+    except tfx.TfxError as err:
+        _record(out, "disagree", rank, err)
     # 1. Calibration batch 3 does not fit the model: it is rank 1's shard (3 % 2).
     model, data = CASES["mlp"]()
     data["calibration"][3] = (torch.randn(4, 25),)
@@ -258,6 +263,15 @@ def test_distributed_plan_matches_one_process(spawned: Spawned) -> None:
     want = _plan_json(tfx.plan(model, 0.5, forms=FORMS, progress=False, **data))
     for rank in range(WORLD):
         assert (spawned.out / f"plan-{rank}.json").read_text() == want
+
+
+def test_distributed_ranks_that_disagree_raise_on_every_rank(spawned: Spawned) -> None:
+    for rank in range(WORLD):
+        path = spawned.out / f"disagree-{rank}.json"
+        assert path.exists(), f"rank {rank} raised no TfxError: {spawned.raised}"
+        report = json.loads(path.read_text())
+        assert report["type"] == "DistributedError", report
+        assert "the ranks' results of 'a plan' differ" in report["message"]
 
 
 def test_distributed_failing_rank_raises_on_every_rank(spawned: Spawned) -> None:

@@ -60,8 +60,8 @@ Fix: fix the cause on that rank (tfx.factorize(..., distributed=False) runs the 
 one process and raises the error there)."""
 
 _MSG_DISAGREE: Final = """\
-the ranks made different {what} from the same inputs (digests {digests}); the factorized \
-models would differ between ranks.
+the ranks' results of {what!r} differ although their inputs are the same (digests \
+{digests}); the factorized models would differ between ranks.
 Fix: run every rank with the same model, calibration batches, options and torch version, \
 and the same torch.set_num_threads (float results can depend on the thread count)."""
 
