@@ -77,7 +77,6 @@ class Distributed:
         waited: seconds spent in exchanges, per step (for the plan's timings).
 
     Example:
-        >>> import torch.distributed as dist
         >>> ranks = Distributed(rank=0, world=1)  # normally resolve(None) under torchrun
         >>> ranks.shard(list(range(5)))
         [0, 1, 2, 3, 4]
