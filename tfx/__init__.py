@@ -8,7 +8,9 @@ paths (``tfx.factorized_tensors``, ``tfx.factorized_layers``, ``tfx.tensor_hooks
 
 Example:
     >>> import torch, tfx
-    >>> w = tfx.TensorizedTensor.from_matrix(torch.randn(64, 48), (4, 4, 4), (4, 4, 3), rank=0.3, factorization="blocktt")
+    >>> w = tfx.TensorizedTensor.from_matrix(
+    ...     torch.randn(64, 48), (4, 4, 4), (4, 4, 3), rank=0.3, factorization="blocktt"
+    ... )
     >>> w.to_matrix().shape
     torch.Size([64, 48])
 """
@@ -99,6 +101,12 @@ __all__ = [
     "tensors",
     "cost",
     "passes",
+    # tltorch's module paths
+    "factorized_layers",
+    "factorized_tensors",
+    "tensor_hooks",
+    "utils",
+    "init",
     "factorize",
     "plan",
     "backend",

@@ -10,7 +10,7 @@ exception, so existing ``except ValueError`` blocks keep working::
     ├─ RankError(TfxError, ValueError)           rank invalid for shape
     ├─ BudgetError(TfxError, ValueError)         budget malformed or unreachable
     ├─ OptionError(TfxError, ValueError)         unknown factorization/strategy name or keyword
-    ├─ TensorError(TfxError, ValueError)         values that cannot be factorized (int dtype, NaN/Inf)
+    ├─ TensorError(TfxError, ValueError)         values tfx cannot factorize (int dtype, NaN/Inf)
     ├─ PlanMismatchError(TfxError, RuntimeError) plan does not fit this graph
     └─ DistributedError(TfxError, RuntimeError)  a rank failed (distributed=): every rank raises
     TfxWarning(UserWarning)
@@ -69,7 +69,10 @@ class OptionError(TfxError, ValueError):
 
 
 class TensorError(TfxError, ValueError):
-    """A tensor's values or dtype cannot be factorized: integer dtype, NaN/Inf, complex into a real form."""
+    """A tensor's values or dtype cannot be factorized.
+
+    An integer dtype, NaN or Inf values, or complex values into a real form.
+    """
 
 
 class PlanMismatchError(TfxError, RuntimeError):
@@ -112,5 +115,6 @@ def unknown_option(
     did_you_mean = f" Did you mean {lowered[close[0]]!r}?" if close else ""
     listing = ", ".join(repr(v) for v in valid)
     return OptionError(
-        f"{what}={value!r} is not registered.{did_you_mean}\nAvailable: {listing}.{(' ' + hint) if hint else ''}"
+        f"{what}={value!r} is not registered.{did_you_mean}\n"
+        f"Available: {listing}.{(' ' + hint) if hint else ''}"
     )
