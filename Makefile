@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here only (the CPU wheel on these machines); the package asks for torch>=2.3.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-slow docs bench venv clean
+.PHONY: demo lint test test-slow docs bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m tfx.demo
 
-test: $(VENV)/.installed
+# Lint first (ruff's config is in pyproject.toml); the type check runs in the suite
+# (tests/test_typing.py).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check tfx tests benchmarks
+	$(VENV)/bin/ruff format --check tfx tests benchmarks
+
+test: lint
 	HF_HUB_OFFLINE=1 HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed
@@ -31,4 +37,4 @@ bench: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .hypothesis
+	rm -rf $(VENV) site .pytest_cache .hypothesis .mypy_cache .ruff_cache

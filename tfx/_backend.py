@@ -29,18 +29,22 @@ import sys
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast, overload
 
 import torch
 from torch import fx, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._api import KINDS, _check_names, _check_weights, _plan_sites
+from ._api import _check_names, _check_weights, _plan_sites
 from ._errors import BudgetError, OptionError, TfxWarning, unknown_option
-from .cost import FORMS, Budget, Choice, FactorizationPlan, normalise_budget
+from ._types import FORMS, KINDS, Form, Kind, Strategy
+from .cost import Budget, Choice, FactorizationPlan, normalise_budget
 from .cost._choose import available_strategies
 from .passes import Site, emit, find_sites, rewrite
 from .passes._rewrite import build_layer
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 __all__ = ["DEFAULT_BUDGET", "backend", "default_backend"]
 
@@ -170,7 +174,8 @@ def _walk(
         source = getattr(source, "base", None)
     links.reverse()
     root = links[0]
-    local, name = getattr(root, "local_name", None), getattr(root, "global_name", None)
+    local: Any = getattr(root, "local_name", None)
+    name: Any = getattr(root, "global_name", None)
     try:
         value = scope[0][local] if isinstance(local, str) else scope[1][name]
     except (KeyError, TypeError):
@@ -218,7 +223,7 @@ def _compiled_module() -> nn.Module | None:
     ``torch/_dynamo/eval_frame.py``), when it is a module, a module's bound method, or a
     function that reaches exactly one module (through a closure or a global).
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_filename.endswith(_EVAL_FRAME):
             fn = frame.f_locals.get("fn")
@@ -416,6 +421,10 @@ class _Lifted:
         self.placeholders[target] = node
         self.reads[attr] = node
 
+    @overload
+    def index(self, target: str) -> int: ...
+    @overload
+    def index(self, target: None) -> None: ...
     def index(self, target: str | None) -> int | None:
         """The position among the graph's inputs of the parameter lifted to ``target``."""
         return None if target is None else self.positions[self.placeholders[target]]
@@ -450,7 +459,7 @@ class _Decomposed:
         # The nodes are dropped so that the cache keeps no graph alive; the live parameters are
         # held weakly and read again on refresh, so that ``param.data = ...`` (new storage) is
         # seen as well as in-place updates (version counters).
-        self.site = dataclasses.replace(site, node=None, input=None)
+        self.site = dataclasses.replace(site, node=None, input=None)  # type: ignore[arg-type]
         self.choice = choice
         self.param = weakref.ref(param)
         self.bias = weakref.ref(bias) if isinstance(bias, nn.Parameter) else None
@@ -529,7 +538,7 @@ def _decomposition(
         None if site.bias is None else (site.bias.data_ptr(), tuple(site.bias.shape)),
     )
     per_param = _DECOMPOSED.setdefault(param, {})
-    entry = per_param.get(key)
+    entry: _Decomposed | None = per_param.get(key)
     if entry is None:
         entry = per_param[key] = _Decomposed(site, choice, param, bias)
     return entry
@@ -687,7 +696,10 @@ class _Backend:
             list_mode_options(self.mode) if self.mode is not None else None
         )  # None lists every mode
         with torch.no_grad():  # an inference graph: nothing saved for a backward pass
-            compiled = compile_fx(gm, list(example_inputs), config_patches=patches)
+            compiled = cast(
+                "Callable[..., Any]",
+                compile_fx(gm, list(example_inputs), config_patches=patches),
+            )
         return _checked(compiled, used)
 
     def _factorize_graph(
@@ -804,10 +816,10 @@ def _check_options(
 def backend(
     budget: float | int | Budget = DEFAULT_BUDGET,
     *,
-    forms: Sequence[str] = FORMS,
-    kinds: Sequence[str] = KINDS,
+    forms: Sequence[Form] = FORMS,
+    kinds: Sequence[Kind] = KINDS,
     skip: Sequence[str] = (),
-    strategy: str = "auto",
+    strategy: Strategy = "auto",
     progress: bool = False,
     compiler: str = "inductor",
     mode: str | None = None,

@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ._errors import OptionError, unknown_option
+from ._types import Loss
 
 __all__ = ["distill"]
 
 logger = logging.getLogger(__name__)
-LOSSES = ("mse", "cosine")
+LOSSES = get_args(Loss)
 
 
 def _floats(out: Any, pick: Callable[[Any], Any] | None) -> list[torch.Tensor]:
@@ -49,7 +50,7 @@ def distill(
     *,
     steps: int = 200,
     lr: float = 1e-4,
-    loss: str = "mse",
+    loss: Loss = "mse",
     output: Callable[[Any], Any] | None = None,
     weight_decay: float = 0.0,
     eval_data: Iterable[Any] | None = None,
@@ -161,7 +162,7 @@ def distill(
         nonlocal best
         student.eval()
         with torch.no_grad():
-            value = sum(
+            losses: list[float] = [
                 float(
                     _loss(
                         _floats(call_with(student, b), output),
@@ -170,7 +171,8 @@ def distill(
                     )
                 )
                 for b in held  # type: ignore[union-attr]
-            ) / len(held)  # type: ignore[arg-type]
+            ]
+            value = sum(losses) / len(losses)
         student.train()
         if not evals or value < min(v for _, v in evals):
             best = {k: v.detach().clone() for k, v in student.state_dict().items()}

@@ -115,7 +115,7 @@ class FactorizationPlan:
     # ------------------------------------------------------------------ output
     def table(self) -> str:
         """The plan as an aligned text table with totals."""
-        header = (
+        header: tuple[str, ...] = (
             "site",
             "kind",
             "weight",
@@ -131,7 +131,7 @@ class FactorizationPlan:
             "est. error",
             "note",
         )
-        rows = [
+        rows: list[tuple[str, ...]] = [
             (
                 c.site,
                 c.kind,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
 from .._errors import OptionError, ShapeError, UnsupportedSiteError
+from .._types import ConvImplementation
 from ..functional import convolve
 from ..functional._conv import PADDING_MODES, conv_padding
 from ..tensors import FactorizedTensor
@@ -17,7 +18,7 @@ from ._common import SubLayer, check_implementation, make_bias, set_bias, sub_la
 
 __all__ = ["FactorizedConv"]
 
-IMPLEMENTATIONS = ("factorized", "reconstructed", "mobilenet", "auto")
+IMPLEMENTATIONS = get_args(ConvImplementation)
 IntOrSeq = int | Sequence[int]
 
 
@@ -79,7 +80,7 @@ class FactorizedConv(nn.Module):
         n_layers: int = 1,
         factorization: str | FactorizedTensor = "cp",
         rank: Any = "same",
-        implementation: str = "factorized",
+        implementation: ConvImplementation = "factorized",
         fixed_rank_modes: Sequence[int] | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
@@ -191,7 +192,7 @@ class FactorizedConv(nn.Module):
     def from_factorization(
         cls,
         factorization: FactorizedTensor,
-        implementation: str = "factorized",
+        implementation: ConvImplementation = "factorized",
         stride: IntOrSeq = 1,
         padding: IntOrSeq | str = 0,
         dilation: IntOrSeq = 1,
@@ -224,7 +225,7 @@ class FactorizedConv(nn.Module):
         cls,
         conv_layer: nn.Module,
         rank: Any = "same",
-        implementation: str = "reconstructed",
+        implementation: ConvImplementation = "reconstructed",
         factorization: str = "CP",
         decompose_weights: bool = True,
         decomposition_kwargs: dict[str, Any] | None = None,
@@ -258,7 +259,7 @@ class FactorizedConv(nn.Module):
         cls,
         conv_list: Sequence[nn.Module],
         rank: Any = "same",
-        implementation: str = "reconstructed",
+        implementation: ConvImplementation = "reconstructed",
         factorization: str = "cp",
         decompose_weights: bool = True,
         decomposition_kwargs: dict[str, Any] | None = None,
@@ -279,7 +280,9 @@ class FactorizedConv(nn.Module):
         if any(has_bias) and not all(has_bias):
             raise ShapeError("from_conv_list: either every convolution has a bias or none does.")
         n_layers = 1 if _single else len(conv_list)
-        weight = first.weight
+        # Checked convolutions (_conv_config): their weight and bias are tensors.
+        weights: list[torch.Tensor] = [c.weight for c in conv_list]  # type: ignore[misc]
+        weight = weights[0]
         layer = cls(
             config["in_channels"],
             config["out_channels"],
@@ -300,11 +303,11 @@ class FactorizedConv(nn.Module):
             **kwargs,
         )
         if decompose_weights:
-            kernels = torch.stack([c.weight.detach() for c in conv_list])
+            kernels = torch.stack([w.detach() for w in weights])
             kernels = kernels[0] if n_layers == 1 else kernels
             layer.weight.init_from_tensor(kernels, **(decomposition_kwargs or {}))
         if layer.bias is not None:
-            biases = torch.stack([c.bias.detach() for c in conv_list])
+            biases = torch.stack([c.bias.detach() for c in conv_list])  # type: ignore[operator]
             set_bias(layer.bias, layer.weight, biases[0] if n_layers == 1 else biases)
         return layer
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
 from .._errors import OptionError, ShapeError, UnsupportedSiteError
+from .._types import Implementation
 from ..functional import factorized_embedding
 from ..functional._planning import is_tracing, traced_batch
 from ..tensors import TensorizedTensor
@@ -18,7 +19,7 @@ from ._linear import _tensorized_features
 
 __all__ = ["FactorizedEmbedding"]
 
-IMPLEMENTATIONS = ("factorized", "reconstructed", "auto")
+IMPLEMENTATIONS = get_args(Implementation)
 
 
 class FactorizedEmbedding(nn.Module):
@@ -61,7 +62,7 @@ class FactorizedEmbedding(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         padding_idx: int | None = None,
-        implementation: str = "factorized",
+        implementation: Implementation = "factorized",
     ) -> None:
         super().__init__()
         rows, cols = _tensorized_features(
@@ -119,11 +120,12 @@ class FactorizedEmbedding(nn.Module):
         weight = self.weight() if self.n_layers == 1 else self.weight(indices)
         if self._reconstruct(input, weight):
             table = weight.to_matrix()
-            out = table[input]  # plain indexing: F.embedding has no complex autograd
+            out: torch.Tensor = table[input]  # plain indexing: F.embedding has no complex autograd
             if self.padding_idx is not None:
                 out = out * (input != self.padding_idx).unsqueeze(-1).to(out.dtype)
             return out
-        return factorized_embedding(input, weight, self.padding_idx)
+        gathered: torch.Tensor = factorized_embedding(input, weight, self.padding_idx)
+        return gathered
 
     def _reconstruct(self, input: torch.Tensor, weight: Any) -> bool:
         if self.implementation != "auto":
@@ -131,7 +133,8 @@ class FactorizedEmbedding(nn.Module):
         n = traced_batch() if is_tracing(input) else input.numel()
         # Rebuilding the table costs its plan; gathering costs about plan / rows per row.
         per_row = weight._plan.flops / max(self.num_embeddings, 1) * 4
-        return n * per_row > weight._plan.flops
+        rebuild: bool = n * per_row > weight._plan.flops
+        return rebuild
 
     @classmethod
     def from_embedding(

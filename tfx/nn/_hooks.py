@@ -28,12 +28,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, cast, get_args
 
 import torch
 from torch import nn
 
 from .._errors import OptionError, TfxWarning, unknown_option
+from .._types import DropoutImplementation
 from ..tensors import (
     BlockTT,
     CPTensor,
@@ -62,8 +63,7 @@ __all__ = [
     "remove_tensor_lasso",
 ]
 
-DropoutImplementation = Literal["auto", "reduce", "mask"]
-_IMPLEMENTATIONS = ("auto", "reduce", "mask")
+_IMPLEMENTATIONS = get_args(DropoutImplementation)
 
 
 # ------------------------------------------------------------------ rank components
@@ -81,13 +81,15 @@ def rank_sizes(tensor: FactorizedTensor) -> list[int]:
 def _same_form(tensor: FactorizedTensor, parts: Any, rank: Any) -> FactorizedTensor:
     """A tensor of ``tensor``'s (real-storage) form from new decomposition ``parts``."""
     if isinstance(tensor, CPTensor):
+        weights, factors = parts
         if isinstance(tensor, CPTensorized):
-            return CPTensorized(*parts, tensor.tensorized_shape, rank)
-        return CPTensor(*parts, tensor.shape, rank)
+            return CPTensorized(weights, factors, tensor.tensorized_shape, rank)
+        return CPTensor(weights, factors, tensor.shape, rank)
     if isinstance(tensor, TuckerTensor):
+        core, factors = parts
         if isinstance(tensor, TuckerTensorized):
-            return TuckerTensorized(*parts, tensor.tensorized_shape, rank)
-        return TuckerTensor(*parts, tensor.shape, rank)
+            return TuckerTensorized(core, factors, tensor.tensorized_shape, rank)
+        return TuckerTensor(core, factors, tensor.shape, rank)
     if isinstance(tensor, BlockTT):
         return BlockTT(parts, tensor.tensorized_shape, rank)
     if isinstance(tensor, TTTensorized):
@@ -238,7 +240,7 @@ class TensorDropout:
         sizes = rank_sizes(tensor)
         if not sizes or not hasattr(tensor, "factors"):
             return tensor
-        like = next(iter(tensor.factors))
+        like = next(iter(cast(Any, tensor).factors))
         keeps = [self._keep(s, like) if s > self.min_dim else None for s in sizes]
         if all(k is None for k in keeps):
             return tensor

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._errors import OptionError, ShapeError
+from .._types import Implementation
 from ..functional import factorized_linear, linear_flops
 from ..functional._linear import linear_in_modes
 from ..functional._planning import FastCache, batch_bucket, compile_linear, is_tracing
@@ -28,7 +29,7 @@ from ._common import (
 
 __all__ = ["FactorizedLinear"]
 
-IMPLEMENTATIONS = ("factorized", "reconstructed", "auto")
+IMPLEMENTATIONS = get_args(Implementation)
 #: Distinct input shapes whose fast forward a layer keeps (then it starts over).
 _MAX_SHAPES = 256
 
@@ -71,7 +72,7 @@ class FactorizedLinear(nn.Module):
         bias: bool = True,
         factorization: str | TensorizedTensor = "cp",
         rank: Any = "same",
-        implementation: str = "factorized",
+        implementation: Implementation = "factorized",
         n_layers: int = 1,
         checkpointing: bool = False,
         device: Any = None,
@@ -148,10 +149,11 @@ class FactorizedLinear(nn.Module):
                     return y  # type: ignore[no-any-return]
         weight, bias = weight_and_bias(self, indices)
         if self.checkpointing and self.training and not is_tracing(x):
-            return checkpoint(self._linear, x, weight, bias, use_reentrant=False)
+            out: torch.Tensor = checkpoint(self._linear, x, weight, bias, use_reentrant=False)
+            return out
         return self._linear(x, weight, bias)
 
-    def _fast_entry(self, x: torch.Tensor) -> tuple[Any, tuple[int, ...]] | bool:
+    def _fast_entry(self, x: torch.Tensor) -> tuple[Any, tuple[int, ...]] | Literal[False]:
         """Compile (or reuse) the fast forward for inputs shaped like ``x``; False if none fits."""
         fast = self._fast
         if len(fast) >= _MAX_SHAPES:
@@ -164,7 +166,7 @@ class FactorizedLinear(nn.Module):
             and x.numel() > 0
             and isinstance(weight, TensorizedTensor)
         )
-        entry: tuple[Any, tuple[int, ...]] | bool = False
+        entry: tuple[Any, tuple[int, ...]] | Literal[False] = False
         if ok:
             in_modes = linear_in_modes(weight)
             batch = batch_bucket(x.numel() // self.in_features)
@@ -208,7 +210,7 @@ class FactorizedLinear(nn.Module):
         out_tensorized_features: Sequence[int] | None = None,
         bias: bool = True,
         factorization: str = "CP",
-        implementation: str = "reconstructed",
+        implementation: Implementation = "reconstructed",
         checkpointing: bool = False,
         decomposition_kwargs: dict[str, Any] | None = None,
         verbose: bool = False,
@@ -246,7 +248,7 @@ class FactorizedLinear(nn.Module):
         )
         layer.weight.init_from_matrix(linear.weight.detach(), **(decomposition_kwargs or {}))
         if layer.bias is not None:
-            set_bias(layer.bias, layer.weight, linear.bias.detach())  # type: ignore[union-attr]
+            set_bias(layer.bias, layer.weight, linear.bias.detach())
         return layer
 
     @classmethod
@@ -258,7 +260,7 @@ class FactorizedLinear(nn.Module):
         rank: Any = "same",
         bias: bool = True,
         factorization: str = "CP",
-        implementation: str = "reconstructed",
+        implementation: Implementation = "reconstructed",
         checkpointing: bool = False,
         decomposition_kwargs: dict[str, Any] | None = None,
     ) -> FactorizedLinear:
@@ -294,7 +296,7 @@ class FactorizedLinear(nn.Module):
         if layer.bias is not None:
             set_bias(
                 layer.bias, layer.weight, torch.stack([lin.bias.detach() for lin in linear_list])
-            )  # type: ignore[union-attr]
+            )
         return layer
 
     def extra_repr(self) -> str:

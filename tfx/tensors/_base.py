@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast, overload
 
 import torch
 from torch import nn
 
 from .._errors import OptionError, ShapeError, TensorError, unknown_option
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._contract import ContractionPlan
 
 __all__ = [
     "FactorizedTensor",
@@ -31,7 +36,9 @@ __all__ = [
 _REGISTRY_HINT = "Add your own with tfx.tensors.register(name, cls)."
 
 
-def _lookup(registry: dict[str, type], factorization: str, what: str) -> type:
+def _lookup(
+    registry: dict[str, type[FactorizedTensor]], factorization: str, what: str
+) -> type[FactorizedTensor]:
     if not isinstance(factorization, str):
         raise OptionError(
             f"factorization={factorization!r} must be a name such as 'cp', 'tucker', 'tt'."
@@ -62,12 +69,17 @@ class FactorizedTensor(nn.Module):
         torch.Size([9, 2])
     """
 
-    _factorizations: ClassVar[dict[str, type]] = {}
+    _factorizations: ClassVar[dict[str, type[FactorizedTensor]]] = {}
     _name: ClassVar[str] = ""
     _tensorized: ClassVar[bool] = False
 
     shape: tuple[int, ...]
     rank: Any
+    _plan: ContractionPlan
+
+    if TYPE_CHECKING:  # every form defines it; declared here for the type checker only
+
+        def contraction(self) -> tuple[str, list[torch.Tensor]]: ...
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -138,7 +150,7 @@ class FactorizedTensor(nn.Module):
         """Decompose ``tensor`` into this tensor's form and rank, in place; returns self."""
         raise NotImplementedError
 
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> FactorizedTensor:
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Self:
         """Initialise the factors so the reconstruction has mean 0 and std ``std``."""
         raise NotImplementedError
 
@@ -171,7 +183,7 @@ class FactorizedTensor(nn.Module):
 
         As code written for a dense ``weight`` reads it (``layer.weight.dtype``).
         """
-        first = next(iter(self.parameters()), None)
+        first: torch.Tensor | None = next(iter(self.parameters()), None)
         if first is None:
             first = next(iter(self.buffers()), None)
         if first is None:
@@ -183,7 +195,7 @@ class FactorizedTensor(nn.Module):
     @property
     def device(self) -> torch.device:
         """The device of the factors."""
-        first = next(iter(self.parameters()), None)
+        first: torch.Tensor | None = next(iter(self.parameters()), None)
         if first is None:
             first = next(iter(self.buffers()), None)
         return first.device if first is not None else torch.device("cpu")
@@ -314,7 +326,7 @@ class TensorizedTensor(FactorizedTensor):
         torch.Size([24, 30])
     """
 
-    _factorizations: ClassVar[dict[str, type]] = {}
+    _factorizations: ClassVar[dict[str, type[FactorizedTensor]]] = {}
     _tensorized: ClassVar[bool] = True
 
     tensorized_shape: tuple[Any, ...]
@@ -337,7 +349,9 @@ class TensorizedTensor(FactorizedTensor):
             factorization: ``"CP"``, ``"Tucker"``, ``"BlockTT"``, ``"Dense"`` or a complex variant.
             **kwargs: ``device``, ``dtype``.
         """
-        form = _lookup(cls._factorizations, factorization, "tensorized")
+        form = cast(
+            "type[TensorizedTensor]", _lookup(cls._factorizations, factorization, "tensorized")
+        )
         return form.new(tensorized_shape, rank, **kwargs)
 
     @classmethod
@@ -354,12 +368,15 @@ class TensorizedTensor(FactorizedTensor):
         ``decomposition=`` (a callable or a name from ``tensorly.decomposition``) runs a
         tensorly decomposition instead of tfx's, as in :meth:`FactorizedTensor.from_tensor`.
         """
-        form = _lookup(cls._factorizations, factorization, "tensorized")
+        form = cast(
+            "type[TensorizedTensor]", _lookup(cls._factorizations, factorization, "tensorized")
+        )
         decomposition = kwargs.pop("decomposition", None)
         if decomposition is not None and decomposition is not False:
             from ._tensorly import decompose
 
-            return decompose(form, tensor, rank, decomposition, tensorized_shape, **kwargs)
+            tensorized = decompose(form, tensor, rank, decomposition, tensorized_shape, **kwargs)
+            return cast(TensorizedTensor, tensorized)
         return form.from_tensor(tensor, tensorized_shape, rank, **kwargs)
 
     @classmethod
@@ -482,7 +499,8 @@ def parse_tensorized_shape(tensorized_shape: Sequence[Any]) -> tuple[Any, ...]:
             and entry
             and all(isinstance(e, tuple | list) for e in entry)
         ):
-            out.extend(tuple(_size_or_error(x, tensorized_shape) for x in e) for e in entry)
+            groups: list[Any] = list(entry)  # tuples of ints, as checked just above
+            out.extend(tuple(_size_or_error(x, tensorized_shape) for x in e) for e in groups)
         elif isinstance(entry, tuple | list | torch.Size) and entry:
             out.append(tuple(_size_or_error(x, tensorized_shape) for x in entry))
         else:
@@ -611,6 +629,10 @@ def slice_length(index: slice, size: int) -> int:
     return len(range(*index.indices(size)))
 
 
+@overload
+def mode_length(index: int, size: int) -> None: ...
+@overload
+def mode_length(index: slice | torch.Tensor | Sequence[int], size: int) -> int: ...
 def mode_length(index: Any, size: int) -> int | None:
     """Size of a mode after indexing; None when an int drops it."""
     if isinstance(index, int):
@@ -678,8 +700,8 @@ def squared_norm(tensor: FactorizedTensor) -> torch.Tensor:
     """
     from ._contract import plan_einsum
 
-    equation, operands = tensor.contraction()  # type: ignore[attr-defined]
-    shapes = tensor._plan.shapes  # type: ignore[attr-defined]
+    equation, operands = tensor.contraction()
+    shapes = tensor._plan.shapes
     lhs, out = equation.split("->")
     bonds = sorted(set(lhs) - set(out) - {","})
     free = [c for c in _EINSUM_LETTERS if c not in lhs]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
 from ._tt import tt_init_std
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["BlockTT"]
 
@@ -87,6 +90,8 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         >>> w.rank, [tuple(f.shape) for f in w.factors]
         ((1, 4, 4, 1), [(1, 4, 5, 4), (4, 3, 3, 4), (4, 2, 2, 1)])
     """
+
+    factors: FactorList
 
     def __init__(
         self,
@@ -179,7 +184,7 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
         return self._plan(*self.contraction()[1])
 
     @torch.no_grad()
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> BlockTT:
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Self:
         """Cores N(0, s) with s chosen so the reconstruction has std ``std``."""
         self._check_mean(mean)
         s = tt_init_std(std, self.rank) / (math.sqrt(2) if self._complex else 1.0)
@@ -231,7 +236,7 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
                 tuple(i.to(value.device) if isinstance(i, torch.Tensor) else i for i in modes)
             ]
         cores = [self._v(f) for f in self.factors]
-        batch = []
+        batch: list[int] = []
         for axis in reversed(range(nb)):  # index batch dims right to left so positions stay valid
             index = modes[axis]
             selector = [slice(None)] * axis + [

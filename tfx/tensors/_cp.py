@@ -6,7 +6,7 @@ import logging
 import math
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from ._base import (
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["CPTensor", "CPTensorized"]
 
@@ -69,6 +72,9 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         >>> t.rank, t.shape
         (5, (6, 7, 8))
     """
+
+    weights: torch.Tensor
+    factors: FactorList
 
     def __init__(
         self,
@@ -155,7 +161,7 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
         return self._plan(*self.contraction()[1])
 
     @torch.no_grad()
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> CPTensor:
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Self:
         """Weights 1, factors N(0, (std / sqrt(rank)) ** (1 / order)): entries get std ``std``."""
         self._check_mean(mean)
         factor_std = (std / math.sqrt(self.rank)) ** (1.0 / self.order)
@@ -289,7 +295,7 @@ class CPTensorized(CPTensor, TensorizedTensor, name="CP"):
                 continue
             sizes = entry if isinstance(entry, tuple) else (entry,)
             # Rows of the Khatri-Rao product of the group, for the selected indices only.
-            merged = None
+            merged: Any = None
             for sub, factor in zip(unravel(index, sizes, group[0].device), group, strict=False):
                 row = factor[sub]
                 merged = row if merged is None else merged * row

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from ._base import (
 from ._contract import plan_einsum
 from ._forms_common import Storage
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["DenseTensor", "DenseTensorized"]
 
 
@@ -39,6 +42,8 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
         >>> t[1, 2]
         tensor(5., grad_fn=<SelectBackward0>)
     """
+
+    tensor: torch.Tensor
 
     def __init__(self, tensor: Any, shape: Sequence[int] | None = None, rank: Any = None) -> None:
         super().__init__()
@@ -103,7 +108,7 @@ class DenseTensor(Storage, FactorizedTensor, name="Dense"):
         return self._v(self.tensor)
 
     @torch.no_grad()
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> DenseTensor:
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Self:
         """Entries N(mean, std) (complex: real and imaginary parts each carry half the variance)."""
         if self._complex:
             self.tensor.data.normal_(0, std / math.sqrt(2))

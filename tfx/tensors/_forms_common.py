@@ -24,7 +24,7 @@ class Storage:
         else:
             object.__setattr__(module, name, value)
 
-    def _v(self, stored: Any) -> Any:
+    def _v(self, stored: Any) -> torch.Tensor:
         """The value of a stored factor (a complex view for complex forms)."""
         return torch.view_as_complex(stored) if self._complex else stored
 

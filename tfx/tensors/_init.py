@@ -34,7 +34,7 @@ def tensor_init(tensor: T, std: float = 0.02) -> T:
         0.02
     """
     if isinstance(tensor, FactorizedTensor):
-        return tensor.normal_(0, std)  # type: ignore[return-value]
+        return tensor.normal_(0, std)
     if isinstance(tensor, torch.Tensor):
         with torch.no_grad():
             tensor.normal_(0, std)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from ._base import (
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["TTTensor", "TTTensorized", "tt_equation", "tt_init_std"]
 
@@ -49,7 +52,8 @@ def tt_init_std(std: float, rank: Sequence[int]) -> float:
     """
     order = len(rank) - 1
     paths = math.prod(rank[1:-1])
-    return (std**2 / paths) ** (1.0 / (2 * order))
+    scale: float = (std**2 / paths) ** (1.0 / (2 * order))
+    return scale
 
 
 def _padded_tt_svd(tensor: torch.Tensor, rank: Sequence[int]) -> list[torch.Tensor]:
@@ -91,6 +95,8 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         >>> [tuple(f.shape) for f in t.factors]
         [(1, 4, 3), (3, 5, 3), (3, 6, 1)]
     """
+
+    factors: FactorList
 
     def __init__(
         self,
@@ -186,7 +192,7 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
         return self._plan(*self.contraction()[1])
 
     @torch.no_grad()
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> TTTensor:
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Self:
         """Cores N(0, s) with s chosen so the reconstruction has std ``std``."""
         self._check_mean(mean)
         s = tt_init_std(std, self.rank) / (math.sqrt(2) if self._complex else 1.0)
@@ -233,7 +239,7 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
             cores.append(
                 core[:, index.to(core.device) if isinstance(index, torch.Tensor) else index, :]
             )
-            shape.append(mode_length(index, self.shape[k]))  # type: ignore[arg-type]
+            shape.append(mode_length(index, self.shape[k]))
             rank.append(self.rank[k + 1])
         if not cores:
             return pending[0, 0]  # type: ignore[index]

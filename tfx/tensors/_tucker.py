@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from ._base import (
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["TuckerTensor", "TuckerTensorized"]
 
@@ -69,7 +72,8 @@ def _padded_hosvd(
 
 def _contract_mode(core: torch.Tensor, vector: torch.Tensor, mode: int) -> torch.Tensor:
     """Contract ``core`` with ``vector`` along ``mode`` (the mode disappears)."""
-    return torch.tensordot(vector, core, dims=([0], [mode]))
+    out: torch.Tensor = torch.tensordot(vector, core, dims=([0], [mode]))
+    return out
 
 
 class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
@@ -96,6 +100,9 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         >>> t.rank
         (3, 3, 3)
     """
+
+    core: torch.Tensor
+    factors: FactorList
 
     def __init__(
         self,
@@ -247,7 +254,7 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
         return self._plan(*self.contraction()[1])
 
     @torch.no_grad()
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> TuckerTensor:
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Self:
         """Core and factors N(0, s) with s = (std / sqrt(prod(rank))) ** (1 / (order + 1))."""
         self._check_mean(mean)
         s = (std / math.sqrt(math.prod(self.rank))) ** (1.0 / (self.order + 1))
@@ -405,7 +412,7 @@ class TuckerTensorized(TuckerTensor, TensorizedTensor, name="Tucker"):
             sizes = entry if isinstance(entry, tuple) else (entry,)
             # Rows of the Kronecker product of the group's factors, for the selected rows only;
             # the group's core modes merge into one.
-            merged = None
+            merged: Any = None
             for sub, factor in zip(unravel(index, sizes, group[0].device), group, strict=False):
                 row = factor[sub]
                 if merged is None:
