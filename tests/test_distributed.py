@@ -93,10 +93,32 @@ def _hf_case(name: str) -> tuple[nn.Module, dict[str, Any]]:
     return arch.build(), {"example_inputs": batches[0], "calibration": batches}
 
 
+def _sequential(case: tuple[nn.Module, dict[str, Any]]) -> tuple[nn.Module, dict[str, Any]]:
+    model, data = case
+    return model, {**data, "sequential": True}
+
+
+def _gpt2_tied_case() -> tuple[nn.Module, dict[str, Any]]:
+    """A GPT-2 whose tied table is large enough for the plan to factorize it (vocab 512)."""
+    import transformers
+
+    torch.manual_seed(6)
+    config = transformers.GPT2Config(
+        vocab_size=512, n_embd=64, n_layer=2, n_head=2, n_positions=32, bos_token_id=0
+    )
+    gen = torch.Generator().manual_seed(7)
+    batches = [{"input_ids": torch.randint(0, 512, (2, 8 + i), generator=gen)} for i in range(3)]
+    return transformers.GPT2LMHeadModel(config).eval(), {"calibration": batches}
+
+
 CASES: dict[str, Callable[[], tuple[nn.Module, dict[str, Any]]]] = {
     "mlp": _mlp_case,  # symbolic_trace: a graph result
     "heads": _heads_case,  # modules, three linears over one shared basis
     "gpt2": lambda: _hf_case("gpt2"),  # export: modules, a tied embedding and LM head
+    # sequential mode: block by block, batches sharded, each block's statistics combined
+    "llama-seq": lambda: _sequential(_hf_case("llama")),
+    # a tied table read before (embedding) and after (LM head) the blocks
+    "gpt2-seq": lambda: _sequential(_gpt2_tied_case()),
 }
 
 
@@ -241,7 +263,9 @@ def test_distributed_factorize_matches_one_process_bit_for_bit(case: str, spawne
         assert any(n.startswith(f"{NOTE} {WORLD} processes") for n in got["notes"])
 
 
-@pytest.mark.parametrize(("case", "prefix"), [("gpt2", "lm_head."), ("heads", "k.")])
+@pytest.mark.parametrize(
+    ("case", "prefix"), [("gpt2", "lm_head."), ("heads", "k."), ("gpt2-seq", "lm_head.")]
+)
 def test_distributed_groups_keep_their_parameters_shared_on_every_rank(
     case: str, prefix: str, spawned: Spawned
 ) -> None:
@@ -309,12 +333,6 @@ def test_factorize_distributed_true_without_a_group_raises() -> None:
     model, data = CASES["mlp"]()
     with pytest.raises(tfx.OptionError, match="distributed=True needs"):
         tfx.factorize(model, 0.5, progress=False, distributed=True, **data)
-
-
-def test_factorize_distributed_with_sequential_mode_says_it_is_not_supported() -> None:
-    model, data = CASES["mlp"]()
-    with pytest.raises(tfx.OptionError, match="does not use one yet"):
-        tfx.factorize(model, 0.5, progress=False, distributed=True, sequential=True, **data)
 
 
 def test_map_assigned_keeps_parameters_shared_within_an_item() -> None:

@@ -281,3 +281,24 @@ def test_stream_runs_blocks_like_the_model() -> None:
         model.model.norm(stream.hidden.get(1)), out.last_hidden_state, rtol=1e-6, atol=1e-6
     )
     stream.close()
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [
+        ("llama", [["q_proj", "k_proj", "v_proj"], ["gate_proj", "up_proj"]]),
+        ("gpt2", []),  # c_attn reads ln_1's output, c_fc ln_2's (freed and reallocated between)
+    ],
+)
+def test_siblings_are_the_layers_that_read_one_tensor(arch: str, expected: list) -> None:
+    from tfx._sequential import _look_at_block
+
+    model = ZOO[arch].build()
+    _, blocks = find_blocks(model)
+    sites = find_module_sites(model)
+    stream = BlockStream(model, blocks, _batches(arch, n=1), [None])
+    stream.trace()
+    members = [i for i, s in enumerate(sites) if ".0." in s.name and s.info.kind == "linear"]
+    groups = _look_at_block(stream, 0, sites, members)
+    assert [[sites[i].name.split(".")[-1] for i in g] for g in groups] == expected
+    stream.close()

@@ -695,12 +695,6 @@ def factorize(
         _check_strategy(strategy, calibration)
     if plan is not None and plan.capture == "sequential" and not sequential:
         sequential = True  # a plan made block by block is re-applied block by block
-    if sequential and distributed:
-        raise OptionError(
-            "distributed=True spreads the one-shot stages over a process group; sequential "
-            "mode runs its blocks in one process and does not use one yet.\nFix: leave "
-            "distributed unset (each rank then runs the whole job) or drop sequential=True."
-        )
     if sequential or offload is not None or device is not None:
         if not sequential:
             raise OptionError(
@@ -732,6 +726,7 @@ def factorize(
             inplace=inplace,
             offload=offload,
             device=device,
+            distributed=distributed,
         )
     start = time.perf_counter()
     ranks = resolve(distributed)

@@ -46,8 +46,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from ._distributed import Distributed, plan_digest, resolve, svd_cost
 from ._errors import OptionError, TfxError
-from .cost import FactorizationPlan, Option, build_graph, candidates, plan_graph
+from .cost import Choice, FactorizationPlan, Option, build_graph, candidates, plan_graph
 from .cost._device import DeviceProfile
 from .passes import Site
 from .passes._calibrate import attention_mask, calibration_batches, collect_statistics
@@ -192,12 +193,23 @@ class BlockStream:
         masks: Sequence[torch.Tensor | None],
         offload: str | None = None,
         device: str | torch.device | None = None,
+        ranks: Distributed | None = None,
     ) -> None:
         self.model, self.blocks, self.masks = model, blocks, list(masks)
         self.batches = [_no_cache(model, b) for b in batches]
+        self.ranks = ranks
+        self.local = (
+            list(range(len(batches))) if ranks is None else list(ranks.shard(range(len(batches))))
+        )
+        if not self.local:
+            raise OptionError(
+                f"{len(batches)} calibration batches for {ranks.world if ranks else 1} processes: "
+                f"rank {ranks.rank if ranks else 0} has none.\nFix: at least one calibration "
+                "batch per process."
+            )
         self.device = torch.device(device) if device is not None else None
         self.hidden = _Store(offload)
-        self.calls: list[list[tuple[tuple[Any, ...], dict[str, Any], int | None]]] = []
+        self.calls: list[dict[int, tuple[tuple[Any, ...], dict[str, Any], int | None]]] = []
         self.runner = _Runner(model)
         self._batch = 0
         self._output: tuple[str, tuple[Any, ...]] = ("tensor", ())
@@ -215,7 +227,7 @@ class BlockStream:
         handle = self.blocks[0].register_forward_hook(hook)
         try:
             with torch.no_grad():
-                self._call(0)
+                self._call(self.local[0])
         except _Stop:
             pass
         finally:
@@ -247,7 +259,7 @@ class BlockStream:
         the factorized blocks' output).
         """
         if mode == "trace":
-            self.calls = [[] for _ in self.blocks]
+            self.calls = [{} for _ in self.blocks]
         last = len(self.blocks) - 1
 
         def stub(k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -255,7 +267,7 @@ class BlockStream:
             if mode == "trace":
                 rest_args = args[1:] if where == 0 else args
                 rest_kwargs = {n: v for n, v in kwargs.items() if n != "hidden_states"}
-                self.calls[k].append((rest_args, rest_kwargs, where))
+                self.calls[k][self._batch] = (rest_args, rest_kwargs, where)
                 if k == 0:
                     self.hidden.put(self._batch, hidden)
             elif k == last:
@@ -269,11 +281,11 @@ class BlockStream:
         finally:
             for block in self.blocks:
                 block.__dict__.pop("forward", None)
-        if mode == "trace" and any(len(c) != len(self.batches) for c in self.calls):
+        if mode == "trace" and any(len(c) != len(self.local) for c in self.calls):
             raise TfxError(
                 "sequential mode needs every block called once per model call; "
                 f"{type(self.model).__name__} called its blocks "
-                f"{[len(c) for c in self.calls]} times over {len(self.batches)} batches.\n"
+                f"{[len(c) for c in self.calls]} times over {len(self.local)} batches.\n"
                 "Fix: factorize in one shot (sequential=False)."
             )
 
@@ -287,7 +299,7 @@ class BlockStream:
         sites = [s for s in sites if s.info.factorizable]
         if not sites:
             with torch.no_grad():
-                for i in range(len(self.batches)):
+                for i in self.local:
                     step(i)
             return {}
         self.runner.step = step
@@ -296,6 +308,7 @@ class BlockStream:
             sites,
             [(i,) for i in range(len(self.batches))],
             mask_fn=lambda b: self.masks[b[0]],
+            ranks=self.ranks,
         )
 
     def trace(self, sites: Sequence[Site] = ()) -> dict[str, Any]:
@@ -325,7 +338,7 @@ class BlockStream:
     def advance(self, k: int) -> None:
         """Replace every batch's stored input by block ``k``'s output on it."""
         with torch.no_grad():
-            for i in range(len(self.batches)):
+            for i in self.local:
                 self.hidden.put(i, self.run_block(k, i))
 
     def statistics(self, k: int, sites: Sequence[Site]) -> dict[str, Any]:
@@ -392,7 +405,7 @@ def _prefix_names(stream: BlockStream, sites: Sequence[Site]) -> set[str]:
     handles.append(stream.blocks[0].register_forward_pre_hook(stop))
     try:
         with torch.no_grad():
-            stream._call(0)
+            stream._call(stream.local[0])
     except _Stop:
         pass
     finally:
@@ -408,7 +421,9 @@ def _look_at_block(
 
     Siblings are linear sites whose forwards receive one tensor (they can share an input basis).
     """
-    by_input: dict[tuple[int, int, tuple[int, ...]], list[int]] = {}
+    # The tensors themselves are kept until the run ends: an id or address could otherwise be
+    # reused by a later tensor (ln_1's output freed, ln_2's allocated in its place).
+    by_input: list[tuple[torch.Tensor, list[int]]] = []
 
     def seen(i: int, x: Any) -> None:
         _set_tokens(sites[i], x)
@@ -417,18 +432,20 @@ def _look_at_block(
             return
         if not site.info.factorizable or site.held_params is not None:
             return
-        group = by_input.setdefault((id(x), x.data_ptr(), tuple(x.shape)), [])
-        if i not in group:
+        group = next((members for seen, members in by_input if seen is x), None)
+        if group is None:
+            by_input.append((x, [i]))
+        elif i not in group:
             group.append(i)
 
     handles = _hooks(stream.model, sites, members, seen)
     try:
         with torch.no_grad():
-            stream.run_block(k, 0)
+            stream.run_block(k, stream.local[0])
     finally:
         for handle in handles:
             handle.remove()
-    return [group for group in by_input.values() if len(group) > 1]
+    return [group for _, group in by_input if len(group) > 1]
 
 
 def _outside(total: int, sites: Sequence[Site]) -> int:
@@ -474,6 +491,20 @@ class _Job:
     forms: Sequence[str]
     profile: DeviceProfile | None
     calibrated: bool
+    ranks: Distributed | None = None
+
+
+def _agree_tokens(job: _Job, indices: Sequence[int]) -> None:
+    """With ranks: every rank takes rank 0's token counts.
+
+    They are measured on the first batch, which is rank 0's: every rank then plans the same
+    FLOPs as one process does.
+    """
+    if job.ranks is None:
+        return
+    tokens = job.ranks.exchange("tokens", lambda: [job.sites[i].info.tokens for i in indices])[0]
+    for i, n in zip(indices, tokens, strict=True):
+        job.sites[i].info = dataclasses.replace(job.sites[i].info, tokens=n)
 
 
 def _spectra(
@@ -492,11 +523,20 @@ def _spectra(
     planned: list[Any] = []
 
     def fill(indices: Sequence[int], stats: dict[str, Any]) -> None:
-        for i in indices:
-            site = sites[i]
-            options[i] = candidates(
-                site.info, site.weight, job.forms, stats.get(site.name), job.profile, keep=kept[i]
+        def spectra(i: int) -> tuple[list[Option], dict[str, Any]]:
+            site, keep = sites[i], {}
+            found = candidates(
+                site.info, site.weight, job.forms, stats.get(site.name), job.profile, keep=keep
             )
+            return found, keep
+
+        if job.ranks is None:
+            made = [spectra(i) for i in indices]
+        else:  # each site's spectra made once, by one rank, and shared
+            costs = [svd_cost(sites[i].info.weight_shape) for i in indices]
+            made = job.ranks.map_assigned(list(indices), costs, spectra, what="spectra")
+        for i, (found, keep) in zip(indices, made, strict=True):
+            options[i], kept[i] = found, keep
 
     prefix = [sites[i] for i in job.parts.prefix]
     stats = stream.trace(prefix) if stream is not None and job.calibrated else {}
@@ -508,6 +548,7 @@ def _spectra(
         with _on_device(job, k):
             if stream is not None:
                 groups = _look_at_block(stream, k, sites, members)
+                _agree_tokens(job, members)
             stats = stream.statistics(k, [sites[i] for i in members]) if job.calibrated else {}
             fill(members, stats)
             if job.calibrated and "svd" in job.forms:
@@ -532,6 +573,7 @@ def _spectra(
     stats = stream.finish(suffix) if stream is not None and job.calibrated else {}
     if stream is not None:
         _suffix_tokens(stream, sites, job.parts.suffix)
+        _agree_tokens(job, job.parts.suffix)
     fill(job.parts.suffix, stats)
     return options, kept, planned
 
@@ -540,7 +582,7 @@ def _suffix_tokens(stream: BlockStream, sites: Sequence[Site], members: Sequence
     handles = _hooks(stream.model, sites, members, lambda i, x: _set_tokens(sites[i], x))
     try:
         with stream.stubs("finish"), torch.no_grad():
-            stream._call(0)
+            stream._call(stream.local[0])
     finally:
         for handle in handles:
             handle.remove()
@@ -586,6 +628,7 @@ def _decompose(
     from types import SimpleNamespace
 
     from ._api import _emit_modules
+    from ._distributed import prebuilt_builder
     from ._shared import shared_builder
     from ._tied import tied_builder
     from .passes._calibrate import whitened_site
@@ -602,10 +645,22 @@ def _decompose(
     build = shared_builder(sites, the_plan, lambda site: now.get(site.name), build)
     captured = SimpleNamespace(model=job.root, path="module_swap")
     tied = {sites[i].name for g in groups for i in g.members}
+    spread = None
+    if job.ranks is not None:
+        ranks = job.ranks
+
+        def unit(site: Site, choice: Choice) -> str:
+            return f"basis:{choice.group}" if choice.group else site.name
+
+        def spread(calls: list[tuple[Site, Choice]]) -> Any:
+            # A tied table's readers may sit before and after the blocks: each rank builds the
+            # table itself (the same computation, the same bits) so that they share it.
+            shared = [(s, c) for s, c in calls if c.form != "dense" and s.name not in tied]
+            return prebuilt_builder(ranks, shared, build, unit)
 
     def emit(indices: Sequence[int]) -> bool:
         chosen = [sites[i] for i in indices]
-        _emit_modules(captured, chosen, the_plan, build, None, tied)
+        _emit_modules(captured, chosen, the_plan, build, None, tied, spread=spread)
         return any(the_plan.choice(s.name).form != "dense" for s in chosen)
 
     def release(indices: Sequence[int]) -> None:
@@ -655,6 +710,7 @@ def factorize_sequential(
     inplace: bool,
     offload: str | None,
     device: str | torch.device | None,
+    distributed: bool | None = None,
 ) -> nn.Module:
     """``tfx.factorize(..., sequential=...)``: see the module docstring and ``tfx.factorize``."""
     from . import _api
@@ -694,9 +750,11 @@ def factorize_sequential(
         raise _api._nothing_to_factorize(model, kinds)
     _api._check_weights(sites)
     mask_fn = calibration_mask if calibration_mask is not None else attention_mask
+    ranks = resolve(distributed)
     stream = None
     if batches is not None:
-        stream = BlockStream(root, block_list, batches, _masks(batches, mask_fn), offload, device)
+        masks = _masks(batches, mask_fn)
+        stream = BlockStream(root, block_list, batches, masks, offload, device, ranks)
     early = _prefix_names(stream, sites) if stream is not None else set()
     job = _Job(
         root,
@@ -706,7 +764,9 @@ def factorize_sequential(
         forms,
         device_profile,
         calibration is not None,
+        ranks,
     )
+    _agree_tokens(job, job.parts.prefix)
     groups = tied_groups(sites, kinds, skip, root)
     timings: dict[str, float] = {"capture + match": time.perf_counter() - start}
     bar = _api._progress(len(block_list), progress, "tfx: blocks (spectra)")
@@ -728,14 +788,19 @@ def factorize_sequential(
             graph = build_graph([s.info for s in sites], options, (), extra=nodes, groups=planned)
             clock = time.perf_counter()
             total = _api._count_params(root)
-            the_plan = plan_graph(
-                graph,
-                budget,
-                total=total,
-                strategy=strategy,
-                profile=device_profile,
-                outside=_outside(total, sites),
-            )
+
+            def choose() -> FactorizationPlan:
+                return plan_graph(
+                    graph,
+                    budget,
+                    total=total,
+                    strategy=strategy,
+                    profile=device_profile,
+                    outside=_outside(total, sites),
+                )
+
+            # Every rank plans from the same candidates; the ranks check that they agree.
+            the_plan = choose() if ranks is None else ranks.step("plan", choose, digest=plan_digest)
             timings["choose"] = time.perf_counter() - clock
         else:
             the_plan = copy.deepcopy(plan)
@@ -778,5 +843,7 @@ def factorize_sequential(
         timings["verify"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - start
     the_plan.timings = timings
+    if ranks is not None:
+        ranks.record(the_plan)
     _api._attach_plan(result, the_plan)
     return result
