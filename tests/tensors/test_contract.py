@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+import tfx
 from tfx import ShapeError
 from tfx.tensors import _contract
 from tfx.tensors._contract import (
@@ -253,6 +255,19 @@ def test_program_cache_keeps_at_most_its_bound(monkeypatch: pytest.MonkeyPatch) 
         assert len(_contract._CACHE) <= 4
     assert len(_contract._CACHE) == 4
     assert firsts[-1][2:] == (torch.Size([7, 3]), torch.Size([3, 2]))  # oldest dropped first
+
+
+def test_equal_plans_of_new_objects_share_cache_entries() -> None:
+    """A stacked layer builds a new sub-weight per call: its plans must hit, not pile up."""
+    layer = tfx.FactorizedLinear((2, 3), (3, 2), factorization="cp", rank=3, n_layers=2)
+    layer.double()
+    x = torch.randn(5, 6, dtype=F64)
+    want = F.linear(x, layer.weight[1].to_matrix(), layer.bias[1])
+    torch.testing.assert_close(layer(x, indices=1), want)
+    size = len(_contract._CACHE)
+    for _ in range(3):
+        torch.testing.assert_close(layer(x, indices=1), want)
+    assert len(_contract._CACHE) == size
 
 
 def test_cache_bounds_are_the_documented_ones() -> None:

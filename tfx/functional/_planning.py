@@ -155,10 +155,7 @@ def _autocast(device_type: str) -> bool:
 
 def _check_dtype(x: torch.Tensor, operands: Sequence[torch.Tensor]) -> None:
     """The input and the weight share a dtype (the weight's own operands are promoted)."""
-    dtype = x.dtype
-    if all(o.dtype is dtype for o in operands):
-        return
-    weight = common_dtype(operands)
+    dtype, weight = x.dtype, common_dtype(operands)
     if weight is not dtype and not _autocast(x.device.type):
         raise RuntimeError(_MSG_DTYPE.format(x=dtype, w=weight))
 
@@ -221,10 +218,14 @@ def contract_input(
         return y.reshape(lead + out)  # type: ignore[no-any-return]
     in_features = math.prod([sizes[m] for m in in_modes])
     batch = batch_bucket(x.numel() // max(in_features, 1))
-    key = (weight._plan, in_modes, batch)  # the engine's cache, keyed on the weight's plan
+    # By content: a stacked layer's sub-weights are new objects (with equal plans) each call.
+    key = ("input", weight._plan.equation, weight._plan.shapes, in_modes, batch)
     plan, in_sizes, out_sizes = cached(key, input_plan, weight, in_modes, batch)
-    _check_dtype(x, operands)
-    y = plan(x.reshape((-1,) + in_sizes), *operands)
+    rows = x.reshape((-1,) + in_sizes)
+    y = plan.same_dtype(rows, *operands)
+    if y is None:  # the weight's operands are promoted together; the input must match them
+        _check_dtype(x, operands)
+        y = plan(rows, *operands)
     y = y.reshape(lead + (out_sizes if out_shape is None else out_shape))
     return y if bias is None else y + bias
 

@@ -27,8 +27,9 @@ Caches. Two, each bounded:
   ``(equation, shapes, memory_limit)``.
 * ``_CACHE``: everything derived from a plan, ``_MAX_PROGRAMS`` entries, oldest dropped first.
   Keys: ``(equation, steps, *operand shapes)`` for a plan's eager program;
-  ``(equation, steps, Layout)`` for a program with a layout; ``(plan, *key)`` for what a
-  caller derives from a plan object (a layer's input plans, see ``tfx.functional``).
+  ``(equation, steps, Layout)`` for a program with a layout; ``("input", equation, shapes,
+  in_modes, bucket)`` for a layer's input plan (``tfx.functional._planning``): all by
+  content, so the many equal plans of per-call sub-tensors (stacked layers) share entries.
 """
 
 from __future__ import annotations
@@ -106,15 +107,19 @@ class ContractionPlan:
         """Contract ``operands`` following the plan (eager code, or traced; see the module)."""
         if isinstance(operands[0], torch.fx.Proxy) or torch.compiler.is_compiling():
             return self.traced(*operands)
+        result = self.same_dtype(*operands)
+        if result is None:  # mixed dtypes: promoted once, at the boundary
+            return self.same_dtype(*promote(operands))  # type: ignore[return-value]
+        return result
+
+    def same_dtype(self, *operands: torch.Tensor) -> torch.Tensor | None:
+        """The eager code on real tensors of one dtype; None (nothing run) when dtypes differ."""
         key = (self.equation, self.steps, *[o.shape for o in operands])
         run = _CACHE.get(key)
         if run is None:
             shapes = tuple(tuple(o.shape) for o in operands)
             run = cached(key, _eager_program, self.equation, self.steps, shapes)
-        result = run(*operands)
-        if result is None:  # mixed dtypes (the program checks): promoted once, at the boundary
-            return run(*promote(operands))  # type: ignore[no-any-return]
-        return result  # type: ignore[no-any-return]
+        return run(*operands)  # type: ignore[no-any-return]
 
     def traced(self, *operands: Any) -> Any:
         """The traced renderer: the plan's program replayed on ``operands`` (fx or dynamo)."""
