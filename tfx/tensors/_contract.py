@@ -1,4 +1,4 @@
-"""The contraction engine: plans made once, programs rendered once, one bounded cache.
+"""The contraction engine: plans made once, one program per plan, rendered eager or traced.
 
 Data flow::
 
@@ -18,13 +18,15 @@ program specialised to the operands' shapes), the traced renderer under ``torch.
 :func:`batch_letter`). Layers reach the same programs through :func:`program` with a layout
 (the input as a matrix of rows, a bias fused into the last GEMM).
 
-Mixed dtypes are promoted once, at the boundary: the operands are cast to their common dtype
-(``torch.promote_types``) before the program runs, so programs only ever see one dtype.
+Mixed dtypes are promoted once, at the boundary: the eager code returns None when its operands'
+dtypes differ, and the call casts them to their common dtype (``torch.promote_types``) and runs
+it again, so programs only ever see one dtype.
 
-Caches. Two, each bounded:
+Caches. One policy, two bounded tables (4096 entries each):
 
 * ``_limited``: the path search, an ``lru_cache`` of ``_MAX_PLANS`` entries keyed on
-  ``(equation, shapes, memory_limit)``.
+  ``(equation, shapes, memory_limit)``: what a plan is made from (the cost model reads it too,
+  without running anything).
 * ``_CACHE``: everything derived from a plan, ``_MAX_PROGRAMS`` entries, oldest dropped first.
   Keys: ``(equation, steps, *operand shapes)`` for a plan's eager program;
   ``(equation, steps, Layout)`` for a program with a layout; ``("input", equation, shapes,
