@@ -47,13 +47,13 @@ def _one_compile_thread() -> Iterator[None]:
 def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The site names the backend decomposes a weight for, in order (cache misses only)."""
     names: list[str] = []
-    build = tfx._backend.build_layer
+    build = tfx._backend.decompose
 
     def counting(site: Any, choice: Any) -> nn.Module:
         names.append(site.name)
         return build(site, choice)
 
-    monkeypatch.setattr(tfx._backend, "build_layer", counting)
+    monkeypatch.setattr(tfx._backend, "decompose", counting)
     return names
 
 

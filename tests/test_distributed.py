@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tfx
-import tfx._api as api
+import tfx.passes._decompose as decompose_stage
 from tfx._distributed import Distributed, assign, resolve
 from tfx.cost._compensated import CompensatedSum
 from tfx.cost._whiten import InputStats
@@ -200,7 +200,7 @@ def _failures(rank: int, out: Path) -> None:
         def broken(site: Any, choice: Any) -> nn.Module:
             raise MemoryError(f"cannot allocate the factors of {site.name}")
 
-        api.build_layer = broken  # this process only
+        decompose_stage.build_layer = broken  # this process only
     model, data = CASES["mlp"]()
     try:
         tfx.factorize(model, 0.5, forms=FORMS, progress=False, **data)
@@ -302,7 +302,9 @@ def test_distributed_failing_rank_raises_on_every_rank(spawned: Spawned) -> None
     assert "DistributedError" in spawned.raised, spawned.raised or "the spawn raised nothing"
     for name, cause, text in (
         ("calibration", "OptionError", "calibration batch 3 does not fit the model"),
-        ("decompose", "MemoryError", "cannot allocate the factors of"),
+        # the decompose stage names the site: a SiteError, the MemoryError chained to it
+        ("decompose", "SiteError", "while factorizing '0' (linear 48x24, "),
+        ("decompose", "SiteError", "MemoryError: cannot allocate the factors of 0"),
     ):
         for rank in range(WORLD):
             path = spawned.out / f"{name}-{rank}.json"

@@ -17,9 +17,9 @@ from torch import nn
 import tfx
 from tfx._sequential import BlockStream, find_blocks
 from tfx.cost._whiten import InputStats
+from tfx.passes import build_layer
 from tfx.passes._calibrate import whitened_site
 from tfx.passes._match import find_module_sites
-from tfx.passes._rewrite import build_layer
 
 from .zoo.models import ZOO
 

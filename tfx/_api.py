@@ -32,10 +32,9 @@ from ._shared import (
     expand,
     group_options,
     merge_shared_steps,
-    shared_builder,
     sibling_groups,
 )
-from ._tied import TiedGroup, joint_options, member_choices, tied_builder, tied_groups
+from ._tied import TiedGroup, joint_options, member_choices, tied_groups
 from ._types import Emit, Form, Kind, Offload, Strategy
 from .cost import (
     FORMS,
@@ -52,10 +51,10 @@ from .cost._choose import available_strategies
 from .cost._device import DeviceProfile
 from .passes import Site, capture, find_sites, rewrite
 from .passes import emit as emit_graph
-from .passes._calibrate import Calibrated, calibrate, whitened_site
+from .passes._calibrate import Calibrated, calibrate
+from .passes._decompose import Decomposer
 from .passes._emit import check_result, compare_outputs, tie_groups
 from .passes._match import find_module_sites
-from .passes._rewrite import build_layer
 from .passes._swap import DELEGATE_CHILD
 
 __all__ = ["factorize", "plan", "save", "load", "Budget", "FactorizationPlan"]
@@ -91,7 +90,8 @@ def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
             close = difflib.get_close_matches(name, list(names), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise OptionError(
-                f"skip={name!r} names no module of {type(model).__name__}.{hint}\nFix: use names from model.named_modules()."
+                f"skip={name!r} names no module of {type(model).__name__}.{hint}\n"
+                "Fix: use names from model.named_modules()."
             )
 
 
@@ -99,7 +99,8 @@ def _check_weights(sites: Sequence[Site]) -> None:
     for site in sites:
         if site.info.factorizable and not bool(torch.isfinite(site.weight).all()):
             raise TensorError(
-                f"the weight of {site.name!r} contains NaN or Inf values, so it cannot be factorized.\n"
+                f"the weight of {site.name!r} contains NaN or Inf values, so it cannot be "
+                "factorized.\n"
                 f"Fix: repair the weight, or leave the layer dense: skip=[{site.name!r}]."
             )
 
@@ -260,7 +261,8 @@ def _check_model(model: Any) -> None:
     on_meta = [name for name, p in model.named_parameters() if p.is_meta]
     if on_meta:
         raise OptionError(
-            f"{type(model).__name__} has {len(on_meta)} parameters on the meta device (e.g. {on_meta[0]!r}): "
+            f"{type(model).__name__} has {len(on_meta)} parameters on the meta device "
+            f"(e.g. {on_meta[0]!r}): "
             "they have shapes but no values, and a factorization is computed from the values.\n"
             "Fix: load the weights first, e.g. model = AutoModel.from_pretrained(...) without "
             "device_map='meta', or model.to_empty(device='cpu') followed by load_state_dict(...)."
@@ -283,10 +285,12 @@ def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> Unsupported
         f" It holds quantized layers ({', '.join(quantized)}): their weights are packed integers, "
         "which tfx does not decompose.\nFix: factorize the float model, then quantize the result."
         if quantized
-        else f"\nFix: check kinds= ({', '.join(kinds)}), or pass a model whose weights are parameters."
+        else f"\nFix: check kinds= ({', '.join(kinds)}), or pass a model whose weights are "
+        "parameters."
     )
     return UnsupportedSiteError(
-        f"nothing to factorize: {type(model).__name__} has no linear, convolution or embedding layer "
+        f"nothing to factorize: {type(model).__name__} has no linear, convolution or embedding "
+        "layer "
         f"whose weight is an nn.Parameter.{found}"
     )
 
@@ -318,8 +322,10 @@ def _groups(
 def _with_factorized_layers(
     root: nn.Module, sites: list[Site], kinds: Sequence[str], skip: Sequence[str]
 ) -> list[Site]:
-    """Sites of an exported graph, with each ``tfx.nn`` layer of ``root`` (a result of
-    ``tfx.factorize`` factorized again) one site instead of its factors' products.
+    """Sites of an exported graph, each ``tfx.nn`` layer of ``root`` one site.
+
+    ``root`` is a result of ``tfx.factorize`` factorized again: its layers are sites instead of
+    their factors' products.
 
     torch.export traces into the layers, so the graph shows their factors; those sites are
     replaced by the layers themselves, re-planned from their reconstructions (no graph node:
@@ -421,7 +427,8 @@ def _prepare(
                 except Exception as err:
                     raise OptionError(
                         f"the model cannot run on example_inputs: {type(err).__name__}: {err}\n"
-                        "Fix: pass a tuple of positional inputs or a dict of keyword inputs that model(...) accepts."
+                        "Fix: pass a tuple of positional inputs or a dict of keyword inputs "
+                        "that model(...) accepts."
                     ) from err
         # Capture a copy: the returned module must share nothing with ``model``, so that
         # training it leaves the original untouched -- unless the caller gives the model up.
@@ -454,9 +461,10 @@ def _check_strategy(strategy: str, calibration: Any) -> None:
         raise unknown_option("strategy", strategy, available_strategies())
     if strategy == "sensitivity" and calibration is None:
         raise OptionError(
-            'strategy="sensitivity" weighs each layer by how much its error changes the model\'s output, '
-            "which is measured on calibration data, and none was given.\n"
-            'Fix: pass calibration=[batch, ...] (inputs in the example_inputs format), or use strategy="auto".'
+            'strategy="sensitivity" weighs each layer by how much its error changes the '
+            "model's output, which is measured on calibration data, and none was given.\n"
+            "Fix: pass calibration=[batch, ...] (inputs in the example_inputs format), "
+            'or use strategy="auto".'
         )
 
 
@@ -478,8 +486,9 @@ def _calibrate(
 
     if mask is not None and not callable(mask):
         raise OptionError(
-            f"calibration_mask={mask!r} is not callable.\nFix: a function from a calibration batch to a boolean "
-            "mask over its positions, e.g. calibration_mask=lambda batch: batch['input_ids'] != pad_id."
+            f"calibration_mask={mask!r} is not callable.\nFix: a function from a calibration "
+            "batch to a boolean mask over its positions, e.g. "
+            "calibration_mask=lambda batch: batch['input_ids'] != pad_id."
         )
     # With calibration data, "auto" weighs each site by its measured effect on the output too
     # (on all-MiniLM-L6-v2 at half the parameters: 0.78 -> 0.90 mean embedding cosine).
@@ -495,8 +504,11 @@ def _calibrate(
 
 
 def _calibration_for(captured: Any, calibration: Any) -> Any:
-    """The calibration batches as the captured graph takes them: with ``use_cache=False`` when
-    the analysis graph was captured so (a Hugging Face decoder whose cache torch.export refused)."""
+    """The calibration batches as the captured graph takes them.
+
+    With ``use_cache=False`` when the analysis graph was captured so (a Hugging Face decoder
+    whose cache torch.export refused).
+    """
     if calibration is None or captured.graph_faithful or captured.path != "export":
         return calibration
     from .passes._calibrate import calibration_batches
@@ -506,13 +518,12 @@ def _calibration_for(captured: Any, calibration: Any) -> Any:
     return [_without_cache(captured.model, b) or b for b in batches]
 
 
-def _builder(calibrated: Calibrated | None) -> Any:
-    """The layer builder for rewrite: :func:`build_layer`, on the output-aware weight when calibrated."""
+def _stats_of(calibrated: Calibrated | None) -> Callable[[Site], Any] | None:
+    """A site's input statistics, for the decompose stage (None without calibration)."""
     if calibrated is None:
-        return build_layer
-    return lambda site, choice: build_layer(
-        whitened_site(site, choice, calibrated.stats.get(site.name)), choice
-    )
+        return None
+    stats = calibrated.stats
+    return lambda site: stats.get(site.name)
 
 
 def plan(
@@ -606,8 +617,8 @@ def factorize(
         kinds: the layer kinds to factorize: ``"linear"``, ``"conv"``, ``"embedding"``.
         skip: qualified names of modules to leave dense.
         strategy: the allocation strategy (``"auto"``, ``"greedy"``, ``"dp"``, ``"uniform"``,
-            ``"sensitivity"`` -- ``"auto"`` with each site's error weighted by its measured effect on
-            the model's output; needs ``calibration`` -- or a registered one). With
+            ``"sensitivity"`` -- ``"auto"`` with each site's error weighted by its measured
+            effect on the model's output; needs ``calibration`` -- or a registered one). With
             ``calibration``, ``"auto"`` measures and uses those effects too.
         calibration: an iterable of example inputs (each in the ``example_inputs`` format),
             e.g. a few hundred sentences' token batches or images. tfx records each linear and
@@ -687,9 +698,11 @@ def factorize(
 
     Example:
         >>> import torch, tfx
-        >>> model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256))
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256))
         >>> gm = tfx.factorize(model, 0.5, example_inputs=(torch.randn(8, 256),), progress=False)
-        >>> sum(p.numel() for p in gm.parameters()) <= 0.5 * sum(p.numel() for p in model.parameters())
+        >>> n_params = lambda m: sum(p.numel() for p in m.parameters())
+        >>> n_params(gm) <= 0.5 * n_params(model)
         True
     """
     if plan is None:
@@ -775,20 +788,17 @@ def factorize(
         _check_plan(the_plan, sites)
         if calibration is None and any(n.startswith("calibrated on") for n in the_plan.notes):
             warnings.warn(
-                "this plan was made with calibration=, and re-applying it without calibration data "
-                "decomposes each weight for the weight, not for the layer's output: same forms and ranks, "
-                "larger output errors than the plan estimates. Pass the same calibration= (or use "
-                "tfx.load, which restores the saved factors).",
+                "this plan was made with calibration=, and re-applying it without calibration "
+                "data decomposes each weight for the weight, not for the layer's output: same "
+                "forms and ranks, larger output errors than the plan estimates. Pass the same "
+                "calibration= (or use tfx.load, which restores the saved factors).",
                 TfxWarning,
                 stacklevel=2,
             )
     the_plan.emit = emission
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
-    build = tied_builder(groups, sites, the_plan, _builder(calibrated))
-    build = shared_builder(
-        sites, the_plan, lambda site: calibrated.stats.get(site.name) if calibrated else None, build
-    )
+    build = Decomposer(sites, the_plan, _stats_of(calibrated), groups)
     bar = _progress(len(sites), progress, "tfx: decompose")
     spread = _spread(ranks, build, groups, sites)
     if emission == "modules":
@@ -840,8 +850,9 @@ def factorize(
 
 
 def _declare_shared(result: nn.Module) -> None:
-    """Tell a Hugging Face model's ``save_pretrained`` which of its parameters tfx shares (a
-    tied table's factors, a shared input basis): it refuses shared tensors it was not told of.
+    """Tell a Hugging Face model's ``save_pretrained`` which of its parameters tfx shares.
+
+    A tied table's factors, a shared input basis: it refuses shared tensors it was not told of.
     Each shared parameter is saved once, under its first name; ``tfx.save`` keeps them all.
     """
     if not hasattr(result, "save_pretrained"):
@@ -861,8 +872,9 @@ def _declare_shared(result: nn.Module) -> None:
 
 
 def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
-    """Each factorized choice of a given plan priced at the parameters of the layer that was
-    built for it (a plan edited by hand may carry another count: the plan says what the result does).
+    """Price each factorized choice of a given plan at the parameters of the layer built for it.
+
+    A plan edited by hand may carry another count: the plan says what the result does.
     """
     seen: set[int] = set()
     for choice in the_plan.choices:
@@ -933,8 +945,10 @@ def _spread(
 
 
 def _module_conv(site: Site, module: nn.Module) -> Site:
-    """``site`` with the convolution settings and padding index of its module (a graph shows a
-    reflect-padded conv as a pad and a conv with no padding; the module keeps its own).
+    """``site`` with the convolution settings and padding index of its module.
+
+    A graph shows a reflect-padded conv as a pad and a conv with no padding; the module keeps
+    its own.
     """
     if isinstance(module, nn.modules.conv._ConvNd):
         conv = {
@@ -951,8 +965,9 @@ def _module_conv(site: Site, module: nn.Module) -> Site:
 
 
 def _verify(result: nn.Module, reference: Any, example_inputs: Any) -> float:
-    """The result's max relative output error against the original's outputs, recorded in eval
-    mode before anything changed.
+    """The result's max relative output error against the original's outputs.
+
+    The outputs were recorded in eval mode before anything changed.
     """
     was = result.training
     result.eval()
@@ -998,13 +1013,15 @@ def _check_plan(the_plan: FactorizationPlan, sites: Sequence[Site]) -> None:
         if site is None or tuple(site.info.weight_shape) != tuple(choice.weight_shape):
             found = "no such site" if site is None else f"weight {site.info.weight_shape}"
             raise PlanMismatchError(
-                f"the plan's site {choice.site!r} (weight {choice.weight_shape}) does not fit this model: {found}.\n"
+                f"the plan's site {choice.site!r} (weight {choice.weight_shape}) does not fit "
+                f"this model: {found}.\n"
                 "Fix: apply the plan to the architecture it was made for, or make a new plan."
             )
     missing = set(by_name) - {c.site for c in the_plan.choices}
     if missing:
         raise PlanMismatchError(
-            f"the model has sites the plan does not cover: {sorted(missing)[:5]}.\nFix: make a new plan."
+            f"the model has sites the plan does not cover: {sorted(missing)[:5]}.\n"
+            "Fix: make a new plan."
         )
 
 
@@ -1020,7 +1037,7 @@ def save(gm: fx.GraphModule, path: str | Path) -> None:
 
 
 def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> nn.Module:
-    """Re-apply a saved plan to ``model`` (same architecture) and load the saved factors, bit for bit.
+    """Re-apply a saved plan to ``model`` (same architecture) and load the saved factors exactly.
 
     Args:
         model: a model of the architecture the plan was made for (its weights are replaced).
@@ -1037,10 +1054,10 @@ def load(model: nn.Module, path: str | Path, *, example_inputs: Any = None) -> n
     the_plan = FactorizationPlan.from_json(data["tfx_plan"])
     if the_plan.capture == "export" and example_inputs is None:
         raise OptionError(
-            f"the plan in {str(path)!r} was made on a graph captured by torch.export, and capturing "
-            f"{type(model).__name__} the same way needs example inputs; none were given.\n"
-            "Fix: tfx.load(model, path, example_inputs=...) with inputs like those given to tfx.factorize "
-            "(any batch size)."
+            f"the plan in {str(path)!r} was made on a graph captured by torch.export, and "
+            f"capturing {type(model).__name__} the same way needs example inputs; none were "
+            "given.\nFix: tfx.load(model, path, example_inputs=...) with inputs like those given "
+            "to tfx.factorize (any batch size)."
         )
     with warnings.catch_warnings():  # the saved factors replace whatever the plan decomposes
         warnings.simplefilter("ignore", TfxWarning)

@@ -41,7 +41,7 @@ from ._types import FORMS, KINDS, Form, Kind, Strategy
 from .cost import Budget, Choice, FactorizationPlan, normalise_budget
 from .cost._choose import available_strategies
 from .passes import Site, emit, find_sites, rewrite
-from .passes._rewrite import build_layer
+from .passes._decompose import decompose
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -465,7 +465,7 @@ class _Decomposed:
         self.bias = weakref.ref(bias) if isinstance(bias, nn.Parameter) else None
         # Sites read through ``x @ W`` hold the transposed weight.
         self.transposed = site.weight.dim() == 2 and site.weight.stride() != param.stride()
-        self.layer = _inference(build_layer(site, choice))
+        self.layer = _inference(decompose(site, choice))
         self.state = self.live()
         self.generation = 0  # counts refreshes, for the graphs' layers that hold a copy (_load)
 
@@ -499,7 +499,7 @@ class _Decomposed:
                 bias=bias.detach() if bias is not None else self.site.bias,
             )
         with torch.inference_mode(False), torch.no_grad():
-            fresh = build_layer(self.site, self.choice)
+            fresh = decompose(self.site, self.choice)
             for old, new in zip(_tensors(self.layer), _tensors(fresh), strict=False):
                 old.copy_(new)
         self.state = self.live()
@@ -597,7 +597,7 @@ def _cached_builder(lifted: _Lifted, used: list[_Use]) -> Callable[[Site, Choice
     def build(site: Site, choice: Choice) -> nn.Module:
         param = lifted.params.get(site.weight_target)
         if param is None:
-            return _inference(build_layer(site, choice))
+            return _inference(decompose(site, choice))
         bias_target = None
         if site.bias is not None:  # the live bias Parameter, when the graph reads one
             ptr = site.bias.data_ptr()

@@ -629,20 +629,11 @@ def _decompose(
 
     from ._api import _emit_modules
     from ._distributed import prebuilt_builder
-    from ._shared import shared_builder
-    from ._tied import tied_builder
-    from .passes._calibrate import whitened_site
-    from .passes._rewrite import build_layer
+    from .passes._decompose import Decomposer
 
     sites, stream = job.sites, job.stream
-    now: dict[str, Any] = {}
-    build = tied_builder(
-        groups,
-        sites,
-        the_plan,
-        lambda site, choice: build_layer(whitened_site(site, choice, now.get(site.name)), choice),
-    )
-    build = shared_builder(sites, the_plan, lambda site: now.get(site.name), build)
+    now: dict[str, Any] = {}  # the current block's input statistics
+    build = Decomposer(sites, the_plan, lambda site: now.get(site.name), groups)
     captured = SimpleNamespace(model=job.root, path="module_swap")
     tied = {sites[i].name for g in groups for i in g.members}
     spread = None

@@ -33,7 +33,6 @@ __all__ = [
     "sibling_groups",
     "group_options",
     "expand",
-    "shared_builder",
     "merge_shared_steps",
 ]
 
@@ -239,34 +238,6 @@ def expand(
         choice.reason = f"shared input basis with {names} (rank {r})"
         rows[i] = choice
     return rows, {}
-
-
-def shared_builder(
-    sites: Sequence[Site],
-    plan: Any,
-    stats_of: Callable[[Site], Any],
-    build: Callable[[Site, Choice], nn.Module],
-) -> Callable[[Site, Choice], nn.Module]:
-    """``build``, except that members of a joint group get layers over one shared basis."""
-    from .passes._rewrite import shared_basis_layer
-
-    by_group: dict[str, list[Site]] = {}
-    for site in sites:
-        row = plan.choice(site.name)
-        if getattr(row, "group", None):
-            by_group.setdefault(row.group, []).append(site)
-    made: dict[str, dict[str, nn.Module]] = {}
-
-    def build_one(site: Site, choice: Choice) -> nn.Module:
-        name = getattr(choice, "group", None)
-        if not name:
-            return build(site, choice)
-        if name not in made:
-            members = by_group[name]
-            made[name] = shared_basis_layer(members, int(choice.rank), stats_of(members[0]))
-        return made[name][site.name]
-
-    return build_one
 
 
 def merge_shared_steps(gm: fx.GraphModule, layers: set[str]) -> int:

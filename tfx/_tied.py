@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from torch import fx, nn
 
@@ -27,7 +26,7 @@ from .cost._flops import price
 from .passes import Site
 from .passes._swap import swap_kind
 
-__all__ = ["TiedGroup", "tied_groups", "joint_options", "member_choices", "tied_builder"]
+__all__ = ["TiedGroup", "tied_groups", "joint_options", "member_choices"]
 
 #: The forms a shared table can take: each is one tensorized matrix both an embedding and a
 #: linear layer hold (CP is left out: fitted by ALS, too slow for vocabulary-sized tables).
@@ -193,29 +192,3 @@ def member_choices(
             )
         rows[i] = choice
     return rows
-
-
-def tied_builder(
-    groups: Sequence[TiedGroup],
-    sites: Sequence[Site],
-    plan: Any,
-    build: Callable[[Site, Choice], nn.Module],
-) -> Callable[[Site, Choice], nn.Module]:
-    """``build``, except that the members of a factorized group get layers over one tensor."""
-    from .passes._rewrite import table_tensor, tied_layer
-
-    shared: dict[str, Any] = {}
-    owner_of: dict[str, Site] = {}
-    for group in groups:
-        for i in group.members:
-            owner_of[sites[i].name] = sites[group.owner]
-
-    def build_one(site: Site, choice: Choice) -> nn.Module:
-        owner = owner_of.get(site.name)
-        if owner is None or choice.form == "dense":
-            return build(site, choice)
-        if owner.name not in shared:
-            shared[owner.name] = table_tensor(owner, plan.choice(owner.name))
-        return tied_layer(site, choice, shared[owner.name])
-
-    return build_one

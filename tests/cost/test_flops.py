@@ -26,8 +26,7 @@ import tfx
 from tfx.cost import Choice, FactorizationPlan, Option, SiteInfo, candidates, dense_option
 from tfx.cost._flops import _path_cost, batch_bucket, order_costs, price
 from tfx.functional._planning import planned_batch
-from tfx.passes import capture, find_sites
-from tfx.passes._rewrite import build_layer
+from tfx.passes import build_layer, capture, find_sites
 
 
 class _Multiplies(TorchDispatchMode):

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tfx.cost import FORMS, Choice, SiteInfo, candidates, dense_option
-from tfx.passes import capture, find_sites
-from tfx.passes._rewrite import build_layer
+from tfx.passes import build_layer, capture, find_sites
 
 _DECOMPOSED = ("svd", "tucker", "tt", "blocktt")  # cp: fitted, and slow to emit; tested apart
 

@@ -165,7 +165,7 @@ def test_whitened_site_has_the_chosen_structure() -> None:
         stats = collect_statistics(captured.gm, [site], batches)["layer"]
         choice = the_plan.choice("layer")
         target = whitened_site(site, choice, stats).weight
-        from tfx.passes._rewrite import build_layer
+        from tfx.passes import build_layer
 
         layer = build_layer(dataclass_replace(site, target), choice)
         eye = torch.eye(64, dtype=torch.float64)

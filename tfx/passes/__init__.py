@@ -1,9 +1,11 @@
-"""The fx side of the compiler: capture, match, rewrite, emit."""
+"""The fx side of the compiler: capture, match, calibrate, decompose, rewrite, emit."""
 
 from ._capture import Captured, Tracer, capture
+from ._decompose import Decomposer, build_layer, decompose
 from ._emit import emit, output_error
 from ._match import Site, find_sites
-from ._rewrite import build_layer, rewrite, splice
+from ._pass import Compilation, Pass, SiteError
+from ._rewrite import rewrite, splice
 
 __all__ = [
     "Captured",
@@ -12,8 +14,13 @@ __all__ = [
     "Site",
     "find_sites",
     "build_layer",
+    "decompose",
+    "Decomposer",
     "rewrite",
     "splice",
     "emit",
     "output_error",
+    "Compilation",
+    "Pass",
+    "SiteError",
 ]
