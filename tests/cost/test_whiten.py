@@ -154,3 +154,93 @@ def test_diagonal_whitening_scales_columns() -> None:
         white.apply(w), torch.tensor([[2.0, 1.0, 0.5]] * 2, dtype=torch.float64)
     )
     torch.testing.assert_close(white.undo(white.apply(w)), w)
+
+
+def _eigen_root(cov: torch.Tensor, damping: float = 1e-2) -> torch.Tensor:
+    """``Q diag(sqrt(lambda))`` of the damped moment: another square root than Cholesky's."""
+    damped = cov + damping * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
+    values, vectors = torch.linalg.eigh(damped)
+    return vectors * values.sqrt()
+
+
+def test_cholesky_whitening_gives_the_eigen_roots_spectra_and_truncations() -> None:
+    """Any L with L L^T = C gives the same whitened singular values and, mapped back, the same
+    truncated SVD: the Cholesky factor stands in for the eigendecomposition's root."""
+    d_in, d_out = 40, 30
+    stats = InputStats(d_in)
+    stats.update(_anisotropic(300, d_in))
+    white = stats.whitening()
+    assert white.inv is None  # a triangular factor: undone by solves
+    torch.testing.assert_close(white.sqrt[0], white.sqrt[0].tril())
+    root = _eigen_root(stats.covariance())
+    weight = torch.randn(d_out, d_in, dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.linalg.svdvals(white.apply(weight)), torch.linalg.svdvals(weight @ root)
+    )
+    for rank in (3, 10, 25):
+        u, s, vh = truncated_svd(white.apply(weight), rank, method="exact")
+        ours = white.undo((u * s) @ vh)
+        u, s, vh = truncated_svd(weight @ root, rank, method="exact")
+        theirs = ((u * s) @ vh) @ torch.linalg.inv(root)
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
+
+
+def test_whitening_falls_back_to_the_eigendecomposition_when_not_positive_definite() -> None:
+    """A moment that damping leaves indefinite has no Cholesky factor: the eigendecomposition,
+    its eigenvalues floored, still gives an invertible root (the behaviour before Cholesky)."""
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    values = torch.tensor([4.0, 2.0, 1.0, 0.5, 0.1, -0.3], dtype=torch.float64)
+    cov = (q * values) @ q.T
+    white = Whitening.from_covariance([cov], damping=0.01)
+    assert white.inv is not None
+    scale = float(cov.diagonal().mean())
+    floored = (values + 0.01 * scale).clamp_min(0.01 * scale * 1e-3)
+    root = white.sqrt[0]
+    torch.testing.assert_close(root @ root.T, (q * floored) @ q.T)
+    w = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(white.undo(white.apply(w)), w)
+
+
+def test_kronecker_whitening_mixes_cholesky_and_eigen_modes() -> None:
+    """One column mode with a Cholesky factor, one without: each mode keeps its own inverse."""
+    good = _anisotropic(100, 3).T @ _anisotropic(100, 3) / 100
+    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
+    indefinite = (q * torch.tensor([3.0, 1.0, 0.5, -0.4], dtype=torch.float64)) @ q.T
+    white = Whitening.from_covariance([good, indefinite], damping=0.01)
+    assert white.inv is not None and len(white.inv) == 2
+    torch.testing.assert_close(white.sqrt[0], white.sqrt[0].tril())  # mode 1: Cholesky
+    w = torch.randn(6, 12, dtype=torch.float64)
+    torch.testing.assert_close(white.undo(white.apply(w)), w)
+
+
+def test_sites_sharing_statistics_factor_their_moment_once(monkeypatch) -> None:  # noqa: ANN001
+    """Q, K and V read one input: one InputStats, one Cholesky of its moment for all three."""
+    calls = []
+    real = torch.linalg.cholesky_ex
+
+    def counting(matrix: torch.Tensor, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(tuple(matrix.shape))
+        return real(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", counting)
+    stats = InputStats(48)
+    stats.update(_anisotropic(200, 48).float())
+    site = SiteInfo("q", "linear", (48, 48), tokens=16)
+    for _ in range(3):
+        candidates(site, torch.randn(48, 48), forms=("svd",), stats=stats)
+    assert calls == [(48, 48)]
+
+
+def test_large_whitened_spectra_in_float32_match_float64() -> None:
+    """Weights over 2**14 entries get their whitened spectra in float32: the candidates'
+    errors stay within float32 noise of the float64 spectrum of W L."""
+    d_in, d_out = 192, 160
+    stats = InputStats(d_in)
+    stats.update(_anisotropic(800, d_in, decay=2.0))
+    weight = torch.randn(d_out, d_in)
+    site = SiteInfo("layer", "linear", (d_out, d_in), tokens=16)
+    options = [o for o in candidates(site, weight, forms=("svd",), stats=stats) if o.form == "svd"]
+    s2 = torch.linalg.svdvals(stats.whitening().apply(weight.double())).square()
+    for option in options:
+        expected = math.sqrt(float(s2[option.rank :].sum() / s2.sum()))
+        assert option.error == pytest.approx(expected, rel=1e-5, abs=1e-6)

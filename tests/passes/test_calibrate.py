@@ -486,3 +486,72 @@ def test_embedding_row_counts_leave_padding_out() -> None:
     stats = collect_statistics(captured.gm, sites, [batch])
     counts = stats["net.0"]
     assert counts.count == 3 and counts.counts[0] == 0
+
+
+def _linear_site(weight: torch.Tensor):  # noqa: ANN202 - test helper
+    from tfx.cost._records import SiteInfo
+    from tfx.passes._match import Site
+
+    info = SiteInfo("layer", "linear", tuple(weight.shape), tokens=16)
+    return Site(info, None, None, weight, None, "layer.weight")  # type: ignore[arg-type]
+
+
+def _choice(rank: int, shape: tuple[int, int] = (96, 80)):  # noqa: ANN202 - test helper
+    from tfx.cost._records import Choice
+
+    (out, n_in), params = shape, rank * (1 + sum(shape))
+    return Choice(
+        "layer", "linear", shape, "svd", ((out,), (n_in,)), rank, out * n_in, params, 0, 0, 0.0
+    )
+
+
+@pytest.mark.parametrize("rank", [20, 200])  # the randomized and the Gram route
+def test_whitened_svd_target_is_the_whitened_truncation_mapped_back(rank: int) -> None:
+    """U (U^T W) with U the leading left basis of W L equals [W L]_r L^-1, computed here with
+    an eigendecomposition root and a full SVD in float64."""
+    from tfx.cost._whiten import InputStats
+
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(320, 300, dtype=torch.float64, generator=gen)
+    scales = torch.logspace(0, -2, 300, dtype=torch.float64)
+    stats = InputStats(300)
+    stats.update(torch.randn(1200, 300, dtype=torch.float64, generator=gen) * scales)
+    target = whitened_site(_linear_site(weight), _choice(rank, (320, 300)), stats).weight
+    cov = stats.covariance()
+    damped = cov + 1e-2 * cov.diagonal().mean() * torch.eye(300, dtype=torch.float64)
+    values, vectors = torch.linalg.eigh(damped)
+    root = vectors * values.sqrt()
+    u, s, vh = torch.linalg.svd(weight @ root)
+    expected = ((u[:, :rank] * s[:rank]) @ vh[:rank]) @ torch.linalg.inv(root)
+    if rank > 100:  # the Gram route is exact
+        torch.testing.assert_close(target, expected, rtol=1e-9, atol=1e-10)
+    else:  # the randomized range finder: a near-optimal output error
+        err = relative_output_error(weight, target, damped)
+        best = relative_output_error(weight, expected, damped)
+        assert best * (1 - 1e-9) <= err <= best * 1.02
+
+
+def test_building_a_whitened_svd_layer_reuses_its_svd(monkeypatch) -> None:  # noqa: ANN001
+    """build_layer decomposes the output-aware weight at the rank it was made at: it takes the
+    SVD whitened_site remembered instead of decomposing again, and rebuilds the weight."""
+    from tfx.cost._whiten import InputStats
+    from tfx.passes._decompose import decompose
+    from tfx.tensors import _decompose
+
+    hits = []
+    real = _decompose._known_svd
+
+    def spy(matrix: torch.Tensor, rank: int):  # noqa: ANN202
+        found = real(matrix, rank)
+        hits.append(found is not None)
+        return found
+
+    monkeypatch.setattr(_decompose, "_known_svd", spy)
+    weight = torch.randn(96, 80)
+    stats = InputStats(80)
+    stats.update(torch.randn(400, 80) * torch.logspace(0, -2, 80))
+    site = _linear_site(weight)
+    layer = decompose(site, _choice(60), stats)
+    assert hits == [True]
+    target = whitened_site(site, _choice(60), stats).weight
+    torch.testing.assert_close(layer(torch.eye(80)).T, target, rtol=1e-5, atol=1e-5)

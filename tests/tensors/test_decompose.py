@@ -20,7 +20,9 @@ from tfx.tensors._decompose import (
     block_tt_svd,
     cp_als,
     hosvd,
+    remember_svd,
     singular_values,
+    svd_of_product,
     truncated_svd,
     tt_svd,
 )
@@ -543,3 +545,72 @@ def test_decompositions_raise_on_empty_tensor(fn: object) -> None:
 def test_cp_als_raises_on_vector() -> None:
     with pytest.raises(ShapeError, match=r"cp_als needs a tensor with at least 2 dimension"):
         cp_als(torch.randn(5), 1)
+
+
+# --------------------------------------------------------------------------- known SVDs, Gram
+def test_svd_of_product_is_the_svd_of_the_product() -> None:
+    u, _ = torch.linalg.qr(torch.randn(60, 8, dtype=F64))
+    s = torch.linspace(3.0, 0.5, 8, dtype=F64)
+    right = torch.randn(8, 45, dtype=F64)
+    got_u, got_s, got_vh = svd_of_product(u, s, right)
+    product = (u * s) @ right
+    assert_close(svd_dense(got_u, got_s, got_vh), product)
+    assert_close(got_u.T @ got_u, torch.eye(8, dtype=F64))
+    assert_close(got_vh @ got_vh.T, torch.eye(8, dtype=F64))
+    ref_u, ref_s, ref_vh = truncated_svd(product, 8, method="exact")
+    assert_close(got_s, ref_s)
+    assert_close(got_u, ref_u)  # the same sign convention
+    assert_close(got_vh, ref_vh)
+
+
+@pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
+def test_truncated_svd_gram_matches_exact(shape: tuple[int, int]) -> None:
+    """Where "auto" would run the full SVD, "gram" gives the same leading triplets from the
+    float64 Gram matrix (rank 200 of 300: the sketch would cover more than half)."""
+    a = with_spectrum(*shape, torch.logspace(0, -4, 300, dtype=F64))
+    ref = truncated_svd(a, 200, method="exact")
+    got = truncated_svd(a, 200, method="gram")
+    for x, y in zip(got, ref, strict=True):
+        assert_close(x, y, rtol=1e-7, atol=1e-9)
+
+
+def test_truncated_svd_gram_keeps_the_randomized_path_for_small_ranks() -> None:
+    a = torch.randn(600, 500, dtype=F64)
+    for x, y in zip(truncated_svd(a, 20, method="gram"), truncated_svd(a, 20), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_remembered_svd_is_returned_for_the_matrix_and_its_views() -> None:
+    u, _ = torch.linalg.qr(torch.randn(50, 6, dtype=F64))
+    vh = torch.linalg.qr(torch.randn(40, 6, dtype=F64))[0].T
+    s = torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0], dtype=F64)
+    matrix = ((u * s) @ vh).float()
+    remember_svd(matrix, u, s, vh)
+    view = matrix.detach().reshape(50, 40)
+    got_u, got_s, got_vh = truncated_svd(view, 4)
+    assert got_u.dtype == torch.float32 and got_s.shape == (4,)
+    ref = truncated_svd(matrix.double(), 4, method="exact")  # a float64 copy: not remembered
+    for x, y in zip((got_u, got_s, got_vh), ref, strict=True):
+        assert_close(x.double(), y, rtol=1e-6, atol=1e-6)
+
+
+def test_remembered_svd_is_forgotten_when_the_matrix_changes_or_dies() -> None:
+    import gc
+
+    from tfx.tensors import _decompose
+
+    u, _ = torch.linalg.qr(torch.randn(30, 3, dtype=F64))
+    vh = torch.linalg.qr(torch.randn(20, 3, dtype=F64))[0].T
+    s = torch.tensor([3.0, 2.0, 1.0], dtype=F64)
+    matrix = (u * s) @ vh
+    remember_svd(matrix, u, s, vh)
+    assert _decompose._known_svd(matrix, 3) is not None
+    assert _decompose._known_svd(matrix, 4) is None  # above the remembered rank
+    matrix.mul_(2.0)
+    assert _decompose._known_svd(matrix, 3) is None  # changed in place
+    assert_close(truncated_svd(matrix, 3)[1], 2 * s)
+    remember_svd(matrix, u, 2 * s, vh)
+    key = _decompose._layout(matrix)
+    del matrix
+    gc.collect()
+    assert key not in _decompose._KNOWN

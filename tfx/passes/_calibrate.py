@@ -469,15 +469,22 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
     over the column modes for Tucker / TT / BlockTT), decomposed at the chosen rank, and
     mapped back. The result has exactly the chosen structure, so :func:`build_layer`'s
     decomposition of it at the same rank reproduces it (to float rounding). CP, padded
-    sites, embeddings and sites without statistics are returned unchanged.
+    sites, embeddings and sites without statistics are returned unchanged. A low-rank
+    result's own SVD comes from the whitened one
+    (:func:`~tfx.tensors._decompose.svd_of_product`) and is remembered, so building the layer
+    does not decompose it again.
     """
     from ..tensors import FactorizedTensor, TensorizedTensor
-    from ..tensors._decompose import truncated_svd
+    from ..tensors._decompose import remember_svd, svd_of_product, truncated_svd
 
     if stats is not None and site.info.kind == "embedding" and choice.form == "svd":
         rank = int(choice.rank)
-        u, s, vh = truncated_svd(stats.apply(site.weight.double()), rank)
-        return dataclasses.replace(site, weight=stats.undo((u * s) @ vh).to(site.weight.dtype))
+        u, s, vh = truncated_svd(stats.apply(site.weight.double()), rank, method="gram")
+        # D^-1 U S Vh, transposed: Vh^T S (D^-1 U)^T, whose left factor is orthonormal.
+        v, s, uh = svd_of_product(vh.mT, s, stats.undo(u).mT)
+        target = ((uh.mT * s) @ v.mT).to(site.weight.dtype)
+        remember_svd(target, uh.mT, s, v.mT)
+        return dataclasses.replace(site, weight=target)
     if stats is None or choice.form in ("dense", "cp") or site.info.kind not in ("linear", "conv"):
         return site
     weight = site.weight
@@ -486,8 +493,13 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
     if choice.form == "svd":
         whitening = stats.whitening()
         rank = int(choice.rank if site.info.kind == "linear" else choice.rank[1])
-        u, s, vh = truncated_svd(whitening.apply(work), rank)
-        target = whitening.undo((u * s) @ vh)
+        u = truncated_svd(whitening.apply(work), rank, method="gram")[0]
+        # [W L]_r L^-1 = U U^T W L L^-1 = U (U^T W), as an SVD: no solve with L needed.
+        u, s, vh = svd_of_product(u, torch.ones_like(u[0]), u.mT @ work)
+        target = ((u * s) @ vh).to(weight.dtype)
+        if site.info.kind == "linear":  # build_layer takes this SVD (a conv's goes by TT-SVD)
+            remember_svd(target, u, s, vh)
+        return dataclasses.replace(site, weight=target.reshape(weight.shape))
     else:
         if not stats.full:
             return site
