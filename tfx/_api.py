@@ -6,9 +6,7 @@ capture -> find_sites -> candidates -> build_graph -> choose -> (decompose, rewr
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -22,16 +20,13 @@ from ._distributed import Distributed, plan_digest, prebuilt_builder, resolve, s
 from ._errors import (
     OptionError,
     PlanMismatchError,
-    TensorError,
     TfxWarning,
-    UnsupportedSiteError,
     unknown_option,
 )
 from ._shared import (
     SiblingGroup,
     expand,
     group_options,
-    merge_shared_steps,
     sibling_groups,
 )
 from ._tied import TiedGroup, joint_options, member_choices, tied_groups
@@ -49,13 +44,15 @@ from .cost import (
 )
 from .cost._choose import available_strategies
 from .cost._device import DeviceProfile
-from .passes import Site, capture, find_sites, rewrite
-from .passes import emit as emit_graph
-from .passes._calibrate import Calibrated, calibrate
+from .passes import Site
+from .passes._analysis import EMITS as EMITS  # the emit= names (tests/test_typing.py)
+from .passes._analysis import Calibrate, Capture, Match, check_model
+from .passes._calibrate import Calibrated
 from .passes._decompose import Decomposer
-from .passes._emit import check_result, compare_outputs, tie_groups
-from .passes._match import find_module_sites
-from .passes._swap import DELEGATE_CHILD
+from .passes._emit import Emit as EmitPass  # ._types.Emit is the option's type
+from .passes._emit import tie_groups
+from .passes._pass import Compilation
+from .passes._rewrite import Rewrite
 
 __all__ = ["factorize", "plan", "save", "load", "Budget", "FactorizationPlan"]
 
@@ -92,16 +89,6 @@ def _check_skip(model: nn.Module, skip: Sequence[str]) -> None:
             raise OptionError(
                 f"skip={name!r} names no module of {type(model).__name__}.{hint}\n"
                 "Fix: use names from model.named_modules()."
-            )
-
-
-def _check_weights(sites: Sequence[Site]) -> None:
-    for site in sites:
-        if site.info.factorizable and not bool(torch.isfinite(site.weight).all()):
-            raise TensorError(
-                f"the weight of {site.name!r} contains NaN or Inf values, so it cannot be "
-                "factorized.\n"
-                f"Fix: repair the weight, or leave the layer dense: skip=[{site.name!r}]."
             )
 
 
@@ -252,57 +239,8 @@ def _sibling_node(group: SiblingGroup, sites: Sequence[Site], options: list[Opti
     return Group("basis:" + group.name, names, options, False, rows, separate)
 
 
-EMITS = ("auto", "graph", "modules")
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise OptionError(f"tfx.factorize needs an nn.Module, got {type(model).__name__}.")
-    on_meta = [name for name, p in model.named_parameters() if p.is_meta]
-    if on_meta:
-        raise OptionError(
-            f"{type(model).__name__} has {len(on_meta)} parameters on the meta device "
-            f"(e.g. {on_meta[0]!r}): "
-            "they have shapes but no values, and a factorization is computed from the values.\n"
-            "Fix: load the weights first, e.g. model = AutoModel.from_pretrained(...) without "
-            "device_map='meta', or model.to_empty(device='cpu') followed by load_state_dict(...)."
-        )
-
-
-def _quantized(model: nn.Module) -> list[str]:
-    return sorted(
-        {
-            type(m).__module__ + "." + type(m).__name__
-            for m in model.modules()
-            if ".quantized" in type(m).__module__ or "quantized" in type(m).__name__.lower()
-        }
-    )
-
-
-def _nothing_to_factorize(model: nn.Module, kinds: Sequence[str]) -> UnsupportedSiteError:
-    quantized = _quantized(model)
-    found = (
-        f" It holds quantized layers ({', '.join(quantized)}): their weights are packed integers, "
-        "which tfx does not decompose.\nFix: factorize the float model, then quantize the result."
-        if quantized
-        else f"\nFix: check kinds= ({', '.join(kinds)}), or pass a model whose weights are "
-        "parameters."
-    )
-    return UnsupportedSiteError(
-        f"nothing to factorize: {type(model).__name__} has no linear, convolution or embedding "
-        "layer "
-        f"whose weight is an nn.Parameter.{found}"
-    )
-
-
 def _groups(
-    sites: list[Site],
-    kinds: Sequence[str],
-    skip: Sequence[str],
-    forms: Sequence[str],
-    captured: Any,
-    emission: str,
-    calibrated: bool = True,
+    state: Compilation, kinds: Sequence[str], skip: Sequence[str], forms: Sequence[str]
 ) -> tuple[list[TiedGroup], list[SiblingGroup]]:
     """The graph's groups: tied weights (one table), and linears that read one input (one basis).
 
@@ -311,149 +249,13 @@ def _groups(
     than it is (all-MiniLM-L6-v2, linears at half, no calibration: mean embedding cosine 0.466
     with separate picks, 0.420 when Q/K/V shared a basis).
     """
-    root = captured.model if emission == "modules" else None
+    sites = state.sites
+    root = state.captured.model if state.emission == "modules" else None
     groups = tied_groups(sites, kinds, skip, root)
-    if "svd" not in forms or not calibrated:
+    if "svd" not in forms or state.calibrated is None:
         return groups, []
     tied = {i for g in groups for i in g.members}
     return groups, sibling_groups(sites, tied, root)
-
-
-def _with_factorized_layers(
-    root: nn.Module, sites: list[Site], kinds: Sequence[str], skip: Sequence[str]
-) -> list[Site]:
-    """Sites of an exported graph, each ``tfx.nn`` layer of ``root`` one site.
-
-    ``root`` is a result of ``tfx.factorize`` factorized again: its layers are sites instead of
-    their factors' products.
-
-    torch.export traces into the layers, so the graph shows their factors; those sites are
-    replaced by the layers themselves, re-planned from their reconstructions (no graph node:
-    such a model is emitted into its modules).
-    """
-    from .nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
-    from .passes._match import _dense_reason, _site_of_module
-
-    layers = [
-        (n, m)
-        for n, m in root.named_modules()
-        if isinstance(m, FactorizedLinear | FactorizedConv | FactorizedEmbedding)
-    ]
-    if not layers:
-        return sites
-    inside = tuple(f"{name}." for name, _ in layers)
-    kept = [s for s in sites if not s.weight_target.startswith(inside)]
-    for name, layer in layers:
-        site = _site_of_module(layer, name, None, "export")
-        if site is None:
-            continue
-        reason = _dense_reason(site, set(kinds), set(skip))
-        if reason:
-            site.info = dataclasses.replace(site.info, factorizable=False, reason=reason)
-        kept.append(site)
-    return kept
-
-
-def _emission(emit: str, captured: Any, sites: list[Site]) -> str:
-    """``'graph'`` or ``'modules'``, and the sites a modules result cannot replace marked dense.
-
-    ``'auto'``: a graph result where the graph is the model's own code (symbolic_trace, or
-    export with a site that is not a layer module); the model with its layers replaced where
-    every site is a layer module (export: the result keeps the signature, ``generate()`` and
-    any batch size), or where the graph is for analysis only (module swap, cache off).
-    """
-    from .passes._swap import module_of
-
-    if emit not in EMITS:
-        raise unknown_option("emit", emit, EMITS)
-    root = captured.model
-    modular = captured.path == "module_swap" or all(
-        module_of(root, s.name, s.weight_target) is not None for s in sites if s.info.factorizable
-    )
-    forced = (
-        captured.path == "module_swap"
-        or not captured.graph_faithful
-        or any(s.node is None for s in sites)
-    )
-    if emit == "graph" and forced:
-        why = (
-            "a module swap has no graph"
-            if captured.path == "module_swap"
-            else (
-                "the graph was captured with use_cache=False, for analysis only"
-                if not captured.graph_faithful
-                else "the model holds tfx.nn layers, which torch.export traces into"
-            )
-        )
-        raise OptionError(
-            f"emit='graph' is not possible here: {why}.\nFix: emit='auto' or emit='modules'."
-        )
-    if emit == "auto":
-        emit = "modules" if forced or (captured.path == "export" and modular) else "graph"
-    if emit == "modules" and captured.path != "module_swap":
-        for site in sites:
-            if site.info.factorizable and module_of(root, site.name, site.weight_target) is None:
-                site.info = dataclasses.replace(
-                    site.info,
-                    factorizable=False,
-                    reason="not a layer module (a functional call): kept dense by emit='modules'",
-                )
-    return emit
-
-
-def _prepare(
-    model: nn.Module,
-    example_inputs: Any,
-    forms: Sequence[str],
-    kinds: Sequence[str],
-    skip: Sequence[str],
-    emit: str = "auto",
-    inplace: bool = False,
-) -> tuple[Any, list[Site], str]:
-    _check_model(model)
-    _check_names(forms, FORMS, "form")
-    _check_names(kinds, KINDS, "kind")
-    _check_skip(model, skip)
-    was_training = model.training
-    model.eval()  # capture and verify in inference mode; the result gets the original's mode back
-    reference = None
-    try:
-        if example_inputs is not None:
-            from .passes._capture import call_with
-
-            with torch.no_grad():
-                try:
-                    reference = call_with(model, example_inputs)
-                except Exception as err:
-                    raise OptionError(
-                        f"the model cannot run on example_inputs: {type(err).__name__}: {err}\n"
-                        "Fix: pass a tuple of positional inputs or a dict of keyword inputs "
-                        "that model(...) accepts."
-                    ) from err
-        # Capture a copy: the returned module must share nothing with ``model``, so that
-        # training it leaves the original untouched -- unless the caller gives the model up.
-        captured = capture(model if inplace else copy.deepcopy(model), example_inputs, skip)
-        captured.reference = reference
-    finally:
-        model.train(was_training)
-    if captured.path == "module_swap":
-        sites = find_module_sites(captured.model, kinds=kinds, skip=skip)
-    else:
-        sites = find_sites(captured.gm, path=captured.path, kinds=kinds, skip=skip)
-        if captured.path == "export":
-            sites = _with_factorized_layers(captured.model, sites, kinds, skip)
-    if not sites:
-        raise _nothing_to_factorize(model, kinds)
-    quantized = _quantized(model)
-    if quantized:
-        note = (
-            f"quantized layers ({', '.join(quantized)}) are not sites: their weights are packed "
-            "integers; they stay as they are"
-        )
-        warnings.warn(f"tfx: {note}.", TfxWarning, stacklevel=3)
-        captured.notes.append(note)
-    _check_weights(sites)
-    return captured, sites, _emission(emit, captured, sites)
 
 
 def _check_strategy(strategy: str, calibration: Any) -> None:
@@ -468,62 +270,81 @@ def _check_strategy(strategy: str, calibration: Any) -> None:
         )
 
 
-def _calibrate(
-    gm: fx.GraphModule,
-    sites: Sequence[Site],
-    calibration: Any,
-    strategy: str,
-    progress: bool,
-    mask: Any = None,
-    ranks: Distributed | None = None,
-) -> Calibrated | None:
-    if calibration is None:
-        return None
-    if any(s.node is not None for s in sites):  # sites without a node in a graph: no statistics
-        sites = [s for s in sites if s.node is not None]
-    bar = (lambda total, desc: _progress(total, True, desc)) if progress else None
-    from .passes._calibrate import attention_mask
-
-    if mask is not None and not callable(mask):
-        raise OptionError(
-            f"calibration_mask={mask!r} is not callable.\nFix: a function from a calibration "
-            "batch to a boolean mask over its positions, e.g. "
-            "calibration_mask=lambda batch: batch['input_ids'] != pad_id."
-        )
-    # With calibration data, "auto" weighs each site by its measured effect on the output too
-    # (on all-MiniLM-L6-v2 at half the parameters: 0.78 -> 0.90 mean embedding cosine).
-    return calibrate(
-        gm,
-        sites,
-        calibration,
-        sensitivity=strategy in ("sensitivity", "auto"),
-        progress=bar,
-        mask=mask if mask is not None else attention_mask,
-        ranks=ranks,
-    )
-
-
-def _calibration_for(captured: Any, calibration: Any) -> Any:
-    """The calibration batches as the captured graph takes them.
-
-    With ``use_cache=False`` when the analysis graph was captured so (a Hugging Face decoder
-    whose cache torch.export refused).
-    """
-    if calibration is None or captured.graph_faithful or captured.path != "export":
-        return calibration
-    from .passes._calibrate import calibration_batches
-    from .passes._capture import _without_cache
-
-    batches = calibration_batches(calibration)
-    return [_without_cache(captured.model, b) or b for b in batches]
-
-
 def _stats_of(calibrated: Calibrated | None) -> Callable[[Site], Any] | None:
     """A site's input statistics, for the decompose stage (None without calibration)."""
     if calibrated is None:
         return None
     stats = calibrated.stats
     return lambda site: stats.get(site.name)
+
+
+def _check_options(
+    model: nn.Module, forms: Sequence[str], kinds: Sequence[str], skip: Sequence[str]
+) -> None:
+    """The options, checked at the boundary (before any work)."""
+    check_model(model)
+    _check_names(forms, FORMS, "form")
+    _check_names(kinds, KINDS, "kind")
+    _check_skip(model, skip)
+
+
+def _calibration_pass(
+    calibration: Any, strategy: str, progress: bool, mask: Any, ranks: Distributed | None
+) -> Calibrate:
+    """The calibration pass; with calibration data, ``"auto"`` measures sensitivities too."""
+    bars = (lambda total, desc: _progress(total, True, desc)) if progress else None
+    return Calibrate(calibration, strategy=strategy, progress=bars, mask=mask, ranks=ranks)
+
+
+def _new_plan(
+    state: Compilation,
+    budget: Any,
+    forms: Sequence[str],
+    strategy: str,
+    progress: bool,
+    profile: DeviceProfile | None,
+    ranks: Distributed | None,
+    groups: Sequence[TiedGroup],
+    siblings: Sequence[SiblingGroup],
+) -> FactorizationPlan:
+    """The planner's plan for the analysed model (:func:`_plan_sites`), with capture's notes."""
+    captured = state.need("captured")
+    the_plan = _plan_sites(
+        state.model,
+        captured.gm,
+        state.need("sites"),
+        budget,
+        forms,
+        strategy,
+        captured.path,
+        progress,
+        calibrated=state.calibrated,
+        profile=profile,
+        groups=groups,
+        siblings=siblings,
+        graph_result=state.emission == "graph",
+        ranks=ranks,
+    )
+    the_plan.notes[:0] = captured.notes
+    return the_plan
+
+
+def _given_plan(
+    plan: FactorizationPlan, sites: Sequence[Site], calibration: Any
+) -> FactorizationPlan:
+    """A copy of a given plan, checked against the sites."""
+    the_plan = copy.deepcopy(plan)
+    _check_plan(the_plan, sites)
+    if calibration is None and any(n.startswith("calibrated on") for n in the_plan.notes):
+        warnings.warn(
+            "this plan was made with calibration=, and re-applying it without calibration "
+            "data decomposes each weight for the weight, not for the layer's output: same "
+            "forms and ranks, larger output errors than the plan estimates. Pass the same "
+            "calibration= (or use tfx.load, which restores the saved factors).",
+            TfxWarning,
+            stacklevel=3,
+        )
+    return the_plan
 
 
 def plan(
@@ -549,33 +370,17 @@ def plan(
     (print it for the table; ``plan.to_json()`` to save it).
     """
     _check_strategy(strategy, calibration)
+    _check_options(model, forms, kinds, skip)
     ranks = resolve(distributed)
-    captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit)
-    calibration = _calibration_for(captured, calibration)
-    calibrated = _calibrate(
-        captured.gm, sites, calibration, strategy, progress, calibration_mask, ranks
+    state = Compilation(model, example_inputs)
+    Capture(skip)(state)
+    Match(kinds, skip, emit)(state)
+    _calibration_pass(calibration, strategy, progress, calibration_mask, ranks)(state)
+    groups, siblings = _groups(state, kinds, skip, forms)
+    the_plan = _new_plan(
+        state, budget, forms, strategy, progress, device_profile, ranks, groups, siblings
     )
-    groups, siblings = _groups(
-        sites, kinds, skip, forms, captured, emission, calibrated is not None
-    )
-    the_plan = _plan_sites(
-        model,
-        captured.gm,
-        sites,
-        budget,
-        forms,
-        strategy,
-        captured.path,
-        progress,
-        calibrated=calibrated,
-        profile=device_profile,
-        groups=groups,
-        siblings=siblings,
-        graph_result=emission == "graph",
-        ranks=ranks,
-    )
-    the_plan.emit = emission
-    the_plan.notes[:0] = captured.notes
+    the_plan.emit = state.emission
     if ranks is not None:
         ranks.record(the_plan)
     return the_plan
@@ -746,96 +551,43 @@ def factorize(
     ranks = resolve(distributed)
     if plan is not None and emit == "auto":
         emit = plan.emit
-    ties = (
-        tie_groups(model) if isinstance(model, nn.Module) else []
-    )  # before inplace=True changes it
-    captured, sites, emission = _prepare(model, example_inputs, forms, kinds, skip, emit, inplace)
-    reference = captured.reference
+    _check_options(model, forms, kinds, skip)
+    # The model's ties are recorded before anything (inplace=True) changes it.
+    state = Compilation(model, example_inputs, inplace=inplace, ties=tie_groups(model))
+    Capture(skip)(state)
+    Match(kinds, skip, emit)(state)
     capture_s = time.perf_counter() - start
-    calibration = _calibration_for(captured, calibration)
-    calibrated = _calibrate(
-        captured.gm,
-        sites,
-        calibration,
-        strategy if plan is None else "auto",
-        progress,
-        calibration_mask,
-        ranks,
-    )
-    groups, siblings = _groups(
-        sites, kinds, skip, forms, captured, emission, calibrated is not None
-    )
+    _calibration_pass(
+        calibration, strategy if plan is None else "auto", progress, calibration_mask, ranks
+    )(state)
+    groups, siblings = _groups(state, kinds, skip, forms)
     if plan is None:
-        the_plan = _plan_sites(
-            model,
-            captured.gm,
-            sites,
-            budget,
-            forms,
-            strategy,
-            captured.path,
-            progress,
-            calibrated=calibrated,
-            profile=device_profile,
-            groups=groups,
-            siblings=siblings,
-            graph_result=emission == "graph",
-            ranks=ranks,
+        state.plan = _new_plan(
+            state, budget, forms, strategy, progress, device_profile, ranks, groups, siblings
         )
-        the_plan.notes[:0] = captured.notes
     else:
-        the_plan = copy.deepcopy(plan)
-        _check_plan(the_plan, sites)
-        if calibration is None and any(n.startswith("calibrated on") for n in the_plan.notes):
-            warnings.warn(
-                "this plan was made with calibration=, and re-applying it without calibration "
-                "data decomposes each weight for the weight, not for the layer's output: same "
-                "forms and ranks, larger output errors than the plan estimates. Pass the same "
-                "calibration= (or use tfx.load, which restores the saved factors).",
-                TfxWarning,
-                stacklevel=2,
-            )
-    the_plan.emit = emission
+        state.plan = _given_plan(plan, state.sites, calibration)
+    the_plan = state.plan
+    the_plan.emit = state.emission
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
-    build = Decomposer(sites, the_plan, _stats_of(calibrated), groups)
+    sites = state.sites
+    state.build = Decomposer(sites, the_plan, _stats_of(state.calibrated), groups)
     bar = _progress(len(sites), progress, "tfx: decompose")
-    spread = _spread(ranks, build, groups, sites)
-    if emission == "modules":
-        tied = {sites[i].name for g in groups for i in g.members}
-        result = _emit_modules(captured, sites, the_plan, build, bar, tied, spread=spread)
-    else:
-        gm = captured.gm
-        choices = [the_plan.choice(s.name) for s in sites]
-        if spread is not None:
-            build = spread(list(zip(sites, choices, strict=True)))
-        rewrite(gm, sites, choices, bar, build=build)
-        merge_shared_steps(gm, {c.site for c in the_plan.choices if c.group})  # siblings: x V once
-        result = emit_graph(gm)
-    if bar is not None:
-        bar.close()
-    del captured
-    if plan is not None:
-        _recount(result, the_plan)
+    tied = {sites[i].name for g in groups for i in g.members}
+    spread = _spread(ranks, state.build, groups, sites)
+    try:
+        Rewrite(tied=tied, spread=spread, progress=bar)(state)
+    finally:
+        if bar is not None:
+            bar.close()
     the_plan.timings["decompose + rewrite"] = time.perf_counter() - clock
-    result.train(model.training)
-    if emission == "modules":
-        _declare_shared(result)
-    clock = time.perf_counter()
-    check_result(ties, result, the_plan)
-    if plan is None and the_plan.total_params_after > the_plan.budget_params:
-        raise PlanMismatchError(
-            f"the plan holds {the_plan.total_params_after:,} parameters, above its budget of "
-            f"{the_plan.budget_params:,.0f}: a bug in tfx (please report it with the model)."
-        )
-    if verify and example_inputs is not None:
-        the_plan.output_error = _verify(result, reference, example_inputs)
-        the_plan.timings["verify"] = time.perf_counter() - clock
+    EmitPass(given=plan is not None, verify=verify)(state)
     if ranks is not None:
         ranks.record(the_plan)
     the_plan.timings["total"] = time.perf_counter() - start
     if (
-        emission == "graph"
+        state.emission == "graph"
         and the_plan.capture == "export"
         and _mode_dependent(model)
         and not any("frozen" in n for n in the_plan.notes)
@@ -844,82 +596,8 @@ def factorize(
             "captured by torch.export in eval mode: dropout is off and batch norm uses its running "
             "statistics in the result, also after .train(); fine-tune the factors with that in mind"
         )
-    _attach_plan(result, the_plan)
     logger.info("tfx.factorize took %.2f s", the_plan.timings["total"])
-    return result
-
-
-def _declare_shared(result: nn.Module) -> None:
-    """Tell a Hugging Face model's ``save_pretrained`` which of its parameters tfx shares.
-
-    A tied table's factors, a shared input basis: it refuses shared tensors it was not told of.
-    Each shared parameter is saved once, under its first name; ``tfx.save`` keeps them all.
-    """
-    if not hasattr(result, "save_pretrained"):
-        return
-    ours = {}
-    for names in tie_groups(result):
-        if not any(
-            ".weight.factors." in n or n.endswith(".weight.weights") or ".tfx_layer." in n
-            for n in names
-        ):
-            continue  # the model's own ties: declared by the model
-        keep, *rest = sorted(names)
-        ours.update({re.escape(name) + "$": keep for name in rest})
-    if ours:
-        declared = dict(getattr(result, "_tied_weights_keys", None) or {})
-        result._tied_weights_keys = {**declared, **ours}  # type: ignore[assignment]
-
-
-def _recount(result: nn.Module, the_plan: FactorizationPlan) -> None:
-    """Price each factorized choice of a given plan at the parameters of the layer built for it.
-
-    A plan edited by hand may carry another count: the plan says what the result does.
-    """
-    seen: set[int] = set()
-    for choice in the_plan.choices:
-        if choice.form != "dense":
-            layer = result.get_submodule(choice.site.split(":")[0])  # "<module>:k": its k-th call
-            layer = getattr(layer, DELEGATE_CHILD, layer)
-            params = [p for n, p in layer.named_parameters() if n != "bias" and id(p) not in seen]
-            seen.update(id(p) for p in params)  # a table shared by tied readers counts once
-            choice.params_after = sum(p.numel() for p in params)
-
-
-def _emit_modules(
-    captured: Any,
-    sites: Sequence[Site],
-    the_plan: FactorizationPlan,
-    build: Any,
-    bar: Any,
-    tied: set[str],
-    spread: Callable[[list[tuple[Site, Choice]]], Any] | None = None,
-) -> nn.Module:
-    """The captured copy of the model with its chosen layers replaced (see tfx.passes._swap).
-
-    ``spread`` (distributed): from the ``(site, choice)`` calls, the builder to use instead.
-    """
-    from .passes._swap import module_of, swap_modules
-
-    root = captured.model
-    targets = []
-    for site in sites:
-        choice = the_plan.choice(site.name)
-        if choice.form == "dense" and site.held_params is None:
-            if bar is not None:
-                bar.update(1)
-            continue
-        if (
-            captured.path == "module_swap" or site.name in tied
-        ):  # a tied reader: the module at its name
-            module = root.get_submodule(site.name.split(":")[0])  # "<module>:k": its k-th call
-        else:
-            module = module_of(root, site.name, site.weight_target)
-        targets.append((module, (_module_conv(site, module), choice)))
-    if spread is not None:
-        build = spread([item for _, item in targets])
-    swap_modules(root, targets, lambda item: build(*item), bar)
-    return root
+    return state.result
 
 
 def _spread(
@@ -942,63 +620,6 @@ def _spread(
         return prebuilt_builder(ranks, factorized, build, unit)
 
     return prepare
-
-
-def _module_conv(site: Site, module: nn.Module) -> Site:
-    """``site`` with the convolution settings and padding index of its module.
-
-    A graph shows a reflect-padded conv as a pad and a conv with no padding; the module keeps
-    its own.
-    """
-    if isinstance(module, nn.modules.conv._ConvNd):
-        conv = {
-            "stride": tuple(module.stride),
-            "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
-            "dilation": tuple(module.dilation),
-            "groups": module.groups,
-            "padding_mode": module.padding_mode,
-        }
-        return dataclasses.replace(site, conv=conv)
-    if isinstance(module, nn.Embedding):
-        return dataclasses.replace(site, padding_idx=module.padding_idx)
-    return site
-
-
-def _verify(result: nn.Module, reference: Any, example_inputs: Any) -> float:
-    """The result's max relative output error against the original's outputs.
-
-    The outputs were recorded in eval mode before anything changed.
-    """
-    was = result.training
-    result.eval()
-    try:
-        return compare_outputs(reference, result, example_inputs)
-    finally:
-        result.train(was)
-
-
-def _attach_plan(gm: nn.Module, the_plan: FactorizationPlan) -> None:
-    """Set ``gm.tfx_plan`` so that it survives ``copy.deepcopy(gm)``.
-
-    ``GraphModule.__deepcopy__`` rebuilds the module from its graph and drops plain
-    attributes; each GraphModule has a class of its own, so the hook is installed there.
-    Any other module keeps its ``__dict__`` through a deep copy.
-    """
-    gm.tfx_plan = the_plan  # type: ignore[assignment]
-    if not isinstance(gm, fx.GraphModule):
-        return
-    cls = type(gm)
-    if "_tfx_deepcopy" in cls.__dict__:
-        return
-    base = cls.__deepcopy__
-
-    def __deepcopy__(self: fx.GraphModule, memo: dict[int, Any]) -> fx.GraphModule:
-        result = base(self, memo)
-        _attach_plan(result, copy.deepcopy(self.tfx_plan, memo))  # type: ignore[arg-type]
-        return result
-
-    cls.__deepcopy__ = __deepcopy__  # type: ignore[method-assign]
-    cls._tfx_deepcopy = True  # type: ignore[attr-defined]
 
 
 def _mode_dependent(model: nn.Module) -> bool:

@@ -35,13 +35,15 @@ import torch
 from torch import fx, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._api import _check_names, _check_weights, _plan_sites
+from ._api import _check_names, _plan_sites
 from ._errors import BudgetError, OptionError, TfxWarning, unknown_option
 from ._types import FORMS, KINDS, Form, Kind, Strategy
 from .cost import Budget, Choice, FactorizationPlan, normalise_budget
 from .cost._choose import available_strategies
 from .passes import Site, emit, find_sites, rewrite
+from .passes._analysis import check_weights
 from .passes._decompose import decompose
+from .passes._pass import site_context
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -498,7 +500,7 @@ class _Decomposed:
                 weight=weight.t() if self.transposed else weight,
                 bias=bias.detach() if bias is not None else self.site.bias,
             )
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), site_context(self.site, self.choice):
             fresh = decompose(self.site, self.choice)
             for old, new in zip(_tensors(self.layer), _tensors(fresh), strict=False):
                 old.copy_(new)
@@ -713,7 +715,7 @@ class _Backend:
             _check_skip(
                 self.skip, names.valid() | lifted.prefixes() | {s.name for s in sites}, names
             )
-            _check_weights(sites)
+            check_weights(sites)
             if not any(s.info.factorizable for s in sites):
                 logger.info(
                     "tfx backend: no factorizable site in this graph piece; compiled unchanged"

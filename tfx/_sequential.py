@@ -51,6 +51,7 @@ from ._errors import OptionError, TfxError
 from .cost import Choice, FactorizationPlan, Option, build_graph, candidates, plan_graph
 from .cost._device import DeviceProfile
 from .passes import Site
+from .passes._analysis import check_model, check_weights, nothing_to_factorize
 from .passes._calibrate import attention_mask, calibration_batches, collect_statistics
 from .passes._capture import call_with, split_inputs
 from .passes._match import find_module_sites
@@ -625,16 +626,13 @@ def _decompose(
 
     The prefix, then each block on the factorized blocks' outputs, then the suffix.
     """
-    from types import SimpleNamespace
-
-    from ._api import _emit_modules
     from ._distributed import prebuilt_builder
     from .passes._decompose import Decomposer
+    from .passes._rewrite import swap_sites
 
     sites, stream = job.sites, job.stream
     now: dict[str, Any] = {}  # the current block's input statistics
     build = Decomposer(sites, the_plan, lambda site: now.get(site.name), groups)
-    captured = SimpleNamespace(model=job.root, path="module_swap")
     tied = {sites[i].name for g in groups for i in g.members}
     spread = None
     if job.ranks is not None:
@@ -651,7 +649,7 @@ def _decompose(
 
     def emit(indices: Sequence[int]) -> bool:
         chosen = [sites[i] for i in indices]
-        _emit_modules(captured, chosen, the_plan, build, None, tied, spread=spread)
+        swap_sites(job.root, "module_swap", chosen, the_plan, build, tied=tied, spread=spread)
         return any(the_plan.choice(s.name).form != "dense" for s in chosen)
 
     def release(indices: Sequence[int]) -> None:
@@ -706,7 +704,8 @@ def factorize_sequential(
     """``tfx.factorize(..., sequential=...)``: see the module docstring and ``tfx.factorize``."""
     from . import _api
     from ._tied import tied_groups
-    from .passes._emit import check_result, tie_groups
+    from .passes._emit import Emit, tie_groups
+    from .passes._pass import Compilation
 
     if strategy == "sensitivity":
         raise OptionError(
@@ -716,7 +715,7 @@ def factorize_sequential(
             "sequential=False."
         )
     start = time.perf_counter()
-    _api._check_model(model)
+    check_model(model)
     _api._check_names(forms, _api.FORMS, "form")
     _api._check_names(kinds, _api.KINDS, "kind")
     _api._check_skip(model, skip)
@@ -738,8 +737,8 @@ def factorize_sequential(
     if not any(s.info.factorizable for s in sites) and not any(
         s.info.reason.startswith("tied weight") for s in sites
     ):
-        raise _api._nothing_to_factorize(model, kinds)
-    _api._check_weights(sites)
+        raise nothing_to_factorize(model, kinds)
+    check_weights(sites)
     mask_fn = calibration_mask if calibration_mask is not None else attention_mask
     ranks = resolve(distributed)
     stream = None
@@ -807,17 +806,6 @@ def factorize_sequential(
             bar.close()
         if stream is not None:
             stream.close()
-    result = root
-    result.train(was_training)
-    _api._declare_shared(result)
-    if plan is not None:
-        _api._recount(result, the_plan)
-    check_result(ties, result, the_plan)
-    if plan is None and the_plan.total_params_after > the_plan.budget_params:
-        raise _api.PlanMismatchError(
-            f"the plan holds {the_plan.total_params_after:,} parameters, above its budget of "
-            f"{the_plan.budget_params:,.0f}: a bug in tfx (please report it with the model)."
-        )
     the_plan.capture, the_plan.emit = "sequential", "modules"
     n = len(batches) if batches is not None else 0
     note = f"sequential: {len(block_list)} blocks of {blocks_name!r} factorized one at a time" + (
@@ -828,13 +816,11 @@ def factorize_sequential(
     )
     if plan is None:
         the_plan.notes.append(note)
-    if verify and example_inputs is not None:
-        clock = time.perf_counter()
-        the_plan.output_error = _api._verify(result, reference, example_inputs)
-        timings["verify"] = time.perf_counter() - clock
-    timings["total"] = time.perf_counter() - start
     the_plan.timings = timings
+    state = Compilation(model, example_inputs, ties=ties, reference=reference)
+    state.plan, state.result, state.emission = the_plan, root, "modules"
+    Emit(given=plan is not None, verify=verify)(state)
+    timings["total"] = time.perf_counter() - start
     if ranks is not None:
         ranks.record(the_plan)
-    _api._attach_plan(result, the_plan)
-    return result
+    return root

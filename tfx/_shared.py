@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from .cost import Choice, Option
 from .cost._choose import _penalty
@@ -33,7 +33,6 @@ __all__ = [
     "sibling_groups",
     "group_options",
     "expand",
-    "merge_shared_steps",
 ]
 
 #: The form of a joint option in the plan's rows.
@@ -238,54 +237,3 @@ def expand(
         choice.reason = f"shared input basis with {names} (rank {r})"
         rows[i] = choice
     return rows, {}
-
-
-def merge_shared_steps(gm: fx.GraphModule, layers: set[str]) -> int:
-    """Merge the identical steps of spliced ``layers`` reading the same parameters and input.
-
-    Such steps are the ``x V`` of siblings sharing a basis: common-subexpression elimination
-    over their ops, with parameters compared by identity. Returns the nodes removed.
-    """
-    canon: dict[Any, fx.Node] = {}
-    removed = 0
-    for node in list(gm.graph.nodes):
-        if node.meta.get("tfx", {}).get("layer") not in layers or node.op not in (
-            "get_attr",
-            "call_function",
-            "call_method",
-        ):
-            continue
-        if node.op == "get_attr":
-            key: Any = ("get_attr", id(_resolve(gm, str(node.target))))
-        else:
-            key = (node.op, node.target, _hashable(node.args), _hashable(node.kwargs))
-        if key in canon:
-            node.replace_all_uses_with(canon[key])
-            gm.graph.erase_node(node)
-            removed += 1
-        else:
-            canon[key] = node
-    return removed
-
-
-def _resolve(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return (type(value).__name__, tuple(_hashable(v) for v in value))
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, fx.Node):
-        return ("node", id(value))
-    if isinstance(value, torch.Tensor):
-        return ("tensor", id(value))
-    try:
-        hash(value)
-    except TypeError:
-        return ("object", id(value))
-    return value

@@ -1,10 +1,17 @@
-"""Emit: lint, dead-code removal, recompile, and the optional numeric check."""
+"""Emit: lint, dead-code removal, recompile; the result's post-conditions; the numeric check.
+
+Stage: rewrite -> **emit**. :class:`Emit` finishes a result of either kind (a graph or the
+model's own modules) and its ``ensures`` are the post-conditions every result of
+``tfx.factorize`` meets (:func:`check_result`, :func:`budget_kept`, :func:`verify`).
+"""
 
 from __future__ import annotations
 
+import re
+import time
 import warnings
 import weakref
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import fx
@@ -12,8 +19,27 @@ from torch.utils._pytree import tree_flatten
 
 from .._errors import PlanMismatchError, TensorError, TfxWarning
 from ._capture import call_with
+from ._pass import Compilation, Pass
+from ._swap import DELEGATE_CHILD
 
-__all__ = ["emit", "fast_reads", "output_error", "compare_outputs", "check_result", "tie_groups"]
+__all__ = [
+    "Emit",
+    "emit",
+    "fast_reads",
+    "output_error",
+    "compare_outputs",
+    "check_result",
+    "tie_groups",
+    "attach_plan",
+    "budget_kept",
+    "declare_shared",
+    "recount",
+    "verify",
+]
+
+#: The ``GraphModule.meta`` key whose attributes ``GraphModule.__deepcopy__`` sets again on the
+#: copy (``torch.fx.graph_module._USER_PRESERVED_ATTRIBUTES_KEY``).
+_PRESERVED: Final = "_user_preserved_attributes"
 
 
 def emit(gm: fx.GraphModule, *, prune: bool = True) -> fx.GraphModule:
@@ -192,3 +218,126 @@ def check_result(model: Any, result: torch.nn.Module, plan: Any) -> None:
             f"the factorized {name} holds {counted:,} parameters but its plan says "
             f"{plan.total_params_after:,}: a bug in tfx (please report it with the model)."
         )
+
+
+def declare_shared(result: torch.nn.Module) -> None:
+    """Tell a Hugging Face model's ``save_pretrained`` which of its parameters tfx shares.
+
+    A tied table's factors, a shared input basis: it refuses shared tensors it was not told of.
+    Each shared parameter is saved once, under its first name; ``tfx.save`` keeps them all.
+    """
+    if not hasattr(result, "save_pretrained"):
+        return
+    ours = {}
+    for names in tie_groups(result):
+        if not any(
+            ".weight.factors." in n or n.endswith(".weight.weights") or ".tfx_layer." in n
+            for n in names
+        ):
+            continue  # the model's own ties: declared by the model
+        keep, *rest = sorted(names)
+        ours.update({re.escape(name) + "$": keep for name in rest})
+    if ours:
+        declared = dict(getattr(result, "_tied_weights_keys", None) or {})
+        result._tied_weights_keys = {**declared, **ours}  # type: ignore[assignment]
+
+
+def recount(result: torch.nn.Module, plan: Any) -> None:
+    """Price each factorized choice of a given plan at the parameters of the layer built for it.
+
+    A plan edited by hand may carry another count: the plan says what the result does.
+    """
+    seen: set[int] = set()
+    for choice in plan.choices:
+        if choice.form != "dense":
+            layer = result.get_submodule(choice.site.split(":")[0])  # "<module>:k": its k-th call
+            layer = getattr(layer, DELEGATE_CHILD, layer)
+            params = [p for n, p in layer.named_parameters() if n != "bias" and id(p) not in seen]
+            seen.update(id(p) for p in params)  # a table shared by tied readers counts once
+            choice.params_after = sum(p.numel() for p in params)
+
+
+def verify(result: torch.nn.Module, reference: Any, example_inputs: Any) -> float:
+    """The result's max relative output error against the original's outputs.
+
+    The outputs were recorded in eval mode before anything changed.
+    """
+    was = result.training
+    result.eval()
+    try:
+        return compare_outputs(reference, result, example_inputs)
+    finally:
+        result.train(was)
+
+
+def attach_plan(result: torch.nn.Module, plan: Any) -> None:
+    """Set ``result.tfx_plan`` so that it survives ``copy.deepcopy(result)``.
+
+    ``GraphModule.__deepcopy__`` rebuilds the module from its graph and keeps, of its plain
+    attributes, those named in ``meta["_user_preserved_attributes"]`` (deep-copied with the
+    rest of ``meta``): the plan is kept there. Any other module keeps its ``__dict__``.
+    """
+    result.tfx_plan = plan
+    if isinstance(result, fx.GraphModule):
+        result.meta.setdefault(_PRESERVED, {})["tfx_plan"] = plan
+
+
+def budget_kept(plan: Any) -> None:
+    """A plan made here holds no more parameters than its budget.
+
+    Raises:
+        PlanMismatchError: it holds more (a bug in tfx: please report it).
+    """
+    if plan.total_params_after > plan.budget_params:
+        raise PlanMismatchError(
+            f"the plan holds {plan.total_params_after:,} parameters, above its budget of "
+            f"{plan.budget_params:,.0f}: a bug in tfx (please report it with the model)."
+        )
+
+
+class Emit(Pass):
+    """The result, finished and checked: emit's post-conditions are every result's.
+
+    ``call``: a graph result is linted, pruned and recompiled (:func:`emit`); a given plan's
+    rows are priced at the layers built (:func:`recount`); the result gets the model's
+    train/eval mode; a Hugging Face model is told which parameters tfx shares; the plan is
+    attached (:func:`attach_plan`).
+
+    ``ensures`` (:func:`check_result`, :func:`budget_kept`, :func:`verify`): the graph lints,
+    the parameters counted on the result are the plan's, every tie of the model is still a
+    tie, a plan made here fits its budget, and with ``verify`` and example inputs the outputs
+    are finite where the original's are (their max relative error goes into the plan).
+
+    Args:
+        given: the plan was given (``plan=``), not made here: its counts are the layers'.
+        verify: measure the output error on the example inputs.
+    """
+
+    reads = ("plan", "result", "emission")
+
+    def __init__(self, *, given: bool = False, verify: bool = True) -> None:
+        self.given = given
+        self.verify = verify
+
+    def call(self, state: Compilation) -> None:
+        """Finish the result and attach the plan."""
+        result, plan = state.result, state.plan
+        if state.emission == "graph":
+            emit(result)
+        if self.given:
+            recount(result, plan)
+        result.train(state.model.training)
+        if state.emission == "modules":
+            declare_shared(result)
+        attach_plan(result, plan)
+
+    def ensures(self, state: Compilation) -> None:
+        """Check the result's post-conditions; measure its output error (``verify``)."""
+        result, plan = state.result, state.plan
+        clock = time.perf_counter()
+        check_result(state.ties, result, plan)
+        if not self.given:
+            budget_kept(plan)
+        if self.verify and state.example_inputs is not None:
+            plan.output_error = verify(result, state.reference, state.example_inputs)
+            plan.timings["verify"] = time.perf_counter() - clock

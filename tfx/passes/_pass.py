@@ -6,7 +6,7 @@ promises after. fx's passes take a ``GraphModule``; tfx's stages also work on th
 own modules (module swap, ``emit='modules'``) and on records (sites, statistics, a plan), so
 a tfx pass takes one :class:`Compilation` (what the stages of one ``tfx.factorize`` call
 read and write) and fills in its part of it. A field read before the pass that sets it
-raises :class:`PassOrderError` naming that pass, as fx's ``shape_prop`` accessors do.
+raises :class:`ContractError` naming that pass, as fx's ``shape_prop`` accessors do.
 
 An error raised while a pass works on one site is re-raised with that site, see
 :func:`site_context`.
@@ -27,7 +27,7 @@ from .._errors import TfxError
 __all__ = [
     "Compilation",
     "Pass",
-    "PassOrderError",
+    "ContractError",
     "SiteError",
     "describe",
     "site_context",
@@ -44,8 +44,11 @@ class SiteError(TfxError, RuntimeError):
     site: str | None = None
 
 
-class PassOrderError(TfxError, RuntimeError):
-    """A pass read what an earlier pass sets, and that pass has not run (a bug in tfx)."""
+class ContractError(TfxError, RuntimeError):
+    """A pass's ``requires`` or ``ensures`` does not hold: a bug in tfx (please report it).
+
+    E.g. a pass read what an earlier pass sets, and that pass has not run.
+    """
 
 
 def describe(site: Any, choice: Any = None) -> str:
@@ -104,7 +107,10 @@ class Compilation:
         example_inputs: positional (tuple) or keyword (dict) example inputs, or None.
         inplace: capture the model itself instead of a deep copy.
         ties: the model's tied parameter names, recorded before anything changed.
-        captured: set by :class:`~tfx.passes.Capture`.
+        captured: set by :class:`~tfx.passes.Capture` (dropped by
+            :class:`~tfx.passes.Rewrite` once used).
+        reference: the model's outputs on ``example_inputs``, recorded by
+            :class:`~tfx.passes.Capture` before anything changed.
         sites: set by :class:`~tfx.passes.Match`, with ``emission`` (``'graph'`` / ``'modules'``).
         calibrated: set by :class:`~tfx.passes.Calibrate` (None without calibration data).
         plan: set by the planner, or given.
@@ -117,6 +123,7 @@ class Compilation:
     inplace: bool = False
     ties: list[list[str]] = dataclasses.field(default_factory=list)
     captured: Any = None
+    reference: Any = None
     sites: Any = None
     emission: Any = None
     calibrated: Any = None
@@ -125,10 +132,10 @@ class Compilation:
     result: Any = None
 
     def need(self, name: str) -> Any:
-        """The field ``name``, or :class:`PassOrderError` naming the pass that sets it."""
+        """The field ``name``, or :class:`ContractError` naming the pass that sets it."""
         value = getattr(self, name)
         if value is None:
-            raise PassOrderError(
+            raise ContractError(
                 f"{name!r} is not set: run {_SETS.get(name, 'the pass that sets it')} first."
             )
         return value
