@@ -1,11 +1,12 @@
 """The fx side of the compiler: capture, match, calibrate, decompose, rewrite, emit."""
 
+from ._analysis import Calibrate, Capture, Match
 from ._capture import Captured, Tracer, capture
 from ._decompose import Decomposer, build_layer, decompose
-from ._emit import emit, output_error
+from ._emit import Emit, emit, output_error
 from ._match import Site, find_sites
 from ._pass import Compilation, Pass, SiteError
-from ._rewrite import rewrite, splice
+from ._rewrite import Rewrite, rewrite, splice
 
 __all__ = [
     "Captured",
@@ -23,4 +24,9 @@ __all__ = [
     "Compilation",
     "Pass",
     "SiteError",
+    "Capture",
+    "Match",
+    "Calibrate",
+    "Rewrite",
+    "Emit",
 ]
