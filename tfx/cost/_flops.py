@@ -22,8 +22,9 @@ matmul-like part, so a test can hold the emitted module to them):
   runs as a (batched) matmul: ``2 * (output size) * (summed size)`` FLOPs. A convolution:
   ``2 * (output elements) * (input channels) * (kernel size)``.
 * A step that sums nothing (a broadcast scaling, e.g. by CP weights, or an outer
-  product; also a "sum" over a size-1 bond, which torch.einsum squeezes) is elementwise: one FLOP per output element. FlopCounterMode does not
-  count these; they are here because the module runs them.
+  product; also a "sum" over a size-1 bond, which torch.einsum squeezes) is elementwise: one
+  FLOP per output element. FlopCounterMode does not count these; they are here because the
+  module runs them.
 * Not counted: bias additions (as for the dense layer), index arithmetic and
   gathers (zero FLOPs, but their bytes are), zero padding, and the padding-index
   mask of an embedding.
@@ -123,7 +124,8 @@ def _path_cost(
 
 
 def _many(step: str, sizes: dict[str, int]) -> Cost:
-    """A step over three or more operands (the planner's fallback under a memory limit):
+    """A step over three or more operands (the planner's fallback under a memory limit).
+
     ``torch.einsum`` splits it with opt_einsum's ``'auto'`` strategy, as priced here.
     """
     shapes = [tuple(sizes[c] for c in term) for term in step.split("->")[0].split(",")]
@@ -160,7 +162,10 @@ def _gemm(equation: str, *shapes: tuple[int, ...]) -> Cost:
 
 # --------------------------------------------------------------- weight structure
 def _weight(option: Option, tensor_shape: tuple[int, ...]) -> tuple[str, Shapes]:
-    """The weight's reconstruction equation and operand shapes, as its ``tfx.tensors`` form builds them."""
+    """The weight's reconstruction equation and operand shapes.
+
+    As its ``tfx.tensors`` form builds them.
+    """
     form, rank, n = option.form, option.rank, len(tensor_shape)
     if form in ("svd", "cp") and isinstance(rank, int):
         return _cp_equation(n), ((rank,), *((s, rank) for s in tensor_shape))
@@ -273,7 +278,10 @@ def _embedding_reconstruct(site: SiteInfo, option: Option) -> Cost:
 
 # -------------------------------------------------------------------------- conv
 def _conv(positions: int, c_in: int, c_out: int, kernel: int, groups: int = 1) -> Cost:
-    """``2 * output elements * (c_in / groups) * kernel`` FLOPs; reads input and kernel, writes output."""
+    """``2 * output elements * (c_in / groups) * kernel`` FLOPs.
+
+    Reads input and kernel, writes output.
+    """
     weight = c_out * (c_in // groups) * kernel
     return Cost(
         2 * positions * c_out * (c_in // groups) * kernel, positions * (c_in + c_out) + weight
@@ -316,7 +324,8 @@ def _conv_factors(site: SiteInfo, option: Option) -> Cost:
             2 * ro * ri * cols * rows, ro * ri * cols + rows * cols + ro * ri * rows
         )  # one GEMM
         return cost + _conv(t_in, in_c, ri, 1) + _conv(t, ri, ro, k) + _conv(t, ro, out_c, 1)
-    # CP, separable: pointwise in, one depthwise 1-D conv per axis, weights into the out factor, pointwise out.
+    # CP, separable: pointwise in, one depthwise 1-D conv per axis, weights into the out factor,
+    # pointwise out.
     cost = _conv(t_in, in_c, rank, 1) + Cost(out_c * rank, 2 * out_c * rank + rank)
     for size in kernel:
         cost += _conv(t, rank, rank, size, groups=rank)
@@ -341,7 +350,10 @@ _ORDERS = {
 
 
 def order_costs(site: SiteInfo, option: Option) -> dict[str, Cost]:
-    """The cost of each contraction order of a (non-dense) candidate: ``{'factors': ..., 'reconstruct': ...}``."""
+    """The cost of each contraction order of a (non-dense) candidate.
+
+    Returns ``{'factors': ..., 'reconstruct': ...}``.
+    """
     factors, reconstruct = _ORDERS[site.kind]
     return {"factors": factors(site, option), "reconstruct": reconstruct(site, option)}
 
@@ -357,7 +369,10 @@ def dense_cost(site: SiteInfo) -> Cost:
 
 
 def _reconstruct_floor(site: SiteInfo, option: Option) -> int:
-    """A lower bound on the ``'reconstruct'`` FLOPs: the dense layer, plus one FLOP per rebuilt entry."""
+    """A lower bound on the ``'reconstruct'`` FLOPs.
+
+    The dense layer, plus one FLOP per rebuilt entry.
+    """
     rebuilt = math.prod(_tensor_shape(site, option))  # the rebuild's last step writes each entry
     return rebuilt if site.kind == "embedding" else rebuilt * (1 + 2 * site.tokens)
 

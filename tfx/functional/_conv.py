@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ __all__ = [
     "PADDING_MODES",
 ]
 
-IntOrSeq = Union[int, Sequence[int]]
+IntOrSeq = int | Sequence[int]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 CONV_IMPLEMENTATIONS = ("factorized", "reconstructed", "mobilenet", "auto")
 _LOG = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ _LOG = logging.getLogger(__name__)
 def _conv(order: int) -> Callable[..., torch.Tensor]:
     if order not in (1, 2, 3):
         raise ShapeError(
-            f"convolutions with {order} spatial dimensions are not supported by torch.nn.functional.\n"
+            f"convolutions with {order} spatial dimensions "
+            "are not supported by torch.nn.functional.\n"
             "Fix: use a 1, 2 or 3-d kernel."
         )
     return (F.conv1d, F.conv2d, F.conv3d)[order - 1]
@@ -77,7 +78,10 @@ def conv_padding(
     dilation: Sequence[int],
     stride: Sequence[int],
 ) -> tuple[int, ...]:
-    """``F.pad`` pairs (last dim first) for a conv's ``padding`` (ints, ``'same'`` or ``'valid'``)."""
+    """``F.pad`` pairs (last dim first) for a conv's ``padding``.
+
+    ``padding`` is ints, ``'same'`` or ``'valid'``.
+    """
     order = len(kernel_size)
     if isinstance(padding, str):
         if padding == "valid":
@@ -119,7 +123,10 @@ def _cp_sandwich(
         [torch.Tensor, Callable[..., torch.Tensor], list[torch.Tensor]], torch.Tensor
     ],
 ) -> torch.Tensor:
-    """Pointwise into the rank channels, pad, ``depthwise`` over the spatial factors, pointwise out."""
+    """Pointwise into the rank channels, pad, ``depthwise`` over the spatial factors.
+
+    Then pointwise out.
+    """
     weights, (f_out, f_in, *f_space) = cp_tensor.decomposition
     order, rank = len(f_space), cp_tensor.rank
     out_c, in_c = cp_tensor.shape[:2]
@@ -205,7 +212,8 @@ def _tucker_conv(
     r_out, r_in, *r_space = tucker_tensor.rank
     conv = _conv(order)
     # Expand the core's spatial modes to kernel sizes in one GEMM with the Kronecker product of
-    # the (small) spatial factors: no per-axis tensordot, movedim and copy (static sizes: fx-traceable).
+    # the (small) spatial factors: no per-axis tensordot, movedim and copy (static sizes:
+    # fx-traceable).
     kron, rows, cols = f_space[0], kernel[0], r_space[0]
     for size, rank, factor in zip(kernel[1:], r_space[1:], f_space[1:], strict=False):
         kron = (kron.reshape(rows, 1, cols, 1) * factor.reshape(1, size, 1, rank)).reshape(
@@ -281,8 +289,9 @@ def convolve(
         x: ``(batch, in_channels, *spatial)``.
         weight: a factorized tensor (Dense, CP, Tucker, TT) or a tensor.
         bias: optional ``(out_channels,)``.
-        stride, padding, dilation: as ``F.conv{1,2,3}d``; padding may be
-            ``'same'``/``'valid'`` or per dimension.
+        stride: as ``F.conv{1,2,3}d``.
+        padding: as ``F.conv{1,2,3}d``; may be ``'same'``/``'valid'`` or per dimension.
+        dilation: as ``F.conv{1,2,3}d``.
         groups: only with ``implementation='reconstructed'`` (or a dense weight).
         padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``.
         implementation: ``'factorized'``, ``'reconstructed'``, ``'mobilenet'`` (CP only)
@@ -329,7 +338,8 @@ def convolve(
         if isinstance(weight, form):
             return fn(x, weight, bias, stride_t, pad, dilation_t, padding_mode)
     raise UnsupportedSiteError(  # pragma: no cover - every registered form is handled above
-        f"no factorized convolution for {type(weight).__name__}; use implementation='reconstructed'."
+        f"no factorized convolution for {type(weight).__name__}; "
+        "use implementation='reconstructed'."
     )
 
 
@@ -351,7 +361,9 @@ def cp_conv(
     dilation: IntOrSeq = 1,
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """Separable CP convolution, tltorch's ``cp_conv``: pointwise, a depthwise 1-D conv per dim, pointwise.
+    """Separable CP convolution, tltorch's ``cp_conv``.
+
+    Pointwise, a depthwise 1-D conv per dim, pointwise.
 
     Args:
         x: ``(batch, in_channels, *spatial)``.
@@ -413,9 +425,12 @@ def tucker_conv(
     dilation: IntOrSeq = 1,
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """Tucker convolution, tltorch's ``tucker_conv``: pointwise to the input rank, the core, pointwise out.
+    """Tucker convolution, tltorch's ``tucker_conv``.
 
-    Arguments as :func:`cp_conv`, with a Tucker kernel ``(out_channels, in_channels, *kernel_size)``.
+    Pointwise to the input rank, the core, pointwise out.
+
+    Arguments as :func:`cp_conv`, with a Tucker kernel
+    ``(out_channels, in_channels, *kernel_size)``.
 
     Example:
         >>> import torch, tfx
@@ -436,7 +451,9 @@ def tt_conv(
     dilation: IntOrSeq = 1,
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """TT convolution, tltorch's ``tt_conv``: a convolution into the first TT bond, then pointwise out.
+    """TT convolution, tltorch's ``tt_conv``.
+
+    A convolution into the first TT bond, then pointwise out.
 
     The TT kernel is ``(out_channels, in_channels, *kernel_size)``, as for every
     other form (tltorch orders a TT kernel ``(in_channels, *kernel_size, out_channels)``).
@@ -466,7 +483,8 @@ def convNd(  # noqa: N802 - tltorch's name
     Example:
         >>> import torch, tfx
         >>> w = tfx.FactorizedTensor.new((4, 3, 3), rank=0.5, factorization="tucker")
-        >>> tfx.functional.convNd(torch.randn(2, 3, 9), w, padding=1, implementation="reconstructed").shape
+        >>> x = torch.randn(2, 3, 9)
+        >>> tfx.functional.convNd(x, w, padding=1, implementation="reconstructed").shape
         torch.Size([2, 4, 9])
     """
     return convolve(x, weight, bias, stride, padding, dilation, implementation=implementation)
@@ -502,7 +520,8 @@ def general_conv1d(
 
     Example:
         >>> import torch, tfx
-        >>> y = tfx.functional.general_conv1d(torch.randn(2, 3, 9, 8), torch.randn(5, 3, 3), mode=3, padding=1)
+        >>> x, k = torch.randn(2, 3, 9, 8), torch.randn(5, 3, 3)
+        >>> y = tfx.functional.general_conv1d(x, k, mode=3, padding=1)
         >>> y.shape
         torch.Size([2, 5, 9, 8])
     """
@@ -511,7 +530,8 @@ def general_conv1d(
     axis = (mode % x.dim() if mode < 0 else mode) - 2
     if not 0 <= axis < order:
         raise ShapeError(
-            f"general_conv1d: mode={mode} is not a spatial dim of an input of shape {tuple(x.shape)}.\n"
+            f"general_conv1d: mode={mode} is not a spatial "
+            f"dim of an input of shape {tuple(x.shape)}.\n"
             f"Fix: mode in {list(range(2, x.dim()))}."
         )
     if verbose:
@@ -538,7 +558,10 @@ general_conv1d_ = general_conv1d  # tltorch's second spelling (a permute-based v
 def conv_flops(
     weight: FactorizedTensor, spatial_out: int, batch: int, stride: Sequence[int] = ()
 ) -> dict[str, int]:
-    """Approximate FLOPs of each implementation for ``batch`` images of ``spatial_out`` output positions."""
+    """Approximate FLOPs of each implementation.
+
+    For ``batch`` images of ``spatial_out`` output positions.
+    """
     out_c, in_c, *kernel = weight.shape
     k = math.prod(kernel)
     n = batch * spatial_out

@@ -122,7 +122,9 @@ def _gather_tt(weight: TTTensorized, index: torch.Tensor, rows: tuple[int, ...])
 
 
 def gather_rows(weight: TensorizedTensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``weight.to_matrix()[index]`` of a tensorized matrix, built from the factors of those rows only.
+    """Rows ``weight.to_matrix()[index]`` of a tensorized matrix.
+
+    Built from the factors of those rows only.
 
     Args:
         weight: a single tensorized matrix (no batch modes), tensorized shape ``(rows, cols)``.
@@ -135,7 +137,8 @@ def gather_rows(weight: TensorizedTensor, index: torch.Tensor) -> torch.Tensor:
         isinstance(e, tuple) for e in weight.tensorized_shape
     ):
         raise ShapeError(
-            f"gather_rows needs a tensorized matrix (rows, cols), got tensorized_shape={weight.tensorized_shape}.\n"
+            "gather_rows needs a tensorized matrix (rows, cols), "
+            f"got tensorized_shape={weight.tensorized_shape}.\n"
             "Fix: index stacked tables first, e.g. weight[layer]."
         )
     rows = weight.tensorized_shape[0]
@@ -169,7 +172,9 @@ def factorized_embedding(
     Example:
         >>> import torch, tfx
         >>> from tfx.functional import factorized_embedding
-        >>> table = tfx.TensorizedTensor.new(((10, 10, 10), (4, 4, 4)), rank=8, factorization="blocktt")
+        >>> table = tfx.TensorizedTensor.new(
+        ...     ((10, 10, 10), (4, 4, 4)), rank=8, factorization="blocktt"
+        ... )
         >>> factorized_embedding(torch.tensor([[1, 999]]), table).shape
         torch.Size([1, 2, 64])
     """

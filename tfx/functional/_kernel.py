@@ -26,9 +26,12 @@ __all__ = [
     "tensor_to_kernel",
 ]
 
-_MSG_FACTORIZATION: Final = """factorization={value!r} must be a factorization name such as \
-'cp', 'tucker' or 'tt' (got a {kind}).
-Fix: {caller}('tt', ...); a FactorizedTensor's name is its .name, e.g. {caller}(weight.name, ...)."""
+_MSG_FACTORIZATION: Final = (
+    "factorization={value!r} must be a factorization name such as "
+    "'cp', 'tucker' or 'tt' (got a {kind}).\n"
+    "Fix: {caller}('tt', ...); a FactorizedTensor's name is its .name, "
+    "e.g. {caller}(weight.name, ...)."
+)
 
 _MSG_ORDER: Final = """{caller}('tt', ...) got a {what} of order {order}: a convolution kernel \
 has an output and an input channel mode, then the kernel sizes.
@@ -36,8 +39,9 @@ Fix: pass the full kernel, e.g. (out_channels, in_channels, 3, 3)."""
 
 
 def _moves_channels(factorization: str, order: int, caller: str, what: str) -> bool:
-    """Whether ``factorization`` stores the output channels last (TT, as in tltorch), checking
-    that a ``what`` of ``order`` modes has the two channel modes to move.
+    """Whether ``factorization`` stores the output channels last (TT, as in tltorch).
+
+    Checks that a ``what`` of ``order`` modes has the two channel modes to move.
     """
     if not isinstance(factorization, str):
         raise OptionError(

@@ -66,8 +66,9 @@ def linear_in_modes(weight: FactorizedTensor, in_features: int | None = None) ->
     if isinstance(weight, TensorizedTensor):
         if not isinstance(weight.tensorized_shape[-1], tuple) or len(weight.shape) != 2:
             raise ShapeError(
-                f"a linear weight must be one tensorized matrix, got tensorized_shape="
-                f"{weight.tensorized_shape}.\nFix: index the layer first (weight[i]) for stacked layers."
+                "a linear weight must be one tensorized matrix, "
+                f"got tensorized_shape={weight.tensorized_shape}.\n"
+                "Fix: index the layer first (weight[i]) for stacked layers."
             )
         n_in = len(weight.tensorized_shape[-1])
         order = len(weight.tensor_shape)
@@ -103,7 +104,10 @@ def _matrix(weight: FactorizedTensor) -> torch.Tensor:
 def _plain_columns(
     x: torch.Tensor, weight: FactorizedTensor | torch.Tensor, in_features: int | None
 ) -> int | None:
-    """Columns of a plain weight read as a matrix: ``in_features``, else x's last dim (None: 2-d)."""
+    """Columns of a plain weight read as a matrix.
+
+    ``in_features``, else x's last dim (None: 2-d).
+    """
     if in_features is not None or len(weight.shape) == 2:
         return in_features
     if isinstance(x, torch.fx.Proxy):
@@ -162,7 +166,8 @@ def factorized_linear(
         return F.linear(x, _reshaped(weight, _plain_columns(x, weight, in_features)), bias)
     if not isinstance(weight, FactorizedTensor):
         raise OptionError(
-            f"factorized_linear: weight must be a tfx factorized tensor or a tensor, got {type(weight).__name__}."
+            "factorized_linear: weight must be a tfx factorized "
+            f"tensor or a tensor, got {type(weight).__name__}."
         )
     tensorized = isinstance(weight, TensorizedTensor)
     columns = in_features if tensorized else _plain_columns(x, weight, in_features)
@@ -259,7 +264,9 @@ def _linear_form(
 def linear_cp(
     x: torch.Tensor, weight: CPTensor, transpose: bool = True, *, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Rows of ``x`` times a CP weight's ``W.T`` (or ``W``), factor by factor: tltorch's ``linear_cp``.
+    """Rows of ``x`` times a CP weight's ``W.T`` (or ``W``), factor by factor.
+
+    As tltorch's ``linear_cp``.
 
     ``x`` is read as rows of the weight's input modes (``x.reshape(-1, *in_shape)``),
     as tltorch does, so it may end in ``in_features`` or in the tensorized input shape.
@@ -344,7 +351,9 @@ def linear_tt(
 def linear_blocktt(
     x: torch.Tensor, weight: BlockTT, transpose: bool = True, *, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Rows of ``x`` times a BlockTT weight's ``W.T`` (or ``W``), core by core: tltorch's ``linear_blocktt``.
+    """Rows of ``x`` times a BlockTT weight's ``W.T`` (or ``W``), core by core.
+
+    As tltorch's ``linear_blocktt``.
 
     Args:
         x: ``(..., in_features)`` or ``(..., *in_shape)`` (the output's with ``transpose=False``).

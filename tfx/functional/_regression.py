@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from typing import Any, Final, Union
+from typing import Any, Final
 
 import torch
 
@@ -30,15 +30,17 @@ __all__ = [
 
 #: tensorly's contraction modes: ``n`` (the last ``n`` dims of x with the weight's first ``n``),
 #: ``(modes of x, modes of the weight)``, or one list used for both.
-Modes = Union[int, Sequence[Any]]
+Modes = int | Sequence[Any]
 
 _MSG_MODES: Final = (
     "{name}: modes={modes!r} {why}.\nFix: modes=n (x's last n dims with the weight's first n), "
     "or modes=(x_modes, weight_modes) with one weight mode of the same size per x mode."
 )
 _MSG_TRACE: Final = (
-    "{name}: modes={modes!r} needs x's number of dims, which torch.fx does not know while tracing.\n"
-    "Fix: move the contracted dims of x last (x.movedim(...)) and pass modes=n, or use torch.compile."
+    "{name}: modes={modes!r} needs x's number of dims, "
+    "which torch.fx does not know while tracing.\n"
+    "Fix: move the contracted dims of x last "
+    "(x.movedim(...)) and pass modes=n, or use torch.compile."
 )
 
 
@@ -120,7 +122,10 @@ def _contraction_modes(
 def _tensor_dot(
     x: torch.Tensor, weight: FactorizedTensor, modes: Modes, batched: Modes, name: str
 ) -> torch.Tensor:
-    """Contract to x's free dims, then the weight's modes but the contracted ones (batched kept, in order)."""
+    """Contract to x's free dims, then the weight's modes but the contracted ones.
+
+    Batched modes are kept, in order.
+    """
     no_batch = isinstance(batched, tuple | list) and not batched
     if isinstance(x, torch.fx.Proxy):
         if isinstance(modes, int) and modes > 0 and no_batch:
@@ -150,7 +155,9 @@ def _tensor_dot(
 def tensor_dot_tucker(
     tensor: torch.Tensor, tucker: TuckerTensor, modes: Modes, batched_modes: Modes = ()
 ) -> torch.Tensor:
-    """Contract ``tensor`` with a Tucker tensor on ``modes``, through its factors: tltorch's ``tensor_dot_tucker``.
+    """Contract ``tensor`` with a Tucker tensor on ``modes``, through its factors.
+
+    As tltorch's ``tensor_dot_tucker``.
 
     Args:
         tensor: a dense tensor.
@@ -167,18 +174,22 @@ def tensor_dot_tucker(
         >>> w = tfx.FactorizedTensor.new((3, 4, 5), rank=0.5, factorization="tucker")
         >>> tfx.functional.tensor_dot_tucker(torch.randn(2, 3, 4), w, 2).shape
         torch.Size([2, 5])
-        >>> tfx.functional.tensor_dot_tucker(torch.randn(5, 2, 3), w, ([2], [0]), batched_modes=([0], [2])).shape
+        >>> x = torch.randn(5, 2, 3)
+        >>> tfx.functional.tensor_dot_tucker(x, w, ([2], [0]), batched_modes=([0], [2])).shape
         torch.Size([2, 4, 5])
     """
     if not isinstance(tucker, TuckerTensor):
         raise OptionError(
-            f"tensor_dot_tucker needs a TuckerTensor, got {type(tucker).__name__}; use factorized_tensordot."
+            "tensor_dot_tucker needs a TuckerTensor, got "
+            f"{type(tucker).__name__}; use factorized_tensordot."
         )
     return _tensor_dot(tensor, tucker, modes, batched_modes, "tensor_dot_tucker")
 
 
 def tensor_dot_cp(tensor: torch.Tensor, cp: CPTensor, modes: Modes) -> torch.Tensor:
-    """Contract ``tensor`` with a CP tensor on ``modes``, through its factors: tltorch's ``tensor_dot_cp``.
+    """Contract ``tensor`` with a CP tensor on ``modes``, through its factors.
+
+    As tltorch's ``tensor_dot_cp``.
 
     Args:
         tensor: a dense tensor.
@@ -258,7 +269,8 @@ def trl(
     unknown = sorted(set(kwargs) - {"project_input"})
     if unknown:
         raise OptionError(
-            f"trl got unexpected keyword arguments {unknown}.\nFix: trl(x, weight, bias=None, project_input=False)."
+            f"trl got unexpected keyword arguments {unknown}.\n"
+            "Fix: trl(x, weight, bias=None, project_input=False)."
         )
     return tensor_regression(x, weight, bias)
 
@@ -266,7 +278,9 @@ def trl(
 def tcl(
     x: torch.Tensor, factors: Sequence[torch.Tensor], bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Tensor contraction: ``x`` (batch, *in) times one (rank_k, in_k) factor per mode -> (batch, *rank).
+    """Tensor contraction of ``x`` with one factor per mode.
+
+    ``x`` (batch, *in) times one (rank_k, in_k) factor per mode -> (batch, *rank).
 
     Example:
         >>> import torch
@@ -284,7 +298,8 @@ def tcl(
         + ranks
     )
     if any(isinstance(f, torch.fx.Proxy) for f in factors):
-        # Shapes unknown while tracing the functional form; layers pass planned contractions instead.
+        # Shapes unknown while tracing the functional form; layers pass planned contractions
+        # instead.
         y = torch.einsum(equation, x, *factors)
     else:
         shapes = [tuple(f.shape) for f in factors]

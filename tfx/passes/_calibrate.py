@@ -68,7 +68,10 @@ def calibration_batches(calibration: Iterable[Any]) -> list[Any]:
 def _conv_rows(
     x: torch.Tensor, weight_shape: Sequence[int], conv: dict[str, Any]
 ) -> torch.Tensor | None:
-    """The conv's im2col patches as rows ``(positions, in * prod(kernel))``, in the weight's order."""
+    """The conv's im2col patches as rows ``(positions, in * prod(kernel))``.
+
+    In the weight's order.
+    """
     kernel = tuple(weight_shape[2:])
     order = len(kernel)
     if order not in (1, 2) or conv.get("groups", 1) != 1:
@@ -181,8 +184,9 @@ class _Perturb(nn.Module):
         self.mask = mask
 
     def forward(self, y: Any) -> Any:
-        """``y`` plus noise of norm ``scale * |y|`` (or ``y`` when off); with a mask over the
-        batch's positions, on the real positions only (padding is not data).
+        """``y`` plus noise of norm ``scale * |y|`` (or ``y`` when off).
+
+        With a mask over the batch's positions, on the real positions only (padding is not data).
         """
         if not self.scale or not isinstance(y, torch.Tensor) or not y.is_floating_point():
             return y
@@ -308,8 +312,8 @@ def _observe(
                 ):
                     raise OptionError(
                         f"calibration_mask returned {type(mask).__name__} "
-                        f"{getattr(mask, 'dtype', '')} for batch {i}; it must return a boolean tensor "
-                        "over the batch's positions (True: real data) or None.\n"
+                        f"{getattr(mask, 'dtype', '')} for batch {i}; it must return a boolean "
+                        "tensor over the batch's positions (True: real data) or None.\n"
                         "Fix: calibration_mask=lambda batch: batch['attention_mask'].bool()"
                     )
                 masked.value = mask
@@ -317,18 +321,22 @@ def _observe(
                     call_with(gm, batch)
                 except Exception as err:
                     fix = (
-                        "Fix: pass batches in the example_inputs format (a tuple of positional inputs or a "
-                        "dict of keyword inputs), with the dtypes and devices the model expects."
+                        "Fix: pass batches in the example_inputs format (a "
+                        "tuple of positional inputs or a dict of keyword "
+                        "inputs), with the dtypes and devices the model expects."
                     )
                     if "Guard failed" in str(err):  # a shape torch.export specialised
                         fix = (
-                            "The captured graph is specialised to a size of example_inputs (torch.export "
-                            "keeps a dimension of size 1 at 1, and some models fix others).\nFix: give "
-                            "example_inputs batch and sequence sizes of at least 2, or calibration batches "
-                            "of the example's shapes."
+                            "The captured graph is specialised to a size of "
+                            "example_inputs (torch.export keeps a dimension "
+                            "of size 1 at 1, and some models fix others).\n"
+                            "Fix: give example_inputs batch and sequence sizes of at "
+                            "least 2, or calibration batches of the example's shapes."
                         )
                     raise OptionError(
-                        f"calibration batch {i} does not fit the model: {type(err).__name__}: {err}\n{fix}"
+                        f"calibration batch {i} does not fit the "
+                        f"model: {type(err).__name__}: {err}\n"
+                        f"{fix}"
                     ) from err
                 if progress is not None:
                     progress.update(1)
@@ -339,8 +347,10 @@ def _observe(
 def _attach(
     gm: fx.GraphModule, sites: Sequence[Site], modules: dict[Any, nn.Module], after: bool = False
 ) -> Any:
-    """Splice ``modules`` (keyed by :func:`_key`, or by site name when ``after``) in front of
-    (or after) each site; returns a function that takes them out again.
+    """Splice ``modules`` in front of (or after) each site.
+
+    ``modules`` are keyed by :func:`_key`, or by site name when ``after``. Returns a function
+    that takes them out again.
     """
     if sites and sites[0].node is None:  # module-swap path: hooks on the layers
         handles = []
@@ -428,10 +438,11 @@ def measure_sensitivity(
             ref_norm2 = sum(float((r**2).sum()) for r in reference)
             if ref_norm2 == 0.0:
                 raise OptionError(
-                    "strategy='sensitivity' measures how a layer's error changes the model's floating "
-                    "outputs, and this model's outputs on the first calibration batch have none (or are all "
-                    "zero), so every layer would look free to compress.\nFix: make the model return its "
-                    "logits or features (not e.g. argmax indices), or use strategy='auto'."
+                    "strategy='sensitivity' measures how a layer's error changes the model's "
+                    "floating outputs, and this model's outputs on the first calibration batch "
+                    "have none (or are all zero), so every layer would look free to compress.\n"
+                    "Fix: make the model return its logits or features "
+                    "(not e.g. argmax indices), or use strategy='auto'."
                 )
 
             def measure(i: int) -> float:
@@ -526,7 +537,10 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
 
 @dataclasses.dataclass
 class Calibrated:
-    """What calibration measured: input statistics and (``strategy="sensitivity"``) sensitivities."""
+    """What calibration measured.
+
+    Input statistics and (``strategy="sensitivity"``) sensitivities.
+    """
 
     stats: dict[str, InputStats]
     sensitivity: dict[str, float]
@@ -539,14 +553,20 @@ class Calibrated:
         """A line for the plan."""
         counted = sum(isinstance(s, RowCounts) for s in self.stats.values())
         text = (
-            f"calibrated on {self.batches} batches: errors of {len(self.stats) - counted} linear/conv sites are "
-            "relative output errors on that data (whitened spectra)"
+            f"calibrated on {self.batches} batches: errors of {len(self.stats) - counted} "
+            "linear/conv sites are relative output errors on that data (whitened spectra)"
         )
         if counted:
-            text += f"; low-rank errors of {counted} embeddings are weighted by how often the data looks up each row"
+            text += (
+                f"; low-rank errors of {counted} embeddings are weighted by how often the data "
+                "looks up each row"
+            )
         if self.masked_rows:
             share = self.masked_rows / max(self.kept_rows + self.masked_rows, 1)
-            text += f"; masked positions (padding) left out of the statistics: {100 * share:.1f}% of rows"
+            text += (
+                "; masked positions (padding) left out of the statistics: "
+                f"{100 * share:.1f}% of rows"
+            )
         if self.sensitivity:
             text += "; sens = how much each site's output error grows by the model's output"
         return text

@@ -78,7 +78,10 @@ class Tracer(fx.Tracer):
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``example_inputs`` (a tuple of positional args, a dict of keyword args, or one tensor) as (args, kwargs)."""
+    """``example_inputs`` as (args, kwargs).
+
+    ``example_inputs`` is a tuple of positional args, a dict of keyword args, or one tensor.
+    """
     if example_inputs is None:
         return (), {}
     if isinstance(example_inputs, dict):
@@ -137,7 +140,8 @@ def _symbolic_trace(model: nn.Module, skip: Sequence[str], example_inputs: Any) 
         args, kwargs = split_inputs(example_inputs)
         if kwargs:
             raise TraceError(
-                "symbolic_trace graphs take positional inputs; keyword inputs go through torch.export"
+                "symbolic_trace graphs take positional inputs; "
+                "keyword inputs go through torch.export"
             )
         from torch.fx.passes.shape_prop import ShapeProp
 
@@ -163,7 +167,8 @@ def _export(
             if i == len(attempts) - 1 or _output_not_exportable(err):
                 raise
             logger.info(
-                "export of the batch-2 copy of a batch-1 example failed (%s); exporting it as given",
+                "export of the batch-2 copy of a batch-1 "
+                "example failed (%s); exporting it as given",
                 err,
             )
     assert ep is not None
@@ -181,7 +186,10 @@ _MSG_PINNED: Final = (
 
 
 def _output_not_exportable(err: BaseException) -> bool:
-    """torch.export refused an output type (a model's cache object): other shapes fail the same way."""
+    """torch.export refused an output type (a model's cache object).
+
+    Other shapes fail the same way.
+    """
     text = str(err)
     return "which is not a known type" in text or "register a pytree" in text
 
@@ -189,7 +197,9 @@ def _output_not_exportable(err: BaseException) -> bool:
 def _widened(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """The example with its batch of one repeated to two rows, or None when it is not a batch of one.
+    """The example with its batch of one repeated to two rows.
+
+    None when it is not a batch of one.
 
     torch.export specialises every dimension of size 1 (a symbolic size cannot be 0 or 1), so
     a graph captured on one sentence or one image only runs on one; a two-row copy of the same
@@ -236,8 +246,10 @@ def _export_dynamic(
 def _as_dynamic(
     model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], every_dim: bool = False
 ) -> Any:
-    """``dynamic_shapes`` for export: the batch dimension, or (``every_dim``) every dimension
-    through ``Dim.AUTO``; False where that is not available (torch < 2.5).
+    """``dynamic_shapes`` for export.
+
+    The batch dimension, or (``every_dim``) every dimension through ``Dim.AUTO``; False where
+    that is not available (torch < 2.5).
     """
     import inspect
 
@@ -281,8 +293,9 @@ def _first_line(err: BaseException) -> str:
 
 
 def _without_cache(model: nn.Module, example_inputs: Any) -> Any:
-    """The example with ``use_cache=False`` added, or None when the model takes no ``use_cache``
-    or the example already sets it.
+    """The example with ``use_cache=False`` added.
+
+    None when the model takes no ``use_cache`` or the example already sets it.
     """
     import inspect
 
@@ -369,7 +382,8 @@ def capture(model: nn.Module, example_inputs: Any = None, skip: Sequence[str] = 
         f"tfx could not capture {type(model).__name__}.\n  "
         + "\n  ".join(failures)
         + "\nFix one of:\n"
-        "  - pass example inputs, so torch.export can capture it:  tfx.factorize(model, 0.5, example_inputs=(x,))\n"
+        "  - pass example inputs, so torch.export can capture "
+        "it:  tfx.factorize(model, 0.5, example_inputs=(x,))\n"
         '  - leave the failing module dense:  tfx.factorize(model, 0.5, skip=["name.of.module"])\n'
         '  - use the dynamo path:  torch.compile(model, backend="tfx")'
     )

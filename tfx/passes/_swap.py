@@ -37,8 +37,10 @@ def _base(module: nn.Module) -> type | None:
 
 
 def swap_kind(module: nn.Module) -> str | None:
-    """How ``module`` can be replaced: ``'replace'`` (its forward is its base layer's, or it is
-    a ``tfx.nn`` layer), ``'delegate'`` (a subclass whose forward calls ``super().forward``), or None.
+    """How ``module`` can be replaced.
+
+    ``'replace'`` (its forward is its base layer's, or it is a ``tfx.nn`` layer), ``'delegate'``
+    (a subclass whose forward calls ``super().forward``), or None.
     """
     from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
 
@@ -57,8 +59,9 @@ def swap_kind(module: nn.Module) -> str | None:
 
 
 def module_of(root: nn.Module, name: str, weight_target: str) -> nn.Module | None:
-    """The layer module of ``root`` whose weight is ``weight_target`` and whose call the site
-    ``name`` is, when it can be swapped; else None.
+    """The layer module of ``root`` whose weight is ``weight_target``.
+
+    It is the module whose call the site ``name`` is, when it can be swapped; else None.
     """
     owner_path, _, attr = weight_target.rpartition(".")
     if attr != "weight":
@@ -74,8 +77,10 @@ def module_of(root: nn.Module, name: str, weight_target: str) -> nn.Module | Non
 
 
 def _holders(root: nn.Module, target: nn.Module) -> list[tuple[nn.Module, str]]:
-    """Every (parent, attribute) that holds ``target``: a module shared under several names
-    (BART's ``shared`` and ``encoder.embed_tokens``) is replaced under all of them.
+    """Every (parent, attribute) that holds ``target``.
+
+    A module shared under several names (BART's ``shared`` and ``encoder.embed_tokens``) is
+    replaced under all of them.
     """
     return [
         (parent, key)
@@ -92,7 +97,10 @@ def _delegating_class(cls: type, base: type) -> type:
             return getattr(self, DELEGATE_CHILD)(*args, **kwargs)
 
         def weight(self: nn.Module) -> Any:
-            """The factorized weight (its ``dtype`` and ``device`` are what code around it reads)."""
+            """The factorized weight.
+
+            Its ``dtype`` and ``device`` are what code around it reads.
+            """
             return getattr(self, DELEGATE_CHILD).weight
 
         call = type(
@@ -100,7 +108,10 @@ def _delegating_class(cls: type, base: type) -> type:
             (base,),
             {"forward": forward, "weight": property(weight), "__module__": __name__},
         )
-        doc = f"{cls.__name__} whose base {base.__name__} call runs the factorized layer ``{DELEGATE_CHILD}``."
+        doc = (
+            f"{cls.__name__} whose base {base.__name__} call runs the factorized layer "
+            f"``{DELEGATE_CHILD}``."
+        )
         _DELEGATES[cls] = type(
             f"Factorized{cls.__name__}", (cls, call), {"__module__": __name__, "__doc__": doc}
         )
@@ -118,8 +129,10 @@ def _delegate(module: nn.Module, layer: nn.Module) -> None:
 
 
 def _keep_bias(module: nn.Module, layer: nn.Module) -> None:
-    """Give ``layer`` the module's own bias Parameter (same values): a bias tied elsewhere
-    (RoBERTa's ``lm_head.bias`` is ``lm_head.decoder.bias``) stays tied, and nothing is copied.
+    """Give ``layer`` the module's own bias Parameter (same values).
+
+    A bias tied elsewhere (RoBERTa's ``lm_head.bias`` is ``lm_head.decoder.bias``) stays tied,
+    and nothing is copied.
     """
     old, new = module._parameters.get("bias"), getattr(layer, "_parameters", {}).get("bias")
     if isinstance(old, nn.Parameter) and isinstance(new, nn.Parameter) and old.shape == new.shape:
