@@ -39,16 +39,19 @@ _ALIGN: contextvars.ContextVar[int] = contextvars.ContextVar("tfx_rank_align", d
 
 
 def rank_alignment(weight: torch.Tensor) -> int:
-    """The multiple ranks are rounded to for ``weight``'s hardware: 64 for half precision on
-    CUDA (tensor-core tiles: a misaligned rank runs up to 4x slower there), else 8 (SIMD
-    widths, fp32 tensor cores).
+    """The multiple ranks are rounded to for ``weight``'s hardware.
+
+    64 for half precision on CUDA (tensor-core tiles: a misaligned rank runs up to 4x slower
+    there), else 8 (SIMD widths, fp32 tensor cores).
     """
     return 64 if weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) else 8
 
 
 def _rank_grid(full: int, n: int = _GRID) -> list[int]:
-    """Geometric ranks in [1, full]: multiples of 8 from 32, and of the weight's alignment
-    (:func:`rank_alignment`) from twice that, where rounding costs a few percent of the rank.
+    """Geometric ranks in [1, full].
+
+    Multiples of 8 from 32, and of the weight's alignment (:func:`rank_alignment`) from twice
+    that, where rounding costs a few percent of the rank.
     """
     align = _ALIGN.get()
     out = set()
@@ -74,7 +77,10 @@ def _bond_ranks(sizes: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
 
 
 def _chain_params(sizes: Sequence[int], rank: Sequence[int]) -> int:
-    """Parameters of a chain of cores ``(rank[k], sizes[k], rank[k + 1])`` (TT, BlockTT on merged sizes)."""
+    """Parameters of a chain of cores ``(rank[k], sizes[k], rank[k + 1])``.
+
+    TT, and BlockTT on merged sizes.
+    """
     return sum(rank[k] * sizes[k] * rank[k + 1] for k in range(len(sizes)))
 
 
@@ -164,9 +170,11 @@ def _balanced_enough(n: int) -> bool:
 def _tensorizations(
     site: SiteInfo, rows: int | None = None, cols: int | None = None
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(row shape, column shape) pairs: ``get_tensorized_shape`` at orders 2-4, and the most
-    balanced factorizations of each size (factors near n ** (1 / order)), paired largest with
-    largest; awkward splits (a large prime factor) are left out.
+    """(row shape, column shape) pairs.
+
+    ``get_tensorized_shape`` at orders 2-4, and the most balanced factorizations of each
+    size (factors near n ** (1 / order)), paired largest with largest; awkward splits (a large
+    prime factor) are left out.
     """
     import warnings
 
@@ -428,7 +436,8 @@ def _candidates(
             if (p_rows, p_cols) != (rows, cols):
                 # Zero rows/columns: the same matrix, with shapes that tensorize (exact).
                 padded = torch.nn.functional.pad(matrix, (0, p_cols - cols, 0, p_rows - rows))
-                # Order 3 only: these matrices are the large ones (vocabularies), whose spectra cost.
+                # Order 3 only: these matrices are the large ones (vocabularies), whose spectra
+                # cost.
                 extra = [
                     p
                     for p in _tensorizations(site, p_rows, p_cols)

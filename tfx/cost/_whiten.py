@@ -122,7 +122,10 @@ class InputStats:
     def whitening(
         self, col_shape: Sequence[int] | None = None, damping: float = DAMPING
     ) -> Whitening:
-        """The whitening of the full input (``col_shape`` None), or Kronecker-factored over ``col_shape``."""
+        """The whitening of the full input (``col_shape`` None), or Kronecker-factored.
+
+        Kronecker-factored over ``col_shape`` when it has two or more modes.
+        """
         key = (None if col_shape is None else tuple(col_shape), damping)
         if key not in self._whitening:
             if self.full and col_shape is not None and len(col_shape) > 1:
@@ -141,9 +144,10 @@ class InputStats:
 
 
 def small_eig(fn: Callable[[torch.Tensor], Any], matrix: torch.Tensor, limit: int = 1024) -> Any:
-    """``fn(matrix)`` (an eigensolver or a Cholesky factorization), on one thread when ``matrix``
-    is smaller than ``limit``: LAPACK's threaded path is 10-40x slower there on a loaded 2-core
-    machine (0.75 ms vs 31 ms for ``eigvalsh`` at 128 x 128).
+    """``fn(matrix)`` (an eigensolver or a Cholesky factorization), threads chosen by size.
+
+    On one thread when ``matrix`` is smaller than ``limit``: LAPACK's threaded path is 10-40x
+    slower there on a loaded 2-core machine (0.75 ms vs 31 ms for ``eigvalsh`` at 128 x 128).
     """
     if matrix.shape[0] >= limit:
         return fn(matrix)
@@ -262,7 +266,9 @@ def _inverse(root: torch.Tensor) -> torch.Tensor:
 
 
 def modes_product(tensor: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Contract mode ``1 + k`` of ``tensor`` (``(rows, c_1, ..., c_d)``) with ``mats[k]``'s first index.
+    """Contract mode ``1 + k`` of ``tensor`` with ``mats[k]``'s first index.
+
+    ``tensor`` is ``(rows, c_1, ..., c_d)``.
 
     On the flattened columns this is right-multiplication by ``mats[0] x ... x mats[d-1]``
     (Kronecker, row-major), one small GEMM per mode.
@@ -274,7 +280,10 @@ def modes_product(tensor: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.T
 
 
 def relative_output_error(weight: torch.Tensor, approx: torch.Tensor, cov: torch.Tensor) -> float:
-    """``sqrt(tr(E C E^T) / tr(W C W^T))`` with ``E = W - approx``: the relative output error on the calibration data."""
+    """``sqrt(tr(E C E^T) / tr(W C W^T))`` with ``E = W - approx``.
+
+    The relative output error on the calibration data.
+    """
     w, e = (
         weight.double().reshape(weight.shape[0], -1),
         (weight - approx).double().reshape(weight.shape[0], -1),
