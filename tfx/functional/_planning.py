@@ -220,12 +220,14 @@ def contract_input(
     batch = batch_bucket(x.numel() // max(in_features, 1))
     # By content: a stacked layer's sub-weights are new objects (with equal plans) each call.
     key = ("input", weight._plan.equation, weight._plan.shapes, in_modes, batch)
-    plan, in_sizes, out_sizes = cached(key, input_plan, weight, in_modes, batch)
+    entry = cached(key, input_plan, weight, in_modes, batch)
+    planned: ContractionPlan = entry[0]
+    in_sizes, out_sizes = entry[1], entry[2]
     rows = x.reshape((-1,) + in_sizes)
-    y = plan.same_dtype(rows, *operands)
+    y = planned.same_dtype(rows, *operands)
     if y is None:  # the weight's operands are promoted together; the input must match them
         _check_dtype(x, operands)
-        y = plan(rows, *operands)
+        y = planned(rows, *operands)
     y = y.reshape(lead + (out_sizes if out_shape is None else out_shape))
     return y if bias is None else y + bias
 
@@ -242,7 +244,7 @@ def contract_input(
 _TRANSFORMS = ("[0]", "[..., 0]", "[0, :, 0]")
 
 
-class FastCache(dict):  # type: ignore[type-arg]
+class FastCache(dict):
     """A layer's fast-path entries by input shape, plus ``programs`` by (plan, bucket, ...).
 
     Generated functions cannot be pickled or deep-copied meaningfully (they hold the weight
@@ -279,19 +281,19 @@ def operand_sources(weight: FactorizedTensor) -> tuple[list[str], list[str]] | N
     ``contraction()`` now; None when an operand is not a stored tensor or a fixed index of one.
     """
     try:
-        operands = weight.contraction()[1]  # type: ignore[attr-defined]
+        operands = weight.contraction()[1]
     except (AttributeError, NotImplementedError):
         return None
     if getattr(weight, "_complex", False):
         return None
     stored: list[tuple[str, torch.Tensor]] = []
     setup: list[str] = []
-    for name, t in weight._parameters.items():
-        if t is not None:
-            stored.append((f"w._parameters[{name!r}]", t))
-    for name, t in weight.__dict__.items():
-        if isinstance(t, torch.Tensor):
-            stored.append((f"w.__dict__[{name!r}]", t))
+    for name, param in weight._parameters.items():
+        if param is not None:
+            stored.append((f"w._parameters[{name!r}]", param))
+    for name, value in weight.__dict__.items():
+        if isinstance(value, torch.Tensor):
+            stored.append((f"w.__dict__[{name!r}]", value))
     factors = weight._modules.get("factors")
     if factors is not None:
         from ..tensors._factor_list import FactorList

@@ -108,7 +108,7 @@ class ContractionPlan:
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
         """Contract ``operands`` following the plan (eager code, or traced; see the module)."""
         if isinstance(operands[0], torch.fx.Proxy) or torch.compiler.is_compiling():
-            return self.traced(*operands)
+            return self.traced(*operands)  # type: ignore[no-any-return]
         result = self.same_dtype(*operands)
         if result is None:  # mixed dtypes: promoted once, at the boundary
             return self.same_dtype(*promote(operands))  # type: ignore[return-value]
@@ -155,7 +155,8 @@ def batch_letter(equation: str) -> str | None:
 
 def common_dtype(operands: Sequence[Any]) -> torch.dtype:
     """The dtype ``operands`` are promoted to (``torch.promote_types`` over them)."""
-    return functools.reduce(torch.promote_types, [o.dtype for o in operands])
+    dtype: torch.dtype = functools.reduce(torch.promote_types, [o.dtype for o in operands])
+    return dtype
 
 
 def promote(operands: Sequence[Any]) -> tuple[Any, ...]:

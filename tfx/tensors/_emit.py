@@ -241,7 +241,7 @@ class _Emitter:
                 for c in out
             )
             refs.append((v.name, (*calls, ("reshape", dims))))
-        return _Value(self.new("mul", tuple(refs)), out, _ones(out))  # type: ignore[arg-type]
+        return _Value(self.new("mul", tuple(refs)), out, _ones(out))
 
     def _matmul(
         self, p: _Value, q: _Value, out: str, want: Want | None
