@@ -128,7 +128,7 @@ def measure_device(
     gemv = _timed(lambda: torch.mm(weight, vector), device, 20)
     bytes_per_s = side * side * weight.element_size() / gemv
     # The per-kernel cost of what a factorized graph runs: each planned step is a GEMM on
-    # views of its operands (a reshape or permute, then mm; see tfx.functional's traced_program).
+    # views of its operands (a reshape or permute, then mm; see tfx/tensors/_contract.py).
     tiny = torch.randn(4, 4, device=device, dtype=dtype)
     step_s = _timed(lambda: torch.mm(tiny.reshape(4, 4), tiny.t()), device, 200)
     dense_step_s = _timed(lambda: torch.nn.functional.linear(tiny, tiny), device, 200)
