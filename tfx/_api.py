@@ -44,6 +44,7 @@ from .cost import (
 )
 from .cost._choose import available_strategies
 from .cost._device import DeviceProfile
+from .cost._options import map_sites
 from .passes import Site
 from .passes._analysis import EMITS as EMITS  # the emit= names (tests/test_typing.py)
 from .passes._analysis import Calibrate, Capture, Match, check_model
@@ -161,7 +162,7 @@ def _plan_sites(
         return found, keep
 
     made = (
-        [spectra(site) for site in sites]
+        map_sites(spectra, sites, [s.weight.numel() for s in sites])  # large: one per core
         if ranks is None
         else ranks.map_assigned(
             sites, [svd_cost(s.info.weight_shape) for s in sites], spectra, what="spectra"

@@ -255,3 +255,42 @@ def test_rank_grid_alignment_follows_the_hardware() -> None:
     assert all(r % 64 == 0 for r in half if r >= 128) and any(r >= 128 for r in half)
     assert all(r % 8 == 0 for r in half if r >= 32)
     assert _ALIGN.get() == 8
+
+
+def test_map_sites_equals_the_loop_and_restores_threads() -> None:
+    """Large sites side by side on threads, small ones (CP fits, time-boxed) in the calling
+    thread: the options of the loop, in order (errors up to float rounding)."""
+    from tfx.cost._options import PARALLEL_MIN_NUMEL, map_sites
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = ((48, 48), (300, 256), (32, 48), (256, 288))
+    sites = [
+        (SiteInfo(f"s{k}", "linear", shape, tokens=8), torch.randn(*shape, generator=gen))
+        for k, shape in enumerate(shapes)
+    ]
+    sizes = [w.numel() for _, w in sites]
+    assert sum(size > PARALLEL_MIN_NUMEL for size in sizes) == 2
+
+    def options(item: tuple[SiteInfo, torch.Tensor]) -> list[tuple]:
+        return [(o.key(), o.params, o.error) for o in candidates(item[0], item[1])]
+
+    threads = torch.get_num_threads()
+    got = map_sites(options, sites, sizes, workers=2)
+    assert torch.get_num_threads() == threads
+    for ours, theirs in zip(got, [options(item) for item in sites], strict=True):
+        assert [o[:2] for o in ours] == [o[:2] for o in theirs]
+        assert [o[2] for o in ours] == pytest.approx([o[2] for o in theirs], rel=1e-9, abs=1e-12)
+
+
+def test_map_sites_raises_the_first_error() -> None:
+    from tfx.cost._options import map_sites
+
+    def fail_on_two(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    with pytest.raises(ValueError, match="two"):
+        map_sites(fail_on_two, [1, 2, 3], workers=2)
+    assert map_sites(fail_on_two, [1, 3], workers=2) == [1, 3]
+    assert map_sites(fail_on_two, [1, 3], [1, 10**6], workers=2) == [1, 3]

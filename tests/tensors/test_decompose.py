@@ -20,6 +20,7 @@ from tfx.tensors._decompose import (
     block_tt_svd,
     cp_als,
     hosvd,
+    leading_subspace,
     remember_svd,
     singular_values,
     svd_of_product,
@@ -564,20 +565,24 @@ def test_svd_of_product_is_the_svd_of_the_product() -> None:
 
 
 @pytest.mark.parametrize("shape", [(300, 700), (700, 300)])
-def test_truncated_svd_gram_matches_exact(shape: tuple[int, int]) -> None:
-    """Where "auto" would run the full SVD, "gram" gives the same leading triplets from the
-    float64 Gram matrix (rank 200 of 300: the sketch would cover more than half)."""
+def test_leading_subspace_from_the_gram_matches_the_exact_svd(shape: tuple[int, int]) -> None:
+    """Where truncated_svd would run the full SVD (rank 200 of 300: the sketch would cover
+    more than half), the Gram route gives the same subspace: the same projector."""
     a = with_spectrum(*shape, torch.logspace(0, -4, 300, dtype=F64))
-    ref = truncated_svd(a, 200, method="exact")
-    got = truncated_svd(a, 200, method="gram")
-    for x, y in zip(got, ref, strict=True):
-        assert_close(x, y, rtol=1e-7, atol=1e-9)
+    u = leading_subspace(a, 200)
+    ref = truncated_svd(a, 200, method="exact")[0]
+    assert_close(u.T @ u, torch.eye(200, dtype=F64))
+    assert_close(u @ u.T, ref @ ref.T, rtol=1e-9, atol=1e-10)
 
 
-def test_truncated_svd_gram_keeps_the_randomized_path_for_small_ranks() -> None:
+def test_leading_subspace_keeps_the_randomized_path_for_small_ranks() -> None:
     a = torch.randn(600, 500, dtype=F64)
-    for x, y in zip(truncated_svd(a, 20, method="gram"), truncated_svd(a, 20), strict=True):
-        assert torch.equal(x, y)
+    assert torch.equal(leading_subspace(a, 20), truncated_svd(a, 20)[0])
+
+
+def test_leading_subspace_raises_on_bad_rank() -> None:
+    with pytest.raises(RankError, match=r"leading_subspace\(matrix, 5\)"):
+        leading_subspace(torch.randn(5, 7), 6)
 
 
 def test_remembered_svd_is_returned_for_the_matrix_and_its_views() -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,12 +27,16 @@ from ._flops import price, price_all
 from ._records import Option, SiteInfo
 from ._whiten import InputStats, small_eig
 
-__all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra"]
+__all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra", "map_sites"]
 
 FORMS = ("svd", "cp", "tucker", "tt", "blocktt")
 CP_MAX_NUMEL = 1 << 12
 _SPECTRA_F64_NUMEL = 1 << 14  # spectra of larger weights are computed in float32
+#: Sites with more weight entries get their candidates on a thread of their own (map_sites).
+PARALLEL_MIN_NUMEL = 1 << 16
 _GRID = 20
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 #: The rank multiple of the weight being priced (set by :func:`candidates`).
@@ -336,6 +341,41 @@ def _tensorized_options(
             yield from _blocktt_options(site, spectra, row, col)
         if "cp" in forms and matrix.numel() <= CP_MAX_NUMEL and len(row) == 3:
             yield from _cp_options(site, matrix, row + col, (row, col), spectra.norm2)
+
+
+def map_sites(
+    fn: Callable[[_T], _R],
+    items: Sequence[_T],
+    sizes: Sequence[int] | None = None,
+    workers: int | None = None,
+) -> list[_R]:
+    """``[fn(item) for item in items]``, the large items one per core.
+
+    ``workers`` Python threads (default ``torch.get_num_threads()``) run torch on one thread
+    each. A large site's spectra are eigensolvers and GEMMs on matrices of a few hundred rows:
+    they gain little from a second thread each (the eigensolvers lose), so sites side by side
+    use the cores better (torch releases the GIL in its kernels). Items whose ``sizes``
+    (weight entries) are at most :data:`PARALLEL_MIN_NUMEL` run first, in the calling thread:
+    their work is Python-bound, and their CP fits are time-boxed (sharing the GIL would cut
+    their sweeps). Results are the loop's, in the order of ``items``, up to float rounding of
+    one thread against several; the first exception propagates.
+    """
+    workers = torch.get_num_threads() if workers is None else workers
+    sizes = [PARALLEL_MIN_NUMEL + 1] * len(items) if sizes is None else sizes
+    large = [i for i, size in enumerate(sizes) if size > PARALLEL_MIN_NUMEL]
+    if workers <= 1 or len(large) <= 1:
+        return [fn(item) for item in items]
+    out: dict[int, _R] = {
+        i: fn(items[i]) for i in range(len(items)) if sizes[i] <= PARALLEL_MIN_NUMEL
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(workers, len(large)), thread_name_prefix="tfx-spectra") as pool:
+            out.update(zip(large, pool.map(fn, [items[i] for i in large]), strict=True))
+    finally:
+        torch.set_num_threads(threads)
+    return [out[i] for i in range(len(items))]
 
 
 # --------------------------------------------------------------------- entry point

@@ -149,9 +149,9 @@ def small_eig(fn: Callable[[torch.Tensor], Any], matrix: torch.Tensor, limit: in
     On one thread when ``matrix`` is smaller than ``limit``: LAPACK's threaded path is 10-40x
     slower there on a loaded 2-core machine (0.75 ms vs 31 ms for ``eigvalsh`` at 128 x 128).
     """
-    if matrix.shape[0] >= limit:
-        return fn(matrix)
     threads = torch.get_num_threads()
+    if matrix.shape[0] >= limit or threads == 1:
+        return fn(matrix)
     torch.set_num_threads(1)
     try:
         return fn(matrix)

@@ -486,15 +486,16 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
     does not decompose it again.
     """
     from ..tensors import FactorizedTensor, TensorizedTensor
-    from ..tensors._decompose import remember_svd, svd_of_product, truncated_svd
+    from ..tensors._decompose import leading_subspace, remember_svd, svd_of_product
 
     if stats is not None and site.info.kind == "embedding" and choice.form == "svd":
-        rank = int(choice.rank)
-        u, s, vh = truncated_svd(stats.apply(site.weight.double()), rank, method="gram")
-        # D^-1 U S Vh, transposed: Vh^T S (D^-1 U)^T, whose left factor is orthonormal.
-        v, s, uh = svd_of_product(vh.mT, s, stats.undo(u).mT)
-        target = ((uh.mT * s) @ v.mT).to(site.weight.dtype)
-        remember_svd(target, uh.mT, s, v.mT)
+        scaled = stats.apply(site.weight.double())
+        u = leading_subspace(scaled, int(choice.rank))
+        # [D W]_r mapped back: D^-1 U (U^T D W) = Q (R U^T D W) with D^-1 U = Q R, as an SVD.
+        q, r = torch.linalg.qr(stats.undo(u))
+        u, s, vh = svd_of_product(q, torch.ones_like(u[0]), r @ (u.mT @ scaled))
+        target = ((u * s) @ vh).to(site.weight.dtype)
+        remember_svd(target, u, s, vh)
         return dataclasses.replace(site, weight=target)
     if stats is None or choice.form in ("dense", "cp") or site.info.kind not in ("linear", "conv"):
         return site
@@ -504,7 +505,7 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
     if choice.form == "svd":
         whitening = stats.whitening()
         rank = int(choice.rank if site.info.kind == "linear" else choice.rank[1])
-        u = truncated_svd(whitening.apply(work), rank, method="gram")[0]
+        u = leading_subspace(whitening.apply(work), rank)
         # [W L]_r L^-1 = U U^T W L L^-1 = U (U^T W), as an SVD: no solve with L needed.
         u, s, vh = svd_of_product(u, torch.ones_like(u[0]), u.mT @ work)
         target = ((u * s) @ vh).to(weight.dtype)
