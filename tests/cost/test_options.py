@@ -294,3 +294,31 @@ def test_map_sites_raises_the_first_error() -> None:
         map_sites(fail_on_two, [1, 2, 3], workers=2)
     assert map_sites(fail_on_two, [1, 3], workers=2) == [1, 3]
     assert map_sites(fail_on_two, [1, 3], [1, 10**6], workers=2) == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "shape, split_at",
+    [((4, 16, 8, 12), 2), ((8, 12, 4, 16), 2), ((6, 8, 6, 8), 2), ((12, 3, 3, 3), 1)],
+)
+def test_spectra_from_partial_traces_match_each_unfolding(
+    shape: tuple[int, ...], split_at: int
+) -> None:
+    """Flat unfoldings and Tucker mode unfoldings whose small side lies in the weight's
+    smaller side come from partial traces of its whole-side Gram: the same energies as the
+    unfolding's own singular values (float64 weights: to rounding)."""
+    from tfx.cost._options import Spectra
+
+    rows = math.prod(shape[:split_at])
+    weight = torch.randn(rows, math.prod(shape) // rows, dtype=torch.float64)
+    spectra = Spectra(weight if split_at == 2 else weight.reshape(shape))
+    tensor = weight.reshape(shape)
+    cases = [(None, k) for k in range(1, len(shape))]
+    cases += [((k, *[j for j in range(len(shape)) if j != k]), 1) for k in range(len(shape))]
+    for perm, split in cases:
+        unfolded = tensor if perm is None else tensor.permute(perm)
+        matrix = unfolded.reshape(math.prod(unfolded.shape[:split]), -1)
+        s2 = torch.linalg.svdvals(matrix).square()
+        expected = [float(s2[r:].sum()) for r in range(len(s2) + 1)]
+        got = spectra.tails(shape, perm, split)
+        assert got[: len(expected)] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert spectra._sides  # the partial-trace route was taken

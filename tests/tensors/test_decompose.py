@@ -575,9 +575,16 @@ def test_leading_subspace_from_the_gram_matches_the_exact_svd(shape: tuple[int, 
     assert_close(u @ u.T, ref @ ref.T, rtol=1e-9, atol=1e-10)
 
 
-def test_leading_subspace_keeps_the_randomized_path_for_small_ranks() -> None:
-    a = torch.randn(600, 500, dtype=F64)
-    assert torch.equal(leading_subspace(a, 20), truncated_svd(a, 20)[0])
+def test_leading_subspace_is_exact_at_small_ranks_and_rotation_invariant() -> None:
+    """Rank 20 of 500 (where truncated_svd sketches): the exact subspace, and the same one
+    for the matrix times an orthogonal matrix (a whitening by another square root)."""
+    a = with_spectrum(600, 500, torch.logspace(0, -3, 500, dtype=F64))
+    u = leading_subspace(a, 20)
+    ref = truncated_svd(a, 20, method="exact")[0]
+    assert_close(u @ u.T, ref @ ref.T, rtol=1e-9, atol=1e-10)
+    q, _ = torch.linalg.qr(torch.randn(500, 500, dtype=F64))
+    rotated = leading_subspace(a @ q, 20)
+    assert_close(rotated @ rotated.T, u @ u.T, rtol=1e-9, atol=1e-10)
 
 
 def test_leading_subspace_raises_on_bad_rank() -> None:

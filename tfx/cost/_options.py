@@ -102,6 +102,7 @@ class Spectra:
         # vocabulary-sized table).
         self.norm2 = float(torch.linalg.vector_norm(self.weight, dtype=torch.float64)) ** 2
         self._cache: dict[Any, list[float]] = {}
+        self._sides: dict[bool, torch.Tensor] = {}  # whole-side Grams, by "is the row side"
 
     def tails(
         self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int
@@ -111,21 +112,56 @@ class Spectra:
         # it depends on the row count only, so forms and tensorizations share it.
         key = ("flat", math.prod(shape[:split])) if perm is None else (shape, perm, split)
         if key not in self._cache:
-            tensor = self.weight.reshape(shape)
-            if perm is not None:
-                tensor = tensor.permute(perm)
-            rows = math.prod(tensor.shape[:split])
-            matrix = tensor.reshape(rows, -1)
-            if matrix.shape[0] > matrix.shape[1]:
-                matrix = matrix.T
             # Only energies are needed: the eigenvalues of the Gram matrix of the smaller
             # side are the squared singular values (one GEMM and a small eigvalsh).
-            gram = matrix @ matrix.T
+            gram = self._partial_gram(shape, perm, split)
+            if gram is None:
+                tensor = self.weight.reshape(shape)
+                if perm is not None:
+                    tensor = tensor.permute(perm)
+                rows = math.prod(tensor.shape[:split])
+                matrix = tensor.reshape(rows, -1)
+                if matrix.shape[0] > matrix.shape[1]:
+                    matrix = matrix.T
+                gram = matrix @ matrix.T
             gram = gram.double() if gram.shape[0] <= 256 else gram.float()  # energies need no more
             s2 = small_eig(torch.linalg.eigvalsh, gram, limit=4096).double().flip(0).clamp(min=0)
             energy = s2.flip(0).cumsum(0).flip(0).tolist()  # energy[i] = sum_{j>=i} s_j^2
             self._cache[key] = [*energy, 0.0]
         return self._cache[key]
+
+    def _partial_gram(
+        self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int
+    ) -> torch.Tensor | None:
+        """The unfolding's small-side Gram as a partial trace of a whole-side Gram, or None.
+
+        An unfolding whose small side is a prefix of the row modes (or a suffix of the
+        column modes), or one mode of them (Tucker), has as Gram the partial trace of
+        ``W W^T`` (``W^T W``) over the side's other modes: a sum over a matrix of that
+        side's size instead of a GEMM over the whole weight (and a permuted copy of it).
+        Used for the weight's smaller side up to 1024 (its Gram is the SVD spectrum's).
+        """
+        rows = self.weight.shape[0]
+        cols = self.weight.numel() // max(rows, 1)
+        d = next((k for k in range(len(shape) + 1) if math.prod(shape[:k]) == rows), None)
+        if d is None:
+            return None
+        if perm is None:  # at the row/column boundary: the smaller side
+            on_rows = split < d or (split == d and rows <= cols)
+            kept = range(split) if on_rows else range(split - d, len(shape) - d)
+        elif split == 1 and list(perm[1:]) == [j for j in range(len(shape)) if j != perm[0]]:
+            on_rows = perm[0] < d
+            kept = range(perm[0], perm[0] + 1) if on_rows else range(perm[0] - d, perm[0] - d + 1)
+        else:
+            return None
+        size, other = (rows, cols) if on_rows else (cols, rows)
+        if size > 1024 or size > other:
+            return None
+        if on_rows not in self._sides:
+            flat = self.weight.reshape(rows, cols)
+            self._sides[on_rows] = flat @ flat.T if on_rows else flat.T @ flat
+        modes = shape[:d] if on_rows else shape[d:]
+        return _partial_trace(self._sides[on_rows], tuple(modes), tuple(kept))
 
     def discarded(
         self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int, rank: int
@@ -133,6 +169,23 @@ class Spectra:
         """Energy discarded by keeping ``rank`` singular values of the unfolding."""
         tails = self.tails(shape, perm, split)
         return tails[min(rank, len(tails) - 1)]
+
+
+def _partial_trace(
+    gram: torch.Tensor, modes: tuple[int, ...], kept: tuple[int, ...]
+) -> torch.Tensor:
+    """``gram`` (row-major over ``modes``) traced over the modes not in ``kept``.
+
+    That is the Gram of the unfolding of the ``kept`` modes, ``prod(kept)`` square.
+    """
+    n = len(modes)
+    if len(kept) == n:
+        return gram
+    left = list(range(n))
+    right = [n + k if k in kept else k for k in range(n)]
+    out = [*kept, *(n + k for k in kept)]
+    size = math.prod(modes[k] for k in kept)
+    return torch.einsum(gram.reshape(*modes, *modes), [*left, *right], out).reshape(size, size)
 
 
 def dense_option(site: SiteInfo, itemsize: int = 4, profile: DeviceProfile | None = None) -> Option:
@@ -489,6 +542,8 @@ def _candidates(
                 p_spectra = Spectra(padded)
                 if p_cols == cols:  # zero rows leave the row-split spectrum unchanged: reuse it
                     p_spectra._cache[("flat", p_rows)] = spectra.tails((rows, cols), None, 1)
+                    if False in spectra._sides:  # and W^T W
+                        p_spectra._sides[False] = spectra._sides[False]
                 options += list(_tensorized_options(site, p_spectra, padded, extra, chain_forms))
     dense = options[0].params
     kept = [options[0]] + price_all(

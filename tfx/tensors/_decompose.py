@@ -316,12 +316,13 @@ def leading_subspace(matrix: Tensor, rank: int) -> Tensor:
 
     That is ``U`` of its rank-``rank`` truncated SVD, up to a rotation.
 
-    Where :func:`truncated_svd` would run a full SVD (a side of at most 256, or a sketch
-    covering half the smaller side) and the smaller side is at most 4096, the subspace comes
-    from the eigendecomposition of the float64 Gram matrix of the smaller side: one GEMM and
-    an ``eigh``, 2-3x cheaper than the SVD of a 768 x 3072 matrix, exact to float64 rounding
-    for singular values above about ``1e-8`` of the largest. Otherwise it is
-    :func:`truncated_svd`'s (randomized) ``U``. ``a ~ u @ (u^H @ a)`` is then the truncation.
+    Where the smaller side is at most 4096, the subspace comes from the eigendecomposition of
+    the float64 Gram matrix of that side: one GEMM and an ``eigh``, 2-3x cheaper than the SVD
+    of a 768 x 3072 matrix, and exact (to float64 rounding, for singular values above about
+    ``1e-8`` of the largest) at every rank, where :func:`truncated_svd` would take a
+    randomized sketch for small ranks. The subspace, unlike a sketch, depends on the matrix
+    only: ``a @ q`` for an orthogonal ``q`` has the same one. Larger matrices get
+    :func:`truncated_svd`'s ``U``. ``a ~ u @ (u^H @ a)`` is then the truncation.
 
     Raises:
         RankError: ``rank`` is not an int in ``[1, min(m, n)]``.
@@ -337,8 +338,7 @@ def leading_subspace(matrix: Tensor, rank: int) -> Tensor:
     k = min(m, n)
     why = f"a {m} x {n} matrix has min({m}, {n}) = {k} singular values"
     rank = _as_rank(rank, "rank", why, k, f"leading_subspace(matrix, {_clip(rank, k)})")
-    width = min(rank + _oversamples(rank), k)
-    if k > _GRAM_SVD_MAX or not _prefer_exact(m, n, width):
+    if k > _GRAM_SVD_MAX:
         return truncated_svd(matrix, rank)[0]
     a = matrix.detach().to(_work_dtype(matrix.dtype, True))
     return _gram_basis(a, rank).to(matrix.dtype)
