@@ -44,7 +44,9 @@ from .cost import (
 )
 from .cost._choose import available_strategies
 from .cost._device import DeviceProfile
+from .cost._flops import price
 from .cost._options import map_sites
+from .cost._refine import svd_option
 from .passes import Site
 from .passes._analysis import EMITS as EMITS  # the emit= names (tests/test_typing.py)
 from .passes._analysis import Calibrate, Capture, Match, check_model
@@ -134,11 +136,14 @@ def _plan_sites(
     siblings: Sequence[SiblingGroup] = (),
     graph_result: bool = True,
     ranks: Distributed | None = None,
+    pinned: dict[str, Choice] | None = None,
 ) -> FactorizationPlan:
     """Candidates for every site and group, the graph, then the planner (tfx.cost.plan_graph).
 
     With ``ranks``, each site's candidates are made by one rank (by cost) and shared; the
-    plan is made on every rank from them, and the ranks check that theirs agree.
+    plan is made on every rank from them, and the ranks check that theirs agree. ``pinned``
+    maps a site to the choice it must take (the backend's decision for a parameter an
+    earlier graph piece read): its options are that one alone.
     """
     total = _count_params(model)
     outside = total - sum(
@@ -170,6 +175,9 @@ def _plan_sites(
     )
     options: list[list[Option]] = [found for found, _ in made]
     kept: list[dict[str, Any]] = [keep for _, keep in made]
+    for name, choice in (pinned or {}).items():
+        i = next(i for i, s in enumerate(sites) if s.name == name)
+        options[i], kept[i] = _pin(sites[i], options[i], kept[i], choice, profile), {}
     if bar is not None:
         bar.close()
     if weights is None and calibrated is not None and calibrated.sensitivity:
@@ -207,6 +215,28 @@ def _plan_sites(
         the_plan.notes.append(calibrated.note())
     the_plan.capture, the_plan.timings = path, timings
     return the_plan
+
+
+def _pin(
+    site: Site,
+    options: list[Option],
+    kept: dict[str, Any],
+    choice: Choice,
+    profile: DeviceProfile | None,
+) -> list[Option]:
+    """The one option of ``site`` that is ``choice`` (a refined SVD rank made from spectra)."""
+    want = (choice.form, repr(choice.tensorized_shape), repr(choice.rank))
+    same = [o for o in options if o.key() == want]
+    if not same and choice.form == "svd" and kept.get("svd") is not None:
+        made = svd_option(kept["svd"], int(choice.rank))
+        same = [price(site.info, made, site.weight.element_size(), profile)]
+    if not same:  # pragma: no cover - the same weight and forms give the same candidates
+        raise PlanMismatchError(
+            f"{site.name!r} was given {choice.form} rank {choice.rank} by an earlier graph "
+            "piece, which is not among its candidates in this one.\n"
+            "Fix: report this as a bug, with the model."
+        )
+    return same
 
 
 def _tied_node(

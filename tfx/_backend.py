@@ -675,6 +675,10 @@ class _Backend:
         #: For ``torch.compile(fn)``: the modules its frames reached, that later pieces' names are
         #: relative to.
         self.roots: list[weakref.ref[nn.Module]] = []
+        # The choice each parameter was given by the first graph piece reading it:
+        # a later piece reading it too (after a graph break) takes the same, so that the
+        # parameter has one decomposition, counted once.
+        self._decided: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     def __repr__(self) -> str:
         return (
@@ -721,6 +725,12 @@ class _Backend:
                     "tfx backend: no factorizable site in this graph piece; compiled unchanged"
                 )
                 return gm
+            params = {s.name: lifted.params.get(s.weight_target) for s in sites}
+            pinned = {
+                name: self._decided[p]
+                for name, p in params.items()
+                if p is not None and p in self._decided
+            }
             try:
                 plan = _plan_sites(
                     model=gm,
@@ -731,6 +741,7 @@ class _Backend:
                     strategy=self.strategy,
                     path=CAPTURE,
                     progress=self.progress,
+                    pinned=pinned,
                 )
             except BudgetError as err:
                 raise BudgetError(_MSG_PIECE.format(err=err, tensors=len(lifted.params))) from None
@@ -739,6 +750,10 @@ class _Backend:
                 if choice.form != "dense":  # rewrite registers the layer at the site's name
                     _holder(gm, site.name.split(".")[:-1])
             rewrite(gm, sites, choices, build=_cached_builder(lifted, used), keep_bias=False)
+            for site, choice in zip(sites, choices, strict=True):
+                param = params[site.name]
+                if param is not None and param not in self._decided:
+                    self._decided[param] = choice
             self.plans.append(plan)
         finally:
             lifted.restore()

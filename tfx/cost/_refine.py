@@ -22,7 +22,7 @@ from typing import Any
 from ._choose import _penalty
 from ._records import Option, SiteInfo
 
-__all__ = ["refine_svd_ranks", "SvdSpectrum"]
+__all__ = ["refine_svd_ranks", "svd_option", "SvdSpectrum"]
 
 #: What refinement needs of a site's SVD candidates: the spectra object, rows, cols and the
 #: rank alignment (see ``tfx.cost._options``); filled in by ``candidates(..., keep=...)``.
@@ -38,6 +38,17 @@ def _step(rank: int, align: int) -> int:
 def _next_rank(rank: int, align: int) -> int:
     step = _step(rank, align)
     return (rank // step + 1) * step
+
+
+def svd_option(spectrum: SvdSpectrum, rank: int) -> Option:
+    """The (unpriced) rank-``rank`` ``"svd"`` option of the site ``spectrum`` belongs to.
+
+    Its error is exact (from the spectra), whether or not ``rank`` is on the grid.
+    """
+    s, rows, cols, _ = spectrum
+    energy = s.discarded((rows, cols), None, 1, rank)
+    error = min(1.0, math.sqrt(max(energy, 0.0) / s.norm2)) if s.norm2 > 0 else 0.0
+    return Option("svd", ((rows,), (cols,)), rank, rank * (1 + rows + cols), 0, error)
 
 
 def refine_svd_ranks(
@@ -75,7 +86,7 @@ def refine_svd_ranks(
         current, spec = out[i], spectra[i]
         if spec is None or current.form != "svd" or not isinstance(current.rank, int):
             return
-        s, rows, cols, align = spec
+        _, rows, cols, align = spec
         if current.tensorized_shape != ((rows,), (cols,)):
             return
         rank = _next_rank(current.rank, align)
@@ -86,9 +97,7 @@ def refine_svd_ranks(
             or params - current.params > left
         ):
             return
-        energy = s.discarded((rows, cols), None, 1, rank)
-        error = min(1.0, math.sqrt(max(energy, 0.0) / s.norm2)) if s.norm2 > 0 else 0.0
-        candidate = Option("svd", current.tensorized_shape, rank, params, 0, error)
+        candidate = svd_option(spec, rank)
         drop = _penalty(current, weights[i]) - _penalty(candidate, weights[i])
         if drop <= 0:
             return
