@@ -7,8 +7,10 @@
 real-looking token ids (Zipf-distributed ids, ``[CLS] ... [SEP]``, padded to the batch's
 longest row with an ``attention_mask``: the calibrated path, the common one), and prints the
 per-stage timings the plan records (``plan.timings``), the min of ``--repeat`` runs.
-``--profile`` prints cProfile's top functions of one run. ``--save`` writes both
-configurations (with and without calibration) to ``benchmarks/results/factorize_speed.md``.
+``--profile`` prints cProfile's top functions of one run; ``--processes 2`` runs it over a
+``torch.distributed`` group of 2 local processes (gloo), the cores shared out. ``--save``
+writes both configurations (with and without calibration) as a section ``--label`` of
+``benchmarks/results/factorize_speed.md``.
 Goal (issue 14): at most 15 s on the 2-core development machine.
 """
 
@@ -96,6 +98,58 @@ def measure(args: Any, calibration_batches: int) -> tuple[dict[str, float], Any,
     return best, plan, loads
 
 
+def _rank_main(rank: int, world: int, port: int, args: Any, batches: int, out: str) -> None:
+    """One process of ``--processes``: a gloo group over localhost, the cores shared out."""
+    import json
+
+    import torch.distributed as dist
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        best, plan, loads = measure(args, batches)
+        if rank == 0:
+            forms = sorted({c.form for c in plan.choices})
+            with open(out, "w") as f:
+                json.dump(
+                    {
+                        "best": best,
+                        "loads": loads,
+                        "forms": forms,
+                        "params": plan.total_params_after,
+                    },
+                    f,
+                )
+    finally:
+        dist.destroy_process_group()
+
+
+def measure_processes(args: Any, batches: int) -> tuple[dict[str, float], Any, list[str]]:
+    """:func:`measure` over ``args.processes`` processes (``tfx.factorize`` spreads its work
+    over the process group); rank 0's timings, a stand-in for its plan, and its loads."""
+    import json
+    import socket
+    import tempfile
+    import types
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.json")
+        mp.spawn(_rank_main, args=(args.processes, port, args, batches, out), nprocs=args.processes)
+        with open(out) as f:
+            got = json.load(f)
+    choices = [types.SimpleNamespace(form=form) for form in got["forms"]]
+    plan = types.SimpleNamespace(choices=choices, total_params_after=got["params"])
+    return got["best"], plan, got["loads"]
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
     """A markdown table: one row per stage, one column per configuration."""
     names = list(rows)
@@ -135,12 +189,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="factorize over a gloo process group of N local processes (the cores shared out)",
+    )
+    parser.add_argument(
         "--save",
         nargs="?",
         const=os.path.join(HERE, "results", "factorize_speed.md"),
         help="run without and with --calibration (default 8) and write the table here",
     )
-    parser.add_argument("--label", default="", help="a note for the saved table's heading")
+    parser.add_argument(
+        "--label",
+        default="",
+        help="the saved section's heading (a section of that name is replaced)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
@@ -151,10 +215,15 @@ def main() -> None:
     configs = [0, args.calibration or 8] if args.save else [args.calibration]
     _, _, n = build(args.layers)
     rows: dict[str, dict[str, float]] = {}
+    all_loads: dict[str, list[str]] = {}
     for batches in configs:
-        best, plan, loads = measure(args, batches)
+        if args.processes > 1:
+            best, plan, loads = measure_processes(args, batches)
+        else:
+            best, plan, loads = measure(args, batches)
         name = f"calibration {batches} x 8 x 128" if batches else "no calibration"
-        rows[name] = best
+        name += f", {args.processes} processes" if args.processes > 1 else ""
+        rows[name], all_loads[name] = best, loads
         forms = sorted({c.form for c in plan.choices})
         print(
             f"BERT-base-sized encoder ({args.layers} layers, {n / 1e6:.1f}M params), "
@@ -168,14 +237,30 @@ def main() -> None:
         head = stamp(
             f"tfx {git_commit()}", machine(torch.get_num_threads()), f"load {load_average()}"
         )
-        text = (
-            f"# factorize speed{': ' + args.label if args.label else ''}\n\n{head}\n\n"
-            f"BERT-base (random init, {n / 1e6:.1f}M params), budget {args.budget}, "
-            f"min of {args.repeat} runs per stage (seconds).\n\n{table(rows)}\n"
+        runs = "; ".join(f"{name}: {', '.join(loads)}" for name, loads in all_loads.items())
+        section = (
+            f"## {args.label or 'run'}\n\n{head}\n\n"
+            f"BERT-base (random init, {n / 1e6:.1f}M params), budget {args.budget}, seconds, "
+            f"min of {args.repeat} runs per stage (1-minute load at each run's start: {runs})."
+            f"\n\n{table(rows)}\n"
         )
-        with open(args.save, "w") as f:
-            f.write(text)
-        print(text)
+        save_section(args.save, args.label or "run", section)
+        print(section)
+
+
+def save_section(path: str, label: str, section: str) -> None:
+    """Write ``section`` into the markdown file at ``path``, replacing the section of the same
+    ``label`` (``## label``) if there is one, else after the others."""
+    text = open(path).read() if os.path.exists(path) else "# factorize speed\n"
+    parts = text.split("\n## ")
+    head, sections = parts[0], ["## " + part for part in parts[1:]]
+    titles = [part.splitlines()[0] for part in sections]
+    if f"## {label}" in titles:
+        sections[titles.index(f"## {label}")] = section
+    else:
+        sections.append(section)
+    with open(path, "w") as f:
+        f.write(head.rstrip() + "\n\n" + "\n".join(part.rstrip() + "\n" for part in sections))
 
 
 if __name__ == "__main__":
