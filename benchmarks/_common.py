@@ -9,7 +9,7 @@ import platform
 import subprocess
 from collections.abc import Sequence
 
-from tfx.cost._options import _chain_params
+from tfx.tensors import form_spec
 from tfx.tensors._rank import tt_rank_bounds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +73,6 @@ def tt_ranks(shape: Sequence[int], budget: int) -> tuple[int, ...]:
         return tuple(min(cap, b) for b in bounds)
 
     cap = 1
-    while cap < max(bounds) and _chain_params(shape, ranks(cap + 1)) <= budget:
+    while cap < max(bounds) and form_spec("tt", shape, ranks(cap + 1)).n_params <= budget:
         cap += 1
     return ranks(cap)

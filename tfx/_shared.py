@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .cost import Choice, Option
-from .cost._choose import _penalty
-from .cost._options import _ALIGN, _rank_grid, rank_alignment
+from .cost._choose import penalty
+from .cost._options import RANK_ALIGN, rank_alignment, rank_grid
 from .passes import Site
 
 __all__ = [
@@ -122,15 +122,15 @@ def group_options(
         scaled[a:b].square().sum(0).cumsum(0) for a, b in zip(offsets, offsets[1:], strict=False)
     ]
     group.norms = [float(e[-1]) for e in group.energies]
-    token = _ALIGN.set(rank_alignment(sites[group.members[0]].weight))
+    token = RANK_ALIGN.set(rank_alignment(sites[group.members[0]].weight))
     try:
         ranks = [
             r
-            for r in _rank_grid(min(sum(outs), n_in))
+            for r in rank_grid(min(sum(outs), n_in))
             if r * (1 + sum(outs) + n_in) < sum(outs) * n_in
         ]
     finally:
-        _ALIGN.reset(token)
+        RANK_ALIGN.reset(token)
     options = []
     for r in ranks:
         errors = member_errors(group, r)
@@ -190,7 +190,7 @@ def _frontier(
             min(
                 range(len(opts)),
                 key=lambda j, opts=opts, w=w: (
-                    _penalty(opts[j], w) + lam * opts[j].params,
+                    penalty(opts[j], w) + lam * opts[j].params,
                     opts[j].params,
                 ),
             )

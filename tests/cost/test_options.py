@@ -241,20 +241,20 @@ def test_candidates_offer_padded_tensorizations_for_a_prime_size() -> None:
 def test_rank_grid_alignment_follows_the_hardware() -> None:
     """Multiples of 8 from 32 by default; multiples of 64 from 128 for half precision on CUDA
     (checked through the context the candidates set; no GPU needed)."""
-    from tfx.cost._options import _ALIGN, _rank_grid, rank_alignment
+    from tfx.cost._options import RANK_ALIGN, rank_alignment, rank_grid
 
     assert rank_alignment(torch.zeros(2, 2)) == 8
     assert rank_alignment(torch.zeros(2, 2, dtype=torch.bfloat16)) == 8  # CPU bf16: no tensor cores
-    default = _rank_grid(4096)
+    default = rank_grid(4096)
     assert all(r % 8 == 0 for r in default if r >= 32)
-    token = _ALIGN.set(64)
+    token = RANK_ALIGN.set(64)
     try:
-        half = _rank_grid(4096)
+        half = rank_grid(4096)
     finally:
-        _ALIGN.reset(token)
+        RANK_ALIGN.reset(token)
     assert all(r % 64 == 0 for r in half if r >= 128) and any(r >= 128 for r in half)
     assert all(r % 8 == 0 for r in half if r >= 32)
-    assert _ALIGN.get() == 8
+    assert RANK_ALIGN.get() == 8
 
 
 def test_map_sites_equals_the_loop_and_restores_threads() -> None:

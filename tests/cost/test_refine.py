@@ -10,7 +10,7 @@ from torch import nn
 
 import tfx
 from tfx.cost import Budget, Option, SiteInfo
-from tfx.cost._choose import _penalty
+from tfx.cost._choose import penalty
 from tfx.cost._options import Spectra
 from tfx.cost._refine import refine_svd_ranks
 
@@ -80,7 +80,7 @@ def _sites(n: int) -> tuple[list[SiteInfo], list[Option], list, list[torch.Tenso
 
 
 def _objective(options: list[Option]) -> float:
-    return sum(_penalty(o, 1.0) for o in options)
+    return sum(penalty(o, 1.0) for o in options)
 
 
 def test_refinement_spends_the_budget_greedily_and_never_exceeds_it() -> None:

@@ -29,7 +29,14 @@ from collections.abc import Callable, Sequence
 from .._errors import BudgetError, OptionError, unknown_option
 from ._records import Option
 
-__all__ = ["choose", "choose_two", "register_strategy", "available_strategies", "Strategy"]
+__all__ = [
+    "choose",
+    "choose_two",
+    "register_strategy",
+    "available_strategies",
+    "penalty",
+    "Strategy",
+]
 
 Strategy = Callable[[Sequence[Sequence[Option]], float, Sequence[float]], list[int]]
 
@@ -42,7 +49,11 @@ def _total(options: Sequence[Sequence[Option]], picks: Sequence[int]) -> float:
     return sum(_cost(opts[i]) for opts, i in zip(options, picks, strict=False))
 
 
-def _penalty(option: Option, weight: float) -> float:
+def penalty(option: Option, weight: float) -> float:
+    """What the strategies minimise for a pick: ``-weight * log(1 - error**2)``.
+
+    The weighted loss of output energy; additive over sites, so a plan's penalty is the sum.
+    """
     return weight * -math.log(max(1.0 - option.error**2, 1e-6))
 
 
@@ -52,7 +63,7 @@ def _best_for(
     return [
         min(
             range(len(opts)),
-            key=lambda i: (_penalty(opts[i], w) + lam * _cost(opts[i]), _cost(opts[i])),
+            key=lambda i: (penalty(opts[i], w) + lam * _cost(opts[i]), _cost(opts[i])),
         )
         for opts, w in zip(options, weights, strict=False)
     ]
@@ -69,7 +80,7 @@ def _fill(
             here = opts[picks[s]]
             for i, opt in enumerate(opts):
                 extra = _cost(opt) - _cost(here)
-                drop = _penalty(here, w) - _penalty(opt, w)
+                drop = penalty(here, w) - penalty(opt, w)
                 if extra < 0 or drop <= 0 or spent + extra > budget:
                     continue
                 gain = drop / extra if extra > 0 else float("inf")  # equal cost, less error: free
@@ -132,8 +143,8 @@ def _dp(
                 continue
             for i, opt in enumerate(opts):
                 nb = b + math.ceil((_cost(opt) - cheapest) / unit - 1e-9)
-                if nb <= bins and value + _penalty(opt, w) < new[nb]:
-                    new[nb], arg[nb] = value + _penalty(opt, w), i
+                if nb <= bins and value + penalty(opt, w) < new[nb]:
+                    new[nb], arg[nb] = value + penalty(opt, w), i
         back.append(arg)
         best = new
     b = min(range(bins + 1), key=lambda j: best[j])
@@ -149,7 +160,7 @@ def _dp(
     greedy = _greedy(options, budget, weights)
 
     def score(p: Sequence[int]) -> float:
-        return sum(_penalty(opts[i], w) for opts, i, w in zip(options, p, weights, strict=False))
+        return sum(penalty(opts[i], w) for opts, i, w in zip(options, p, weights, strict=False))
 
     return picks if score(picks) <= score(greedy) else greedy
 
@@ -295,7 +306,7 @@ def choose_two(
             here = opts[picks[s]]
             for i, opt in enumerate(opts):
                 dp, df = opt.params - here.params, opt.flops - here.flops
-                drop = _penalty(here, w) - _penalty(opt, w)
+                drop = penalty(here, w) - penalty(opt, w)
                 if drop <= 0 or params + dp > params_budget or flops + df > flops_budget:
                     continue
                 extra = max(norm(opt) - norm(here), 1e-12)

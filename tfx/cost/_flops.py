@@ -51,11 +51,7 @@ from typing import Any
 
 import opt_einsum
 
-from ..tensors._blocktt import _equation as _blocktt_equation
-from ..tensors._contract import _limited
-from ..tensors._cp import _cp_equation
-from ..tensors._tt import tt_equation
-from ..tensors._tucker import _tucker_equation
+from ..tensors import form_spec, plan_einsum
 from ._device import DeviceProfile
 from ._records import Option, SiteInfo
 
@@ -111,7 +107,7 @@ def _path_cost(
     equation: str, shapes: Shapes, memory_limit: Any, letter: str | None, rows: int
 ) -> Cost:
     """Cost of the path planned for ``shapes``, with letter ``letter`` resized to ``rows``."""
-    _, steps, _ = _limited(equation, shapes, memory_limit)
+    steps = plan_einsum(equation, *shapes, memory_limit=memory_limit).steps
     sizes: dict[str, int] = {}
     for term, shape in zip(equation.split("->")[0].split(","), shapes, strict=False):
         sizes.update(zip(term, shape, strict=False))
@@ -162,26 +158,20 @@ def _gemm(equation: str, *shapes: tuple[int, ...]) -> Cost:
 
 # --------------------------------------------------------------- weight structure
 def _weight(option: Option, tensor_shape: tuple[int, ...]) -> tuple[str, Shapes]:
-    """The weight's reconstruction equation and operand shapes.
+    """The weight's reconstruction equation and operand shapes: its form's public spec.
 
-    As its ``tfx.tensors`` form builds them.
+    TT (and the conv ``'svd'``, a TT with full kernel bonds) has its boundary cores squeezed.
     """
-    form, rank, n = option.form, option.rank, len(tensor_shape)
+    form, rank = option.form, option.rank
     if form in ("svd", "cp") and isinstance(rank, int):
-        return _cp_equation(n), ((rank,), *((s, rank) for s in tensor_shape))
-    if form == "tucker":
-        return _tucker_equation(n), (tuple(rank), *zip(tensor_shape, rank, strict=False))
-    if form == "blocktt":
-        rows, cols = option.tensorized_shape
-        d = len(rows)
-        return _blocktt_equation(0, 2, d), tuple(
-            (rank[k], rows[k], cols[k], rank[k + 1]) for k in range(d)
-        )
-    # TT (and the conv 'svd', a TT with full kernel bonds): boundary cores squeezed.
-    shapes = [(tensor_shape[0], rank[1])]
-    shapes += [(rank[k], tensor_shape[k], rank[k + 1]) for k in range(1, n - 1)]
-    shapes.append((rank[n - 1], tensor_shape[n - 1]))
-    return tt_equation(n), tuple(shapes)
+        spec = form_spec("cp", tensor_shape, rank)
+    elif form == "tucker":
+        spec = form_spec("tucker", tensor_shape, rank)
+    elif form == "blocktt":
+        spec = form_spec("blocktt", option.tensorized_shape, rank)
+    else:
+        spec = form_spec("tt", tensor_shape, rank)
+    return spec.equation, spec.operand_shapes
 
 
 def _tensor_shape(site: SiteInfo, option: Option) -> tuple[int, ...]:

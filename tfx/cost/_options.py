@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..tensors import _decompose
+from ..tensors import form_spec
+from ..tensors._decompose import cp_als
 from ..tensors._rank import tt_rank_bounds
 from ..utils import balanced_tensorization, get_tensorized_shape
 from ._device import DeviceProfile
@@ -27,7 +28,16 @@ from ._flops import price, price_all
 from ._records import Option, SiteInfo
 from ._whiten import InputStats, small_eig
 
-__all__ = ["FORMS", "candidates", "dense_option", "padded_size", "Spectra", "map_sites"]
+__all__ = [
+    "FORMS",
+    "candidates",
+    "dense_option",
+    "padded_size",
+    "Spectra",
+    "map_sites",
+    "rank_grid",
+    "RANK_ALIGN",
+]
 
 FORMS = ("svd", "cp", "tucker", "tt", "blocktt")
 CP_MAX_NUMEL = 1 << 12
@@ -40,7 +50,7 @@ _R = TypeVar("_R")
 
 
 #: The rank multiple of the weight being priced (set by :func:`candidates`).
-_ALIGN: contextvars.ContextVar[int] = contextvars.ContextVar("tfx_rank_align", default=8)
+RANK_ALIGN: contextvars.ContextVar[int] = contextvars.ContextVar("tfx_rank_align", default=8)
 
 
 def rank_alignment(weight: torch.Tensor) -> int:
@@ -52,13 +62,13 @@ def rank_alignment(weight: torch.Tensor) -> int:
     return 64 if weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) else 8
 
 
-def _rank_grid(full: int, n: int = _GRID) -> list[int]:
+def rank_grid(full: int, n: int = _GRID) -> list[int]:
     """Geometric ranks in [1, full].
 
     Multiples of 8 from 32, and of the weight's alignment (:func:`rank_alignment`) from twice
     that, where rounding costs a few percent of the rank.
     """
-    align = _ALIGN.get()
+    align = RANK_ALIGN.get()
     out = set()
     for i in range(n):
         r = max(1, round(full ** ((i + 1) / n)))
@@ -74,19 +84,11 @@ def _bond_ranks(sizes: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
     """Distinct TT ranks over the grid: one largest bond rank, each bond capped at its bound."""
     bounds = tt_rank_bounds(sizes)
     seen: set[tuple[int, ...]] = set()
-    for big in _rank_grid(max(bounds)):
+    for big in rank_grid(max(bounds)):
         rank = tuple(min(big, b) for b in bounds)
         if rank not in seen:
             seen.add(rank)
             yield rank
-
-
-def _chain_params(sizes: Sequence[int], rank: Sequence[int]) -> int:
-    """Parameters of a chain of cores ``(rank[k], sizes[k], rank[k + 1])``.
-
-    TT, and BlockTT on merged sizes.
-    """
-    return sum(rank[k] * sizes[k] * rank[k + 1] for k in range(len(sizes)))
 
 
 class Spectra:
@@ -269,9 +271,9 @@ def _tensorizations(
 
 
 def _svd_options(site: SiteInfo, spectra: Spectra, rows: int, cols: int) -> Iterable[Option]:
-    for r in _rank_grid(min(rows, cols)):
+    for r in rank_grid(min(rows, cols)):
         err = _rel(spectra.norm2, spectra.discarded((rows, cols), None, 1, r))
-        params = r * (1 + rows + cols)
+        params = form_spec("cp", (rows, cols), r).n_params
         yield Option("svd", ((rows,), (cols,)), r, params, 0, err)  # FLOPs: priced in candidates()
 
 
@@ -292,7 +294,7 @@ def _tucker_options(
             else spectra.discarded(shape, (k, *[j for j in range(len(shape)) if j != k]), 1, r)
             for k, r in enumerate(rank)
         )
-        params = math.prod(rank) + sum(s * r for s, r in zip(shape, rank, strict=False))
+        params = form_spec("tucker", shape, rank).n_params
         yield Option("tucker", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
@@ -302,7 +304,7 @@ def _tt_options(
     shape = row + col
     for rank in _bond_ranks(shape):
         energy = sum(spectra.discarded(shape, None, k, rank[k]) for k in range(1, len(shape)))
-        params = _chain_params(shape, rank)
+        params = form_spec("tt", shape, rank).n_params
         yield Option("tt", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
@@ -315,7 +317,7 @@ def _blocktt_options(
     shape = row + col
     for rank in _bond_ranks(merged):
         energy = sum(spectra.discarded(shape, perm, 2 * k, rank[k]) for k in range(1, d))
-        params = _chain_params(merged, rank)
+        params = form_spec("blocktt", (row, col), rank).n_params
         yield Option("blocktt", (row, col), rank, params, 0, _rel(spectra.norm2, energy))
 
 
@@ -326,9 +328,9 @@ def _cp_options(
     tensor = weight.detach().double().reshape(shape)
     for frac in (0.15, 0.5):
         r = max(1, round(frac * math.prod(shape) / (1 + sum(shape))))
-        _, _, fit = _decompose.cp_als(tensor, r, n_iter_max=10, time_limit=0.05)
+        _, _, fit = cp_als(tensor, r, n_iter_max=10, time_limit=0.05)
         err = min(1.0, max(0.0, 1.0 - fit))
-        params = r * (1 + sum(shape))
+        params = form_spec("cp", shape, r).n_params
         yield Option("cp", tshape, r, params, 0, err)
 
 
@@ -346,9 +348,9 @@ def _conv_options(
     k = math.prod(kernel)
     if "svd" in forms:  # low rank over (out, in * kernel): a conv into r channels, then 1x1
         bounds = tt_rank_bounds(shape)
-        for r in _rank_grid(min(out_c, in_c * k)):
+        for r in rank_grid(min(out_c, in_c * k)):
             rank = (1, r, *bounds[2:])
-            params = _chain_params(shape, rank)
+            params = form_spec("tt", shape, rank).n_params
             err = _rel(svd_spectra.norm2, svd_spectra.discarded(shape, None, 1, r))
             yield Option("svd", None, rank, params, 0, err)
     if "tucker" in forms:  # Tucker-2: ranks on the channel modes, kernel modes full
@@ -363,12 +365,12 @@ def _conv_options(
             energy = spectra.discarded(shape, None, 1, ro) + spectra.discarded(
                 shape, (1, 0, *range(2, len(shape))), 1, ri
             )
-            params = math.prod(rank) + out_c * ro + in_c * ri + sum(s * s for s in kernel)
+            params = form_spec("tucker", shape, rank).n_params
             yield Option("tucker", None, rank, params, 0, _rel(spectra.norm2, energy))
     if "tt" in forms:
         for rank in _bond_ranks(shape):
             energy = sum(spectra.discarded(shape, None, j, rank[j]) for j in range(1, len(shape)))
-            params = _chain_params(shape, rank)
+            params = form_spec("tt", shape, rank).n_params
             yield Option("tt", None, rank, params, 0, _rel(spectra.norm2, energy))
     if "cp" in forms and weight.numel() <= CP_MAX_NUMEL:
         yield from _cp_options(site, weight, shape, None, spectra.norm2)
@@ -469,11 +471,11 @@ def candidates(
         the dense weight are dropped. Each has the FLOPs, bytes and order of its
         cheaper contraction order (:mod:`tfx.cost._flops`).
     """
-    align = _ALIGN.set(rank_alignment(weight))
+    align = RANK_ALIGN.set(rank_alignment(weight))
     try:
         return _candidates(site, weight, forms, stats, profile, keep)
     finally:
-        _ALIGN.reset(align)
+        RANK_ALIGN.reset(align)
 
 
 def _candidates(
@@ -511,7 +513,7 @@ def _candidates(
                     svd_spectra = Spectra(_whitened(stats.whitening(), matrix))
                 options += list(_svd_options(site, svd_spectra, rows, cols))
                 if keep is not None:
-                    keep["svd"] = (svd_spectra, rows, cols, _ALIGN.get())
+                    keep["svd"] = (svd_spectra, rows, cols, RANK_ALIGN.get())
             pairs = _tensorizations(site)
             tensorized = any(f in forms for f in ("tucker", "tt", "blocktt"))
             if (

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._choose import _penalty
+from ._choose import penalty
 from ._records import Option, SiteInfo
 
 __all__ = ["refine_svd_ranks", "svd_option", "SvdSpectrum"]
@@ -98,7 +98,7 @@ def refine_svd_ranks(
         ):
             return
         candidate = svd_option(spec, rank)
-        drop = _penalty(current, weights[i]) - _penalty(candidate, weights[i])
+        drop = penalty(current, weights[i]) - penalty(candidate, weights[i])
         if drop <= 0:
             return
         upgrades[i] = candidate

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._errors import OptionError, ShapeError, unknown_option
-from ..tensors._base import _size
+from ..tensors._base import as_size
 
 __all__ = [
     "as_shape",
@@ -29,7 +29,7 @@ def as_shape(value: Sequence[int] | int, name: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
     try:
-        shape = tuple(_size(v) for v in value)
+        shape = tuple(as_size(v) for v in value)
     except TypeError:
         raise ShapeError(f"{name}={value!r} must be a tuple of ints, e.g. (8, 8, 12).") from None
     if not shape or any(s < 1 for s in shape):

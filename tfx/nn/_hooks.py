@@ -46,7 +46,7 @@ from ..tensors import (
     TuckerTensor,
     TuckerTensorized,
 )
-from ..tensors._base import _lookup
+from ..tensors._base import lookup_form
 
 __all__ = [
     "TensorDropout",
@@ -690,13 +690,13 @@ def _form_class(name: str) -> type:
         raise OptionError(f"factorization={name!r} must be a name such as 'cp', 'tucker', 'tt'.")
     key = name.lower()
     if key.endswith("tensorized") and key != "tensorized":
-        return _lookup(
+        return lookup_form(
             TensorizedTensor._factorizations, key[: -len("tensorized")], "tensorized tensor"
         )
     if key.endswith("tensor") and key != "tensor":
         key = key[: -len("tensor")]
     known = {**FactorizedTensor._factorizations, **TensorizedTensor._factorizations}
-    return _lookup(known, key, "tensor")
+    return lookup_form(known, key, "tensor")
 
 
 def _lasso_class(form: type, name: str) -> type[TensorLasso]:

@@ -17,6 +17,7 @@ from ._contract import ContractionPlan, plan_einsum
 from ._cp import CPTensor, CPTensorized
 from ._dense import DenseTensor, DenseTensorized
 from ._init import block_tt_init, cp_init, tensor_init, tt_init, tucker_init
+from ._spec import FormSpec, form_spec
 from ._tt import TTTensor, TTTensorized
 from ._tucker import TuckerTensor, TuckerTensorized
 
@@ -50,4 +51,6 @@ __all__ = [
     "available",
     "ContractionPlan",
     "plan_einsum",
+    "FormSpec",
+    "form_spec",
 ]

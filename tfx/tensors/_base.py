@@ -36,7 +36,7 @@ __all__ = [
 _REGISTRY_HINT = "Add your own with tfx.tensors.register(name, cls)."
 
 
-def _lookup(
+def lookup_form(
     registry: dict[str, type[FactorizedTensor]], factorization: str, what: str
 ) -> type[FactorizedTensor]:
     if not isinstance(factorization, str):
@@ -101,7 +101,7 @@ class FactorizedTensor(nn.Module):
             factorization: the form's name, case-insensitive.
             **kwargs: ``device``, ``dtype`` and form-specific options.
         """
-        form = _lookup(cls._factorizations, factorization, "tensor")
+        form = lookup_form(cls._factorizations, factorization, "tensor")
         return form.new(shape, rank, **kwargs)
 
     @classmethod
@@ -128,7 +128,7 @@ class FactorizedTensor(nn.Module):
             ... ).rank
             (2, 3, 3)
         """
-        form = _lookup(cls._factorizations, factorization, "tensor")
+        form = lookup_form(cls._factorizations, factorization, "tensor")
         decomposition = kwargs.pop("decomposition", None)
         if decomposition is not None and decomposition is not False:
             from ._tensorly import decompose
@@ -350,7 +350,7 @@ class TensorizedTensor(FactorizedTensor):
             **kwargs: ``device``, ``dtype``.
         """
         form = cast(
-            "type[TensorizedTensor]", _lookup(cls._factorizations, factorization, "tensorized")
+            "type[TensorizedTensor]", lookup_form(cls._factorizations, factorization, "tensorized")
         )
         return form.new(tensorized_shape, rank, **kwargs)
 
@@ -369,7 +369,7 @@ class TensorizedTensor(FactorizedTensor):
         tensorly decomposition instead of tfx's, as in :meth:`FactorizedTensor.from_tensor`.
         """
         form = cast(
-            "type[TensorizedTensor]", _lookup(cls._factorizations, factorization, "tensorized")
+            "type[TensorizedTensor]", lookup_form(cls._factorizations, factorization, "tensorized")
         )
         decomposition = kwargs.pop("decomposition", None)
         if decomposition is not None and decomposition is not False:
@@ -472,7 +472,7 @@ def available(*, tensorized: bool = False) -> list[str]:
 # ------------------------------------------------------------------ shapes
 def _size_or_error(value: Any, tensorized_shape: Any) -> int:
     try:
-        return _size(value)
+        return as_size(value)
     except TypeError:
         raise ShapeError(
             f"tensorized_shape={tensorized_shape!r}: {value!r} is not an integer size.\n"
@@ -532,7 +532,7 @@ def matrix_shape_of(tensorized_shape: Sequence[Any]) -> tuple[int, ...]:
     return tuple(math.prod(e) if isinstance(e, tuple) else e for e in tensorized_shape)
 
 
-def _size(value: Any) -> int:
+def as_size(value: Any) -> int:
     """An integer size: ints and integer scalars (numpy, torch) only; never truncates floats."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{value!r} is not an integer")
@@ -542,7 +542,7 @@ def _size(value: Any) -> int:
 def check_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
     """Validate a plain tensor shape and return it as a tuple of ints."""
     try:
-        out = tuple(_size(s) for s in shape)
+        out = tuple(as_size(s) for s in shape)
     except (TypeError, ValueError):
         raise ShapeError(f"{what}: shape={shape!r} is not a sequence of ints.") from None
     if not out or any(s < 1 for s in out):

@@ -11,7 +11,6 @@ same length works, not only rows and columns.
 from __future__ import annotations
 
 import math
-import string
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from ._base import (
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
+from ._spec import form_spec
 from ._tt import tt_init_std
 
 if TYPE_CHECKING:
@@ -65,15 +65,6 @@ def _split(
 def _what(tensorized_shape: tuple[Any, ...]) -> str:
     sizes = BlockTT._core_sizes(_split(tensorized_shape)[1])
     return f"BlockTT of tensorized shape {tensorized_shape} (cores of merged sizes {sizes})"
-
-
-def _equation(n_batch: int, n_entries: int, d: int) -> str:
-    letters = iter(string.ascii_letters)
-    batch = "".join(next(letters) for _ in range(n_batch))
-    bonds = [next(letters) for _ in range(d + 1)]
-    modes = [[next(letters) for _ in range(d)] for _ in range(n_entries)]
-    terms = [batch + bonds[k] + "".join(m[k] for m in modes) + bonds[k + 1] for k in range(d)]
-    return ",".join(terms) + "->" + batch + "".join("".join(m) for m in modes)
 
 
 class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
@@ -113,10 +104,8 @@ class BlockTT(Storage, TensorizedTensor, name="BlockTT"):
 
     def _build(self) -> None:
         self.order = len(self.tensor_shape)
-        d = len(self.entries[0])
-        b, r = self.batch_shape, self.rank
-        shapes = [(*b, r[k], *(e[k] for e in self.entries), r[k + 1]) for k in range(d)]
-        self._plan = plan_einsum(_equation(len(b), len(self.entries), d), *shapes)
+        spec = form_spec("blocktt", self.entries, self.rank, batch=self.batch_shape)
+        self._plan = plan_einsum(spec.equation, *spec.operand_shapes)
 
     @staticmethod
     def _core_sizes(entries: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import string
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from ._base import (
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
+from ._spec import form_spec
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -34,15 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["CPTensor", "CPTensorized"]
 
 logger = logging.getLogger(__name__)
-
-
-def _cp_equation(order: int) -> str:
-    # The weights are an operand of their own: the planner applies them where the
-    # intermediate is smallest (folding them into a factor would cost a multiply of a
-    # whole factor on every call).
-    letters = string.ascii_letters.replace("z", "")
-    modes = letters[:order]
-    return "z," + ",".join(f"{m}z" for m in modes) + "->" + modes
 
 
 def _cp_decompose(
@@ -92,8 +83,8 @@ class CPTensor(Storage, FactorizedTensor, name="CP"):
 
     def _build(self) -> None:
         self.order = len(self._mode_sizes())
-        shapes = [(self.rank,), *((s, self.rank) for s in self._mode_sizes())]
-        self._plan = plan_einsum(_cp_equation(self.order), *shapes)
+        spec = form_spec("cp", self._mode_sizes(), self.rank)
+        self._plan = plan_einsum(spec.equation, *spec.operand_shapes)
 
     def _mode_sizes(self) -> tuple[int, ...]:
         return self.shape

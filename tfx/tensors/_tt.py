@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import string
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,22 +25,12 @@ from ._base import (
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
+from ._spec import form_spec, tt_equation
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["TTTensor", "TTTensorized", "tt_equation", "tt_init_std"]
-
-
-def tt_equation(order: int) -> str:
-    """Equation of a TT reconstruction with squeezed boundary cores, e.g. ``'Ab,bBc,cC->ABC'``."""
-    modes, bonds = string.ascii_uppercase[:order], string.ascii_lowercase[: order + 1]
-    if order == 1:
-        return "A->A"
-    terms = [f"{modes[0]}{bonds[1]}"]
-    terms += [f"{bonds[k]}{modes[k]}{bonds[k + 1]}" for k in range(1, order - 1)]
-    terms.append(f"{bonds[order - 1]}{modes[order - 1]}")
-    return ",".join(terms) + "->" + modes
 
 
 def tt_init_std(std: float, rank: Sequence[int]) -> float:
@@ -114,14 +103,8 @@ class TTTensor(Storage, FactorizedTensor, name="TT"):
 
     def _build(self) -> None:
         self.order = len(self.shape)
-        n, r = self.shape, self.rank
-        if self.order == 1:
-            shapes: list[tuple[int, ...]] = [(n[0],)]
-        else:
-            shapes = [(n[0], r[1])]
-            shapes += [(r[k], n[k], r[k + 1]) for k in range(1, self.order - 1)]
-            shapes.append((r[-2], n[-1]))
-        self._plan = plan_einsum(tt_equation(self.order), *shapes)
+        spec = form_spec("tt", self.shape, self.rank)
+        self._plan = plan_einsum(spec.equation, *spec.operand_shapes)
 
     @classmethod
     def new(  # type: ignore[override]

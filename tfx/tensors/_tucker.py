@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import string
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,20 +26,12 @@ from ._base import (
 from ._contract import plan_einsum
 from ._factor_list import FactorList
 from ._forms_common import Storage
+from ._spec import form_spec
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["TuckerTensor", "TuckerTensorized"]
-
-_LETTERS = string.ascii_letters
-
-
-def _tucker_equation(order: int) -> str:
-    ranks, modes = _LETTERS[:order], _LETTERS[order : 2 * order]
-    return (
-        ranks + "," + ",".join(f"{m}{r}" for m, r in zip(modes, ranks, strict=False)) + "->" + modes
-    )
 
 
 def _padded_hosvd(
@@ -124,9 +115,8 @@ class TuckerTensor(Storage, FactorizedTensor, name="Tucker"):
     def _build(self) -> None:
         sizes = self._mode_sizes()
         self.order = len(sizes)
-        self._plan = plan_einsum(
-            _tucker_equation(self.order), self.rank, *zip(sizes, self.rank, strict=False)
-        )
+        spec = form_spec("tucker", sizes, self.rank)
+        self._plan = plan_einsum(spec.equation, *spec.operand_shapes)
 
     @classmethod
     def new(  # type: ignore[override]
