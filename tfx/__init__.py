@@ -33,11 +33,13 @@ from ._backend import backend
 from ._distill import distill
 from ._errors import (
     BudgetError,
+    ContractError,
     DistributedError,
     OptionError,
     PlanMismatchError,
     RankError,
     ShapeError,
+    SiteError,
     TensorError,
     TfxError,
     TfxWarning,
@@ -170,5 +172,7 @@ __all__ = [
     "PlanMismatchError",
     "TensorError",
     "DistributedError",
+    "SiteError",
+    "ContractError",
     "TfxWarning",
 ]

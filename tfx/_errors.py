@@ -12,7 +12,9 @@ exception, so existing ``except ValueError`` blocks keep working::
     ├─ OptionError(TfxError, ValueError)         unknown factorization/strategy name or keyword
     ├─ TensorError(TfxError, ValueError)         values tfx cannot factorize (int dtype, NaN/Inf)
     ├─ PlanMismatchError(TfxError, RuntimeError) plan does not fit this graph
-    └─ DistributedError(TfxError, RuntimeError)  a rank failed (distributed=): every rank raises
+    ├─ DistributedError(TfxError, RuntimeError)  a rank failed (distributed=): every rank raises
+    ├─ SiteError(TfxError, RuntimeError)         another error while a pass worked on one site
+    └─ ContractError(TfxError, RuntimeError)     a pass's requires/ensures broken (a tfx bug)
     TfxWarning(UserWarning)
 
 Messages say what failed (quoting the user's value), why (with the computed
@@ -35,6 +37,8 @@ __all__ = [
     "PlanMismatchError",
     "TensorError",
     "DistributedError",
+    "SiteError",
+    "ContractError",
     "TfxWarning",
     "unknown_option",
 ]
@@ -87,6 +91,23 @@ class DistributedError(TfxError, RuntimeError):
     """
 
     rank: int | None = None
+
+
+class SiteError(TfxError, RuntimeError):
+    """An error that is not tfx's own, raised while a pass worked on one site.
+
+    The message names the site (and its choice); the original error is chained as
+    ``__cause__``. A :class:`~tfx.TfxError` raised there keeps its class instead.
+    """
+
+    site: str | None = None
+
+
+class ContractError(TfxError, RuntimeError):
+    """A pass's ``requires`` or ``ensures`` does not hold: a bug in tfx (please report it).
+
+    E.g. a pass read what an earlier pass sets, and that pass has not run.
+    """
 
 
 class TfxWarning(UserWarning):

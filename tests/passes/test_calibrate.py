@@ -164,7 +164,7 @@ def test_whitened_site_has_the_chosen_structure() -> None:
         site = next(s for s in find_sites(captured.gm, path=captured.path) if s.name == "layer")
         stats = collect_statistics(captured.gm, [site], batches)["layer"]
         choice = the_plan.choice("layer")
-        target = whitened_site(site, choice, stats).weight
+        target = _target(whitened_site(site, choice, stats))
         from tfx.passes import build_layer
 
         layer = build_layer(dataclass_replace(site, target), choice)
@@ -183,7 +183,15 @@ def test_whitened_site_has_the_chosen_structure() -> None:
 def dataclass_replace(site, weight):  # noqa: ANN001, ANN201 - test helper
     import dataclasses
 
-    return dataclasses.replace(site, weight=weight)
+    return dataclasses.replace(site, weight=weight, svd=None)
+
+
+def _target(site) -> torch.Tensor:  # noqa: ANN001 - test helper
+    """The output-aware weight a whitened site stands for (its SVD's product, if it has one)."""
+    if site.svd is None:
+        return site.weight
+    u, s, vh = site.svd
+    return (u * s) @ vh
 
 
 def test_calibration_on_the_export_path_and_other_sequence_lengths() -> None:
@@ -516,7 +524,7 @@ def test_whitened_svd_target_is_the_whitened_truncation_mapped_back(rank: int) -
     scales = torch.logspace(0, -2, 300, dtype=torch.float64)
     stats = InputStats(300)
     stats.update(torch.randn(1200, 300, dtype=torch.float64, generator=gen) * scales)
-    target = whitened_site(_linear_site(weight), _choice(rank, (320, 300)), stats).weight
+    target = _target(whitened_site(_linear_site(weight), _choice(rank, (320, 300)), stats))
     cov = stats.covariance()
     damped = cov + 1e-2 * cov.diagonal().mean() * torch.eye(300, dtype=torch.float64)
     values, vectors = torch.linalg.eigh(damped)
@@ -526,27 +534,29 @@ def test_whitened_svd_target_is_the_whitened_truncation_mapped_back(rank: int) -
     torch.testing.assert_close(target, expected, rtol=1e-9, atol=1e-10)
 
 
-def test_building_a_whitened_svd_layer_reuses_its_svd(monkeypatch) -> None:  # noqa: ANN001
-    """build_layer decomposes the output-aware weight at the rank it was made at: it takes the
-    SVD whitened_site remembered instead of decomposing again, and rebuilds the weight."""
+@pytest.mark.parametrize("shape", [(96, 80), (80, 96)], ids=["tall", "wide"])
+def test_a_whitened_svd_layer_is_built_from_its_svd(monkeypatch, shape) -> None:  # noqa: ANN001
+    """The layer of a calibrated low-rank site holds whitened_site's SVD as its factors: no
+    second decomposition, no dense target, and its weight is the output-aware truncation."""
     from tfx.cost._whiten import InputStats
     from tfx.passes._decompose import decompose
     from tfx.tensors import _decompose
 
-    hits = []
-    real = _decompose._known_svd
+    calls = []
+    real = _decompose.truncated_svd
 
-    def spy(matrix: torch.Tensor, rank: int):  # noqa: ANN202
-        found = real(matrix, rank)
-        hits.append(found is not None)
-        return found
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(_decompose, "_known_svd", spy)
-    weight = torch.randn(96, 80)
-    stats = InputStats(80)
-    stats.update(torch.randn(400, 80) * torch.logspace(0, -2, 80))
+    monkeypatch.setattr(_decompose, "truncated_svd", spy)
+    out, n_in = shape
+    weight = torch.randn(out, n_in)
+    stats = InputStats(n_in)
+    stats.update(torch.randn(400, n_in) * torch.logspace(0, -2, n_in))
     site = _linear_site(weight)
-    layer = decompose(site, _choice(60), stats)
-    assert hits == [True]
-    target = whitened_site(site, _choice(60), stats).weight
-    torch.testing.assert_close(layer(torch.eye(80)).T, target, rtol=1e-5, atol=1e-5)
+    layer = decompose(site, _choice(60, shape), stats)
+    assert calls == []
+    whitened = whitened_site(site, _choice(60, shape), stats)
+    assert whitened.svd is not None and whitened.weight is site.weight
+    torch.testing.assert_close(layer(torch.eye(n_in)).T, _target(whitened), rtol=1e-5, atol=1e-5)

@@ -21,7 +21,6 @@ from tfx.tensors._decompose import (
     cp_als,
     hosvd,
     leading_subspace,
-    remember_svd,
     singular_values,
     svd_of_product,
     truncated_svd,
@@ -548,7 +547,7 @@ def test_cp_als_raises_on_vector() -> None:
         cp_als(torch.randn(5), 1)
 
 
-# --------------------------------------------------------------------------- known SVDs, Gram
+# --------------------------------------------------------------------------- SVD of a product, Gram
 def test_svd_of_product_is_the_svd_of_the_product() -> None:
     u, _ = torch.linalg.qr(torch.randn(60, 8, dtype=F64))
     s = torch.linspace(3.0, 0.5, 8, dtype=F64)
@@ -590,39 +589,3 @@ def test_leading_subspace_is_exact_at_small_ranks_and_rotation_invariant() -> No
 def test_leading_subspace_raises_on_bad_rank() -> None:
     with pytest.raises(RankError, match=r"leading_subspace\(matrix, 5\)"):
         leading_subspace(torch.randn(5, 7), 6)
-
-
-def test_remembered_svd_is_returned_for_the_matrix_and_its_views() -> None:
-    u, _ = torch.linalg.qr(torch.randn(50, 6, dtype=F64))
-    vh = torch.linalg.qr(torch.randn(40, 6, dtype=F64))[0].T
-    s = torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0], dtype=F64)
-    matrix = ((u * s) @ vh).float()
-    remember_svd(matrix, u, s, vh)
-    view = matrix.detach().reshape(50, 40)
-    got_u, got_s, got_vh = truncated_svd(view, 4)
-    assert got_u.dtype == torch.float32 and got_s.shape == (4,)
-    ref = truncated_svd(matrix.double(), 4, method="exact")  # a float64 copy: not remembered
-    for x, y in zip((got_u, got_s, got_vh), ref, strict=True):
-        assert_close(x.double(), y, rtol=1e-6, atol=1e-6)
-
-
-def test_remembered_svd_is_forgotten_when_the_matrix_changes_or_dies() -> None:
-    import gc
-
-    from tfx.tensors import _decompose
-
-    u, _ = torch.linalg.qr(torch.randn(30, 3, dtype=F64))
-    vh = torch.linalg.qr(torch.randn(20, 3, dtype=F64))[0].T
-    s = torch.tensor([3.0, 2.0, 1.0], dtype=F64)
-    matrix = (u * s) @ vh
-    remember_svd(matrix, u, s, vh)
-    assert _decompose._known_svd(matrix, 3) is not None
-    assert _decompose._known_svd(matrix, 4) is None  # above the remembered rank
-    matrix.mul_(2.0)
-    assert _decompose._known_svd(matrix, 3) is None  # changed in place
-    assert_close(truncated_svd(matrix, 3)[1], 2 * s)
-    remember_svd(matrix, u, 2 * s, vh)
-    key = _decompose._layout(matrix)
-    del matrix
-    gc.collect()
-    assert key not in _decompose._KNOWN

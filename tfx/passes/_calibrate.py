@@ -473,44 +473,125 @@ def measure_sensitivity(
     return out
 
 
-def whitened_site(site: Site, choice: Any, stats: InputStats | None) -> Site:
+#: Rows of a weight processed at once by the calibrated low-rank decompositions of tall
+#: weights (vocabulary tables, heads): their float64 work stays a few rows x in_features.
+_CHUNK_ROWS = 4096
+
+
+def _gram_of_rows(weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``W^T D^2 W`` (``D = diag(rows)``, or ``W^T W``), float64, accumulated a chunk at a time.
+
+    In float32 where the product is large, as :func:`~tfx.tensors._decompose.leading_subspace`
+    does; never a full-size copy of ``weight``.
+    """
+    from ..tensors._decompose import gram_dtype
+
+    m, n = weight.shape
+    dtype = gram_dtype(weight.dtype, m, n)
+    total = torch.zeros(n, n, dtype=dtype, device=weight.device)
+    for start in range(0, m, _CHUNK_ROWS):
+        chunk = weight[start : start + _CHUNK_ROWS].to(dtype)
+        if rows is not None:
+            chunk = chunk * rows[start : start + _CHUNK_ROWS, None].to(chunk.device, dtype)
+        total.addmm_(chunk.mT, chunk)
+    return total.double()
+
+
+def _top_eigenvectors(gram: torch.Tensor, rank: int) -> torch.Tensor:
+    """The leading ``rank`` eigenvectors of a symmetric float64 matrix, largest first."""
+    from ..cost._whiten import small_eig
+
+    vectors = small_eig(torch.linalg.eigh, gram).eigenvectors
+    return vectors[:, -rank:].flip(-1)
+
+
+def _rows_times(weight: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``W @ right`` a chunk of rows at a time, in ``right``'s dtype."""
+    return torch.cat(
+        [
+            weight[start : start + _CHUNK_ROWS].to(right.dtype) @ right
+            for start in range(0, weight.shape[0], _CHUNK_ROWS)
+        ]
+    )
+
+
+def _tall_low_rank(
+    weight: torch.Tensor, rank: int, whitening: Any = None, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The SVD of a tall weight's best rank-``rank`` approximation for its calibration data.
+
+    ``whitening`` (a column transform ``L``, ``C = L L^T`` the input moment): the
+    approximation ``U U^T W`` with ``U`` the leading left subspace of ``W L``. ``rows`` (row
+    weights ``D``, an embedding's lookup frequencies): ``D^-1 [D W]_r = W V V^T`` with ``V``
+    the leading right subspace of ``D W``. Both subspaces come from the ``n x n`` Gram
+    matrix (``L^T W^T W L`` or ``W^T D^2 W``), so the work is a few passes over ``W``'s rows
+    and nothing ``m x n`` is formed beside ``W`` itself: the peak is ``W`` plus ``m x rank``.
+    """
+    from ..tensors._decompose import gram_dtype, svd_of_product
+
+    gram = _gram_of_rows(weight, rows)
+    if whitening is not None:  # L^T (W^T W) L = ((W^T W L)^T L)
+        gram = whitening.apply(whitening.apply(gram).mT)
+    basis = _top_eigenvectors(gram, rank)  # n x r: right singular vectors
+    if whitening is not None:  # L V: W L V spans the left subspace
+        root = whitening.sqrt[0].to(basis.device, torch.float64)
+        basis = root[:, None] * basis if whitening.diagonal else root @ basis
+    left = _rows_times(weight, basis.to(gram_dtype(weight.dtype, *weight.shape)))
+    q, r = torch.linalg.qr(left)
+    if whitening is None:  # W V V^T = Q (R V^T)
+        right = r.double() @ basis.mT
+    else:  # Q Q^T W, Q^T W a chunk of rows at a time
+        right = torch.zeros(rank, weight.shape[1], dtype=torch.float64, device=weight.device)
+        for start in range(0, weight.shape[0], _CHUNK_ROWS):
+            block = slice(start, start + _CHUNK_ROWS)
+            right.addmm_(q[block].mT.double(), weight[block].double())
+    # In the products' precision (float32 for large float32 weights): no m x r float64 copy.
+    u, s, vh = svd_of_product(q, torch.ones_like(q[0]), right.to(q.dtype))
+    return u.to(weight.dtype), s.to(weight.dtype), vh.to(weight.dtype)
+
+
+def whitened_site(site: Site, choice: Any, stats: InputStats | RowCounts | None) -> Site:
     """``site`` with its weight replaced by the chosen form's best approximation *for the output*.
 
     The weight is whitened by the input statistics (fully for ``'svd'``, Kronecker-factored
     over the column modes for Tucker / TT / BlockTT), decomposed at the chosen rank, and
     mapped back. The result has exactly the chosen structure, so :func:`build_layer`'s
     decomposition of it at the same rank reproduces it (to float rounding). CP, padded
-    sites, embeddings and sites without statistics are returned unchanged. A low-rank
-    result's own SVD comes from the whitened one
-    (:func:`~tfx.tensors._decompose.svd_of_product`) and is remembered, so building the layer
-    does not decompose it again.
+    sites and sites without statistics are returned unchanged. A low-rank (``'svd'``)
+    linear or embedding result is returned as its SVD (``Site.svd``), which the layer is
+    built from: no dense target is formed, and for tall weights (vocabulary tables and
+    heads) nothing of the weight's size beside the weight itself (:func:`_tall_low_rank`).
     """
     from ..tensors import FactorizedTensor, TensorizedTensor
-    from ..tensors._decompose import leading_subspace, remember_svd, svd_of_product
+    from ..tensors._decompose import leading_subspace, svd_of_product
 
     if stats is not None and site.info.kind == "embedding" and choice.form == "svd":
-        scaled = stats.apply(site.weight.double())
-        u = leading_subspace(scaled, int(choice.rank))
-        # [D W]_r mapped back: D^-1 U (U^T D W) = Q (R U^T D W) with D^-1 U = Q R, as an SVD.
-        q, r = torch.linalg.qr(stats.undo(u))
-        u, s, vh = svd_of_product(q, torch.ones_like(u[0]), r @ (u.mT @ scaled))
-        target = ((u * s) @ vh).to(site.weight.dtype)
-        remember_svd(target, u, s, vh)
-        return dataclasses.replace(site, weight=target)
+        assert isinstance(stats, RowCounts)
+        weight = site.weight.detach()
+        return dataclasses.replace(
+            site, svd=_tall_low_rank(weight, int(choice.rank), rows=stats.scales())
+        )
     if stats is None or choice.form in ("dense", "cp") or site.info.kind not in ("linear", "conv"):
         return site
     weight = site.weight
     flat = weight.reshape(weight.shape[0], -1)
     work = flat.double()
     if choice.form == "svd":
+        assert isinstance(stats, InputStats)
         whitening = stats.whitening()
         rank = int(choice.rank if site.info.kind == "linear" else choice.rank[1])
+        if site.info.kind == "linear" and flat.shape[0] > flat.shape[1]:
+            return dataclasses.replace(
+                site, svd=_tall_low_rank(flat.detach(), rank, whitening=whitening)
+            )
         u = leading_subspace(whitening.apply(work), rank)
         # [W L]_r L^-1 = U U^T W L L^-1 = U (U^T W), as an SVD: no solve with L needed.
         u, s, vh = svd_of_product(u, torch.ones_like(u[0]), u.mT @ work)
+        if site.info.kind == "linear":  # built from this SVD (a conv's goes by TT-SVD)
+            return dataclasses.replace(
+                site, svd=(u.to(weight.dtype), s.to(weight.dtype), vh.to(weight.dtype))
+            )
         target = ((u * s) @ vh).to(weight.dtype)
-        if site.info.kind == "linear":  # build_layer takes this SVD (a conv's goes by TT-SVD)
-            remember_svd(target, u, s, vh)
         return dataclasses.replace(site, weight=target.reshape(weight.shape))
     else:
         if not stats.full:

@@ -26,7 +26,7 @@ from torch import nn
 from ..cost._records import Choice
 from ..nn import FactorizedConv, FactorizedEmbedding, FactorizedLinear
 from ..nn._common import set_bias
-from ..tensors import FactorizedTensor, TensorizedTensor
+from ..tensors import CPTensorized, FactorizedTensor, TensorizedTensor
 from ._match import Site
 from ._pass import site_context
 
@@ -50,6 +50,15 @@ def _tensorized(site: Site, choice: Choice, **kwargs: Any) -> TensorizedTensor:
     rows, cols = choice.tensorized_shape
     weight = site.weight
     n_rows, n_cols = math.prod(rows), math.prod(cols)
+    if site.svd is not None and choice.form == "svd" and (n_rows, n_cols) == tuple(weight.shape):
+        # The calibrated decomposition's SVD (a CP of the matrix): used as it is.
+        u, s, vh = site.svd
+        return CPTensorized(
+            nn.Parameter(s.detach().contiguous()),
+            [nn.Parameter(u.detach().contiguous()), nn.Parameter(vh.detach().mT.contiguous())],
+            (rows, cols),
+            s.shape[0],
+        )
     if (n_rows, n_cols) != tuple(weight.shape):  # padded with zero rows/columns by the cost model
         weight = F.pad(weight, (0, n_cols - weight.shape[1], 0, n_rows - weight.shape[0]))
     return TensorizedTensor.from_matrix(

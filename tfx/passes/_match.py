@@ -62,6 +62,8 @@ class Site:
         held_params: for a layer that is already factorized (a ``tfx.nn`` layer, re-planned
             from its reconstruction ``weight``): the parameters its factors hold now; None
             for a dense layer (it holds ``info.dense_params``).
+        svd: ``(u, s, vh)``, the low-rank weight to build instead of decomposing ``weight``
+            (set by the calibrated decomposition: no dense ``out x in`` target is formed).
     """
 
     info: SiteInfo
@@ -73,6 +75,7 @@ class Site:
     conv: dict[str, Any] = dataclasses.field(default_factory=dict)
     padding_idx: int | None = None
     held_params: int | None = None
+    svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def name(self) -> str:

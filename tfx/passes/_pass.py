@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from .._errors import TfxError
+from .._errors import ContractError, SiteError, TfxError
 
 __all__ = [
     "Compilation",
@@ -32,23 +32,6 @@ __all__ = [
     "describe",
     "site_context",
 ]
-
-
-class SiteError(TfxError, RuntimeError):
-    """An error that is not tfx's own, raised while a pass worked on one site.
-
-    The message names the site (and its choice); the original error is chained as
-    ``__cause__``. A :class:`~tfx.TfxError` raised there keeps its class instead.
-    """
-
-    site: str | None = None
-
-
-class ContractError(TfxError, RuntimeError):
-    """A pass's ``requires`` or ``ensures`` does not hold: a bug in tfx (please report it).
-
-    E.g. a pass read what an earlier pass sets, and that pass has not run.
-    """
 
 
 def describe(site: Any, choice: Any = None) -> str:

@@ -26,7 +26,6 @@ import logging
 import math
 import numbers
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
@@ -37,9 +36,9 @@ from .._errors import OptionError, RankError, ShapeError, unknown_option
 
 __all__ = [
     "truncated_svd",
-    "remember_svd",
     "svd_of_product",
     "leading_subspace",
+    "gram_dtype",
     "singular_values",
     "hosvd",
     "tt_svd",
@@ -273,11 +272,19 @@ def _serial(fn: Callable[[Tensor], Any], matrix: Tensor) -> Any:
         torch.set_num_threads(threads)
 
 
+def gram_dtype(dtype: torch.dtype, m: int, n: int) -> torch.dtype:
+    """The dtype the Gram matrix of an ``m x n`` matrix of ``dtype`` is summed in.
+
+    float64 while it costs at most ``2**26`` multiply-adds, else the matrix's own precision
+    (at least float32): the rule :func:`leading_subspace` follows.
+    """
+    return _work_dtype(dtype, min(m, n) ** 2 * max(m, n) <= _GRAM_F64_MACS)
+
+
 def _gram_basis(a: Tensor, r: int) -> Tensor:
     """Leading ``r`` left singular vectors of ``a`` from the Gram matrix of its smaller side."""
     m, n = a.shape
-    small = min(m, n) ** 2 * max(m, n) <= _GRAM_F64_MACS
-    b = a.to(_work_dtype(a.dtype, small))
+    b = a.to(gram_dtype(a.dtype, m, n))
     gram = b @ b.mH if m <= n else b.mH @ b
     vecs: Tensor = _serial(torch.linalg.eigh, gram.to(_work_dtype(a.dtype, True))).eigenvectors
     top = vecs[:, -r:].flip(-1)
@@ -342,57 +349,6 @@ def leading_subspace(matrix: Tensor, rank: int) -> Tensor:
         return truncated_svd(matrix, rank)[0]
     a = matrix.detach().to(_work_dtype(matrix.dtype, True))
     return _gram_basis(a, rank).to(matrix.dtype)
-
-
-# --------------------------------------------------------------------------- known SVDs
-# SVDs computed by whoever made a matrix (the calibrated decomposition makes a rank-r weight
-# from its own SVD; building the layer then asks for that SVD again). Keyed by the storage and
-# layout of the matrix, and valid while it lives (a weak reference: a freed storage's address
-# may be reused) and is unchanged (its version counter, shared by its views).
-_KNOWN: dict[tuple[object, ...], tuple[int, tuple[Tensor, Tensor, Tensor]]] = {}
-_KNOWN_REFS: dict[tuple[object, ...], weakref.ref[Tensor]] = {}
-
-
-def _layout(matrix: Tensor) -> tuple[object, ...]:
-    return (
-        matrix.untyped_storage().data_ptr(),
-        matrix.storage_offset(),
-        tuple(matrix.shape),
-        tuple(matrix.stride()),
-        matrix.dtype,
-        matrix.device,
-    )
-
-
-def remember_svd(matrix: Tensor, u: Tensor, s: Tensor, vh: Tensor) -> None:
-    """Record ``matrix == u @ diag(s) @ vh``, an exact SVD of a matrix of rank ``len(s)``.
-
-    :func:`truncated_svd` of ``matrix`` (or of a view with its layout) at a rank up to
-    ``len(s)`` then returns it (cast to the matrix's dtype) instead of decomposing again. It is
-    forgotten when ``matrix`` is freed or changed in place.
-    """
-    key = _layout(matrix)
-
-    def forget(_: object, key: tuple[object, ...] = key) -> None:
-        _KNOWN.pop(key, None)
-        _KNOWN_REFS.pop(key, None)
-
-    phase = _phase(u)  # the sign convention of truncated_svd
-    _KNOWN[key] = (matrix._version, (u * phase.conj(), s.detach(), vh * phase.mT))
-    _KNOWN_REFS[key] = weakref.ref(matrix, forget)
-
-
-def _known_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor] | None:
-    if not _KNOWN or matrix.ndim != 2:
-        return None
-    key = _layout(matrix)
-    entry, ref = _KNOWN.get(key), _KNOWN_REFS.get(key)
-    if entry is None or ref is None or ref() is None or entry[0] != matrix._version:
-        return None
-    u, s, vh = entry[1]
-    if rank > s.shape[0]:
-        return None
-    return u[:, :rank], s[:rank], vh[:rank]
 
 
 def svd_of_product(u: Tensor, s: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -466,10 +422,6 @@ def truncated_svd(
         raise OptionError(
             _MSG_OPTION.format(name=value[0], value=value[1], why="it must be >= 0", fix=fix)
         )
-    known = _known_svd(matrix, rank) if method == "auto" else None
-    if known is not None:
-        u, s, vh = known
-        return u.to(matrix.dtype), s.to(_real_dtype(matrix.dtype)), vh.to(matrix.dtype)
     width = min(rank + oversamples, k)
     exact = method == "exact" or (method == "auto" and _prefer_exact(m, n, width))
     a = matrix.detach().to(_work_dtype(matrix.dtype, exact and m * n * k <= _SVD_F64_FLOPS))
