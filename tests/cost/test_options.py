@@ -322,3 +322,44 @@ def test_spectra_from_partial_traces_match_each_unfolding(
         got = spectra.tails(shape, perm, split)
         assert got[: len(expected)] == pytest.approx(expected, rel=1e-9, abs=1e-9)
     assert spectra._sides  # the partial-trace route was taken
+
+
+# --------------------------------------------------------------------------- spectra without copies
+def test_tall_whitened_and_row_weighted_spectra_come_from_the_gram_exactly() -> None:
+    """A tall weight's whitened (or row-weighted) low-rank spectrum, taken from its n x n Gram,
+    equals the one measured on a whitened copy of the weight (float64: to rounding)."""
+    from tfx.cost._options import Spectra, _row_weighted_spectra, _whitened_spectra
+    from tfx.cost._whiten import InputStats, RowCounts
+
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(90, 24, dtype=torch.float64, generator=gen)
+    stats = InputStats(24)
+    stats.update(torch.randn(200, 24, dtype=torch.float64, generator=gen) * torch.arange(1, 25))
+    whitening = stats.whitening()
+    got = _whitened_spectra(whitening, w)
+    want = Spectra(whitening.apply(w))
+    assert got.tails((90, 24), None, 1) == pytest.approx(want.tails((90, 24), None, 1), rel=1e-9)
+    assert got.norm2 == pytest.approx(want.norm2, rel=1e-12)
+    counts = RowCounts(90)
+    counts.update(torch.randint(0, 30, (500,), generator=gen))
+    got = _row_weighted_spectra(counts, w)
+    want = Spectra(counts.apply(w))
+    assert got.tails((90, 24), None, 1) == pytest.approx(want.tails((90, 24), None, 1), rel=1e-9)
+    with pytest.raises(RuntimeError, match="energies only"):
+        got.tails((90, 4, 6), None, 2)  # another unfolding: needs the weight
+
+
+def test_spectra_kept_for_refinement_hold_no_weight() -> None:
+    """candidates(keep=) hands on spectra whose energies answer every svd rank, and no tensor
+    of the weight's size: a plan does not keep a copy of each weight alive."""
+    from tfx.cost._refine import svd_option
+
+    site = SiteInfo("fc", "linear", (64, 48), tokens=8)
+    keep: dict = {}
+    options = candidates(site, torch.randn(64, 48), ("svd",), keep=keep)
+    spectra = keep["svd"][0]
+    assert spectra._weight is None and spectra._sides == {}
+    low_rank = [o for o in options if o.form == "svd"]
+    assert low_rank
+    for option in low_rank:
+        assert svd_option(keep["svd"], option.rank).error == pytest.approx(option.error)

@@ -26,7 +26,7 @@ from ..utils import balanced_tensorization, get_tensorized_shape
 from ._device import DeviceProfile
 from ._flops import price, price_all
 from ._records import Option, SiteInfo
-from ._whiten import InputStats, small_eig
+from ._whiten import InputStats, gram_of_rows, small_eig
 
 __all__ = [
     "FORMS",
@@ -97,14 +97,47 @@ class Spectra:
     def __init__(self, weight: torch.Tensor) -> None:
         # Energies for rank selection need no float64: the Gram products run in float32
         # (small weights in float64, where it costs nothing).
-        self.weight = weight.detach().to(
+        self._weight: torch.Tensor | None = weight.detach().to(
             torch.float32 if weight.numel() > _SPECTRA_F64_NUMEL else torch.float64
         )
         # The squared norm in float64 without a float64 copy of the weight (3x faster on a
         # vocabulary-sized table).
-        self.norm2 = float(torch.linalg.vector_norm(self.weight, dtype=torch.float64)) ** 2
+        self.norm2 = float(torch.linalg.vector_norm(self._weight, dtype=torch.float64)) ** 2
         self._cache: dict[Any, list[float]] = {}
         self._sides: dict[bool, torch.Tensor] = {}  # whole-side Grams, by "is the row side"
+
+    @classmethod
+    def from_gram(cls, gram: torch.Tensor, rows: int) -> Spectra:
+        """The spectrum of a tall ``rows x n`` matrix known by its ``n x n`` Gram only.
+
+        Only its low-rank unfolding (``tails(shape, None, 1)`` for ``rows`` rows) is
+        available: what the ``"svd"`` candidates of a whitened or row-weighted weight need,
+        without a weight-sized whitened copy.
+        """
+        self = cls.__new__(cls)
+        self._weight, self._sides = None, {}
+        self.norm2 = float(gram.diagonal().double().sum())
+        self._cache = {("flat", rows): _energies(gram)}
+        return self
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The tensor whose unfoldings are measured (gone after :meth:`release`)."""
+        if self._weight is None:
+            raise RuntimeError(
+                "these spectra keep energies only (made from a Gram matrix, or released): "
+                "an unfolding that was not measured before cannot be measured now"
+            )
+        return self._weight
+
+    def release(self) -> None:
+        """Drop the weight and whole-side Grams; the energies measured so far stay.
+
+        Called on the spectra kept for rank refinement, so that a plan does not hold a
+        (whitened) copy of every weight.
+        """
+        self._weight = None
+        self._sides = {}
 
     def tails(
         self, shape: tuple[int, ...], perm: tuple[int, ...] | None, split: int
@@ -126,10 +159,7 @@ class Spectra:
                 if matrix.shape[0] > matrix.shape[1]:
                     matrix = matrix.T
                 gram = matrix @ matrix.T
-            gram = gram.double() if gram.shape[0] <= 256 else gram.float()  # energies need no more
-            s2 = small_eig(torch.linalg.eigvalsh, gram, limit=4096).double().flip(0).clamp(min=0)
-            energy = s2.flip(0).cumsum(0).flip(0).tolist()  # energy[i] = sum_{j>=i} s_j^2
-            self._cache[key] = [*energy, 0.0]
+            self._cache[key] = _energies(gram)
         return self._cache[key]
 
     def _partial_gram(
@@ -171,6 +201,14 @@ class Spectra:
         """Energy discarded by keeping ``rank`` singular values of the unfolding."""
         tails = self.tails(shape, perm, split)
         return tails[min(rank, len(tails) - 1)]
+
+
+def _energies(gram: torch.Tensor) -> list[float]:
+    """``energy[i]``: the sum of the Gram's eigenvalues from the ``i``-th largest on, then 0."""
+    gram = gram.double() if gram.shape[0] <= 256 else gram.float()  # energies need no more
+    s2 = small_eig(torch.linalg.eigvalsh, gram, limit=4096).double().flip(0).clamp(min=0)
+    energy = s2.flip(0).cumsum(0).flip(0).tolist()  # energy[i] = sum_{j>=i} s_j^2
+    return [*energy, 0.0]
 
 
 def _partial_trace(
@@ -444,6 +482,21 @@ def _whitened(whitening: Any, matrix: torch.Tensor) -> torch.Tensor:
     return whitening.apply(matrix)
 
 
+def _whitened_spectra(whitening: Any, matrix: torch.Tensor) -> Spectra:
+    """Spectra of ``W L``: from ``L^T (W^T W) L`` for a tall weight (no whitened copy of it)."""
+    if matrix.shape[0] > matrix.shape[1] and whitening.kron_shape is None:
+        gram = gram_of_rows(matrix)
+        return Spectra.from_gram(whitening.apply(whitening.apply(gram).mT), matrix.shape[0])
+    return Spectra(_whitened(whitening, matrix))
+
+
+def _row_weighted_spectra(counts: Any, matrix: torch.Tensor) -> Spectra:
+    """Spectra of ``D W`` (rows weighted by lookup frequency): from ``W^T D^2 W`` when tall."""
+    if matrix.shape[0] > matrix.shape[1]:
+        return Spectra.from_gram(gram_of_rows(matrix, counts.scales()), matrix.shape[0])
+    return Spectra(counts.apply(matrix.double()))
+
+
 def candidates(
     site: SiteInfo,
     weight: torch.Tensor,
@@ -508,9 +561,9 @@ def _candidates(
                 if stats is None:
                     svd_spectra = spectra
                 elif site.kind == "embedding":  # rows weighted by how often the data looks them up
-                    svd_spectra = Spectra(stats.apply(matrix.double()))
+                    svd_spectra = _row_weighted_spectra(stats, matrix)
                 else:
-                    svd_spectra = Spectra(_whitened(stats.whitening(), matrix))
+                    svd_spectra = _whitened_spectra(stats.whitening(), matrix)
                 options += list(_svd_options(site, svd_spectra, rows, cols))
                 if keep is not None:
                     keep["svd"] = (svd_spectra, rows, cols, RANK_ALIGN.get())
@@ -547,6 +600,8 @@ def _candidates(
                     if False in spectra._sides:  # and W^T W
                         p_spectra._sides[False] = spectra._sides[False]
                 options += list(_tensorized_options(site, p_spectra, padded, extra, chain_forms))
+    if keep is not None and "svd" in keep:
+        keep["svd"][0].release()  # the energies stay; no weight-sized tensor outlives the plan
     dense = options[0].params
     kept = [options[0]] + price_all(
         site, [o for o in options[1:] if o.params < dense], weight.element_size(), profile

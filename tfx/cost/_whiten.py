@@ -29,10 +29,48 @@ import torch
 
 from ._compensated import CompensatedSum
 
-__all__ = ["RowCounts", "InputStats", "Whitening", "DAMPING", "modes_product"]
+__all__ = [
+    "RowCounts",
+    "InputStats",
+    "Whitening",
+    "DAMPING",
+    "CHUNK_ROWS",
+    "gram_of_rows",
+    "modes_product",
+]
 
 #: Relative damping of the second moment (a fraction of its mean eigenvalue).
 DAMPING = float(__import__("os").environ.get("TFX_DAMPING", "1e-2"))
+
+
+#: Rows of a weight processed at once where a weight-sized temporary would otherwise be made
+#: (Gram matrices of vocabulary tables and heads): the float64 work stays a few rows wide.
+CHUNK_ROWS = 4096
+
+
+def gram_of_rows(weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``W^T D^2 W`` (``D = diag(rows)``, or ``W^T W``), float64, accumulated a chunk at a time.
+
+    In float32 where the product is large, as :func:`~tfx.tensors._decompose.leading_subspace`
+    does; never a full-size copy of ``weight`` (the calibrated spectra and decompositions of
+    vocabulary tables and LM heads go through it).
+
+    Example:
+        >>> w = torch.randn(10, 3, dtype=torch.float64)
+        >>> torch.allclose(gram_of_rows(w), w.T @ w)
+        True
+    """
+    from ..tensors._decompose import gram_dtype
+
+    m, n = weight.shape
+    dtype = gram_dtype(weight.dtype, m, n)
+    total = torch.zeros(n, n, dtype=dtype, device=weight.device)
+    for start in range(0, m, CHUNK_ROWS):
+        chunk = weight[start : start + CHUNK_ROWS].to(dtype)
+        if rows is not None:
+            chunk = chunk * rows[start : start + CHUNK_ROWS, None].to(chunk.device, dtype)
+        total.addmm_(chunk.mT, chunk)
+    return total.double()
 
 
 class InputStats:

@@ -31,7 +31,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from .._errors import OptionError
-from ..cost._whiten import InputStats, RowCounts
+from ..cost._whiten import CHUNK_ROWS, InputStats, RowCounts, gram_of_rows
 from ._capture import call_with
 from ._match import Site
 
@@ -473,30 +473,6 @@ def measure_sensitivity(
     return out
 
 
-#: Rows of a weight processed at once by the calibrated low-rank decompositions of tall
-#: weights (vocabulary tables, heads): their float64 work stays a few rows x in_features.
-_CHUNK_ROWS = 4096
-
-
-def _gram_of_rows(weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """``W^T D^2 W`` (``D = diag(rows)``, or ``W^T W``), float64, accumulated a chunk at a time.
-
-    In float32 where the product is large, as :func:`~tfx.tensors._decompose.leading_subspace`
-    does; never a full-size copy of ``weight``.
-    """
-    from ..tensors._decompose import gram_dtype
-
-    m, n = weight.shape
-    dtype = gram_dtype(weight.dtype, m, n)
-    total = torch.zeros(n, n, dtype=dtype, device=weight.device)
-    for start in range(0, m, _CHUNK_ROWS):
-        chunk = weight[start : start + _CHUNK_ROWS].to(dtype)
-        if rows is not None:
-            chunk = chunk * rows[start : start + _CHUNK_ROWS, None].to(chunk.device, dtype)
-        total.addmm_(chunk.mT, chunk)
-    return total.double()
-
-
 def _top_eigenvectors(gram: torch.Tensor, rank: int) -> torch.Tensor:
     """The leading ``rank`` eigenvectors of a symmetric float64 matrix, largest first."""
     from ..cost._whiten import small_eig
@@ -509,8 +485,8 @@ def _rows_times(weight: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``W @ right`` a chunk of rows at a time, in ``right``'s dtype."""
     return torch.cat(
         [
-            weight[start : start + _CHUNK_ROWS].to(right.dtype) @ right
-            for start in range(0, weight.shape[0], _CHUNK_ROWS)
+            weight[start : start + CHUNK_ROWS].to(right.dtype) @ right
+            for start in range(0, weight.shape[0], CHUNK_ROWS)
         ]
     )
 
@@ -529,7 +505,7 @@ def _tall_low_rank(
     """
     from ..tensors._decompose import gram_dtype, svd_of_product
 
-    gram = _gram_of_rows(weight, rows)
+    gram = gram_of_rows(weight, rows)
     if whitening is not None:  # L^T (W^T W) L = ((W^T W L)^T L)
         gram = whitening.apply(whitening.apply(gram).mT)
     basis = _top_eigenvectors(gram, rank)  # n x r: right singular vectors
@@ -542,8 +518,8 @@ def _tall_low_rank(
         right = r.double() @ basis.mT
     else:  # Q Q^T W, Q^T W a chunk of rows at a time
         right = torch.zeros(rank, weight.shape[1], dtype=torch.float64, device=weight.device)
-        for start in range(0, weight.shape[0], _CHUNK_ROWS):
-            block = slice(start, start + _CHUNK_ROWS)
+        for start in range(0, weight.shape[0], CHUNK_ROWS):
+            block = slice(start, start + CHUNK_ROWS)
             right.addmm_(q[block].mT.double(), weight[block].double())
     # In the products' precision (float32 for large float32 weights): no m x r float64 copy.
     u, s, vh = svd_of_product(q, torch.ones_like(q[0]), right.to(q.dtype))

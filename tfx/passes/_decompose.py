@@ -181,16 +181,20 @@ def shared_basis_layer(members: list[Site], rank: int, stats: Any = None) -> dic
     ``V`` and ``w`` are one pair of parameters held by every member (from one truncated SVD of
     the stacked weights, whitened by the shared input's statistics when given).
     """
-    from ..tensors import CPTensorized
     from ..tensors._decompose import truncated_svd
+    from ._calibrate import _tall_low_rank
 
     first = members[0].weight
-    stacked = torch.cat([m.weight.double() for m in members])
-    if stats is not None:
-        whitening = stats.whitening()
-        u, s, vh = truncated_svd(whitening.apply(stacked), rank)
-        stacked = whitening.undo((u * s) @ vh)
-    u, s, vh = truncated_svd(stacked, rank)
+    whitening = stats.whitening() if stats is not None else None
+    stacked = torch.cat([m.weight.detach() for m in members])
+    if stacked.shape[0] > stacked.shape[1]:  # from the n x n Gram: nothing stacked-sized more
+        u, s, vh = _tall_low_rank(stacked, rank, whitening=whitening)
+    else:
+        stacked = stacked.double()
+        if whitening is not None:
+            u, s, vh = truncated_svd(whitening.apply(stacked), rank)
+            stacked = whitening.undo((u * s) @ vh)
+        u, s, vh = truncated_svd(stacked, rank)
     left = (u * s).to(first.dtype)
     basis = nn.Parameter(vh.T.contiguous().to(first.dtype))
     weights = nn.Parameter(torch.ones(rank, dtype=first.dtype, device=first.device))
