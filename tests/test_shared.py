@@ -169,3 +169,52 @@ def test_saved_plan_with_a_shared_basis_loads_bit_for_bit(low_rank_attention, tm
     assert {r.group for r in siblings(loaded.tfx_plan)} == {"q+2"}
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_member_energies_from_grams_equal_the_stacked_svd_in_float64(calibrated: bool) -> None:
+    """Each member's cumulative energy in the joint directions, from the members' n x n Grams,
+    equals the one read off the SVD of the stacked (whitened) weights."""
+    from tfx._shared import SiblingGroup, _member_energies
+    from tfx.cost._whiten import InputStats
+    from tfx.passes._match import find_module_sites
+
+    torch.manual_seed(0)
+    model = Attention(dim=40, inner=24, basis=None).double()
+    sites = find_module_sites(model)
+    members = [i for i, s in enumerate(sites) if s.name in ("q", "k", "v")]
+    stats = None
+    if calibrated:
+        stats = InputStats(40)
+        stats.update(torch.randn(300, 40, dtype=torch.float64) * torch.linspace(0.1, 3, 40))
+    got = _member_energies(SiblingGroup(members, "q+2"), sites, stats)
+    stacked = torch.cat([sites[i].weight.detach() for i in members])
+    if stats is not None:
+        stacked = stats.whitening().apply(stacked)
+    u, s, _ = torch.linalg.svd(stacked, full_matrices=False)
+    scaled = (u * s)[:, : min(stacked.shape)]
+    for k, energy in enumerate(got):
+        want = scaled[24 * k : 24 * (k + 1)].square().sum(0).cumsum(0)
+        torch.testing.assert_close(energy, want, rtol=1e-9, atol=1e-9 * float(want[-1]))
+
+
+def test_module_siblings_share_one_moment_observed_once() -> None:
+    """Sites found as modules that share= names together get one InputStats, hooked once, equal
+    to each one's own."""
+    from tfx.passes._calibrate import collect_statistics
+    from tfx.passes._match import find_module_sites
+
+    torch.manual_seed(0)
+    model = Attention(dim=64, inner=48, basis=None).double()
+    sites = [s for s in find_module_sites(model) if s.name in ("q", "k", "v")]
+    assert all(s.info.factorizable for s in sites)
+    root = nn.Module()
+    root.model = model
+    root.forward = lambda x: model(x)  # type: ignore[method-assign]
+    batches = [(torch.randn(2, 5, 64, dtype=torch.float64),) for _ in range(3)]
+    alone = collect_statistics(root, sites, batches, mask_fn=None)
+    shared = collect_statistics(root, sites, batches, mask_fn=None, share=[["q", "k", "v"]])
+    assert shared["q"] is shared["k"] is shared["v"]
+    assert alone["q"] is not alone["k"]
+    assert shared["q"].count == alone["q"].count == 30
+    torch.testing.assert_close(shared["v"].moment, alone["v"].moment, rtol=0, atol=0)

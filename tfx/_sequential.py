@@ -295,8 +295,16 @@ class BlockStream:
         args, kwargs = self.batches[i]
         return self.model(*args, **kwargs)
 
-    def collect(self, sites: Sequence[Site], step: Callable[[int], Any]) -> dict[str, Any]:
-        """Statistics of ``sites``' inputs while ``step(i)`` runs for every batch ``i``."""
+    def collect(
+        self,
+        sites: Sequence[Site],
+        step: Callable[[int], Any],
+        share: Sequence[Sequence[str]] = (),
+    ) -> dict[str, Any]:
+        """Statistics of ``sites``' inputs while ``step(i)`` runs for every batch ``i``.
+
+        ``share``: groups of site names that receive one tensor (one moment each group).
+        """
         sites = [s for s in sites if s.info.factorizable]
         if not sites:
             with torch.no_grad():
@@ -310,6 +318,7 @@ class BlockStream:
             [(i,) for i in range(len(self.batches))],
             mask_fn=lambda b: self.masks[b[0]],
             ranks=self.ranks,
+            share=share,
         )
 
     def trace(self, sites: Sequence[Site] = ()) -> dict[str, Any]:
@@ -342,9 +351,14 @@ class BlockStream:
             for i in self.local:
                 self.hidden.put(i, self.run_block(k, i))
 
-    def statistics(self, k: int, sites: Sequence[Site]) -> dict[str, Any]:
-        """Input statistics of ``sites`` (block ``k``'s) on the stored inputs of block ``k``."""
-        return self.collect(sites, lambda i: self.run_block(k, i))
+    def statistics(
+        self, k: int, sites: Sequence[Site], share: Sequence[Sequence[str]] = ()
+    ) -> dict[str, Any]:
+        """Input statistics of ``sites`` (block ``k``'s) on the stored inputs of block ``k``.
+
+        ``share``: sibling groups (site names) that get one moment for their one input.
+        """
+        return self.collect(sites, lambda i: self.run_block(k, i), share)
 
     def close(self) -> None:
         self.hidden.close()
@@ -493,6 +507,8 @@ class _Job:
     profile: DeviceProfile | None
     calibrated: bool
     ranks: Distributed | None = None
+    #: per block: the names of its sibling groups (linears that receive one tensor)
+    siblings: dict[int, list[list[str]]] = dataclasses.field(default_factory=dict)
 
 
 def _agree_tokens(job: _Job, indices: Sequence[int]) -> None:
@@ -550,7 +566,12 @@ def _spectra(
             if stream is not None:
                 groups = _look_at_block(stream, k, sites, members)
                 _agree_tokens(job, members)
-            stats = stream.statistics(k, [sites[i] for i in members]) if job.calibrated else {}
+            job.siblings[k] = [[sites[i].name for i in group] for group in groups]
+            stats = (
+                stream.statistics(k, [sites[i] for i in members], job.siblings[k])
+                if job.calibrated
+                else {}
+            )
             fill(members, stats)
             if job.calibrated and "svd" in job.forms:
                 for group in groups:
@@ -666,7 +687,8 @@ def _decompose(
         with _on_device(job, k):
             if stream is not None and job.calibrated:
                 now.clear()
-                now.update(stream.statistics(k, [sites[i] for i in members]))
+                share = job.siblings.get(k, [])
+                now.update(stream.statistics(k, [sites[i] for i in members], share))
             emit(members)
             now.clear()
             if stream is not None and job.calibrated:

@@ -15,7 +15,6 @@ Joins passes (sites) and cost (options), like ``_api``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from torch import nn
 from .cost import Choice, Option
 from .cost._choose import penalty
 from .cost._options import RANK_ALIGN, rank_alignment, rank_grid
+from .cost._whiten import gram_of_rows, small_eig
 from .passes import Site
 
 __all__ = [
@@ -84,9 +84,23 @@ def sibling_groups(
     ]
 
 
-def _stacked(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> torch.Tensor:
-    stacked = torch.cat([sites[i].weight.double() for i in group.members])
-    return stats.whitening().apply(stacked) if stats is not None else stacked
+def _member_energies(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> list[torch.Tensor]:
+    """Each member's energy in the stacked (whitened) weight's leading directions, cumulated.
+
+    ``energies[k][r-1] = |A_k V_r|^2`` for ``A = [W_1; W_2; ...] L`` and ``V_r`` its leading
+    ``r`` right singular vectors: what member ``k`` keeps at joint rank ``r``. From the
+    members' ``n x n`` Grams ``L^T W_k^T W_k L`` (their sum is ``A^T A``): no stacked copy and
+    no SVD of it (an ``eigh`` of ``n x n``).
+    """
+    whitening = stats.whitening() if stats is not None else None
+    grams = []
+    for i in group.members:
+        gram = gram_of_rows(sites[i].weight.detach())
+        grams.append(whitening.apply(whitening.apply(gram).mT) if whitening is not None else gram)
+    total = torch.stack(grams).sum(0)
+    k = min(sum(sites[i].info.weight_shape[0] for i in group.members), total.shape[0])
+    v = small_eig(torch.linalg.eigh, total).eigenvectors[:, -k:].flip(-1)
+    return [((gram @ v) * v).sum(0).clamp_min(0).cumsum(0) for gram in grams]
 
 
 def _effective_error(errors: Sequence[float], weights: Sequence[float]) -> float:
@@ -115,12 +129,7 @@ def group_options(
     outs = [sites[i].info.weight_shape[0] for i in group.members]
     n_in = sites[group.members[0]].info.weight_shape[1]
     tokens = sites[group.members[0]].info.tokens
-    u, s, _ = torch.linalg.svd(_stacked(group, sites, stats), full_matrices=False)
-    scaled = u * s
-    offsets = [0, *itertools.accumulate(outs)]
-    group.energies = [
-        scaled[a:b].square().sum(0).cumsum(0) for a, b in zip(offsets, offsets[1:], strict=False)
-    ]
+    group.energies = _member_energies(group, sites, stats)
     group.norms = [float(e[-1]) for e in group.energies]
     token = RANK_ALIGN.set(rank_alignment(sites[group.members[0]].weight))
     try:

@@ -229,6 +229,7 @@ def collect_statistics(
     mask_fn: Any = attention_mask,
     masked: _Mask | None = None,
     ranks: Distributed | None = None,
+    share: Sequence[Sequence[str]] = (),
 ) -> dict[str, InputStats]:
     """Per factorizable linear / conv site: the second moment of its input over ``batches``.
 
@@ -245,6 +246,10 @@ def collect_statistics(
     ``batches`` and the statistics of all ranks are combined: every rank gets the bits one
     process gets on all of them.
 
+    Sites of one graph node's input share one moment. Sites found as modules (no graph) share
+    one where ``share`` names them together (groups of linear sites known to receive one
+    tensor, e.g. Q/K/V): only the group's first is observed, and all get its statistics.
+
     Returns:
         ``{site name: InputStats}`` for the sites that were observed.
     """
@@ -252,16 +257,25 @@ def collect_statistics(
     wanted = [
         s for s in sites if s.info.factorizable and s.info.kind in ("linear", "conv", "embedding")
     ]
+    alias = {name: group[0] for group in share for name in group}
+
+    def key_of(site: Site) -> Any:
+        if site.node is None and site.name in alias:  # the group's first site's key
+            return (alias[site.name], site.info.kind, (), ())
+        return _key(site)
+
     shared: dict[Any, Any] = {}
     per_site: dict[str, Any] = {}
     for site in wanted:
-        key = _key(site)
+        key = key_of(site)
         if key not in shared:
             if site.info.kind == "embedding":
                 shared[key] = RowCounts(site.info.weight_shape[0])
             else:
                 shared[key] = InputStats(_features(site), full=_features(site) <= MAX_FULL)
         per_site[site.name] = shared[key]
+    # one observer per moment: a module group's other members are not hooked
+    wanted = [s for s in wanted if s.node is not None or alias.get(s.name, s.name) == s.name]
     observers: dict[Any, _Observer] = {}
     for site in wanted:
         key = _key(site)
@@ -352,7 +366,9 @@ def _attach(
     ``modules`` are keyed by :func:`_key`, or by site name when ``after``. Returns a function
     that takes them out again.
     """
-    if sites and sites[0].node is None:  # module-swap path: hooks on the layers
+    if not sites:
+        return lambda: None
+    if sites[0].node is None:  # module-swap path: hooks on the layers
         handles = []
         for site in sites:
             layer = gm.get_submodule("model." + site.name)
