@@ -244,3 +244,22 @@ def test_large_whitened_spectra_in_float32_match_float64() -> None:
     for option in options:
         expected = math.sqrt(float(s2[option.rank :].sum() / s2.sum()))
         assert option.error == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("damping", [1e-2, 0.0])
+def test_whitening_from_the_moment_equals_the_covariances(damping: float) -> None:
+    """from_moment (in place, scaled after) gives L L^T = the damped covariance, as
+    from_covariance does; a singular moment at damping 0 falls back to the eigenvalues."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(400, 30, dtype=torch.float64, generator=gen) * torch.linspace(0.1, 4, 30)
+    if damping == 0.0:
+        x[:, 7] = 0.0  # a direction the data never excites: not positive definite
+    moment = x.T @ x
+    cov = moment / 400
+    got = Whitening.from_moment(moment, 400, damping)
+    want = Whitening.from_covariance([cov], damping)
+    damped = cov + damping * float(cov.diagonal().mean()) * torch.eye(30, dtype=torch.float64)
+    for w in (got, want):
+        root = w.sqrt[0]
+        torch.testing.assert_close(root @ root.T, damped, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(moment, x.T @ x, rtol=0, atol=0)  # the moment is left as it was

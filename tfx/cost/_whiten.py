@@ -177,7 +177,10 @@ class InputStats:
             elif not self.full:
                 self._whitening[key] = Whitening.from_diagonal(self.covariance(), damping)
             else:
-                self._whitening[key] = Whitening.from_covariance([self.covariance()], damping)
+                moment = self.moment
+                if moment is None or self.count == 0:
+                    raise ValueError("no calibration rows recorded")
+                self._whitening[key] = Whitening.from_moment(moment, self.count, damping)
         return self._whitening[key]
 
 
@@ -250,6 +253,24 @@ class Whitening:
         if all(m is None for m in inv):
             return cls(sqrt)
         return cls(sqrt, [_inverse(r) if m is None else m for r, m in zip(sqrt, inv, strict=True)])
+
+    @classmethod
+    def from_moment(cls, moment: torch.Tensor, count: int, damping: float = DAMPING) -> Whitening:
+        """From the moment ``sum x x^T`` of ``count`` rows (one mode), damped.
+
+        The same whitening as :meth:`from_covariance` of ``moment / count``, with one
+        ``n x n`` temporary instead of three: the damped copy is factorized in place (its
+        lower triangle: the moment is symmetric) and scaled by ``1 / sqrt(count)`` after.
+        On a 5632-wide input that is 0.5 GB less at the peak.
+        """
+        root = moment.cpu().clone()
+        diagonal = root.diagonal()
+        diagonal.add_(damping * (float(diagonal.mean()) or 1.0))
+        info = torch.empty((), dtype=torch.int32)
+        small_eig(lambda a: torch.linalg.cholesky_ex(a, out=(a, info)), root)
+        if int(info) != 0:  # not positive definite after damping (damping=0): eigenvalues
+            return cls.from_covariance([moment.cpu() / count], damping)
+        return cls([root.div_(math.sqrt(count))])
 
     @classmethod
     def from_diagonal(cls, diag: torch.Tensor, damping: float = DAMPING) -> Whitening:
