@@ -429,6 +429,17 @@ def _prefix_names(stream: BlockStream, sites: Sequence[Site]) -> set[str]:
     return early
 
 
+def _drop_whitenings(stats: dict[str, Any], keep: Sequence[str]) -> None:
+    """Free the whitenings (each the size of its moment) of statistics no name in ``keep`` has.
+
+    Called once a block's candidates are made: only its sibling groups read them again.
+    """
+    joint = {id(stats.get(name)) for name in keep}
+    for moment in stats.values():
+        if id(moment) not in joint and hasattr(moment, "drop_whitenings"):
+            moment.drop_whitenings()
+
+
 def _look_at_block(
     stream: BlockStream, k: int, sites: Sequence[Site], members: Sequence[int]
 ) -> list[list[int]]:
@@ -573,6 +584,7 @@ def _spectra(
                 else {}
             )
             fill(members, stats)
+            _drop_whitenings(stats, [sites[g[0]].name for g in groups])
             if job.calibrated and "svd" in job.forms:
                 for group in groups:
                     sib = SiblingGroup(group, f"{sites[group[0]].name}+{len(group) - 1}")
@@ -683,6 +695,7 @@ def _decompose(
         now = stream.trace(prefix)
     if emit(job.parts.prefix) and stream is not None and job.calibrated:
         stream.trace()  # the blocks' inputs from the factorized prefix
+    release(job.parts.prefix)  # the vocabulary table's dense weight: not held to the end
     for k, members in enumerate(job.parts.blocks):
         with _on_device(job, k):
             if stream is not None and job.calibrated:
@@ -699,6 +712,7 @@ def _decompose(
     if stream is not None and job.calibrated:
         now.update(stream.finish([sites[i] for i in job.parts.suffix]))
     emit(job.parts.suffix)
+    release(job.parts.suffix)
     now.clear()
 
 

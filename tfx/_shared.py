@@ -97,7 +97,9 @@ def _member_energies(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> 
     for i in group.members:
         gram = gram_of_rows(sites[i].weight.detach())
         grams.append(whitening.apply(whitening.apply(gram).mT) if whitening is not None else gram)
-    total = torch.stack(grams).sum(0)
+    total = grams[0].clone()
+    for gram in grams[1:]:
+        total += gram
     k = min(sum(sites[i].info.weight_shape[0] for i in group.members), total.shape[0])
     v = small_eig(torch.linalg.eigh, total).eigenvectors[:, -k:].flip(-1)
     return [((gram @ v) * v).sum(0).clamp_min(0).cumsum(0) for gram in grams]
