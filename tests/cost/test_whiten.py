@@ -214,7 +214,9 @@ def test_kronecker_whitening_mixes_cholesky_and_eigen_modes() -> None:
 
 
 def test_sites_sharing_statistics_factor_their_moment_once(monkeypatch) -> None:  # noqa: ANN001
-    """Q, K and V read one input: one InputStats, one Cholesky of its moment for all three."""
+    """Q, K and V read one input: one InputStats, one Cholesky of its moment for all three
+    (tall weights: their spectra whiten the n x n Gram); a wide weight's spectra need none
+    (W C W^T from the moment)."""
     calls = []
     real = torch.linalg.cholesky_ex
 
@@ -225,9 +227,12 @@ def test_sites_sharing_statistics_factor_their_moment_once(monkeypatch) -> None:
     monkeypatch.setattr(torch.linalg, "cholesky_ex", counting)
     stats = InputStats(48)
     stats.update(_anisotropic(200, 48).float())
-    site = SiteInfo("q", "linear", (48, 48), tokens=16)
+    site = SiteInfo("q", "linear", (64, 48), tokens=16)
     for _ in range(3):
-        candidates(site, torch.randn(48, 48), forms=("svd",), stats=stats)
+        candidates(site, torch.randn(64, 48), forms=("svd",), stats=stats)
+    assert calls == [(48, 48)]
+    wide = SiteInfo("o", "linear", (40, 48), tokens=16)
+    candidates(wide, torch.randn(40, 48), forms=("svd",), stats=stats)
     assert calls == [(48, 48)]
 
 

@@ -513,18 +513,19 @@ def _choice(rank: int, shape: tuple[int, int] = (96, 80)):  # noqa: ANN202 - tes
     )
 
 
+@pytest.mark.parametrize("out", [320, 240], ids=["tall", "wide"])
 @pytest.mark.parametrize("rank", [20, 200])
-def test_whitened_svd_target_is_the_whitened_truncation_mapped_back(rank: int) -> None:
+def test_whitened_svd_target_is_the_whitened_truncation_mapped_back(rank: int, out: int) -> None:
     """U (U^T W) with U the leading left subspace of W L equals [W L]_r L^-1, computed here
     with an eigendecomposition root (not the Cholesky factor) and a full SVD in float64."""
     from tfx.cost._whiten import InputStats
 
     gen = torch.Generator().manual_seed(3)
-    weight = torch.randn(320, 300, dtype=torch.float64, generator=gen)
+    weight = torch.randn(out, 300, dtype=torch.float64, generator=gen)
     scales = torch.logspace(0, -2, 300, dtype=torch.float64)
     stats = InputStats(300)
     stats.update(torch.randn(1200, 300, dtype=torch.float64, generator=gen) * scales)
-    target = _target(whitened_site(_linear_site(weight), _choice(rank, (320, 300)), stats))
+    target = _target(whitened_site(_linear_site(weight), _choice(rank, (out, 300)), stats))
     cov = stats.covariance()
     damped = cov + 1e-2 * cov.diagonal().mean() * torch.eye(300, dtype=torch.float64)
     values, vectors = torch.linalg.eigh(damped)

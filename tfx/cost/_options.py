@@ -108,7 +108,7 @@ class Spectra:
 
     @classmethod
     def from_gram(cls, gram: torch.Tensor, rows: int) -> Spectra:
-        """The spectrum of a tall ``rows x n`` matrix known by its ``n x n`` Gram only.
+        """The spectrum of a ``rows``-row matrix known by the Gram matrix of one of its sides.
 
         Only its low-rank unfolding (``tails(shape, None, 1)`` for ``rows`` rows) is
         available: what the ``"svd"`` candidates of a whitened or row-weighted weight need,
@@ -482,12 +482,19 @@ def _whitened(whitening: Any, matrix: torch.Tensor) -> torch.Tensor:
     return whitening.apply(matrix)
 
 
-def _whitened_spectra(whitening: Any, matrix: torch.Tensor) -> Spectra:
-    """Spectra of ``W L``: from ``L^T (W^T W) L`` for a tall weight (no whitened copy of it)."""
-    if matrix.shape[0] > matrix.shape[1] and whitening.kron_shape is None:
+def _whitened_spectra(stats: InputStats, matrix: torch.Tensor) -> Spectra:
+    """Spectra of ``W L`` from a Gram matrix of its smaller side: no whitened copy of ``W``.
+
+    Tall: ``L^T (W^T W) L``; wide: ``W C W^T`` from the moment (no ``L`` made at all).
+    Inputs too wide for a full moment (a diagonal whitening) whiten a copy.
+    """
+    if matrix.shape[0] > matrix.shape[1] and stats.full:
+        whitening = stats.whitening()
         gram = gram_of_rows(matrix)
         return Spectra.from_gram(whitening.apply(whitening.apply(gram).mT), matrix.shape[0])
-    return Spectra(_whitened(whitening, matrix))
+    if stats.full:
+        return Spectra.from_gram(stats.whitened_gram(matrix), matrix.shape[0])
+    return Spectra(_whitened(stats.whitening(), matrix))
 
 
 def _row_weighted_spectra(counts: Any, matrix: torch.Tensor) -> Spectra:
@@ -563,7 +570,7 @@ def _candidates(
                 elif site.kind == "embedding":  # rows weighted by how often the data looks them up
                     svd_spectra = _row_weighted_spectra(stats, matrix)
                 else:
-                    svd_spectra = _whitened_spectra(stats.whitening(), matrix)
+                    svd_spectra = _whitened_spectra(stats, matrix)
                 options += list(_svd_options(site, svd_spectra, rows, cols))
                 if keep is not None:
                     keep["svd"] = (svd_spectra, rows, cols, RANK_ALIGN.get())

@@ -157,6 +157,36 @@ class InputStats:
             raise ValueError("no calibration rows recorded")
         return moment.cpu() / self.count
 
+    def whitened_gram(self, weight: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+        """``W C W^T`` (float64, ``out x out``) for a weight ``(out, features)``, ``C`` damped.
+
+        The Gram matrix of the whitened weight ``W L`` on its row side: its eigenvalues are the
+        squared whitened singular values and its eigenvectors the leading left subspace, with
+        no whitening ``L`` (an ``n x n`` factorization) and no whitened copy of ``W``: what a
+        wide weight (``out < features``, an MLP's down projection) needs. Computed a chunk of
+        rows at a time from the moment itself.
+
+        Example:
+            >>> stats = InputStats(3)
+            >>> stats.update(torch.eye(3, dtype=torch.float64))
+            >>> stats.whitened_gram(torch.eye(3, dtype=torch.float64), damping=0.0).diagonal()
+            tensor([0.3333, 0.3333, 0.3333], dtype=torch.float64)
+        """
+        moment = self.moment if self.count else None
+        if moment is None or not self.full:
+            raise ValueError("whitened_gram needs the full moment of some calibration rows")
+        moment = moment.to(weight.device)
+        shift = damping * (float(moment.diagonal().mean()) or self.count)
+        out = torch.empty(weight.shape[0], weight.shape[0], dtype=torch.float64)
+        work = weight.detach().double()
+        step = max(1, CHUNK_ROWS // 8)
+        for start in range(0, work.shape[0], step):
+            rows = work[start : start + step]
+            part = (rows @ moment) @ work.mT
+            part.add_(rows @ work.mT, alpha=shift)
+            out[start : start + step] = part.cpu()
+        return out.div_(self.count)
+
     def drop_whitenings(self) -> None:
         """Forget the whitenings made so far (each as large as the moment); remade on demand."""
         self._whitening.clear()

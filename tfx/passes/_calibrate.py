@@ -570,13 +570,15 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | RowCounts | None)
     work = flat.double()
     if choice.form == "svd":
         assert isinstance(stats, InputStats)
-        whitening = stats.whitening()
         rank = int(choice.rank if site.info.kind == "linear" else choice.rank[1])
         if site.info.kind == "linear" and flat.shape[0] > flat.shape[1]:
             return dataclasses.replace(
-                site, svd=_tall_low_rank(flat.detach(), rank, whitening=whitening)
+                site, svd=_tall_low_rank(flat.detach(), rank, whitening=stats.whitening())
             )
-        u = leading_subspace(whitening.apply(work), rank)
+        if stats.full:  # the left subspace of W L from W C W^T: no n x n whitening made
+            u = _top_eigenvectors(stats.whitened_gram(flat), rank)
+        else:
+            u = leading_subspace(stats.whitening().apply(work), rank)
         # [W L]_r L^-1 = U U^T W L L^-1 = U (U^T W), as an SVD: no solve with L needed.
         u, s, vh = svd_of_product(u, torch.ones_like(u[0]), u.mT @ work)
         if site.info.kind == "linear":  # built from this SVD (a conv's goes by TT-SVD)
