@@ -386,6 +386,9 @@ def test_compensated_sum_is_the_correctly_rounded_sum_in_any_order_and_sharding(
         total.merge(part.hi, part.lo)
     exact = [math.fsum(term[j] for term in terms) for j in range(3)]  # correctly rounded
     assert total.value().tolist() == exact
+    assert total.collapse().tolist() == exact  # in place: the same bits
+    with pytest.raises(AttributeError):
+        total.add(torch.zeros(3, dtype=torch.float64))  # spent
 
 
 @given(

@@ -80,6 +80,16 @@ class CompensatedSum:
         """The sum rounded to float64: ``fl(hi + lo)``, a new tensor."""
         return self.hi + self.lo
 
+    def collapse(self) -> torch.Tensor:
+        """:meth:`value` computed in ``hi``'s memory (no third tensor); the sum is spent after.
+
+        The same bits as :meth:`value`. ``hi`` and ``lo`` are released: a later
+        :meth:`add` raises.
+        """
+        out = self.hi.add_(self.lo)
+        del self.hi, self.lo
+        return out
+
 
 def _two_sum(
     hi: torch.Tensor,

@@ -128,7 +128,7 @@ class InputStats:
     def settle(self) -> None:
         """Keep the moment as one float64 tensor (half the memory of the running pair)."""
         if self.total is not None:
-            self._settled, self.total = self.total.value(), None
+            self._settled, self.total = self.total.collapse(), None
 
     def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The moment as the pair ``(hi, lo)`` it is the sum of (``-0.0`` before any row).
