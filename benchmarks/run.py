@@ -15,7 +15,9 @@ soon as the part finishes, so a run cut short keeps the tables it finished:
 - ``overhead``: benchmarks/overhead.py, host time of small layers beside their aten ops;
 - ``gpu``: benchmarks/gpu.py, only on a machine with CUDA (skipped otherwise);
 - ``quality``: benchmarks/quality.py, which writes benchmarks/results/quality.json and
-  docs/img/quality*.png (its tables belong to the quality guide, not to this page).
+  docs/img/quality*.png (its tables belong to the quality guide, not to this page);
+- ``scale``: benchmarks/scale.py, a 1.1B-parameter Llama decoder factorized in each mode
+  (about an hour on 2 cores); its table goes into docs/guide/large-models.md.
 
 Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py [--only layers,models] [--quick]
 [--docs FILE | --no-docs]. ``--quick`` passes each script's smoke-run option: rough numbers,
@@ -102,6 +104,16 @@ def _gpu(quick: bool) -> str | None:
         return Path(out, "gpu.md").read_text()
 
 
+def _scale(quick: bool) -> None:
+    import scale
+
+    if quick:  # a small decoder, not saved: checks the pipeline only
+        small = ["--layers", "2", "--hidden", "128", "--intermediate", "352", "--heads", "4"]
+        scale.main([*small, "--vocab", "1000", "--tokens", "32", "--batches", "2"])
+    else:
+        scale.main(["--save"])
+
+
 def _quality(quick: bool) -> None:
     import quality
 
@@ -117,6 +129,7 @@ PARTS: dict[str, Part] = {
     "overhead": Part("benchmarks/overhead.py: host time of small layers", _overhead),
     "gpu": Part("benchmarks/gpu.py: linear layers on one GPU", _gpu),
     "quality": Part("benchmarks/quality.py: quality after factorization", _quality, False),
+    "scale": Part("benchmarks/scale.py: a 1B decoder, time and peak memory", _scale, False),
 }
 
 

@@ -15,8 +15,10 @@ each mode, each in a fresh process so that its peak resident memory (``ru_maxrss
 
 Each row reports the stages' wall times (``plan.timings``), the peak RSS against the model's
 size, the parameters before and after, and the relative error of the logits on held-out
-sequences (not calibrated on) against the original's. ``--save`` writes
-``benchmarks/results/scale.{json,md}`` (the table in docs/guide/large-models.md is that file).
+sequences (not calibrated on) against the original's. ``--save`` merges the rows into
+``benchmarks/results/scale.{json,md}`` (a row replaces the saved one of the same mode and
+settings; rows of other settings, e.g. fewer ``--layers``, stay) and puts the table into
+docs/guide/large-models.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("one-shot", "sequential", "sequential-1thread", "sequential-2proc")
+#: The settings that make a row's model and work: rows of other settings are kept beside it.
+_CONFIG = ("layers", "hidden", "intermediate", "heads", "vocab", "batches", "rows", "tokens")
+_CONFIG += ("budget", "forms")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,6 +143,7 @@ def work(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     plan = result.tfx_plan
     row = {
         "mode": mode,
+        "config": {k: getattr(args, k) for k in _CONFIG},
         "threads": threads,
         "processes": 2 if distributed else 1,
         "params_before": before,
@@ -201,16 +207,25 @@ def _spawn(mode: str, argv: list[str]) -> dict[str, Any]:
     return row
 
 
-def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def _table(rows: list[dict[str, Any]]) -> str:
     def gib(n: float) -> str:
         return f"{n / 2**30:.2f}"
 
-    stages = sorted({k for r in rows for k in r["timings"] if k != "total"})
+    stages = sorted(
+        {k for r in rows for k in r["timings"] if k != "total" and not k.startswith("exchange")}
+    )
+
+    def exchanges(r: dict[str, Any]) -> str:
+        times = [v for k, v in r["timings"].items() if k.startswith("exchange")]
+        return f"{sum(times):.1f}" if times else ""
+
     head = [
+        "model",
         "mode",
         "procs x threads",
         "factorize s",
         *stages,
+        "exchanges s",
         "peak RSS GiB",
         "peak / model",
         "params after",
@@ -218,13 +233,16 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        c = r["config"]
         cells = [
+            f"{c['layers']} layers, {gib(r['model_bytes'])} GiB",
             r["mode"],
             f"{r['processes']} x {r['threads']}",
             f"{r['factorize_s']:.1f}",
             *(f"{r['timings'][s]:.1f}" if s in r["timings"] else "" for s in stages),
-            gib(r["peak_rss"]),
-            f"{r['peak_over_model']:.2f}",
+            exchanges(r),
+            gib(max(r.get("peak_rss_per_process", [r["peak_rss"]]))),
+            f"{max(r.get('peak_rss_per_process', [r['peak_rss']])) / r['model_bytes']:.2f}",
             f"{r['params_after'] / r['params_before']:.3f} of {r['params_before'] / 1e9:.2f}B",
             f"{r['heldout_rel_error']:.4f}",
         ]
@@ -232,13 +250,34 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     sys.path.insert(0, HERE)
     from _common import git_commit, load_average, machine
 
+    c = rows[0]["config"]
     return (
-        f"Llama decoder, {args.layers} layers, hidden {args.hidden}, intermediate "
-        f"{args.intermediate}, vocab {args.vocab} ({gib(rows[0]['model_bytes'])} GiB of float32 "
-        f"weights); budget {args.budget}, forms {args.forms}; calibration {args.batches} batches "
-        f"x {args.rows} x {args.tokens} tokens. Machine: {machine(2)}; tfx {git_commit()}; load "
-        f"average at the end {load_average()}.\n\n" + "\n".join(lines) + "\n"
+        f"Llama decoder, hidden {c['hidden']}, intermediate {c['intermediate']}, vocab "
+        f"{c['vocab']}, float32 weights, random init; budget {c['budget']}, forms {c['forms']}; "
+        f"calibration {c['batches']} batches x {c['rows']} x {c['tokens']} tokens. Machine: "
+        f"{machine(2)}; tfx {git_commit()}; load average at the end {load_average()}. "
+        "Peak RSS is the process's (`ru_maxrss`, the largest rank's with 2 processes), the "
+        "Python interpreter and torch included; stage times are `plan.timings`.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
+
+
+def _merged(rows: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """The saved rows with ``rows`` in place of those of the same mode and settings."""
+    try:
+        with open(path) as f:
+            saved = json.load(f).get("rows", [])
+    except (OSError, ValueError):
+        saved = []
+
+    def key(r: dict[str, Any]) -> str:
+        return json.dumps([r.get("mode"), r.get("config")], sort_keys=True)
+
+    new = {key(r) for r in rows}
+    out = [r for r in saved if "config" in r and key(r) not in new] + rows
+    order = {m: i for i, m in enumerate(MODES)}
+    return sorted(out, key=lambda r: (-r["config"]["layers"], order.get(r["mode"], 99)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,12 +292,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== {mode} ==", flush=True)
         rows.append(_spawn(mode, passed))
         print(json.dumps(rows[-1], indent=1), flush=True)
-    table = _table(rows, args)
-    print(table)
+    print(_table(rows))
     if args.save:
         out = os.path.join(HERE, "results")
+        rows = _merged(rows, os.path.join(out, "scale.json"))
+        table = _table(rows)
         with open(os.path.join(out, "scale.json"), "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"rows": rows}, f, indent=1)
         with open(os.path.join(out, "scale.md"), "w") as f:
             f.write(table)
         _fill_docs(table)
