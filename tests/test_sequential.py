@@ -237,6 +237,26 @@ def test_inplace_frees_each_dense_weight() -> None:
     assert alive_at_last_block[-1] == len(first) - len(factorized)
 
 
+def test_inplace_frees_the_dense_table_before_the_blocks_are_decomposed() -> None:
+    """The embedding table, once its factors replace it, is not held to the end by its site:
+    it is gone while the blocks are decomposed."""
+    model = ZOO["llama"].build()
+    table = weakref.ref(model.model.embed_tokens.weight)
+    alive = []
+
+    def check(_m, _a):
+        gc.collect()
+        alive.append(table() is not None)
+
+    handle = model.model.layers[-1].register_forward_pre_hook(check)
+    result = tfx.factorize(
+        model, 0.3, calibration=_batches("llama"), sequential=True, inplace=True, progress=False
+    )
+    handle.remove()
+    assert result.tfx_plan.choice("model.embed_tokens").form != "dense"
+    assert alive[0] and not alive[-1]  # held for the spectra, gone while decomposing
+
+
 def test_find_blocks() -> None:
     model = ZOO["bert"].build()
     assert find_blocks(model)[0] == "encoder.layer"

@@ -179,10 +179,11 @@ class Distributed:
                         merged.merge(table, count)
             else:
                 merged = InputStats(local.features, full=local.full)
-                if any(counts):
-                    pairs = self._all_gather(torch.stack(local.pair()))
-                    for pair, count in zip(pairs, counts, strict=True):
-                        merged.merge(pair[0], pair[1], count)
+                if any(counts):  # hi and lo apart: no stacked copy of the pair
+                    hi, lo = local.pair()
+                    his, los = self._all_gather(hi), self._all_gather(lo)
+                    for part_hi, part_lo, count in zip(his, los, counts, strict=True):
+                        merged.merge(part_hi, part_lo, count)
             merged.unsupported = unsupported
             out.append(merged)
         return out

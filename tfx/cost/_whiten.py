@@ -73,6 +73,47 @@ def gram_of_rows(weight: torch.Tensor, rows: torch.Tensor | None = None) -> torc
     return total.double()
 
 
+#: Rows per block of a packed moment: its lower block triangle is stored as the row blocks
+#: ``[a, b) x [0, b)``, so about half the matrix (plus half a block per row) is summed.
+_TRI_BLOCK = 256
+
+
+def _tri_blocks(n: int) -> tuple[list[tuple[int, int, int]], int]:
+    """``([(a, b, offset), ...], length)`` of an ``n``-wide packed lower block triangle."""
+    blocks, offset = [], 0
+    for a in range(0, n, _TRI_BLOCK):
+        b = min(a + _TRI_BLOCK, n)
+        blocks.append((a, b, offset))
+        offset += (b - a) * b
+    return blocks, offset
+
+
+def _packed_moment(x: torch.Tensor) -> torch.Tensor:
+    """The lower block triangle of ``x^T x``, packed: one GEMM per row block, half the work."""
+    blocks, length = _tri_blocks(x.shape[1])
+    out = torch.empty(length, dtype=x.dtype, device=x.device)
+    for a, b, offset in blocks:
+        torch.mm(x[:, a:b].mT, x[:, :b], out=out[offset : offset + (b - a) * b].view(b - a, b))
+    return out
+
+
+def _pack(full: torch.Tensor) -> torch.Tensor:
+    """A symmetric matrix's lower block triangle, packed."""
+    blocks, _ = _tri_blocks(full.shape[0])
+    return torch.cat([full[a:b, :b].reshape(-1) for a, b, _ in blocks])
+
+
+def _unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The symmetric ``n x n`` matrix whose lower block triangle is ``packed``."""
+    blocks, _ = _tri_blocks(n)
+    out = torch.empty(n, n, dtype=packed.dtype, device=packed.device)
+    for a, b, offset in blocks:
+        out[a:b, :b] = packed[offset : offset + (b - a) * b].view(b - a, b)
+    for a, b, _ in blocks:  # above the blocks: the mirror of what lies below them
+        out[a:b, b:] = out[b:, a:b].mT
+    return out
+
+
 class InputStats:
     """Streaming second moment ``sum x x^T`` of a layer's input rows (float64).
 
@@ -104,43 +145,52 @@ class InputStats:
         if rows.shape[-1] != self.features:
             self.unsupported = True
             return
-        # One GEMM in the rows' precision (float32 for float32 models), accumulated in float64.
+        # GEMMs in the rows' precision (float32 for float32 models), accumulated in float64;
+        # a full moment as its lower block triangle (it is symmetric): half the memory.
         x = rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
-        part = (x.T @ x) if self.full else (x * x).sum(0)
+        part = _packed_moment(x) if self.full else (x * x).sum(0)
         self._running(part.device).add(part)
         self.count += rows.shape[0]
         self._whitening.clear()
 
+    def _shape(self) -> tuple[int, ...]:
+        """The running sum's shape: the packed lower block triangle, or the diagonal."""
+        return (_tri_blocks(self.features)[1],) if self.full else (self.features,)
+
     def _running(self, device: torch.device) -> CompensatedSum:
         if self.total is None:
-            shape = (self.features, self.features) if self.full else (self.features,)
-            self.total = CompensatedSum(shape, device)
+            self.total = CompensatedSum(self._shape(), device)
             if self._settled is not None:  # continue from the settled moment
-                self.total.add(self._settled)
+                self.total.add(_pack(self._settled) if self.full else self._settled)
                 self._settled = None
         return self.total
 
     @property
     def moment(self) -> torch.Tensor | None:
         """``sum x x^T`` in float64 (its diagonal when not ``full``); None before any row."""
-        return self.total.value() if self.total is not None else self._settled
+        if self.total is None:
+            return self._settled
+        value = self.total.value()
+        return _unpack(value, self.features) if self.full else value
 
     def settle(self) -> None:
-        """Keep the moment as one float64 tensor (half the memory of the running pair)."""
+        """Keep the moment as one float64 tensor (the running pair is let go)."""
         if self.total is not None:
-            self._settled, self.total = self.total.collapse(), None
+            value, self.total = self.total.collapse(), None
+            self._settled = _unpack(value, self.features) if self.full else value
 
     def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The moment as the pair ``(hi, lo)`` it is the sum of (``-0.0`` before any row).
 
+        A full moment's pair holds its lower block triangle, packed (half the matrix).
         Another process's statistics take it with :meth:`merge`.
         """
         if self.total is not None:
             return self.total.hi, self.total.lo
         if self._settled is not None:
-            return self._settled, torch.full_like(self._settled, -0.0)
-        shape = (self.features, self.features) if self.full else (self.features,)
-        empty = torch.full(shape, -0.0, dtype=torch.float64)
+            hi = _pack(self._settled) if self.full else self._settled
+            return hi, torch.full_like(hi, -0.0)
+        empty = torch.full(self._shape(), -0.0, dtype=torch.float64)
         return empty, empty.clone()
 
     def merge(self, hi: torch.Tensor, lo: torch.Tensor, count: int) -> None:
