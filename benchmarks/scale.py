@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--forms", default="svd")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--save", action="store_true")
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite the table from results/scale.json only"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -141,8 +144,12 @@ def work(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     got = _logits(result, held)
     error = float((got - reference).norm() / reference.norm())
     plan = result.tfx_plan
+    sys.path.insert(0, HERE)
+    from _common import git_commit
+
     row = {
         "mode": mode,
+        "commit": git_commit(),
         "config": {k: getattr(args, k) for k in _CONFIG},
         "threads": threads,
         "processes": 2 if distributed else 1,
@@ -221,6 +228,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
     head = [
         "model",
+        "tfx",
         "mode",
         "procs x threads",
         "factorize s",
@@ -236,6 +244,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         c = r["config"]
         cells = [
             f"{c['layers']} layers, {gib(r['model_bytes'])} GiB",
+            r.get("commit", ""),
             r["mode"],
             f"{r['processes']} x {r['threads']}",
             f"{r['factorize_s']:.1f}",
@@ -248,14 +257,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     sys.path.insert(0, HERE)
-    from _common import git_commit, load_average, machine
+    from _common import machine
 
     c = rows[0]["config"]
     return (
         f"Llama decoder, hidden {c['hidden']}, intermediate {c['intermediate']}, vocab "
         f"{c['vocab']}, float32 weights, random init; budget {c['budget']}, forms {c['forms']}; "
         f"calibration {c['batches']} batches x {c['rows']} x {c['tokens']} tokens. Machine: "
-        f"{machine(2)}; tfx {git_commit()}; load average at the end {load_average()}. "
+        f"{machine(2)}, otherwise idle while measured. "
         "Peak RSS is the process's (`ru_maxrss`, the largest rank's with 2 processes), the "
         "Python interpreter and torch included; stage times are `plan.timings`.\n\n"
         + "\n".join(lines)
@@ -285,6 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.worker:
         print(json.dumps(work(args.worker, args)), flush=True)
+        return
+    if args.render:
+        with open(os.path.join(HERE, "results", "scale.json")) as f:
+            table = _table(json.load(f)["rows"])
+        with open(os.path.join(HERE, "results", "scale.md"), "w") as f:
+            f.write(table)
+        _fill_docs(table)
+        print(table)
         return
     passed = [a for a in argv if a not in ("--save",)]
     rows = []
