@@ -126,9 +126,16 @@ class Distributed:
         this rank's current CUDA device.
         """
         payload, failure = _attempt(lambda: _dumps(fn()))
-        statuses = self._gather(what, (_describe(failure), type(failure).__name__, payload))
+        size = 0 if payload is None else len(payload)
+        statuses = self._gather(what, (_describe(failure), type(failure).__name__, size))
         self._raise_failures(what, statuses, failure)
-        return [_loads(data) for _, _, data in statuses]
+        sizes = [status[2] for status in statuses]
+        if self.world == 1:
+            return [_loads(payload)]  # type: ignore[arg-type]
+        # the bytes themselves travel as tensors, not pickled objects (several times faster)
+        local = torch.frombuffer(bytearray(payload), dtype=torch.uint8)  # type: ignore[arg-type]
+        parts = self._swap(local.to(self._device()), [(n,) for n in sizes], what)
+        return [_loads(memoryview(part.cpu().numpy())) for part in parts]
 
     def map_assigned(
         self, items: Sequence[T], costs: Sequence[float], fn: Callable[[T], R], *, what: str
@@ -214,7 +221,7 @@ class Distributed:
         clock = time.perf_counter()
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj, group=self.group)
-        self.waited[what] = self.waited.get(what, 0.0) + time.perf_counter() - clock
+        self._waited(what, clock)
         return out
 
     def _all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -223,13 +230,50 @@ class Distributed:
 
         if self.world == 1:
             return [tensor]
-        clock = time.perf_counter()
         device = self._device()
         local = tensor.detach().to(device).contiguous()
-        out = [torch.empty_like(local) for _ in range(self.world)]
-        dist.all_gather(out, local, group=self.group)
-        self.waited["statistics"] = self.waited.get("statistics", 0.0) + time.perf_counter() - clock
+        if device.type == "cuda":  # NCCL's collective
+            clock = time.perf_counter()
+            out = [torch.empty_like(local) for _ in range(self.world)]
+            dist.all_gather(out, local, group=self.group)
+            self._waited("statistics", clock)
+        else:
+            out = self._swap(local, [tuple(local.shape)] * self.world, "statistics")
         return [t.to(tensor.device) for t in out]
+
+    def _swap(
+        self, local: torch.Tensor, shapes: Sequence[tuple[int, ...]], what: str
+    ) -> list[torch.Tensor]:
+        """Every rank's tensor (of ``shapes[rank]``, ``local``'s dtype), by point-to-point sends.
+
+        Gloo's ``all_gather`` moves a few hundred MB/s on one thread per process; sending to
+        each peer and receiving from each at once moves several times that.
+        """
+        import torch.distributed as dist
+
+        clock = time.perf_counter()
+        out = [
+            local if r == self.rank else torch.empty(shape, dtype=local.dtype, device=local.device)
+            for r, shape in enumerate(shapes)
+        ]
+        peers = [r for r in range(self.world) if r != self.rank]
+        requests = [dist.isend(local, self._global(r), group=self.group) for r in peers]
+        requests += [dist.irecv(out[r], self._global(r), group=self.group) for r in peers]
+        for request in requests:
+            request.wait()
+        self._waited(what, clock)
+        return out
+
+    def _global(self, rank: int) -> int:
+        """The global rank of ``rank`` in ``group`` (point-to-point calls take global ranks)."""
+        import torch.distributed as dist
+
+        if self.group is None:
+            return rank
+        return dist.get_global_rank(self.group, rank)
+
+    def _waited(self, what: str, clock: float) -> None:
+        self.waited[what] = self.waited.get(what, 0.0) + time.perf_counter() - clock
 
     def _device(self) -> torch.device:
         import torch.distributed as dist
@@ -401,7 +445,7 @@ def _dumps(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _loads(data: bytes) -> Any:
+def _loads(data: bytes | memoryview) -> Any:
     # The bytes come from the other ranks of this job (torch.save of tfx's own results).
     return torch.load(io.BytesIO(data), map_location=_local_device, weights_only=False)
 
