@@ -175,7 +175,7 @@ def test_saved_plan_with_a_shared_basis_loads_bit_for_bit(low_rank_attention, tm
 def test_member_energies_from_grams_equal_the_stacked_svd_in_float64(calibrated: bool) -> None:
     """Each member's cumulative energy in the joint directions, from the members' n x n Grams,
     equals the one read off the SVD of the stacked (whitened) weights."""
-    from tfx._shared import SiblingGroup, _member_energies
+    from tfx._shared import SiblingGroup, member_energies
     from tfx.cost._whiten import InputStats
     from tfx.passes._match import find_module_sites
 
@@ -187,7 +187,7 @@ def test_member_energies_from_grams_equal_the_stacked_svd_in_float64(calibrated:
     if calibrated:
         stats = InputStats(40)
         stats.update(torch.randn(300, 40, dtype=torch.float64) * torch.linspace(0.1, 3, 40))
-    got = _member_energies(SiblingGroup(members, "q+2"), sites, stats)
+    got = member_energies(SiblingGroup(members, "q+2"), sites, stats)
     stacked = torch.cat([sites[i].weight.detach() for i in members])
     if stats is not None:
         stacked = stats.whitening().apply(stacked)

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._distributed import Distributed, plan_digest, prebuilt_builder, resolve, svd_cost
+from ._distributed import (
+    Distributed,
+    group_cost,
+    plan_digest,
+    prebuilt_builder,
+    resolve,
+    work_cost,
+)
 from ._errors import (
     OptionError,
     PlanMismatchError,
@@ -27,6 +34,7 @@ from ._shared import (
     SiblingGroup,
     expand,
     group_options,
+    member_energies,
     sibling_groups,
 )
 from ._tied import TiedGroup, joint_options, member_choices, tied_groups
@@ -170,7 +178,7 @@ def _plan_sites(
         map_sites(spectra, sites, [s.weight.numel() for s in sites])  # large: one per core
         if ranks is None
         else ranks.map_assigned(
-            sites, [svd_cost(s.info.weight_shape) for s in sites], spectra, what="spectra"
+            sites, [work_cost(s.info.weight_shape) for s in sites], spectra, what="spectra"
         )
     )
     options: list[list[Option]] = [found for found, _ in made]
@@ -188,11 +196,30 @@ def _plan_sites(
         for s, k, w in zip(sites, kept, site_weights, strict=False)
     ]
     planned = [_tied_node(g, sites, forms, profile) for g in groups]
-    for sib in siblings:
-        stats = calibrated.stats.get(sites[sib.members[0]].name) if calibrated is not None else None
+
+    def moment(sib: SiblingGroup) -> Any:
+        return calibrated.stats.get(sites[sib.members[0]].name) if calibrated is not None else None
+
+    energies = (
+        [member_energies(sib, sites, moment(sib)) for sib in siblings]
+        if ranks is None
+        else ranks.map_assigned(
+            siblings,
+            [group_cost([sites[i].info.weight_shape for i in s.members]) for s in siblings],
+            lambda sib: member_energies(sib, sites, moment(sib)),
+            what="spectra",
+        )
+    )
+    for sib, made in zip(siblings, energies, strict=True):
         member = [options[i] for i in sib.members]
         sib_options = group_options(
-            sib, sites, member, stats, [site_weights[i] for i in sib.members], graph_result
+            sib,
+            sites,
+            member,
+            None,
+            [site_weights[i] for i in sib.members],
+            graph_result,
+            energies=made,
         )
         planned.append(_sibling_node(sib, sites, sib_options))
     spectra_s = time.perf_counter() - clock

@@ -39,7 +39,7 @@ import torch
 from ._errors import DistributedError, OptionError
 from .cost._whiten import InputStats, RowCounts
 
-__all__ = ["Distributed", "assign", "resolve", "prebuilt_builder", "svd_cost"]
+__all__ = ["Distributed", "assign", "group_cost", "prebuilt_builder", "resolve", "work_cost"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -359,21 +359,40 @@ def assign(costs: Sequence[float], world: int) -> list[int]:
     return owners
 
 
-def svd_cost(shape: Sequence[int]) -> float:
-    """The cost of an SVD of a weight of ``shape``, as :func:`assign` balances it.
+def work_cost(shape: Sequence[int]) -> float:
+    """The relative cost of one site's spectra or decomposition, as :func:`assign` balances it.
 
-    The weight is read as a matrix ``(rows, cols) = (shape[0], rest)``: ``rows * cols *
-    min(rows, cols)``.
+    The weight is read as a matrix ``(m, n) = (shape[0], rest)``. Fitted to measured times on a
+    CPU (one thread): the ``min(m, n)`` eigen-solve, the ``m x n x n`` products of the
+    whitened weight with its Gram, and the ``n x n`` moment's factorization, in units of
+    ``n**3`` at ``m = n``. A wide weight (``m < n``) costs more than its transpose: its input
+    moment is the larger one.
 
     Example:
-        >>> svd_cost((64, 16, 3, 3))  # 64 x 144, rank at most 64
-        589824.0
+        >>> work_cost((2048, 5632)) > work_cost((5632, 2048)) > work_cost((2048, 2048))
+        True
     """
-    rows = shape[0] if shape else 0
-    cols = 1
+    m = shape[0] if shape else 0
+    n = 1
     for size in shape[1:]:
-        cols *= size
-    return float(rows * cols * min(rows, cols))
+        n *= size
+    return float(min(m, n) ** 3 + 0.15 * m * n * n + 0.1 * n**3)
+
+
+def group_cost(shapes: Sequence[Sequence[int]]) -> float:
+    """The relative cost of a sibling group's joint spectra (see :func:`work_cost`).
+
+    ``shapes``: the members' weights, one input width ``n``: an ``n x n`` eigen-solve with
+    vectors, and per member its Gram, whitened on both sides, and its energies.
+
+    Example:
+        >>> group_cost([(2048, 2048)] * 3) > work_cost((2048, 2048))
+        True
+    """
+    n = 1
+    for size in shapes[0][1:]:
+        n *= size
+    return float(2 * n**3 + sum(0.15 * shape[0] * n * n + 0.6 * n**3 for shape in shapes))
 
 
 def prebuilt_builder(
@@ -392,7 +411,7 @@ def prebuilt_builder(
     for site, choice in calls:
         units.setdefault(unit_of(site, choice), []).append((site, choice))
     work = list(units.values())
-    costs = [sum(svd_cost(site.info.weight_shape) for site, _ in unit) for unit in work]
+    costs = [sum(work_cost(site.info.weight_shape) for site, _ in unit) for unit in work]
     made = ranks.map_assigned(
         work,
         costs,

@@ -32,6 +32,7 @@ model per site): every site's error weighs the same.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -47,10 +48,12 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ._distributed import Distributed, plan_digest, resolve, svd_cost
+from ._distributed import Distributed, assign, group_cost, plan_digest, resolve, work_cost
 from ._errors import OptionError, TfxError
+from ._shared import SiblingGroup, group_options, member_energies
 from .cost import Choice, FactorizationPlan, Option, build_graph, candidates, plan_graph
 from .cost._device import DeviceProfile
+from .cost._whiten import InputStats
 from .passes import Site
 from .passes._analysis import check_model, check_weights, nothing_to_factorize
 from .passes._calibrate import attention_mask, calibration_batches, collect_statistics
@@ -454,17 +457,6 @@ def _malloc_trim() -> Any:
         return None
 
 
-def _drop_whitenings(stats: dict[str, Any], keep: Sequence[str]) -> None:
-    """Free the whitenings (each the size of its moment) of statistics no name in ``keep`` has.
-
-    Called once a block's candidates are made: only its sibling groups read them again.
-    """
-    joint = {id(stats.get(name)) for name in keep}
-    for moment in stats.values():
-        if id(moment) not in joint and hasattr(moment, "drop_whitenings"):
-            moment.drop_whitenings()
-
-
 def _look_at_block(
     stream: BlockStream, k: int, sites: Sequence[Site], members: Sequence[int]
 ) -> list[list[int]]:
@@ -568,28 +560,89 @@ def _spectra(
     Block by block on the dense model: one block's statistics in memory at a time.
     """
     from ._api import _sibling_node
-    from ._shared import SiblingGroup, group_options
 
     sites, stream = job.sites, job.stream
     options: list[list[Option]] = [[] for _ in sites]
     kept: list[dict[str, Any]] = [{} for _ in sites]
     planned: list[Any] = []
 
-    def fill(indices: Sequence[int], stats: dict[str, Any]) -> None:
-        def spectra(i: int) -> tuple[list[Option], dict[str, Any]]:
-            site, keep = sites[i], {}
-            found = candidates(
-                site.info, site.weight, job.forms, stats.get(site.name), job.profile, keep=keep
-            )
-            return found, keep
+    def fill(
+        indices: Sequence[int], stats: dict[str, Any], groups: Sequence[SiblingGroup] = ()
+    ) -> list[list[torch.Tensor]]:
+        """Candidates of ``indices``; returns the member energies of ``groups``.
+
+        With a process group, sites and groups are one list of work items spread by cost.
+        """
+
+        def first(item: int | SiblingGroup) -> int:
+            return item.members[0] if isinstance(item, SiblingGroup) else item
+
+        def moment(item: int | SiblingGroup) -> Any:
+            return stats.get(sites[first(item)].name)
+
+        def size(item: int | SiblingGroup) -> int:
+            found = moment(item)
+            return int(found.features) if isinstance(found, InputStats) else 0
+
+        # Readers of one moment together, the largest moment's first: each moment is let go
+        # after its last reader here, before the next one's work starts (sort keys are the
+        # same on every rank: sizes and site indices).
+        leader: dict[int, int] = {}
+        for item in [*indices, *groups]:
+            leader[id(moment(item))] = min(leader.get(id(moment(item)), first(item)), first(item))
+        items: list[int | SiblingGroup] = sorted(
+            [*indices, *groups],
+            key=lambda item: (-size(item), leader[id(moment(item))], first(item)),
+        )
+        reads = [moment(item) for item in items]
+        costs = [
+            group_cost([sites[i].info.weight_shape for i in item.members])
+            if isinstance(item, SiblingGroup)
+            else work_cost(sites[item].info.weight_shape)
+            for item in items
+        ]
+        owners = [0] * len(items) if job.ranks is None else assign(costs, job.ranks.world)
+        rank = 0 if job.ranks is None else job.ranks.rank
+        uses = collections.Counter(
+            id(read) for read, owner in zip(reads, owners, strict=True) if owner == rank
+        )
+
+        def let_go(read: Any) -> None:
+            for name in [name for name, value in stats.items() if value is read]:
+                del stats[name]
+            for j, other in enumerate(reads):
+                if other is read:
+                    reads[j] = None
+
+        for read in list(reads):
+            if read is not None and not uses[id(read)]:
+                let_go(read)  # read only by other ranks' work
+
+        def work(k: int) -> Any:
+            item, read = items[k], reads[k]
+            if isinstance(item, SiblingGroup):
+                made: Any = member_energies(item, sites, read)
+            else:
+                keep: dict[str, Any] = {}
+                site = sites[item]
+                found = candidates(site.info, site.weight, job.forms, read, job.profile, keep=keep)
+                made = (found, keep)
+            uses[id(read)] -= 1
+            if not uses[id(read)] and read is not None:  # its last reader here
+                let_go(read)
+            return made
 
         if job.ranks is None:
-            made = [spectra(i) for i in indices]
-        else:  # each site's spectra made once, by one rank, and shared
-            costs = [svd_cost(sites[i].info.weight_shape) for i in indices]
-            made = job.ranks.map_assigned(list(indices), costs, spectra, what="spectra")
-        for i, (found, keep) in zip(indices, made, strict=True):
-            options[i], kept[i] = found, keep
+            made = [work(k) for k in range(len(items))]
+        else:  # each site's spectra and each group's energies made once, by one rank, shared
+            made = job.ranks.map_assigned(range(len(items)), costs, work, what="spectra")
+        energies: dict[int, Any] = {}
+        for item, result in zip(items, made, strict=True):
+            if isinstance(item, SiblingGroup):
+                energies[id(item)] = result
+            else:
+                options[item], kept[item] = result
+        return [energies[id(group)] for group in groups]
 
     prefix = [sites[i] for i in job.parts.prefix]
     stats = stream.trace(prefix) if stream is not None and job.calibrated else {}
@@ -608,21 +661,15 @@ def _spectra(
                 if job.calibrated
                 else {}
             )
-            fill(members, stats)
-            _drop_whitenings(stats, [sites[g[0]].name for g in groups])
-            if job.calibrated and "svd" in job.forms:
-                for group in groups:
-                    sib = SiblingGroup(group, f"{sites[group[0]].name}+{len(group) - 1}")
-                    member = [options[i] for i in group]
-                    opts = group_options(
-                        sib,
-                        sites,
-                        member,
-                        stats.get(sites[group[0]].name),
-                        [1.0] * len(group),
-                        False,
-                    )
-                    planned.append(_sibling_node(sib, sites, opts))
+            joint = job.calibrated and "svd" in job.forms
+            sibs = [SiblingGroup(g, f"{sites[g[0]].name}+{len(g) - 1}") for g in groups]
+            energies = fill(members, stats, sibs if joint else ())
+            for sib, made in zip(sibs if joint else (), energies, strict=True):
+                member = [options[i] for i in sib.members]
+                opts = group_options(
+                    sib, sites, member, None, [1.0] * len(sib.members), False, energies=made
+                )
+                planned.append(_sibling_node(sib, sites, opts))
             del stats
             if stream is not None:
                 stream.advance(k)
@@ -678,6 +725,38 @@ def _refresh(job: _Job, k: int) -> None:
             job.sites[i].bias = bias.detach() if isinstance(bias, torch.Tensor) else None
 
 
+def _releasing(
+    chosen: list[Site], plan: FactorizationPlan, build: Any, now: dict[str, Any]
+) -> tuple[list[Site], Callable[[Site, Choice], nn.Module]]:
+    """``chosen``, the largest input moment's readers first, and a ``build`` that lets go.
+
+    The ``build`` returned drops each moment from ``now`` once its last reader is built.
+    Readers of one moment stay together and in order (a sibling group's members); the largest
+    moment (an MLP down projection's) is freed before the next block's layers are built.
+    """
+
+    def size(site: Site) -> int:
+        found = now.get(site.name)
+        return int(found.features) if isinstance(found, InputStats) else 0
+
+    order = sorted(range(len(chosen)), key=lambda i: (-size(chosen[i]), i))
+    chosen = [chosen[i] for i in order]
+    left = collections.Counter(
+        id(now.get(s.name)) for s in chosen if plan.choice(s.name).form != "dense"
+    )
+
+    def built(site: Site, choice: Choice) -> nn.Module:
+        layer = build(site, choice)
+        read = now.get(site.name)
+        left[id(read)] -= 1
+        if read is not None and not left[id(read)]:
+            for name in [name for name, value in now.items() if value is read]:
+                del now[name]
+        return layer
+
+    return chosen, built
+
+
 def _decompose(
     job: _Job, the_plan: FactorizationPlan, groups: Sequence[Any], progress: Any
 ) -> None:
@@ -708,7 +787,10 @@ def _decompose(
 
     def emit(indices: Sequence[int]) -> bool:
         chosen = [sites[i] for i in indices]
-        swap_sites(job.root, "module_swap", chosen, the_plan, build, tied=tied, spread=spread)
+        builder: Any = build
+        if spread is None and now:  # one process: each moment let go after its last reader
+            chosen, builder = _releasing(chosen, the_plan, build, now)
+        swap_sites(job.root, "module_swap", chosen, the_plan, builder, tied=tied, spread=spread)
         return any(the_plan.choice(s.name).form != "dense" for s in chosen)
 
     def release(indices: Sequence[int]) -> None:

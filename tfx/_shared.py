@@ -32,6 +32,7 @@ __all__ = [
     "SiblingGroup",
     "sibling_groups",
     "group_options",
+    "member_energies",
     "expand",
 ]
 
@@ -84,7 +85,7 @@ def sibling_groups(
     ]
 
 
-def _member_energies(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> list[torch.Tensor]:
+def member_energies(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> list[torch.Tensor]:
     """Each member's energy in the stacked (whitened) weight's leading directions, cumulated.
 
     ``energies[k][r-1] = |A_k V_r|^2`` for ``A = [W_1; W_2; ...] L`` and ``V_r`` its leading
@@ -121,17 +122,19 @@ def group_options(
     stats: Any,
     weights: Sequence[float],
     graph_result: bool,
+    energies: list[torch.Tensor] | None = None,
 ) -> list[Option]:
     """The group's options: joint ranks of the stacked SVD, and the frontier of separate picks.
 
     ``member_options[k]`` are member ``k``'s own options; ``weights`` their planner weights.
     FLOPs of a joint option: ``x V`` once in a graph result (``graph_result``), once per
-    member in a result made of modules.
+    member in a result made of modules. ``energies``: :func:`member_energies` of the group,
+    when made elsewhere (by another process); computed here otherwise.
     """
     outs = [sites[i].info.weight_shape[0] for i in group.members]
     n_in = sites[group.members[0]].info.weight_shape[1]
     tokens = sites[group.members[0]].info.tokens
-    group.energies = _member_energies(group, sites, stats)
+    group.energies = member_energies(group, sites, stats) if energies is None else energies
     group.norms = [float(e[-1]) for e in group.energies]
     token = RANK_ALIGN.set(rank_alignment(sites[group.members[0]].weight))
     try:

@@ -26,7 +26,7 @@ from ..utils import balanced_tensorization, get_tensorized_shape
 from ._device import DeviceProfile
 from ._flops import price, price_all
 from ._records import Option, SiteInfo
-from ._whiten import InputStats, gram_of_rows, small_eig
+from ._whiten import CHUNK_ROWS, InputStats, gram_of_rows, small_eig
 
 __all__ = [
     "FORMS",
@@ -100,9 +100,18 @@ class Spectra:
         self._weight: torch.Tensor | None = weight.detach().to(
             torch.float32 if weight.numel() > _SPECTRA_F64_NUMEL else torch.float64
         )
-        # The squared norm in float64 without a float64 copy of the weight (3x faster on a
-        # vocabulary-sized table).
-        self.norm2 = float(torch.linalg.vector_norm(self._weight, dtype=torch.float64)) ** 2
+        # The squared norm in float64, a chunk of rows at a time: vector_norm(dtype=float64)
+        # converts its whole input first (a vocabulary table's float64 copy, 0.5 GB at 32k x 2k).
+        rows = self._weight.reshape(self._weight.shape[0], -1) if self._weight.dim() else None
+        self.norm2 = (
+            float(self._weight.double()) ** 2
+            if rows is None
+            else sum(
+                float(torch.linalg.vector_norm(rows[i : i + CHUNK_ROWS], dtype=torch.float64)) ** 2
+                for i in range(0, rows.shape[0], CHUNK_ROWS)
+            )
+            + 0.0
+        )
         self._cache: dict[Any, list[float]] = {}
         self._sides: dict[bool, torch.Tensor] = {}  # whole-side Grams, by "is the row side"
 
@@ -588,7 +597,10 @@ def _candidates(
             else:
                 options += list(_tensorized_options(site, spectra, matrix, pairs, forms))
             p_rows, p_cols = padded_size(rows), padded_size(cols)
-            if (p_rows, p_cols) != (rows, cols):
+            # TT and BlockTT only: the forms that compress a vocabulary-sized table best;
+            # Tucker's mode unfoldings of such a matrix cost seconds for a rarely chosen form.
+            chain_forms = [f for f in forms if f in ("tt", "blocktt")]
+            if (p_rows, p_cols) != (rows, cols) and chain_forms:
                 # Zero rows/columns: the same matrix, with shapes that tensorize (exact).
                 padded = torch.nn.functional.pad(matrix, (0, p_cols - cols, 0, p_rows - rows))
                 # Order 3 only: these matrices are the large ones (vocabularies), whose spectra
@@ -598,9 +610,6 @@ def _candidates(
                     for p in _tensorizations(site, p_rows, p_cols)
                     if p not in pairs and len(p[0]) == 3
                 ]
-                # TT and BlockTT only: the forms that compress a vocabulary-sized table best;
-                # Tucker's mode unfoldings of such a matrix cost seconds for a rarely chosen form.
-                chain_forms = [f for f in forms if f in ("tt", "blocktt")]
                 p_spectra = Spectra(padded)
                 if p_cols == cols:  # zero rows leave the row-split spectrum unchanged: reuse it
                     p_spectra._cache[("flat", p_rows)] = spectra.tails((rows, cols), None, 1)

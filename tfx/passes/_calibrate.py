@@ -567,7 +567,6 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | RowCounts | None)
         return site
     weight = site.weight
     flat = weight.reshape(weight.shape[0], -1)
-    work = flat.double()
     if choice.form == "svd":
         assert isinstance(stats, InputStats)
         rank = int(choice.rank if site.info.kind == "linear" else choice.rank[1])
@@ -575,6 +574,7 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | RowCounts | None)
             return dataclasses.replace(
                 site, svd=_tall_low_rank(flat.detach(), rank, whitening=stats.whitening())
             )
+        work = flat.double()  # after the tall case: a head's float64 copy doubles its size
         if stats.full:  # the left subspace of W L from W C W^T: no n x n whitening made
             u = _top_eigenvectors(stats.whitened_gram(flat), rank)
         else:
@@ -590,6 +590,7 @@ def whitened_site(site: Site, choice: Any, stats: InputStats | RowCounts | None)
     else:
         if not stats.full:
             return site
+        work = flat.double()
         if site.info.kind == "linear":
             rows, cols = choice.tensorized_shape
             if (math.prod(rows), math.prod(cols)) != tuple(
