@@ -322,3 +322,32 @@ def test_siblings_are_the_layers_that_read_one_tensor(arch: str, expected: list)
     groups = _look_at_block(stream, 0, sites, members)
     assert [[sites[i].name.split(".")[-1] for i in g] for g in groups] == expected
     stream.close()
+
+
+def test_each_moment_is_let_go_after_its_last_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spectra pass: a block's sites are visited largest input moment first, and a moment is
+    gone before the next moment's readers start (not held to the end of the block)."""
+    import tfx._sequential as sequential
+
+    seen: list[tuple[str, int, weakref.ref]] = []  # (site, features, its moment)
+    alive_at_next: list[bool] = []
+    real = sequential.candidates
+
+    def spy(info, weight, forms, stats, *args, **kwargs):
+        if isinstance(stats, InputStats) and "layers." in info.name:
+            gc.collect()
+            if seen and seen[-1][2]() is not stats:  # the previous moment's readers are done
+                alive_at_next.append(seen[-1][2]() is not None)
+            seen.append((info.name, stats.features, weakref.ref(stats)))
+        return real(info, weight, forms, stats, *args, **kwargs)
+
+    monkeypatch.setattr(sequential, "candidates", spy)
+    model = ZOO["llama"].build()
+    tfx.factorize(
+        model, 0.5, calibration=_batches("llama"), sequential=True, inplace=True, progress=False
+    )
+    blocks = {name.split(".mlp.")[0].split(".self_attn.")[0] for name, _, _ in seen}
+    firsts = [next(name for name, _, _ in seen if name.startswith(b + ".")) for b in blocks]
+    assert len(blocks) == len(model.model.layers) > 1
+    assert all(name.endswith("mlp.down_proj") for name in firsts)  # the widest input first
+    assert alive_at_next and not any(alive_at_next)
