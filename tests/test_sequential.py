@@ -351,3 +351,30 @@ def test_each_moment_is_let_go_after_its_last_reader(monkeypatch: pytest.MonkeyP
     assert len(blocks) == len(model.model.layers) > 1
     assert all(name.endswith("mlp.down_proj") for name in firsts)  # the widest input first
     assert alive_at_next and not any(alive_at_next)
+
+
+def test_decompose_pass_collects_no_moment_for_layers_kept_dense(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second pass observes only the inputs its decompositions read: a site the plan keeps
+    dense (and in no sibling group with a factorized member) is not observed again."""
+    asked: list[list[str]] = []
+    real = BlockStream.statistics
+
+    def spy(self, k, sites, share=()):
+        asked.append([s.name for s in sites])
+        return real(self, k, sites, share)
+
+    monkeypatch.setattr(BlockStream, "statistics", spy)
+    model = ZOO["llama"].build()
+    n = len(model.model.layers)
+    result = tfx.factorize(
+        model, 0.6, calibration=_batches("llama"), sequential=True, inplace=True, progress=False
+    )
+    plan = result.tfx_plan
+    second = {name for names in asked[n:] for name in names}  # the decompose pass's blocks
+    in_blocks = [c for c in plan.choices if c.site.startswith("model.layers.")]
+    dense = [c.site for c in in_blocks if c.form == "dense"]
+    assert len(asked) == 2 * n and dense
+    assert all(c.site in second for c in in_blocks if c.form != "dense")  # each one read
+    assert any(name not in second for name in dense)  # and a dense one not observed again

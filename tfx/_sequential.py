@@ -725,6 +725,25 @@ def _refresh(job: _Job, k: int) -> None:
             job.sites[i].bias = bias.detach() if isinstance(bias, torch.Tensor) else None
 
 
+def _to_decompose(
+    sites: Sequence[Site], members: Sequence[int], plan: FactorizationPlan, share: Any
+) -> list[Site]:
+    """The sites of ``members`` whose input statistics the decomposition needs.
+
+    Those not kept dense, and every member of a sibling group one of whose members is not:
+    a layer the plan keeps dense needs no moment (an MLP down projection's is the largest).
+    """
+    names = {
+        sites[i].name
+        for i in members
+        if plan.choice(sites[i].name).form != "dense" or sites[i].held_params is not None
+    }
+    for group in share:
+        if names.intersection(group):
+            names.update(group)
+    return [sites[i] for i in members if sites[i].name in names]
+
+
 def _releasing(
     chosen: list[Site], plan: FactorizationPlan, build: Any, now: dict[str, Any]
 ) -> tuple[list[Site], Callable[[Site, Choice], nn.Module]]:
@@ -809,7 +828,8 @@ def _decompose(
             if stream is not None and job.calibrated:
                 now.clear()
                 share = job.siblings.get(k, [])
-                now.update(stream.statistics(k, [sites[i] for i in members], share))
+                wanted = _to_decompose(sites, members, the_plan, share)
+                now.update(stream.statistics(k, wanted, share))
             emit(members)
             now.clear()
             if stream is not None and job.calibrated:
