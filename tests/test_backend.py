@@ -529,7 +529,7 @@ def test_backend_site_names_are_those_of_factorize(name: str) -> None:
     """Hugging Face models: the backend names every site as tfx.factorize does, by
     ``named_modules()`` (GPT-2's tied LM head is ``lm_head``, not the embedding it shares a
     weight with), and both factorize some. Which ones is the planners' business: tfx.factorize
-    also plans tied tables and shared input bases. Swin is ``slow``: torch.export takes a
+    also plans shared input bases (with calibration). Swin is ``slow``: torch.export takes a
     minute on it; the next test checks its names without export."""
     model, x = HF_MODELS[name]()
     backend = tfx.backend(0.5, compiler="eager", progress=False)
@@ -694,3 +694,77 @@ def test_unreachable_budget_names_the_graph_piece() -> None:
         torch._dynamo.exc.BackendCompilerFailed, match=r"(?s)BudgetError: budget=0\.01.*graph piece"
     ):
         _run(compiled, x)
+
+
+# --- tied tables: one factorized table read by every reader ----------------------------------
+
+
+@pytest.fixture
+def tables(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The owners the backend decomposes a tied table for, in order (cache misses only)."""
+    names: list[str] = []
+    make = tfx._backend.table_tensor
+
+    def counting(site: Any, choice: Any) -> nn.Module:
+        names.append(site.name)
+        return make(site, choice)
+
+    monkeypatch.setattr(tfx._backend, "table_tensor", counting)
+    return names
+
+
+def _tied_gpt2() -> tuple[nn.Module, torch.Tensor]:
+    """GPT-2 whose tied token table is most of the model, so a 0.5 budget must compress it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=1000,
+        n_embd=64,
+        n_layer=1,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return GPT2LMHeadModel(config).eval(), torch.randint(0, 1000, (2, 8))
+
+
+def test_tied_table_is_factorized_once_and_read_by_both_readers(tables: list[str]) -> None:
+    """GPT-2's ``wte``/``lm_head``: one table in the plan (counted once, within the budget), one
+    decomposition, one tensor held by both of the graph's layers; the outputs are those of
+    tfx.factorize applying the same plan (which keeps the tie: tests/test_tied.py)."""
+    model, x = _tied_gpt2()
+    backend = tfx.backend(budget=0.5, compiler="eager")
+    got = _run(torch.compile(model, backend=backend, fullgraph=True), x)
+    (plan,) = backend.plans  # type: ignore[attr-defined]
+    wte, head = plan.choice("transformer.wte"), plan.choice("lm_head")
+    assert wte.form != "dense" and (head.form, head.rank) == (wte.form, wte.rank)
+    assert head.params_after == 0 and "one factorized table" in head.reason
+    assert plan.total_params_after <= 0.5 * plan.total_params_before
+    assert tables == ["lm_head"]
+    same = tfx.factorize(model, plan=plan, example_inputs=(x,), progress=False, emit="graph")
+    torch.testing.assert_close(got, _run(same, x), rtol=1e-5, atol=1e-6)
+
+
+def test_tied_table_follows_recompiles_and_weight_changes(tables: list[str]) -> None:
+    """A new batch shape recompiles: the second plan keeps the table's choice and the table is
+    not decomposed again. An in-place change of the tied weight is decomposed again, once, and
+    reaches both readers."""
+    model, x = _tied_gpt2()
+    backend = tfx.backend(budget=0.5, compiler="eager")
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    _run(compiled, x)
+    y = torch.randint(0, 1000, (3, 8))
+    got = _run(compiled, y)
+    first, second = backend.plans  # type: ignore[attr-defined]
+    assert _decisions(first) == _decisions(second) and tables == ["lm_head"]
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(-0.5)
+    changed = _run(compiled, y)
+    assert tables == ["lm_head", "lm_head"] and len(backend.plans) == 2  # type: ignore[attr-defined]
+    assert _max_rel_error(changed, got) > 1e-3
+    same = tfx.factorize(model, plan=second, example_inputs=(y,), progress=False, emit="graph")
+    torch.testing.assert_close(changed, _run(same, y), rtol=1e-5, atol=1e-6)

@@ -183,7 +183,10 @@ def _plan_sites(
     )
     options: list[list[Option]] = [found for found, _ in made]
     kept: list[dict[str, Any]] = [keep for _, keep in made]
+    in_table = {sites[i].name for g in groups for i in g.members}
     for name, choice in (pinned or {}).items():
+        if name in in_table:  # the table's options are pinned instead (_tied_node)
+            continue
         i = next(i for i, s in enumerate(sites) if s.name == name)
         options[i], kept[i] = _pin(sites[i], options[i], kept[i], choice, profile), {}
     if bar is not None:
@@ -195,7 +198,7 @@ def _plan_sites(
         {"itemsize": s.weight.element_size(), "held": s.held_params, "kept": k, "weight": w}
         for s, k, w in zip(sites, kept, site_weights, strict=False)
     ]
-    planned = [_tied_node(g, sites, forms, profile) for g in groups]
+    planned = [_tied_node(g, sites, forms, profile, pinned or {}) for g in groups]
 
     def moment(sib: SiblingGroup) -> Any:
         return calibrated.stats.get(sites[sib.members[0]].name) if calibrated is not None else None
@@ -267,16 +270,35 @@ def _pin(
 
 
 def _tied_node(
-    group: TiedGroup, sites: Sequence[Site], forms: Sequence[str], profile: DeviceProfile | None
+    group: TiedGroup,
+    sites: Sequence[Site],
+    forms: Sequence[str],
+    profile: DeviceProfile | None,
+    pinned: dict[str, Choice] | None = None,
 ) -> Group:
-    """A tied table as a planner group: its options counted once, a row per reader."""
+    """A tied table as a planner group: its options counted once, a row per reader.
+
+    A reader in ``pinned`` (the backend's choice for a table an earlier graph piece read)
+    leaves the table that one option.
+    """
     names = [sites[i].name for i in group.members]
+    options = joint_options(group, sites, forms, profile)
+    pin = next((pinned[n] for n in names if pinned and n in pinned), None)
+    if pin is not None:
+        want = (pin.form, repr(pin.tensorized_shape), repr(pin.rank))
+        options = [o for o in options if o.key() == want]
+        if not options:  # pragma: no cover - the same weight and forms give the same options
+            raise PlanMismatchError(
+                f"the table read by {names} was given {pin.form} rank {pin.rank} by an earlier "
+                "graph piece, which is not among its options in this one.\n"
+                "Fix: report this as a bug, with the model."
+            )
 
     def rows(option: Option, make: Any) -> dict[str, Choice]:
         made = member_choices(group, sites, option, profile, lambda site, o: make(site.name, o))
         return {sites[i].name: row for i, row in made.items()}
 
-    return Group("tied:" + names[0], names, joint_options(group, sites, forms, profile), True, rows)
+    return Group("tied:" + names[0], names, options, True, rows)
 
 
 def _sibling_node(group: SiblingGroup, sites: Sequence[Site], options: list[Option]) -> Group:

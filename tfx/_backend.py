@@ -37,12 +37,13 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ._api import _check_names, _plan_sites
 from ._errors import BudgetError, OptionError, TfxWarning, unknown_option
+from ._tied import TiedGroup, tied_groups
 from ._types import FORMS, KINDS, Form, Kind, Strategy
 from .cost import Budget, Choice, FactorizationPlan, normalise_budget
 from .cost._choose import available_strategies
 from .passes import Site, emit, find_sites, rewrite
 from .passes._analysis import check_weights
-from .passes._decompose import decompose
+from .passes._decompose import decompose, table_tensor, tied_layer
 from .passes._pass import site_context
 
 if TYPE_CHECKING:
@@ -467,7 +468,7 @@ class _Decomposed:
         self.bias = weakref.ref(bias) if isinstance(bias, nn.Parameter) else None
         # Sites read through ``x @ W`` hold the transposed weight.
         self.transposed = site.weight.dim() == 2 and site.weight.stride() != param.stride()
-        self.layer = _inference(decompose(site, choice))
+        self.layer = _inference(self._make())
         self.state = self.live()
         self.generation = 0  # counts refreshes, for the graphs' layers that hold a copy (_load)
 
@@ -501,12 +502,15 @@ class _Decomposed:
                 bias=bias.detach() if bias is not None else self.site.bias,
             )
         with torch.inference_mode(False), torch.no_grad(), site_context(self.site, self.choice):
-            fresh = decompose(self.site, self.choice)
+            fresh = self._make()
             for old, new in zip(_tensors(self.layer), _tensors(fresh), strict=False):
                 old.copy_(new)
         self.state = self.live()
         self.generation += 1
         logger.info("tfx backend: %s changed; decomposed again", self.site.name)
+
+    def _make(self) -> nn.Module:
+        return decompose(self.site, self.choice)
 
     def sibling(self, param: nn.Parameter, bias: Any) -> _Decomposed:
         """The decomposition of another module's weight (and bias) with this one's choice.
@@ -522,6 +526,40 @@ class _Decomposed:
         return _decomposition(
             site, self.choice, param, bias if isinstance(bias, nn.Parameter) else None
         )
+
+
+class _Table(_Decomposed):
+    """A tied weight's one factorized table, which every reader's layer holds (``layer``).
+
+    Made from the group's owner (:class:`~tfx._tied.TiedGroup`); the readers' layers are
+    :func:`~tfx.passes._decompose.tied_layer` over it, so refreshing the table in place (the
+    weight changed) updates every reader at once, and the graph's readers stay one table.
+    """
+
+    def _make(self) -> nn.Module:
+        return table_tensor(self.site, self.choice)
+
+    def sibling(self, param: nn.Parameter, bias: Any) -> _Decomposed:
+        weight = param.detach()
+        site = dataclasses.replace(self.site, weight=weight.t() if self.transposed else weight)
+        return _table(site, self.choice, param)
+
+
+def _table(site: Site, choice: Choice, param: nn.Parameter) -> _Decomposed:
+    """The cached table of the tied ``param`` for ``choice`` (``site``: the group's owner)."""
+    key = (
+        "table",
+        choice.form,
+        repr(choice.tensorized_shape),
+        repr(choice.rank),
+        param.dtype,
+        param.device,
+    )
+    per_param = _DECOMPOSED.setdefault(param, {})
+    entry: _Decomposed | None = per_param.get(key)
+    if entry is None:
+        entry = per_param[key] = _Table(site, choice, param, None)
+    return entry
 
 
 def _decomposition(
@@ -593,13 +631,26 @@ class _Use:
         _load(self.layer, entry)
 
 
-def _cached_builder(lifted: _Lifted, used: list[_Use]) -> Callable[[Site, Choice], nn.Module]:
-    """``build`` for :func:`~tfx.passes.rewrite`: one decomposition per (Parameter, choice)."""
+def _cached_builder(
+    lifted: _Lifted, used: list[_Use], owners: dict[str, tuple[Site, Choice]] | None = None
+) -> Callable[[Site, Choice], nn.Module]:
+    """``build`` for :func:`~tfx.passes.rewrite`: one decomposition per (Parameter, choice).
+
+    ``owners`` maps each reader of a tied table to the group's owner and its choice: the
+    readers' layers hold the one table made from the owner (:class:`_Table`).
+    """
 
     def build(site: Site, choice: Choice) -> nn.Module:
         param = lifted.params.get(site.weight_target)
         if param is None:
             return _inference(decompose(site, choice))
+        owner = (owners or {}).get(site.name)
+        if owner is not None and choice.form != "dense":
+            table = _table(*owner, param)
+            table.refresh()
+            used.append(_Use(table.layer, table, lifted.index(site.weight_target), None))
+            with site_context(site, choice):
+                return _inference(tied_layer(site, choice, table.layer))  # type: ignore[arg-type]
         bias_target = None
         if site.bias is not None:  # the live bias Parameter, when the graph reads one
             ptr = site.bias.data_ptr()
@@ -731,6 +782,7 @@ class _Backend:
                 for name, p in params.items()
                 if p is not None and p in self._decided
             }
+            groups = _tied(sites, self.kinds, self.skip, params)
             try:
                 plan = _plan_sites(
                     model=gm,
@@ -742,6 +794,7 @@ class _Backend:
                     path=CAPTURE,
                     progress=self.progress,
                     pinned=pinned,
+                    groups=groups,
                 )
             except BudgetError as err:
                 raise BudgetError(_MSG_PIECE.format(err=err, tensors=len(lifted.params))) from None
@@ -749,7 +802,13 @@ class _Backend:
             for site, choice in zip(sites, choices, strict=False):
                 if choice.form != "dense":  # rewrite registers the layer at the site's name
                     _holder(gm, site.name.split(".")[:-1])
-            rewrite(gm, sites, choices, build=_cached_builder(lifted, used), keep_bias=False)
+            owners = {
+                sites[i].name: (sites[g.owner], plan.choice(sites[g.owner].name))
+                for g in groups
+                for i in g.members
+            }
+            build = _cached_builder(lifted, used, owners)
+            rewrite(gm, sites, choices, build=build, keep_bias=False)
             for site, choice in zip(sites, choices, strict=True):
                 param = params[site.name]
                 if param is not None and param not in self._decided:
@@ -764,6 +823,26 @@ class _Backend:
             # torch._dynamo.functional_export does after changing a graph).
             del gm._param_name_to_source
         return emit(gm)
+
+
+def _tied(
+    sites: Sequence[Site],
+    kinds: Sequence[str],
+    skip: Sequence[str],
+    params: dict[str, nn.Parameter | None],
+) -> list[TiedGroup]:
+    """The graph piece's tied tables (:func:`~tfx._tied.tied_groups`) the backend can keep live.
+
+    A group is one lifted Parameter read by readers without a bias of their own: the table is
+    decomposed again when that Parameter changes, which a bias copied into one reader's layer
+    would not follow.
+    """
+    return [
+        g
+        for g in tied_groups(sites, kinds, skip)
+        if params.get(sites[g.owner].name) is not None
+        and all(sites[i].bias is None for i in g.members)
+    ]
 
 
 def _check_skip(skip: Sequence[str], known: set[str], names: _Names) -> None:
