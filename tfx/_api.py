@@ -63,6 +63,7 @@ from .passes._decompose import Decomposer
 from .passes._emit import Emit as EmitPass  # ._types.Emit is the option's type
 from .passes._emit import tie_groups
 from .passes._pass import Compilation
+from .passes._prior import PRIOR_NOTE, prior_note
 from .passes._rewrite import Rewrite
 
 __all__ = ["factorize", "plan", "save", "load", "Budget", "FactorizationPlan"]
@@ -145,8 +146,13 @@ def _plan_sites(
     graph_result: bool = True,
     ranks: Distributed | None = None,
     pinned: dict[str, Choice] | None = None,
+    priors: dict[str, Any] | None = None,
 ) -> FactorizationPlan:
     """Candidates for every site and group, the graph, then the planner (tfx.cost.plan_graph).
+
+    ``priors`` (without ``calibrated``): data-free input moments per site (the graph's,
+    :func:`~tfx.passes.input_priors`); the plan notes them, the decompositions use them, and
+    ranks are still chosen by weight error (see :mod:`tfx.passes._prior`).
 
     With ``ranks``, each site's candidates are made by one rank (by cost) and shared; the
     plan is made on every rank from them, and the ranks check that theirs agree. ``pinned``
@@ -243,6 +249,8 @@ def _plan_sites(
             choice.sensitivity = calibrated.sensitivity.get(choice.site)
         timings = {**calibrated.timings, **timings}
         the_plan.notes.append(calibrated.note())
+    elif priors:
+        the_plan.notes.append(prior_note(priors, sites))
     the_plan.capture, the_plan.timings = path, timings
     return the_plan
 
@@ -350,11 +358,11 @@ def _check_strategy(strategy: str, calibration: Any) -> None:
         )
 
 
-def _stats_of(calibrated: Calibrated | None) -> Callable[[Site], Any] | None:
-    """A site's input statistics, for the decompose stage (None without calibration)."""
-    if calibrated is None:
+def _stats_of(state: Compilation) -> Callable[[Site], Any] | None:
+    """A site's input statistics (or data-free moment), for the decompose stage."""
+    stats = state.calibrated.stats if state.calibrated is not None else state.priors
+    if not stats:
         return None
-    stats = calibrated.stats
     return lambda site: stats.get(site.name)
 
 
@@ -399,6 +407,7 @@ def _new_plan(
         captured.path,
         progress,
         calibrated=state.calibrated,
+        priors=state.priors,
         profile=profile,
         groups=groups,
         siblings=siblings,
@@ -647,12 +656,14 @@ def factorize(
         )
     else:
         state.plan = _given_plan(plan, state.sites, calibration)
+        if not any(n.startswith(PRIOR_NOTE) for n in state.plan.notes):
+            state.priors = None  # applied as it was made: factors for the weight
     the_plan = state.plan
     the_plan.emit = state.emission
     the_plan.timings = {"capture + match": capture_s, **the_plan.timings}  # stages in order
     clock = time.perf_counter()
     sites = state.sites
-    state.build = Decomposer(sites, the_plan, _stats_of(state.calibrated), groups)
+    state.build = Decomposer(sites, the_plan, _stats_of(state), groups)
     bar = _progress(len(sites), progress, "tfx: decompose")
     tied = {sites[i].name for g in groups for i in g.members}
     spread = _spread(ranks, state.build, groups, sites)

@@ -140,6 +140,22 @@ class InputStats:
         self.unsupported = False
         self._whitening: dict[object, Whitening] = {}
 
+    @classmethod
+    def of_moment(cls, moment: torch.Tensor, count: int) -> InputStats:
+        """Statistics whose moment is ``moment`` (a vector: its diagonal), over ``count`` rows.
+
+        For moments known without data (:func:`tfx.passes.input_priors`) or kept elsewhere.
+
+        Example:
+            >>> stats = InputStats.of_moment(torch.eye(2, dtype=torch.float64), 1)
+            >>> stats.covariance().tolist(), stats.full
+            ([[1.0, 0.0], [0.0, 1.0]], True)
+        """
+        stats = cls(int(moment.shape[0]), full=moment.dim() == 2)
+        stats._settled = moment.double()
+        stats.count = count
+        return stats
+
     def update(self, rows: torch.Tensor) -> None:
         """Add rows ``(n, features)``."""
         if rows.shape[-1] != self.features:

@@ -6,6 +6,7 @@ from ._decompose import Decomposer, build_layer, decompose
 from ._emit import Emit, emit, output_error
 from ._match import Site, find_sites
 from ._pass import Compilation, Pass, SiteError
+from ._prior import input_priors
 from ._rewrite import Rewrite, rewrite, splice
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Capture",
     "Match",
     "Calibrate",
+    "input_priors",
     "Rewrite",
     "Emit",
 ]

@@ -25,6 +25,7 @@ from ._calibrate import Calibrated, attention_mask, calibrate, calibration_batch
 from ._capture import _without_cache, call_with, capture
 from ._match import Site, _dense_reason, _site_of_module, find_module_sites, find_sites
 from ._pass import Compilation, ContractError, Pass
+from ._prior import input_priors
 from ._swap import module_of
 
 if TYPE_CHECKING:
@@ -338,8 +339,10 @@ class Match(Pass):
 class Calibrate(Pass):
     """Input statistics (and sensitivities) per site, measured on the calibration batches.
 
-    Sets ``state.calibrated`` (None without calibration data). ``ensures``: statistics only
-    for sites of this model.
+    Sets ``state.calibrated`` (None without calibration data). Without data, sets
+    ``state.priors``: the input moments the graph gives without data (a linear layer behind a
+    LayerNorm or RMSNorm, or behind one more linear layer and an activation:
+    :func:`~tfx.passes.input_priors`). ``ensures``: statistics only for sites of this model.
 
     Args:
         calibration: the user's calibration batches, or None.
@@ -378,6 +381,8 @@ class Calibrate(Pass):
             self.mask,
             self.ranks,
         )
+        if state.calibrated is None:
+            state.priors = input_priors(state.captured.gm, state.sites)
 
     def ensures(self, state: Compilation) -> None:
         """Every statistic belongs to a site."""

@@ -96,6 +96,8 @@ class Compilation:
             :class:`~tfx.passes.Capture` before anything changed.
         sites: set by :class:`~tfx.passes.Match`, with ``emission`` (``'graph'`` / ``'modules'``).
         calibrated: set by :class:`~tfx.passes.Calibrate` (None without calibration data).
+        priors: set by :class:`~tfx.passes.Calibrate` without calibration data: data-free
+            input moments of the linear sites the graph explains (:func:`input_priors`).
         plan: set by the planner, or given.
         build: the layer builder of the decompose stage (:class:`~tfx.passes.Decomposer`).
         result: set by :class:`~tfx.passes.Rewrite`, finished by :class:`~tfx.passes.Emit`.
@@ -110,6 +112,7 @@ class Compilation:
     sites: Any = None
     emission: Any = None
     calibrated: Any = None
+    priors: Any = None
     plan: Any = None
     build: Any = None
     result: Any = None
