@@ -561,3 +561,64 @@ def test_a_whitened_svd_layer_is_built_from_its_svd(monkeypatch, shape) -> None:
     whitened = whitened_site(site, _choice(60, shape), stats)
     assert whitened.svd is not None and whitened.weight is site.weight
     torch.testing.assert_close(layer(torch.eye(n_in)).T, _target(whitened), rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_basis_spans_the_weighted_tables_leading_right_singular_vectors() -> None:
+    from tfx.cost._whiten import RowCounts
+    from tfx.passes._calibrate import embedding_basis
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 12, dtype=torch.float64, generator=gen)
+    counts = RowCounts(40)
+    counts.update(torch.randint(0, 10, (200,), generator=gen))  # rows 10..39 never looked up
+    basis = embedding_basis(weight, counts, 0.25)
+    d = (counts.counts + counts.count / 40).sqrt()
+    _, _, vh = torch.linalg.svd(d[:, None] * weight, full_matrices=False)
+    assert basis.shape == (12, 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(basis @ basis.T, vh[:3].T @ vh[:3])
+
+
+def test_embedding_sensitivity_is_the_effect_of_its_projected_lookups() -> None:
+    """The word embedding's sensitivity: the model's relative output change when its lookups
+    are projected as a rank-k factorization fitted to the batch's counts would, divided by the
+    relative error of that projection (real positions only), computed here with a hook."""
+    from tfx.passes._calibrate import calibrate
+
+    model = tiny_bert().double()
+    batch = bert_inputs(2, 8)
+    batch["attention_mask"][1, 5:] = 0
+    captured = capture(model, batch)
+    sites = find_sites(captured.gm, path=captured.path)
+    got = calibrate(captured.gm, sites, [batch], sensitivity=True).sensitivity
+    name = "embeddings.word_embeddings"
+    table = model.embeddings.word_embeddings.weight.detach()
+    keep = batch["attention_mask"].bool()
+    counts = torch.bincount(batch["input_ids"][keep], minlength=table.shape[0]).double()
+    d = (counts + counts.sum() / table.shape[0]).sqrt()
+    _, _, vh = torch.linalg.svd(d[:, None] * table, full_matrices=False)
+    projector = vh[:8].T @ vh[:8]  # a quarter of the width, 32
+    k = keep[..., None].double()
+    cut: dict[str, float] = {}
+
+    def project(module: nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
+        removed = (out - out @ projector) * k
+        cut["error"] = float(removed.square().sum() / (out * k).square().sum())
+        return out - removed
+
+    def outputs() -> list[torch.Tensor]:
+        with torch.no_grad():
+            result = model(**batch)
+        return [result.last_hidden_state * k, result.pooler_output]
+
+    reference = outputs()
+    handle = model.embeddings.word_embeddings.register_forward_hook(project)
+    try:
+        changed = outputs()
+    finally:
+        handle.remove()
+    change = sum(float((a - b).square().sum()) for a, b in zip(changed, reference, strict=True))
+    norm = sum(float(r.square().sum()) for r in reference)
+    expected = change / norm / cut["error"]
+    assert expected > 0.1  # the projection reaches the output
+    assert got[name] == pytest.approx(expected, rel=1e-9)

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = [
     "collect_statistics",
     "measure_sensitivity",
+    "embedding_basis",
+    "EMBEDDING_PROBE",
     "MAX_FULL",
     "calibration_batches",
     "attention_mask",
@@ -175,13 +177,19 @@ class _Observer(nn.Module):
 
 
 class _Perturb(nn.Module):
-    """Adds Gaussian noise of relative size ``scale`` to its input when ``scale`` > 0."""
+    """Adds Gaussian noise of relative size ``scale`` to its input when ``scale`` > 0.
 
-    def __init__(self, mask: torch.Tensor | None = None) -> None:
+    With a ``basis`` (orthonormal columns over the last dimension), it projects its input onto
+    their span instead, and ``error`` is the relative energy that took away.
+    """
+
+    def __init__(self, mask: torch.Tensor | None = None, basis: torch.Tensor | None = None) -> None:
         super().__init__()
         self.scale = 0.0
         self.seed = 0
         self.mask = mask
+        self.basis = basis
+        self.error = 0.0
 
     def forward(self, y: Any) -> Any:
         """``y`` plus noise of norm ``scale * |y|`` (or ``y`` when off).
@@ -190,6 +198,8 @@ class _Perturb(nn.Module):
         """
         if not self.scale or not isinstance(y, torch.Tensor) or not y.is_floating_point():
             return y
+        if self.basis is not None:
+            return self._project(y)
         gen = torch.Generator(device=y.device).manual_seed(self.seed)
         noise = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
         keep = _positions_mask(self.mask, y)
@@ -199,6 +209,47 @@ class _Perturb(nn.Module):
         else:
             y_norm = y.norm()
         return y + noise * (self.scale * y_norm / noise.norm().clamp_min(1e-30))
+
+    def _project(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` with its rows projected onto the basis (on the real positions)."""
+        basis = self.basis.to(y.device, y.dtype)  # type: ignore[union-attr]
+        cut = y - (y @ basis) @ basis.mT
+        keep = _positions_mask(self.mask, y)
+        if keep is not None:
+            cut = cut * keep
+            y_norm2 = float((y * keep).square().sum())
+        else:
+            y_norm2 = float(y.square().sum())
+        self.error = float(cut.square().sum()) / max(y_norm2, 1e-300)
+        return y - cut
+
+
+#: An embedding's sensitivity is measured with the error its low-rank factorization makes: its
+#: lookups projected onto the leading right singular vectors of the frequency-weighted table,
+#: this fraction of its width (see :func:`embedding_basis`).
+EMBEDDING_PROBE = 0.25
+
+
+def embedding_basis(
+    weight: torch.Tensor, counts: RowCounts, fraction: float = EMBEDDING_PROBE
+) -> torch.Tensor:
+    """The leading ``fraction`` of the right singular vectors of ``D W`` (``D`` the row weights).
+
+    Projecting a lookup onto them is what a rank-``k`` factorization of the table fitted to
+    the calibration data does to it (``k = fraction * width``), float64, ``(width, k)``.
+
+    Example:
+        >>> counts = RowCounts(6)
+        >>> counts.update(torch.tensor([0, 1, 2]))
+        >>> embedding_basis(torch.eye(6, 4, dtype=torch.float64), counts, 0.5).shape
+        torch.Size([4, 2])
+    """
+    from ..cost._whiten import small_eig
+
+    gram = gram_of_rows(weight.detach(), counts.scales())
+    k = max(1, round(fraction * gram.shape[0]))
+    vectors = small_eig(torch.linalg.eigh, gram).eigenvectors
+    return vectors[:, -k:].flip(-1).contiguous()
 
 
 def _positions_mask(mask: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
@@ -433,6 +484,7 @@ def measure_sensitivity(
     progress: Any = None,
     mask: torch.Tensor | None = None,
     ranks: Distributed | None = None,
+    bases: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Per factorizable site: how much a relative error at its output grows by the model's output.
 
@@ -443,9 +495,17 @@ def measure_sensitivity(
     batch's real positions), noise goes to and outputs are compared at those positions only.
     With ``ranks``, the sites are split over the ranks (one forward each) and every rank gets
     every site's value.
+
+    ``bases`` (per site name, orthonormal columns over the output's last dimension): those
+    sites' outputs are projected onto the basis instead, and the change is divided by the
+    relative error the projection made. :func:`calibrate` gives embeddings the basis of
+    :func:`embedding_basis`: a table's factorization removes what distinguishes tokens, in the
+    same directions for every lookup, and on all-MiniLM-L6-v2 that costs the output 2 to 4
+    times what noise of the same size does (at a quarter of the width: 2.4 times).
     """
     wanted = [s for s in sites if s.info.factorizable]
-    perturbs = {site.name: _Perturb(mask) for site in wanted}
+    bases = bases or {}
+    perturbs = {site.name: _Perturb(mask, bases.get(site.name)) for site in wanted}
     undo = _attach(gm, wanted, perturbs, after=True)
     out: dict[str, float] = {}
     try:
@@ -473,6 +533,8 @@ def measure_sensitivity(
                 )
                 if progress is not None:
                     progress.update(1)
+                if module.basis is not None:  # relative to the error the projection made
+                    return change / ref_norm2 / max(module.error, 1e-30)
                 return change / ref_norm2 / scale**2
 
             order = range(len(wanted))
@@ -649,6 +711,23 @@ class Calibrated:
         return text
 
 
+def _embedding_bases(sites: Sequence[Site], stats: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """:func:`embedding_basis` of every factorizable embedding with row counts."""
+    out = {}
+    for site in sites:
+        counts = stats.get(site.name)
+        if (
+            site.info.kind == "embedding"
+            and site.info.factorizable
+            and isinstance(counts, RowCounts)
+            and counts.count
+            and not counts.unsupported
+            and site.weight is not None
+        ):
+            out[site.name] = embedding_basis(site.weight, counts)
+    return out
+
+
 def calibrate(
     gm: fx.GraphModule,
     sites: Sequence[Site],
@@ -687,6 +766,7 @@ def calibrate(
             progress=bar,
             mask=mask(batches[0]) if mask else None,
             ranks=ranks,
+            bases=_embedding_bases(sites, stats),
         )
         if bar is not None:
             bar.close()
