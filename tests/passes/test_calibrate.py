@@ -622,3 +622,20 @@ def test_embedding_sensitivity_is_the_effect_of_its_projected_lookups() -> None:
     expected = change / norm / cut["error"]
     assert expected > 0.1  # the projection reaches the output
     assert got[name] == pytest.approx(expected, rel=1e-9)
+
+
+def test_embedding_probe_that_removes_nothing_falls_back_to_noise() -> None:
+    """Only row 0 is looked up and it is the table's leading direction: the projection keeps
+    every lookup whole, so the embedding is measured with noise, as without a basis."""
+    from tfx.passes._calibrate import calibrate
+
+    table = nn.Embedding(16, 16)
+    with torch.no_grad():
+        table.weight.copy_(torch.diag(torch.linspace(10, 1, 16)))
+    model = nn.Sequential(table, nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)).double().eval()
+    batch = (torch.zeros(3, 5, dtype=torch.long),)
+    captured = capture(model, batch)
+    sites = find_sites(captured.gm, path=captured.path)
+    got = calibrate(captured.gm, sites, [batch], sensitivity=True).sensitivity
+    noise = measure_sensitivity(captured.gm, sites, batch)
+    assert got["0"] == noise["0"] and noise["0"] > 0

@@ -230,13 +230,19 @@ class _Perturb(nn.Module):
 EMBEDDING_PROBE = 0.25
 
 
+#: A projection removing less than this share of the lookups' energy measures nothing
+#: (rounding): the site is measured with noise instead.
+_PROBE_FLOOR = 1e-10
+
+
 def embedding_basis(
     weight: torch.Tensor, counts: RowCounts, fraction: float = EMBEDDING_PROBE
 ) -> torch.Tensor:
     """The leading ``fraction`` of the right singular vectors of ``D W`` (``D`` the row weights).
 
     Projecting a lookup onto them is what a rank-``k`` factorization of the table fitted to
-    the calibration data does to it (``k = fraction * width``), float64, ``(width, k)``.
+    the calibration data does to it (``k = fraction * min(rows, width)``, at least 1), float64,
+    ``(width, k)``.
 
     Example:
         >>> counts = RowCounts(6)
@@ -247,7 +253,7 @@ def embedding_basis(
     from ..cost._whiten import small_eig
 
     gram = gram_of_rows(weight.detach(), counts.scales())
-    k = max(1, round(fraction * gram.shape[0]))
+    k = max(1, round(fraction * min(weight.shape[0], gram.shape[0])))
     vectors = small_eig(torch.linalg.eigh, gram).eigenvectors
     return vectors[:, -k:].flip(-1).contiguous()
 
@@ -521,21 +527,27 @@ def measure_sensitivity(
                     "(not e.g. argmax indices), or use strategy='auto'."
                 )
 
-            def measure(i: int) -> float:
-                module = perturbs[wanted[i].name]
+            def change(module: _Perturb, i: int) -> float:
                 module.scale, module.seed = scale, 1234 + i
                 try:
                     got = _outputs(gm, batch, mask)
                 finally:
                     module.scale = 0.0
-                change = sum(
+                return sum(
                     float(((g - r) ** 2).sum()) for g, r in zip(got, reference, strict=False)
                 )
+
+            def measure(i: int) -> float:
+                module = perturbs[wanted[i].name]
+                changed = change(module, i)
+                if module.basis is not None and module.error > _PROBE_FLOOR:
+                    value = changed / ref_norm2 / module.error  # per the projection's error
+                else:  # no projection, or one that removed nothing from this batch: noise
+                    module.basis = None
+                    value = change(module, i) / ref_norm2 / scale**2
                 if progress is not None:
                     progress.update(1)
-                if module.basis is not None:  # relative to the error the projection made
-                    return change / ref_norm2 / max(module.error, 1e-30)
-                return change / ref_norm2 / scale**2
+                return value
 
             order = range(len(wanted))
             values = (
