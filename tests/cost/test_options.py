@@ -257,10 +257,14 @@ def test_rank_grid_alignment_follows_the_hardware() -> None:
     assert RANK_ALIGN.get() == 8
 
 
-def test_map_sites_equals_the_loop_and_restores_threads() -> None:
+def test_map_sites_equals_the_loop_and_restores_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large sites side by side on threads, small ones (CP fits, time-boxed) in the calling
-    thread: the options of the loop, in order (errors up to float rounding)."""
+    thread: the options of the loop, in order (errors up to float rounding). The CP fits'
+    time box is lifted: under load it cuts them at different iterations."""
+    from tfx.cost import _options
     from tfx.cost._options import PARALLEL_MIN_NUMEL, map_sites
+
+    monkeypatch.setattr(_options, "CP_SECONDS", 60.0)
 
     gen = torch.Generator().manual_seed(0)
     shapes = ((48, 48), (300, 256), (32, 48), (256, 288))
