@@ -105,9 +105,10 @@ _ACTIVATION_MODULES = (
 )
 
 #: The activations' moments are integrals over ``z ~ N(0, 1)`` on this grid (trapezoid rule on
-#: ``[-10, 10]``, step 0.005): exact to rounding for smooth activations (the Gaussian weight
-#: makes the rule spectrally accurate), to about 1e-6 where one has a kink (ReLU at 0).
-_GRID = 4001
+#: ``[-10, 10]``, step 0.01): exact to rounding for smooth activations (the Gaussian weight
+#: makes the rule spectrally accurate), to about 3e-6 of the scale where one has a kink (ReLU at
+#: 0). 3072 features take 0.1 s on one thread.
+_GRID = 2001
 _REACH = 10.0
 #: Rows integrated at once (the grid's values of a chunk are ``rows x _GRID`` float64).
 _ROWS = 512
