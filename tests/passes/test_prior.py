@@ -15,6 +15,7 @@ from torch import fx, nn
 
 import tfx
 from tests.passes._models import bert_inputs, tiny_bert
+from tests.zoo.models import ZOO
 from tfx.cost._whiten import DAMPING
 from tfx.passes import capture, find_sites
 from tfx.passes._prior import activation_moments, input_priors
@@ -123,19 +124,9 @@ def test_feed_forward_output_moment_matches_samples_of_what_it_assumes() -> None
 
 
 def test_rms_norm_traced_into_its_ops_gives_the_scale_moment() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=48,
-        max_position_embeddings=32,
-    )
-    model = LlamaForCausalLM(config).eval().double()
+    model = ZOO["llama"].build().double()
     _randomize_norms(model)
-    priors, _ = _priors(model, (torch.randint(0, 64, (2, 6)),))
+    priors, _ = _priors(model, ZOO["llama"].inputs(2, 6))
     layer = model.model.layers[0]
     for name, norm in (
         ("self_attn.q_proj", layer.input_layernorm),
