@@ -13,7 +13,10 @@ im2col patches for a convolution): memory is one ``in x in`` matrix per distinct
 :func:`measure_sensitivity` perturbs one site's output at a time with Gaussian noise of
 a fixed relative size on one calibration batch and measures the relative change of the
 model's outputs: ``s_i = (|f(y_i + e) - f| / |f|)^2 / (|e| / |y_i|)^2``, the factor by
-which an error at that site is amplified (or damped) by the rest of the network.
+which an error at that site is amplified (or damped) by the rest of the network. Embeddings
+are probed with the error their factorization makes instead of noise (their lookups projected
+onto the leading right singular vectors of the frequency-weighted table,
+:func:`embedding_basis`), which on trained tables hurts the output more than noise of its size.
 
 On the module-swap path (no graph) the same observers run as forward hooks on the layers.
 """
