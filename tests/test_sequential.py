@@ -361,9 +361,9 @@ def test_decompose_pass_collects_no_moment_for_layers_kept_dense(
     asked: list[list[str]] = []
     real = BlockStream.statistics
 
-    def spy(self, k, sites, share=()):
+    def spy(self, k, sites, share=(), **kwargs):
         asked.append([s.name for s in sites])
-        return real(self, k, sites, share)
+        return real(self, k, sites, share, **kwargs)
 
     monkeypatch.setattr(BlockStream, "statistics", spy)
     model = ZOO["llama"].build()
@@ -378,3 +378,50 @@ def test_decompose_pass_collects_no_moment_for_layers_kept_dense(
     assert len(asked) == 2 * n and dense
     assert all(c.site in second for c in in_blocks if c.form != "dense")  # each one read
     assert any(name not in second for name in dense)  # and a dense one not observed again
+
+
+def test_layers_after_the_blocks_observed_without_computing_what_follows_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The LM head's product runs once (the first batch's full call counts the head's entries);
+    the other calls end once its input is observed, and that input's moment is the one the
+    factorized model gives the head."""
+    model = ZOO["llama"].build()
+    config = model.config
+    model.config.tie_word_embeddings = False
+    batches = _batches("llama", n=4)
+    head_runs: list[int] = []
+    model.lm_head.register_forward_hook(lambda *_: head_runs.append(1))
+    finished: list[dict] = []
+    real = BlockStream.finish
+
+    def spy(self, sites=(), **kwargs):
+        out = real(self, sites, **kwargs)
+        finished.append(dict(out))
+        return out
+
+    monkeypatch.setattr(BlockStream, "finish", spy)
+    result = tfx.factorize(
+        model, 0.6, calibration=batches, sequential=True, inplace=True, progress=False
+    )
+    assert config.tie_word_embeddings is False
+    assert len(head_runs) == 1  # 2 stages x 4 batches observed: the head computed once
+    assert result.tfx_plan.choice("lm_head").form != "dense"
+    # the decompose stage's moment of the head's input, against a hook on the result
+    moment = torch.zeros(config.hidden_size, config.hidden_size, dtype=torch.float64)
+    rows = 0
+
+    def record(_m, args) -> None:  # noqa: ANN001
+        nonlocal rows
+        x = args[0][mask].double()
+        moment.add_(x.T @ x)
+        rows += x.shape[0]
+
+    result.lm_head.register_forward_pre_hook(record)
+    for batch in batches:
+        mask = batch["attention_mask"].bool()
+        with torch.no_grad():
+            result(**batch, use_cache=False)
+    stats = finished[-1]["lm_head"]
+    assert stats.count == rows
+    torch.testing.assert_close(stats.moment, moment, rtol=1e-5, atol=1e-5 * float(moment.max()))

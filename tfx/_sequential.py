@@ -217,6 +217,8 @@ class BlockStream:
         self.calls: list[dict[int, tuple[tuple[Any, ...], dict[str, Any], int | None]]] = []
         self.runner = _Runner(model)
         self._batch = 0
+        #: how often sites after the blocks are entered per model call (see :meth:`finish`)
+        self._entries: dict[tuple[str, ...], int] = {}
         self._output: tuple[str, tuple[Any, ...]] = ("tensor", ())
         self._learn_output()
 
@@ -275,6 +277,8 @@ class BlockStream:
                 self.calls[k][self._batch] = (rest_args, rest_kwargs, where)
                 if k == 0:
                     self.hidden.put(self._batch, hidden)
+                if k == last:  # all recorded: what follows the blocks (a head) is not computed
+                    raise _Stop
             elif k == last:
                 hidden = self.hidden.get(self._batch).to(hidden.device)
             return self._like(hidden)
@@ -330,13 +334,59 @@ class BlockStream:
 
         Returns the statistics of ``sites`` (layers before the blocks), recorded on the way.
         """
-        with self.stubs("trace"):
-            return self.collect(sites, self._call)
 
-    def finish(self, sites: Sequence[Site] = ()) -> dict[str, Any]:
-        """Statistics of ``sites`` (after the blocks) on the stored output of the last block."""
+        def step(i: int) -> None:
+            try:
+                self._call(i)
+            except _Stop:  # raised by the last block's stub
+                pass
+
+        with self.stubs("trace"):
+            return self.collect(sites, step)
+
+    def finish(self, sites: Sequence[Site] = (), *, tokens: bool = False) -> dict[str, Any]:
+        """Statistics of ``sites`` (after the blocks) on the stored output of the last block.
+
+        Each model call ends once ``sites`` have been entered as often as in the first full
+        call (made once per stream): what follows them (an LM head's product, a loss) is not
+        computed, their inputs being all that is observed. ``tokens``: set ``sites``' token
+        counts (rows per forward) from the first batch.
+        """
+        if not sites:
+            return {}
+        first, key = self.local[0], tuple(site.name for site in sites)
+
+        def step(i: int) -> Any:
+            entered = 0
+            stop = self._entries.get(key)  # None: not known yet (this call runs to its end)
+
+            def seen(site: Site, x: Any) -> None:
+                nonlocal entered
+                entered += 1
+                if tokens and i == first:
+                    _set_tokens(site, x)
+                if stop is not None and entered >= stop:
+                    raise _Stop
+
+            # Registered per call, after the statistics' own pre-hooks: they see the input first.
+            handles = [
+                self.model.get_submodule(site.name).register_forward_pre_hook(
+                    lambda _m, args, site=site: seen(site, args[0] if args else None)
+                )
+                for site in sites
+            ]
+            try:
+                self._call(i)
+            except _Stop:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if stop is None and entered:
+                self._entries[key] = entered
+
         with self.stubs("finish"):
-            return self.collect(sites, self._call)
+            return self.collect(sites, step)
 
     def run_block(self, k: int, i: int) -> torch.Tensor:
         """Block ``k`` on batch ``i``'s stored input; returns its hidden-state output."""
@@ -356,13 +406,26 @@ class BlockStream:
                 self.hidden.put(i, self.run_block(k, i))
 
     def statistics(
-        self, k: int, sites: Sequence[Site], share: Sequence[Sequence[str]] = ()
+        self,
+        k: int,
+        sites: Sequence[Site],
+        share: Sequence[Sequence[str]] = (),
+        *,
+        advance: bool = False,
     ) -> dict[str, Any]:
         """Input statistics of ``sites`` (block ``k``'s) on the stored inputs of block ``k``.
 
         ``share``: sibling groups (site names) that get one moment for their one input.
+        ``advance``: also keep the block's outputs in place of its inputs, as :meth:`advance`
+        does (one run of the block instead of two, where the block is not changed between).
         """
-        return self.collect(sites, lambda i: self.run_block(k, i), share)
+
+        def step(i: int) -> None:
+            out = self.run_block(k, i)
+            if advance:
+                self.hidden.put(i, out)
+
+        return self.collect(sites, step, share)
 
     def close(self) -> None:
         self.hidden.close()
@@ -656,8 +719,9 @@ def _spectra(
                 groups = _look_at_block(stream, k, sites, members)
                 _agree_tokens(job, members)
             job.siblings[k] = [[sites[i].name for i in group] for group in groups]
+            # The dense block's outputs are kept on the way: the next block's inputs.
             stats = (
-                stream.statistics(k, [sites[i] for i in members], job.siblings[k])
+                stream.statistics(k, [sites[i] for i in members], job.siblings[k], advance=True)
                 if job.calibrated
                 else {}
             )
@@ -671,15 +735,16 @@ def _spectra(
                 )
                 planned.append(_sibling_node(sib, sites, opts))
             del stats
-            if stream is not None:
+            if stream is not None and not job.calibrated:
                 stream.advance(k)
         _return_freed_memory()
         if progress is not None:
             progress.update(1)
     suffix = [sites[i] for i in job.parts.suffix]
-    stats = stream.finish(suffix) if stream is not None and job.calibrated else {}
+    stats = stream.finish(suffix, tokens=True) if stream is not None and job.calibrated else {}
     if stream is not None:
-        _suffix_tokens(stream, sites, job.parts.suffix)
+        if not job.calibrated:
+            _suffix_tokens(stream, sites, job.parts.suffix)
         _agree_tokens(job, job.parts.suffix)
     fill(job.parts.suffix, stats)
     return options, kept, planned

@@ -97,7 +97,7 @@ def member_energies(group: SiblingGroup, sites: Sequence[Site], stats: Any) -> l
     grams = []
     for i in group.members:
         gram = gram_of_rows(sites[i].weight.detach())
-        grams.append(whitening.apply(whitening.apply(gram).mT) if whitening is not None else gram)
+        grams.append(whitening.sandwich(gram) if whitening is not None else gram)
     total = grams[0].clone()
     for gram in grams[1:]:
         total += gram

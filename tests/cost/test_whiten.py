@@ -268,3 +268,58 @@ def test_whitening_from_the_moment_equals_the_covariances(damping: float) -> Non
         root = w.sqrt[0]
         torch.testing.assert_close(root @ root.T, damped, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(moment, x.T @ x, rtol=0, atol=0)  # the moment is left as it was
+
+
+# ------------------------------------------------ block-triangular products (half the work)
+@pytest.mark.parametrize("n", [7, 256, 300, 777])
+def test_gram_of_rows_is_the_full_gram_matrix(n: int) -> None:
+    """The lower block triangle is summed and mirrored: every entry of ``W^T D^2 W``."""
+    from tfx.cost._whiten import gram_of_rows
+
+    gen = torch.Generator().manual_seed(n)
+    weight = torch.randn(2 * n + 3, n, generator=gen, dtype=torch.float64)
+    rows = torch.rand(2 * n + 3, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(gram_of_rows(weight), weight.T @ weight, rtol=1e-12, atol=1e-12)
+    weighted = weight * rows[:, None]
+    torch.testing.assert_close(
+        gram_of_rows(weight, rows), weighted.T @ weighted, rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize(("out", "features"), [(5, 9), (300, 257), (600, 300), (257, 800)])
+def test_whitened_gram_is_w_times_the_damped_covariance_times_w(out: int, features: int) -> None:
+    gen = torch.Generator().manual_seed(out + features)
+    x = torch.randn(3 * features, features, generator=gen, dtype=torch.float64)
+    x = x @ torch.randn(features, features, generator=gen, dtype=torch.float64) / features**0.5
+    stats = InputStats(features)
+    stats.update(x)
+    weight = torch.randn(out, features, generator=gen, dtype=torch.float64)
+    moment = x.T @ x
+    shift = 0.05 * float(moment.diagonal().mean())
+    damped = moment + shift * torch.eye(features, dtype=torch.float64)
+    expected = weight @ damped @ weight.T / x.shape[0]
+    got = stats.whitened_gram(weight, damping=0.05)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+    assert torch.equal(got.tril(-256), got.triu(256).T)  # the mirrored blocks
+
+
+@pytest.mark.parametrize("n", [6, 256, 300, 700])
+def test_sandwich_is_l_transposed_g_l(n: int) -> None:
+    """``L^T G L`` with the Cholesky factor's zero blocks skipped, and by the general path."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(2 * n, n, generator=gen, dtype=torch.float64)
+    stats = InputStats(n)
+    stats.update(x)
+    whitening = stats.whitening()
+    w = torch.randn(n + 5, n, generator=gen, dtype=torch.float64)
+    gram = w.T @ w
+    root = whitening.sqrt[0]
+    assert torch.equal(root, root.tril())  # a Cholesky factor: the triangular path
+    expected = root.T @ gram @ root
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(whitening.sandwich(gram), expected, rtol=1e-11, atol=1e-11 * scale)
+    diagonal = Whitening.from_diagonal(torch.rand(n, generator=gen, dtype=torch.float64) + 0.5)
+    s = diagonal.sqrt[0]
+    torch.testing.assert_close(diagonal.sandwich(gram), s[:, None] * gram * s[None, :])
+    # in float32: the result keeps the Gram matrix's dtype
+    assert whitening.sandwich(gram.float()).dtype == torch.float32

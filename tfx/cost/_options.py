@@ -505,7 +505,7 @@ def _whitened_spectra(stats: InputStats, matrix: torch.Tensor) -> Spectra:
     if matrix.shape[0] > matrix.shape[1] and stats.full:
         whitening = stats.whitening()
         gram = gram_of_rows(matrix)
-        return Spectra.from_gram(whitening.apply(whitening.apply(gram).mT), matrix.shape[0])
+        return Spectra.from_gram(whitening.sandwich(gram), matrix.shape[0])
     if stats.full:
         return Spectra.from_gram(stats.whitened_gram(matrix), matrix.shape[0])
     return Spectra(_whitened(stats.whitening(), matrix))

@@ -64,13 +64,18 @@ def gram_of_rows(weight: torch.Tensor, rows: torch.Tensor | None = None) -> torc
 
     m, n = weight.shape
     dtype = gram_dtype(weight.dtype, m, n)
-    total = torch.zeros(n, n, dtype=dtype, device=weight.device)
+    # Its lower block triangle only (it is symmetric: half the multiply-adds), then mirrored.
+    blocks, length = _tri_blocks(n)
+    total = torch.zeros(length, dtype=dtype, device=weight.device)
     for start in range(0, m, CHUNK_ROWS):
         chunk = weight[start : start + CHUNK_ROWS].to(dtype)
         if rows is not None:
             chunk = chunk * rows[start : start + CHUNK_ROWS, None].to(chunk.device, dtype)
-        total.addmm_(chunk.mT, chunk)
-    return total.double()
+        for a, b, offset in blocks:
+            total[offset : offset + (b - a) * b].view(b - a, b).addmm_(
+                chunk[:, a:b].mT, chunk[:, :b]
+            )
+    return _unpack(total.double(), n)
 
 
 #: Rows per block of a packed moment: its lower block triangle is stored as the row blocks
@@ -245,12 +250,15 @@ class InputStats:
         shift = damping * (float(moment.diagonal().mean()) or self.count)
         out = torch.empty(weight.shape[0], weight.shape[0], dtype=torch.float64)
         work = weight.detach().double()
-        step = max(1, CHUNK_ROWS // 8)
-        for start in range(0, work.shape[0], step):
-            rows = work[start : start + step]
-            part = (rows @ moment) @ work.mT
-            part.add_(rows @ work.mT, alpha=shift)
-            out[start : start + step] = part.cpu()
+        # W (C + shift I) W^T a block of rows at a time, its lower block triangle only (it is
+        # symmetric), then mirrored: about half the second product's multiply-adds.
+        blocks, _ = _tri_blocks(work.shape[0])
+        for a, b, _ in blocks:
+            rows = work[a:b]
+            part = (rows @ moment).add_(rows, alpha=shift)
+            out[a:b, :b] = (part @ work[:b].mT).cpu()
+        for a, b, _ in blocks:
+            out[a:b, b:] = out[b:, a:b].mT
         return out.div_(self.count)
 
     def drop_whitenings(self) -> None:
@@ -392,6 +400,23 @@ class Whitening:
         """``W L`` for a weight matrix ``(rows, cols)``, computed in ``dtype``."""
         return self._product(matrix, self.sqrt, dtype)
 
+    def sandwich(self, gram: torch.Tensor) -> torch.Tensor:
+        """``L^T G L`` for a symmetric ``G`` (``cols x cols``): ``W L``'s Gram matrix from ``W``'s.
+
+        With a Cholesky factor, only the blocks its triangle makes non-zero are multiplied and
+        only the result's lower block triangle is computed (a third of the work of two dense
+        products). Returned in ``gram``'s dtype.
+
+        Example:
+            >>> w = Whitening.from_moment(torch.tensor([[4.0, 2.0], [2.0, 5.0]]).double(), 1)
+            >>> g = torch.tensor([[1.0, 0.5], [0.5, 2.0]]).double()
+            >>> torch.allclose(w.sandwich(g), w.apply(w.apply(g).mT))
+            True
+        """
+        if self.inv is None and len(self.sqrt) == 1 and not self.diagonal:
+            return _triangular_sandwich(self.sqrt[0], gram)
+        return self.apply(self.apply(gram).mT)
+
     def undo(self, matrix: torch.Tensor) -> torch.Tensor:
         """``M L^{-1}``: back from the whitened space."""
         if self.inv is None and len(self.sqrt) == 1:
@@ -418,6 +443,28 @@ class Whitening:
                 work.reshape(work.shape[0], *[m.shape[0] for m in mats]), mats
             ).reshape(work.shape)
         return out.to(matrix.dtype)
+
+
+def _triangular_sandwich(root: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """``L^T G L`` for a lower-triangular ``L`` and a symmetric ``G``, in ``gram``'s dtype.
+
+    Column block ``[a, b)`` of ``G L`` reads rows ``a:`` of ``L`` only; row block ``[a, b)`` of
+    ``L^T (G L)`` reads rows ``a:`` of ``G L``, and the result's upper blocks are mirrored.
+    """
+    n = gram.shape[0]
+    work = gram.to(torch.float64)
+    lower = root.to(work.device, torch.float64)
+    blocks, _ = _tri_blocks(n)
+    right = torch.empty_like(work)
+    for a, b, _ in blocks:
+        torch.mm(work[:, a:], lower[a:, a:b], out=right[:, a:b])
+    out = torch.empty_like(work)
+    for a, b, _ in blocks:
+        out[a:b, :b] = lower[a:, a:b].mT @ right[a:, :b]
+    del right
+    for a, b, _ in blocks:
+        out[a:b, b:] = out[b:, a:b].mT
+    return out.to(gram.dtype)
 
 
 def _inverse(root: torch.Tensor) -> torch.Tensor:

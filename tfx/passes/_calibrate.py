@@ -600,7 +600,7 @@ def _tall_low_rank(
 
     gram = gram_of_rows(weight, rows)
     if whitening is not None:  # L^T (W^T W) L = ((W^T W L)^T L)
-        gram = whitening.apply(whitening.apply(gram).mT)
+        gram = whitening.sandwich(gram)
     basis = _top_eigenvectors(gram, rank)  # n x r: right singular vectors
     if whitening is not None:  # L V: W L V spans the left subspace
         root = whitening.sqrt[0].to(basis.device, torch.float64)
