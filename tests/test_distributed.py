@@ -167,6 +167,38 @@ def _results(rank: int, out: Path) -> None:
     model, data = CASES["mlp"]()
     planned = tfx.plan(model, 0.5, forms=FORMS, progress=False, **data)
     (out / f"plan-{rank}.json").write_text(_plan_json(planned))
+    # Statistics sent only to the ranks that read them.
+    parts = _stats_parts()
+    mine = [_stats_of(rows[rank::WORLD], kind) for kind, rows in parts]
+    got = Distributed(rank=rank, world=WORLD).combine_stats(mine, [{0}, {1}, None, {1}, set()])
+    torch.save([None if g is None else _stats_value(g) for g in got], out / f"stats-{rank}.pt")
+
+
+def _stats_parts() -> list[tuple[str, list[torch.Tensor]]]:
+    """Row batches of five statistics (moments, and row counts of a table)."""
+    gen = torch.Generator().manual_seed(7)
+    moments = [[torch.randn(5 + i, 300, generator=gen) * 10**i for i in range(5)] for _ in range(3)]
+    lookups = [torch.randint(0, 50, (9,), generator=gen) for _ in range(4)]
+    return [("moment", m) for m in moments[:2]] + [
+        ("moment", moments[2]),
+        ("counts", lookups),
+        ("moment", moments[0]),
+    ]
+
+
+def _stats_of(rows: list[torch.Tensor], kind: str) -> Any:
+    from tfx.cost._whiten import RowCounts
+
+    stats: Any = InputStats(300) if kind == "moment" else RowCounts(50)
+    for part in rows:
+        stats.update(part)
+    return stats
+
+
+def _stats_value(stats: Any) -> tuple[torch.Tensor, int]:
+    from tfx.cost._whiten import RowCounts
+
+    return (stats.counts if isinstance(stats, RowCounts) else stats.moment, stats.count)
 
 
 def _record(out: Path, name: str, rank: int, err: BaseException) -> None:
@@ -272,6 +304,21 @@ def test_distributed_groups_keep_their_parameters_shared_on_every_rank(
     for rank in range(WORLD):
         shared = spawned.load(f"{case}-{rank}.pt")["shared"]
         assert any(any(n.startswith(prefix) for n in names) for names in shared), shared
+
+
+def test_statistics_reach_only_the_ranks_that_read_them(spawned: Spawned) -> None:
+    """``combine_stats(..., needed)``: a reader gets the sum of every rank's rows, with the bits
+    of one pass over all of them; a rank that does not read it gets None."""
+    expected = [_stats_value(_stats_of(rows, kind)) for kind, rows in _stats_parts()]
+    readers = [{0}, {1}, {0, 1}, {1}, set()]
+    for rank in range(WORLD):
+        got = spawned.load(f"stats-{rank}.pt")
+        for k, (value, want) in enumerate(zip(got, expected, strict=True)):
+            if rank not in readers[k]:
+                assert value is None, (rank, k)
+                continue
+            assert value[1] == want[1], (rank, k)
+            assert torch.equal(value[0], want[0]), (rank, k)
 
 
 def test_distributed_false_runs_alone_under_a_process_group(spawned: Spawned) -> None:

@@ -31,7 +31,7 @@ import io
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, TypeVar
 
 import torch
@@ -39,7 +39,15 @@ import torch
 from ._errors import DistributedError, OptionError
 from .cost._whiten import InputStats, RowCounts
 
-__all__ = ["Distributed", "assign", "group_cost", "prebuilt_builder", "resolve", "work_cost"]
+__all__ = [
+    "Distributed",
+    "assign",
+    "builders",
+    "group_cost",
+    "prebuilt_builder",
+    "resolve",
+    "work_cost",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,35 +173,106 @@ class Distributed:
         return [sum(column) for column in zip(*parts, strict=True)]
 
     def combine_stats(
-        self, stats: Sequence[InputStats | RowCounts]
-    ) -> list[InputStats | RowCounts]:
-        """New statistics holding every rank's rows: ``stats[k]`` of all ranks added up.
+        self,
+        stats: Sequence[InputStats | RowCounts],
+        needed: Sequence[Collection[int] | None] | None = None,
+    ) -> list[InputStats | RowCounts | None]:
+        """Statistics holding every rank's rows: ``stats[k]`` of all ranks added up.
 
         Every rank passes its statistics of the same sites, in the same order. Moments are
-        added as compensated pairs in rank order, so the result has the bits that one
-        process gets from all the rows (see :mod:`tfx.cost._compensated`); row counts of
-        embeddings are whole numbers, added exactly.
+        added as compensated pairs, so the result has the bits that one process gets from all
+        the rows, whatever the order of the parts (see :mod:`tfx.cost._compensated`); row
+        counts of embeddings are whole numbers, added exactly.
+
+        ``needed[k]``: the ranks that use ``stats[k]`` (None, or ``needed`` None: every rank).
+        Each rank's part travels only to those ranks, which add the other ranks' parts into
+        their own (no third copy); the other ranks get None for it. With two processes and
+        each moment read by one of them, that is half the bytes and half the additions.
         """
         meta = self._gather("statistics", [(s.count, bool(s.unsupported)) for s in stats])
-        out: list[InputStats | RowCounts] = []
+        everyone = set(range(self.world))
+        out: list[InputStats | RowCounts | None] = []
+        sends: list[torch.Tensor] = []  # (to each destination) this rank's parts
+        targets: list[int] = []
+        receives: list[tuple[int, int, list[torch.Tensor]]] = []  # (k, from rank, parts)
         for k, local in enumerate(stats):
             counts = [rank_meta[k][0] for rank_meta in meta]
             unsupported = any(rank_meta[k][1] for rank_meta in meta)
+            dest = everyone if needed is None or needed[k] is None else set(needed[k])
+            if dest == everyone:
+                merged = self._combined(local, counts)
+                merged.unsupported = unsupported
+                out.append(merged)
+                continue
+            local.unsupported = unsupported
+            out.append(local if self.rank in dest else None)
+            if not any(counts):
+                continue
+            parts = _parts(local)
+            for r in sorted(dest - {self.rank}):  # to each rank that reads it
+                sends += parts
+                targets += [r] * len(parts)
+            if self.rank in dest:
+                for r in sorted(everyone - {self.rank}):
+                    receives.append((k, r, [torch.empty_like(t) for t in parts]))
+        self._send_receive(sends, targets, receives)
+        for k, r, parts in receives:  # the other ranks' parts, added into this rank's
+            local = stats[k]
+            count = meta[r][k][0]
             if isinstance(local, RowCounts):
-                merged: InputStats | RowCounts = RowCounts(local.rows)
-                if any(counts):
-                    for table, count in zip(self._all_gather(local.counts), counts, strict=True):
-                        merged.merge(table, count)
+                local.merge(parts[0], count)
             else:
-                merged = InputStats(local.features, full=local.full)
-                if any(counts):  # hi and lo apart: no stacked copy of the pair
-                    hi, lo = local.pair()
-                    his, los = self._all_gather(hi), self._all_gather(lo)
-                    for part_hi, part_lo, count in zip(his, los, counts, strict=True):
-                        merged.merge(part_hi, part_lo, count)
-            merged.unsupported = unsupported
-            out.append(merged)
+                local.merge(parts[0], parts[1], count)
         return out
+
+    def _combined(
+        self, local: InputStats | RowCounts, counts: Sequence[int]
+    ) -> InputStats | RowCounts:
+        """New statistics of every rank's parts (each rank gets every part)."""
+        if isinstance(local, RowCounts):
+            merged: InputStats | RowCounts = RowCounts(local.rows)
+            if any(counts):
+                for table, count in zip(self._all_gather(local.counts), counts, strict=True):
+                    merged.merge(table, count)
+            return merged
+        merged = InputStats(local.features, full=local.full)
+        if any(counts):  # hi and lo apart: no stacked copy of the pair
+            hi, lo = local.pair()
+            his, los = self._all_gather(hi), self._all_gather(lo)
+            for part_hi, part_lo, count in zip(his, los, counts, strict=True):
+                merged.merge(part_hi, part_lo, count)
+        return merged
+
+    def _send_receive(
+        self,
+        sends: Sequence[torch.Tensor],
+        targets: Sequence[int],
+        receives: Sequence[tuple[int, int, list[torch.Tensor]]],
+    ) -> None:
+        """Send ``sends[i]`` to rank ``targets[i]`` and receive every ``receives`` part, at once."""
+        import torch.distributed as dist
+
+        if self.world == 1 or (not sends and not receives):
+            return
+        clock = time.perf_counter()
+        device = self._device()
+        outgoing = [t.to(device).contiguous() for t in sends]
+        incoming = [(part, part.to(device)) for _, _, parts in receives for part in parts]
+        sources = [r for _, r, parts in receives for _ in parts]
+        requests = [
+            dist.isend(t, self._global(r), group=self.group)
+            for t, r in zip(outgoing, targets, strict=True)
+        ]
+        requests += [
+            dist.irecv(buffer, self._global(r), group=self.group)
+            for (_, buffer), r in zip(incoming, sources, strict=True)
+        ]
+        for request in requests:
+            request.wait()
+        for part, buffer in incoming:
+            if buffer is not part:
+                part.copy_(buffer)
+        self._waited("statistics", clock)
 
     def record(self, plan: Any) -> None:
         """Note the process group in ``plan`` and add this rank's exchange waits to its timings.
@@ -407,11 +486,7 @@ def prebuilt_builder(
     tied table's readers, siblings over one basis) is built whole by one rank, so the
     Parameters its layers share stay shared on every rank. Other calls are built locally.
     """
-    units: dict[str, list[tuple[Any, Any]]] = {}
-    for site, choice in calls:
-        units.setdefault(unit_of(site, choice), []).append((site, choice))
-    work = list(units.values())
-    costs = [sum(work_cost(site.info.weight_shape) for site, _ in unit) for unit in work]
+    work, costs = _units(calls, unit_of)
     made = ranks.map_assigned(
         work,
         costs,
@@ -429,6 +504,39 @@ def prebuilt_builder(
         return build(site, choice) if layer is None else layer
 
     return build_one
+
+
+def _units(
+    calls: Sequence[tuple[Any, Any]], unit_of: Callable[[Any, Any], str]
+) -> tuple[list[list[tuple[Any, Any]]], list[float]]:
+    """``calls`` grouped into the units built together, and each unit's cost."""
+    units: dict[str, list[tuple[Any, Any]]] = {}
+    for site, choice in calls:
+        units.setdefault(unit_of(site, choice), []).append((site, choice))
+    work = list(units.values())
+    return work, [sum(work_cost(site.info.weight_shape) for site, _ in unit) for unit in work]
+
+
+def builders(
+    world: int, calls: Sequence[tuple[Any, Any]], unit_of: Callable[[Any, Any], str]
+) -> dict[str, int]:
+    """Per site name of ``calls``, the rank :func:`prebuilt_builder` builds its layer on.
+
+    Known before the layers' input statistics are combined: each moment goes to its builder.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> site = lambda name, shape: NS(name=name, info=NS(weight_shape=shape))
+        >>> calls = [(site("a", (8, 8)), None), (site("b", (4, 4)), None)]
+        >>> builders(2, calls, lambda s, c: s.name)
+        {'a': 0, 'b': 1}
+    """
+    work, costs = _units(calls, unit_of)
+    return {
+        site.name: owner
+        for unit, owner in zip(work, assign(costs, world), strict=True)
+        for site, _ in unit
+    }
 
 
 def plan_digest(plan: Any) -> str:
@@ -456,6 +564,13 @@ def _describe(err: BaseException | None) -> str | None:
         last = frames[-1]
         text += f"\n  (raised at {last.filename}:{last.lineno} in {last.name})"
     return text
+
+
+def _parts(stats: InputStats | RowCounts) -> list[torch.Tensor]:
+    """What a rank sends of its statistics: a moment's compensated pair, or row counts."""
+    if isinstance(stats, RowCounts):
+        return [stats.counts]
+    return list(stats.pair())
 
 
 def _dumps(obj: Any) -> bytes:

@@ -38,9 +38,10 @@ import copy
 import dataclasses
 import functools
 import inspect
+import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -308,10 +309,13 @@ class BlockStream:
         sites: Sequence[Site],
         step: Callable[[int], Any],
         share: Sequence[Sequence[str]] = (),
+        needed: Mapping[str, Collection[int] | None] | None = None,
     ) -> dict[str, Any]:
         """Statistics of ``sites``' inputs while ``step(i)`` runs for every batch ``i``.
 
         ``share``: groups of site names that receive one tensor (one moment each group).
+        ``needed`` (with ranks): per site name, the ranks that read its statistics (see
+        :func:`~tfx.passes._calibrate.collect_statistics`).
         """
         sites = [s for s in sites if s.info.factorizable]
         if not sites:
@@ -327,9 +331,14 @@ class BlockStream:
             mask_fn=lambda b: self.masks[b[0]],
             ranks=self.ranks,
             share=share,
+            needed=needed,
         )
 
-    def trace(self, sites: Sequence[Site] = ()) -> dict[str, Any]:
+    def trace(
+        self,
+        sites: Sequence[Site] = (),
+        needed: Mapping[str, Collection[int] | None] | None = None,
+    ) -> dict[str, Any]:
         """Record the blocks' inputs (see :meth:`stubs`).
 
         Returns the statistics of ``sites`` (layers before the blocks), recorded on the way.
@@ -342,9 +351,15 @@ class BlockStream:
                 pass
 
         with self.stubs("trace"):
-            return self.collect(sites, step)
+            return self.collect(sites, step, needed=needed)
 
-    def finish(self, sites: Sequence[Site] = (), *, tokens: bool = False) -> dict[str, Any]:
+    def finish(
+        self,
+        sites: Sequence[Site] = (),
+        *,
+        tokens: bool = False,
+        needed: Mapping[str, Collection[int] | None] | None = None,
+    ) -> dict[str, Any]:
         """Statistics of ``sites`` (after the blocks) on the stored output of the last block.
 
         Each model call ends once ``sites`` have been entered as often as in the first full
@@ -386,7 +401,7 @@ class BlockStream:
                 self._entries[key] = entered
 
         with self.stubs("finish"):
-            return self.collect(sites, step)
+            return self.collect(sites, step, needed=needed)
 
     def run_block(self, k: int, i: int) -> torch.Tensor:
         """Block ``k`` on batch ``i``'s stored input; returns its hidden-state output."""
@@ -412,6 +427,7 @@ class BlockStream:
         share: Sequence[Sequence[str]] = (),
         *,
         advance: bool = False,
+        needed: Mapping[str, Collection[int] | None] | None = None,
     ) -> dict[str, Any]:
         """Input statistics of ``sites`` (block ``k``'s) on the stored inputs of block ``k``.
 
@@ -425,7 +441,7 @@ class BlockStream:
             if advance:
                 self.hidden.put(i, out)
 
-        return self.collect(sites, step, share)
+        return self.collect(sites, step, share, needed)
 
     def close(self) -> None:
         self.hidden.close()
@@ -587,6 +603,17 @@ def _masks(batches: Sequence[Any], mask_fn: Any) -> list[torch.Tensor | None]:
 
 
 @dataclasses.dataclass
+class _Schedule:
+    """A stage's work items (site indices and sibling groups) in order, with their owners."""
+
+    items: list[Any]
+    costs: list[float]
+    owners: list[int]
+    #: per site name, the ranks whose items read its input statistics
+    readers: dict[str, set[int]]
+
+
+@dataclasses.dataclass
 class _Job:
     """What a sequential run works on."""
 
@@ -629,35 +656,33 @@ def _spectra(
     kept: list[dict[str, Any]] = [{} for _ in sites]
     planned: list[Any] = []
 
-    def fill(
-        indices: Sequence[int], stats: dict[str, Any], groups: Sequence[SiblingGroup] = ()
-    ) -> list[list[torch.Tensor]]:
-        """Candidates of ``indices``; returns the member energies of ``groups``.
+    def schedule(indices: Sequence[int], groups: Sequence[SiblingGroup] = ()) -> _Schedule:
+        """The work items of ``indices`` and ``groups`` in order, their costs and owners.
 
-        With a process group, sites and groups are one list of work items spread by cost.
+        Made before the statistics: each moment then goes only to the ranks that read it.
+        Readers of one moment together, the largest moment's first: each moment is let go
+        after its last reader, before the next one's work starts (the sort keys are the same
+        on every rank: widths, site indices and the sibling groups of names).
         """
+        shared_as = {name: names[0] for names in job.siblings.get(block, []) for name in names}
 
         def first(item: int | SiblingGroup) -> int:
             return item.members[0] if isinstance(item, SiblingGroup) else item
 
-        def moment(item: int | SiblingGroup) -> Any:
-            return stats.get(sites[first(item)].name)
+        def moment(item: int | SiblingGroup) -> str:
+            name = sites[first(item)].name
+            return shared_as.get(name, name)
 
         def size(item: int | SiblingGroup) -> int:
-            found = moment(item)
-            return int(found.features) if isinstance(found, InputStats) else 0
+            info = sites[first(item)].info
+            return math.prod(info.weight_shape[1:]) if info.kind in ("linear", "conv") else 0
 
-        # Readers of one moment together, the largest moment's first: each moment is let go
-        # after its last reader here, before the next one's work starts (sort keys are the
-        # same on every rank: sizes and site indices).
-        leader: dict[int, int] = {}
+        leader: dict[str, int] = {}
         for item in [*indices, *groups]:
-            leader[id(moment(item))] = min(leader.get(id(moment(item)), first(item)), first(item))
+            leader[moment(item)] = min(leader.get(moment(item), first(item)), first(item))
         items: list[int | SiblingGroup] = sorted(
-            [*indices, *groups],
-            key=lambda item: (-size(item), leader[id(moment(item))], first(item)),
+            [*indices, *groups], key=lambda item: (-size(item), leader[moment(item)], first(item))
         )
-        reads = [moment(item) for item in items]
         costs = [
             group_cost([sites[i].info.weight_shape for i in item.members])
             if isinstance(item, SiblingGroup)
@@ -665,6 +690,25 @@ def _spectra(
             for item in items
         ]
         owners = [0] * len(items) if job.ranks is None else assign(costs, job.ranks.world)
+        readers: dict[str, set[int]] = {}
+        for item, owner in zip(items, owners, strict=True):
+            for i in item.members if isinstance(item, SiblingGroup) else [item]:
+                readers.setdefault(sites[i].name, set()).add(owner)
+        return _Schedule(items, costs, owners, readers)
+
+    def fill(
+        work_items: _Schedule, stats: dict[str, Any], groups: Sequence[SiblingGroup] = ()
+    ) -> list[list[torch.Tensor]]:
+        """Candidates of the scheduled sites; returns the member energies of ``groups``.
+
+        With a process group, each item is made by its owner and sent to every rank.
+        """
+        items, costs, owners = work_items.items, work_items.costs, work_items.owners
+
+        def first(item: int | SiblingGroup) -> int:
+            return item.members[0] if isinstance(item, SiblingGroup) else item
+
+        reads = [stats.get(sites[first(item)].name) for item in items]
         rank = 0 if job.ranks is None else job.ranks.rank
         uses = collections.Counter(
             id(read) for read, owner in zip(reads, owners, strict=True) if owner == rank
@@ -676,10 +720,6 @@ def _spectra(
             for j, other in enumerate(reads):
                 if other is read:
                     reads[j] = None
-
-        for read in list(reads):
-            if read is not None and not uses[id(read)]:
-                let_go(read)  # read only by other ranks' work
 
         def work(k: int) -> Any:
             item, read = items[k], reads[k]
@@ -707,27 +747,40 @@ def _spectra(
                 options[item], kept[item] = result
         return [energies[id(group)] for group in groups]
 
+    block = -1  # the block whose sibling groups schedule() reads (-1: none)
     prefix = [sites[i] for i in job.parts.prefix]
-    stats = stream.trace(prefix) if stream is not None and job.calibrated else {}
+    work_items = schedule(job.parts.prefix)
+    stats = (
+        stream.trace(prefix, needed=work_items.readers)
+        if stream is not None and job.calibrated
+        else {}
+    )
     if stream is not None and not job.calibrated:
         stream.trace()
-    fill(job.parts.prefix, stats)
+    fill(work_items, stats)
     for k, members in enumerate(job.parts.blocks):
         groups: list[list[int]] = []
         with _on_device(job, k):
             if stream is not None:
                 groups = _look_at_block(stream, k, sites, members)
                 _agree_tokens(job, members)
-            job.siblings[k] = [[sites[i].name for i in group] for group in groups]
+            job.siblings[k], block = [[sites[i].name for i in group] for group in groups], k
+            joint = job.calibrated and "svd" in job.forms
+            sibs = [SiblingGroup(g, f"{sites[g[0]].name}+{len(g) - 1}") for g in groups]
+            work_items = schedule(members, sibs if joint else ())
             # The dense block's outputs are kept on the way: the next block's inputs.
             stats = (
-                stream.statistics(k, [sites[i] for i in members], job.siblings[k], advance=True)
+                stream.statistics(
+                    k,
+                    [sites[i] for i in members],
+                    job.siblings[k],
+                    advance=True,
+                    needed=work_items.readers,
+                )
                 if job.calibrated
                 else {}
             )
-            joint = job.calibrated and "svd" in job.forms
-            sibs = [SiblingGroup(g, f"{sites[g[0]].name}+{len(g) - 1}") for g in groups]
-            energies = fill(members, stats, sibs if joint else ())
+            energies = fill(work_items, stats, sibs if joint else ())
             for sib, made in zip(sibs if joint else (), energies, strict=True):
                 member = [options[i] for i in sib.members]
                 opts = group_options(
@@ -740,13 +793,19 @@ def _spectra(
         _return_freed_memory()
         if progress is not None:
             progress.update(1)
+    block = -1
     suffix = [sites[i] for i in job.parts.suffix]
-    stats = stream.finish(suffix, tokens=True) if stream is not None and job.calibrated else {}
+    work_items = schedule(job.parts.suffix)
+    stats = (
+        stream.finish(suffix, tokens=True, needed=work_items.readers)
+        if stream is not None and job.calibrated
+        else {}
+    )
     if stream is not None:
         if not job.calibrated:
             _suffix_tokens(stream, sites, job.parts.suffix)
         _agree_tokens(job, job.parts.suffix)
-    fill(job.parts.suffix, stats)
+    fill(work_items, stats)
     return options, kept, planned
 
 
@@ -848,7 +907,7 @@ def _decompose(
 
     The prefix, then each block on the factorized blocks' outputs, then the suffix.
     """
-    from ._distributed import prebuilt_builder
+    from ._distributed import builders, prebuilt_builder
     from .passes._decompose import Decomposer
     from .passes._rewrite import swap_sites
 
@@ -857,17 +916,46 @@ def _decompose(
     build = Decomposer(sites, the_plan, lambda site: now.get(site.name), groups)
     tied = {sites[i].name for g in groups for i in g.members}
     spread = None
+
+    def unit(site: Site, choice: Choice) -> str:
+        return f"basis:{choice.group}" if choice.group else site.name
+
+    def spread_calls(calls: Sequence[tuple[Site, Choice]]) -> list[tuple[Site, Choice]]:
+        # A tied table's readers may sit before and after the blocks: each rank builds the
+        # table itself (the same computation, the same bits) so that they share it.
+        return [(s, c) for s, c in calls if c.form != "dense" and s.name not in tied]
+
     if job.ranks is not None:
         ranks = job.ranks
 
-        def unit(site: Site, choice: Choice) -> str:
-            return f"basis:{choice.group}" if choice.group else site.name
-
         def spread(calls: list[tuple[Site, Choice]]) -> Any:
-            # A tied table's readers may sit before and after the blocks: each rank builds the
-            # table itself (the same computation, the same bits) so that they share it.
-            shared = [(s, c) for s, c in calls if c.form != "dense" and s.name not in tied]
-            return prebuilt_builder(ranks, shared, build, unit)
+            return prebuilt_builder(ranks, spread_calls(calls), build, unit)
+
+    def readers(indices: Sequence[int]) -> dict[str, set[int] | None] | None:
+        """Per site of ``indices``, the ranks whose decompositions read its statistics.
+
+        The builder of a spread layer; no rank for a layer kept dense; every rank for a
+        tied reader (each builds the table). The same calls, in the same order, as
+        ``swap_sites`` hands to ``spread``: the same owners.
+        """
+        if job.ranks is None:
+            return None
+        chosen = [sites[i] for i in indices]
+        calls = [
+            (s, the_plan.choice(s.name))
+            for s in chosen
+            if the_plan.choice(s.name).form != "dense" or s.held_params is not None
+        ]
+        owner = builders(job.ranks.world, spread_calls(calls), unit)
+        out: dict[str, set[int] | None] = {}
+        for s in chosen:
+            if s.name in owner:
+                out[s.name] = {owner[s.name]}
+            elif the_plan.choice(s.name).form == "dense" and s.held_params is None:
+                out[s.name] = set()
+            else:
+                out[s.name] = None
+        return out
 
     def emit(indices: Sequence[int]) -> bool:
         chosen = [sites[i] for i in indices]
@@ -884,7 +972,7 @@ def _decompose(
 
     prefix = [sites[i] for i in job.parts.prefix]
     if stream is not None and job.calibrated:
-        now = stream.trace(prefix)
+        now = stream.trace(prefix, needed=readers(job.parts.prefix))
     if emit(job.parts.prefix) and stream is not None and job.calibrated:
         stream.trace()  # the blocks' inputs from the factorized prefix
     release(job.parts.prefix)  # the vocabulary table's dense weight: not held to the end
@@ -894,7 +982,7 @@ def _decompose(
                 now.clear()
                 share = job.siblings.get(k, [])
                 wanted = _to_decompose(sites, members, the_plan, share)
-                now.update(stream.statistics(k, wanted, share))
+                now.update(stream.statistics(k, wanted, share, needed=readers(members)))
             emit(members)
             now.clear()
             if stream is not None and job.calibrated:
@@ -904,7 +992,9 @@ def _decompose(
         if progress is not None:
             progress.update(1)
     if stream is not None and job.calibrated:
-        now.update(stream.finish([sites[i] for i in job.parts.suffix]))
+        now.update(
+            stream.finish([sites[i] for i in job.parts.suffix], needed=readers(job.parts.suffix))
+        )
     emit(job.parts.suffix)
     release(job.parts.suffix)
     now.clear()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -290,6 +290,7 @@ def collect_statistics(
     masked: _Mask | None = None,
     ranks: Distributed | None = None,
     share: Sequence[Sequence[str]] = (),
+    needed: Mapping[str, Collection[int] | None] | None = None,
 ) -> dict[str, InputStats]:
     """Per factorizable linear / conv site: the second moment of its input over ``batches``.
 
@@ -305,6 +306,10 @@ def collect_statistics(
     With ``ranks`` (a process group, see :mod:`tfx._distributed`), this rank runs its shard of
     ``batches`` and the statistics of all ranks are combined: every rank gets the bits one
     process gets on all of them.
+
+    ``needed`` (with ``ranks``): per site name, the ranks that read its statistics (None, or a
+    name left out: every rank); a rank gets only the statistics it reads, and a moment's
+    parts travel only to its readers (:meth:`~tfx._distributed.Distributed.combine_stats`).
 
     Sites of one graph node's input share one moment. Sites found as modules (no graph) share
     one where ``share`` names them together (groups of linear sites known to receive one
@@ -353,8 +358,16 @@ def collect_statistics(
     else:
         ranks.step("calibration (statistics)", run)
         unique = list({id(s): s for s in shared.values()}.values())
-        combined = dict(zip(map(id, unique), ranks.combine_stats(unique), strict=True))
-        per_site = {name: combined[id(s)] for name, s in per_site.items()}
+        readers: dict[int, set[int] | None] = {id(s): set() for s in unique}
+        for name, s in per_site.items():
+            want = None if needed is None else needed.get(name)
+            known = readers[id(s)]
+            readers[id(s)] = None if want is None or known is None else known | set(want)
+        dest = [readers[id(s)] for s in unique]
+        combined = dict(zip(map(id, unique), ranks.combine_stats(unique, dest), strict=True))
+        per_site = {
+            name: combined[id(s)] for name, s in per_site.items() if combined[id(s)] is not None
+        }
         masked.kept, masked.seen = ranks.sum_ints([masked.kept, masked.seen], what="statistics")
     for stats in per_site.values():
         if isinstance(stats, InputStats):
