@@ -485,3 +485,18 @@ def test_compensated_sum_keeps_what_a_plain_float64_sum_loses() -> None:
 def test_compensated_sum_rejects_a_term_of_another_shape() -> None:
     with pytest.raises(ValueError, match=r"a term of shape \(2,\) cannot be added"):
         CompensatedSum((3,)).add(torch.zeros(2))
+
+
+def test_compensated_sum_adds_a_slice_as_a_whole_term_holding_it() -> None:
+    gen = torch.Generator().manual_seed(3)
+    terms = [torch.randn(40, generator=gen, dtype=torch.float64) * 10**k for k in range(-8, 9, 4)]
+    whole, sliced = CompensatedSum((40,)), CompensatedSum((40,))
+    for term in terms:
+        for a, b in ((0, 13), (13, 31), (31, 40)):
+            padded = torch.full((40,), -0.0, dtype=torch.float64)
+            padded[a:b] = term[a:b]
+            whole.add(padded)
+            sliced.add(term[a:b].reshape(1, -1), offset=a)
+    assert torch.equal(whole.hi, sliced.hi) and torch.equal(whole.lo, sliced.lo)
+    with pytest.raises(ValueError, match="do not fit"):
+        sliced.add(torch.zeros(5), offset=36)

@@ -323,3 +323,26 @@ def test_sandwich_is_l_transposed_g_l(n: int) -> None:
     torch.testing.assert_close(diagonal.sandwich(gram), s[:, None] * gram * s[None, :])
     # in float32: the result keeps the Gram matrix's dtype
     assert whitening.sandwich(gram.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("n", [3, 256, 513])
+def test_a_settled_moment_stays_packed_and_multiplies_packed(n: int) -> None:
+    """Settled, a full moment keeps its lower block triangle only (about half the matrix);
+    ``x @ C`` is taken from it directly, and ``moment`` unpacks a new copy at each access."""
+    from tfx.cost._whiten import _times_packed
+
+    gen = torch.Generator().manual_seed(n)
+    rows = torch.randn(2 * n, n, generator=gen, dtype=torch.float64)
+    stats = InputStats(n)
+    stats.update(rows)
+    stats.settle()
+    full = rows.T @ rows
+    assert stats.total is None and stats._settled is not None
+    assert stats._settled.numel() <= n * n / 2 + 128 * n + 1
+    first, second = stats.moment, stats.moment
+    assert first is not second
+    torch.testing.assert_close(first, full, rtol=1e-12, atol=1e-12 * float(full.abs().max()))
+    x = torch.randn(7, n, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(
+        _times_packed(x, stats._settled, n), x @ first, rtol=1e-12, atol=1e-9
+    )

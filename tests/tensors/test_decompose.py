@@ -589,3 +589,18 @@ def test_leading_subspace_is_exact_at_small_ranks_and_rotation_invariant() -> No
 def test_leading_subspace_raises_on_bad_rank() -> None:
     with pytest.raises(RankError, match=r"leading_subspace\(matrix, 5\)"):
         leading_subspace(torch.randn(5, 7), 6)
+
+
+@given(
+    st.lists(st.integers(-3, 3), min_size=12, max_size=12),
+    st.sampled_from([(4, 3), (3, 4), (12, 1), (2, 6)]),
+)
+def test_phase_pivots_on_the_first_largest_magnitude(values: list[int], shape: tuple) -> None:
+    """Real columns: the pivot (found from the maximum and minimum, with no |u| copy) is the
+    first entry of largest magnitude, ties included, as ``u.abs().argmax`` finds it."""
+    from tfx.tensors._decompose import _phase
+
+    u = torch.tensor(values, dtype=torch.float64).reshape(shape)
+    pivot = u.gather(0, u.abs().argmax(dim=0, keepdim=True))
+    expected = torch.where(pivot != 0, pivot.sign(), torch.ones_like(pivot))
+    assert torch.equal(_phase(u), expected)

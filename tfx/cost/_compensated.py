@@ -54,14 +54,26 @@ class CompensatedSum:
         self.hi = torch.full(shape, -0.0, dtype=torch.float64, device=device)
         self.lo = torch.full(shape, -0.0, dtype=torch.float64, device=device)
 
-    def add(self, term: torch.Tensor) -> None:
-        """Add ``term`` (any float dtype: converted to float64 exactly)."""
-        if tuple(term.shape) != tuple(self.hi.shape):
+    def add(self, term: torch.Tensor, *, offset: int | None = None) -> None:
+        """Add ``term`` (any float dtype: converted to float64 exactly).
+
+        ``offset``: add ``term`` (any shape) to the flattened sum's elements from ``offset``
+        on; the others are unchanged. Element by element, the same bits as adding a whole
+        term that holds ``term`` there (and ``-0.0`` elsewhere).
+        """
+        if offset is None and tuple(term.shape) != tuple(self.hi.shape):
             raise ValueError(
                 f"a term of shape {tuple(term.shape)} cannot be added to a sum of shape "
                 f"{tuple(self.hi.shape)}"
             )
         hi, lo = self.hi.view(-1), self.lo.view(-1)
+        if offset is not None:
+            if not 0 <= offset <= hi.numel() - term.numel():
+                raise ValueError(
+                    f"{term.numel()} elements from offset {offset} do not fit a sum of "
+                    f"{hi.numel()}"
+                )
+            hi, lo = hi[offset : offset + term.numel()], lo[offset : offset + term.numel()]
         flat = term.detach().reshape(-1).to(self.hi.device)
         step = _CHUNK if hi.device.type == "cpu" else max(hi.numel(), 1)
         x = torch.empty(min(step, hi.numel()), dtype=torch.float64, device=hi.device)

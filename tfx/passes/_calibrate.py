@@ -620,13 +620,14 @@ def _tall_low_rank(
         basis = root[:, None] * basis if whitening.diagonal else root @ basis
     left = _rows_times(weight, basis.to(gram_dtype(weight.dtype, *weight.shape)))
     q, r = torch.linalg.qr(left)
+    del left  # m x rank: not held beside Q and the singular vectors made from it
     if whitening is None:  # W V V^T = Q (R V^T)
         right = r.double() @ basis.mT
-    else:  # Q Q^T W, Q^T W a chunk of rows at a time
-        right = torch.zeros(rank, weight.shape[1], dtype=torch.float64, device=weight.device)
+    else:  # Q Q^T W, Q^T W a chunk of rows at a time, in Q's precision (no float64 copies)
+        right = torch.zeros(rank, weight.shape[1], dtype=q.dtype, device=weight.device)
         for start in range(0, weight.shape[0], CHUNK_ROWS):
             block = slice(start, start + CHUNK_ROWS)
-            right.addmm_(q[block].mT.double(), weight[block].double())
+            right.addmm_(q[block].mT, weight[block].to(q.dtype))
     # In the products' precision (float32 for large float32 weights): no m x r float64 copy.
     u, s, vh = svd_of_product(q, torch.ones_like(q[0]), right.to(q.dtype))
     return u.to(weight.dtype), s.to(weight.dtype), vh.to(weight.dtype)

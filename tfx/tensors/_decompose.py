@@ -222,7 +222,13 @@ def _phase(u: Tensor) -> Tensor:
     Multiplying ``u`` by ``phase.conj()`` (and the matching rows of ``Vh`` by
     ``phase``) makes the output deterministic, whatever sign LAPACK picked.
     """
-    pivot = u.gather(-2, u.abs().argmax(dim=-2, keepdim=True))
+    if u.is_complex():
+        where = u.abs().argmax(dim=-2, keepdim=True)
+    else:  # the first largest |entry| is the first maximum or the first minimum: no |u| copy
+        top, bottom = u.argmax(dim=-2, keepdim=True), u.argmin(dim=-2, keepdim=True)
+        high, low = u.gather(-2, top).abs(), u.gather(-2, bottom).abs()
+        where = torch.where((high > low) | ((high == low) & (top < bottom)), top, bottom)
+    pivot = u.gather(-2, where)
     size = pivot.abs()
     return torch.where(size > 0, pivot / torch.where(size > 0, size, 1), torch.ones_like(pivot))
 
@@ -361,7 +367,7 @@ def svd_of_product(u: Tensor, s: Tensor, right: Tensor) -> tuple[Tensor, Tensor,
     ub, sb, vbh = torch.linalg.svd(s[:, None] * r.mH, full_matrices=False)  # = diag(s) r^H
     u, vh = u @ ub, vbh @ q.mH
     phase = _phase(u)
-    return u * phase.conj(), sb, vh * phase.mT
+    return u.mul_(phase.conj()), sb, vh * phase.mT  # u is new: signed in place
 
 
 # --------------------------------------------------------------------------- SVD
