@@ -6,7 +6,8 @@ Under ``torchrun`` (or any initialised ``torch.distributed`` process group) ever
 * each rank runs its shard of the calibration batches (batch ``i`` on rank ``i % world``);
   the input statistics are combined exactly (:meth:`Distributed.combine_stats`): their
   float64 sums are compensated pairs (:mod:`tfx.cost._compensated`), so the combined moment
-  has the bits one process gets on all the batches;
+  has the bits one process gets on all the batches; where the readers of a moment are known
+  beforehand (sequential mode), it is combined on those ranks only;
 * per-site work (sensitivities, candidates and spectra, decompositions) is assigned to ranks
   by estimated cost (:func:`assign`: largest first onto the least loaded rank), done once by
   its owner and sent to every rank (:meth:`Distributed.map_assigned`);
