@@ -16,6 +16,9 @@ Stages::
     spectra            block by block on the *dense* model: statistics of the block's inputs,
                        candidates (spectra) of its sites, the statistics dropped, the block run
                        to give the next block its inputs; then the sites outside the blocks
+    sensitivities      (calibrated, strategy "auto" or "sensitivity") each site's effect on
+                       the model's output, from one backward pass of the first batch through
+                       the blocks, last to first (tfx._block_sensitivity)
     choose             one allocation under the global budget (tfx.cost.plan_graph)
     decompose          prefix sites first; then block by block: statistics of its inputs as
                        the factorized blocks before it give them, its layers decomposed for
@@ -26,8 +29,9 @@ Block inputs are kept per calibration batch on ``offload`` (``None``: where the 
 ``"cpu"``; ``"disk"``: a temporary directory), and each block is moved to ``device`` for its
 work and back. Sites that read one tensor inside a block (Q/K/V, gate/up) are found by the
 identity of the tensor their forwards receive, and get joint shared-basis options as in the
-one-shot path. Whole-model sensitivities are not measured (they need a forward of the whole
-model per site): every site's error weighs the same.
+one-shot path. Sensitivities are those of the one-shot path to first order, measured without
+a forward of the whole model per site (see :mod:`tfx._block_sensitivity`); a site's error is
+weighted by its sensitivity as in one shot.
 """
 
 from __future__ import annotations
@@ -57,7 +61,12 @@ from .cost._device import DeviceProfile
 from .cost._whiten import InputStats
 from .passes import Site
 from .passes._analysis import check_model, check_weights, nothing_to_factorize
-from .passes._calibrate import attention_mask, calibration_batches, collect_statistics
+from .passes._calibrate import (
+    _embedding_bases,
+    attention_mask,
+    calibration_batches,
+    collect_statistics,
+)
 from .passes._capture import call_with, split_inputs
 from .passes._match import find_module_sites
 
@@ -258,17 +267,17 @@ class BlockStream:
         )
 
     @contextlib.contextmanager
-    def stubs(self, mode: str) -> Iterator[None]:
+    def stubs(self, mode: str, last: torch.Tensor | None = None) -> Iterator[None]:
         """Replace every block's forward by a stub for the model calls inside the block.
 
         ``"trace"``: record each block's call arguments per batch and the first block's input,
         and pass the hidden state on (the prefix runs, no block does). ``"finish"``: the last
         block returns the stored hidden state of the batch (the layers after the blocks run on
-        the factorized blocks' output).
+        the factorized blocks' output), or ``last`` when given.
         """
         if mode == "trace":
             self.calls = [{} for _ in self.blocks]
-        last = len(self.blocks) - 1
+        final = len(self.blocks) - 1
 
         def stub(k: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             hidden, where = self._split(args, kwargs)
@@ -278,10 +287,11 @@ class BlockStream:
                 self.calls[k][self._batch] = (rest_args, rest_kwargs, where)
                 if k == 0:
                     self.hidden.put(self._batch, hidden)
-                if k == last:  # all recorded: what follows the blocks (a head) is not computed
+                if k == final:  # all recorded: what follows the blocks (a head) is not computed
                     raise _Stop
-            elif k == last:
-                hidden = self.hidden.get(self._batch).to(hidden.device)
+            elif k == final:
+                stored = self.hidden.get(self._batch) if last is None else last
+                hidden = stored.to(hidden.device)
             return self._like(hidden)
 
         for k, block in enumerate(self.blocks):
@@ -403,10 +413,13 @@ class BlockStream:
         with self.stubs("finish"):
             return self.collect(sites, step, needed=needed)
 
-    def run_block(self, k: int, i: int) -> torch.Tensor:
-        """Block ``k`` on batch ``i``'s stored input; returns its hidden-state output."""
+    def run_block(self, k: int, i: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Block ``k`` on batch ``i``'s stored input; returns its hidden-state output.
+
+        ``hidden``: run on it instead (with batch ``i``'s other arguments).
+        """
         args, kwargs, where = self.calls[k][i]
-        hidden = _to(self.hidden.get(i), self.device)
+        hidden = _to(self.hidden.get(i) if hidden is None else hidden, self.device)
         args, kwargs = _to(args, self.device), _to(kwargs, self.device)
         if where == 0:
             out = self.blocks[k](hidden, *args, **kwargs)
@@ -627,6 +640,21 @@ class _Job:
     ranks: Distributed | None = None
     #: per block: the names of its sibling groups (linears that receive one tensor)
     siblings: dict[int, list[list[str]]] = dataclasses.field(default_factory=dict)
+    #: measure each site's sensitivity (calibrated, strategy "auto" or "sensitivity")
+    measure: bool = False
+    #: the measured sensitivities by site name, and the seconds they took
+    sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
+    sensitivity_s: float = 0.0
+    progress: bool = False
+
+    @property
+    def probing(self) -> bool:
+        """Whether this rank measures the sensitivities (the one holding the first batch)."""
+        return (
+            self.measure
+            and self.stream is not None
+            and (self.ranks is None or self.ranks.rank == 0)
+        )
 
 
 def _agree_tokens(job: _Job, indices: Sequence[int]) -> None:
@@ -750,6 +778,10 @@ def _spectra(
     block = -1  # the block whose sibling groups schedule() reads (-1: none)
     prefix = [sites[i] for i in job.parts.prefix]
     work_items = schedule(job.parts.prefix)
+    if job.measure:  # rank 0 measures the sensitivities: it reads the embeddings' row counts
+        for site in prefix:
+            if site.info.kind == "embedding":
+                work_items.readers.setdefault(site.name, set()).add(0)
     stats = (
         stream.trace(prefix, needed=work_items.readers)
         if stream is not None and job.calibrated
@@ -757,7 +789,10 @@ def _spectra(
     )
     if stream is not None and not job.calibrated:
         stream.trace()
+    bases = _embedding_bases(prefix, stats) if job.probing else {}
+    probes = _Store(stream.hidden.offload) if stream is not None and job.probing else None
     fill(work_items, stats)
+    pending: list[tuple[SiblingGroup, Any]] = []
     for k, members in enumerate(job.parts.blocks):
         groups: list[list[int]] = []
         with _on_device(job, k):
@@ -768,6 +803,8 @@ def _spectra(
             joint = job.calibrated and "svd" in job.forms
             sibs = [SiblingGroup(g, f"{sites[g[0]].name}+{len(g) - 1}") for g in groups]
             work_items = schedule(members, sibs if joint else ())
+            if probes is not None:  # the probe batch's input of this block, for the sensitivities
+                probes.put(k, stream.hidden.get(stream.local[0]))  # type: ignore[union-attr]
             # The dense block's outputs are kept on the way: the next block's inputs.
             stats = (
                 stream.statistics(
@@ -781,12 +818,7 @@ def _spectra(
                 else {}
             )
             energies = fill(work_items, stats, sibs if joint else ())
-            for sib, made in zip(sibs if joint else (), energies, strict=True):
-                member = [options[i] for i in sib.members]
-                opts = group_options(
-                    sib, sites, member, None, [1.0] * len(sib.members), False, energies=made
-                )
-                planned.append(_sibling_node(sib, sites, opts))
+            pending.extend(zip(sibs if joint else (), energies, strict=True))
             del stats
             if stream is not None and not job.calibrated:
                 stream.advance(k)
@@ -806,7 +838,50 @@ def _spectra(
             _suffix_tokens(stream, sites, job.parts.suffix)
         _agree_tokens(job, job.parts.suffix)
     fill(work_items, stats)
+    del stats
+    if job.measure:
+        _sensitivities(job, probes, bases)
+    weights = [job.sensitivity.get(s.name, 1.0) for s in sites]
+    for sib, made in pending:  # options weighed as the planner weighs their members
+        member = [options[i] for i in sib.members]
+        member_weights = [weights[i] for i in sib.members]
+        opts = group_options(sib, sites, member, None, member_weights, False, energies=made)
+        planned.append(_sibling_node(sib, sites, opts))
     return options, kept, planned
+
+
+def _sensitivities(job: _Job, probes: _Store | None, bases: dict[str, torch.Tensor]) -> None:
+    """``job.sensitivity``: measured by the rank holding the first batch, sent to every rank."""
+    from . import _api
+    from ._block_sensitivity import block_sensitivities
+
+    stream = job.stream
+    assert stream is not None
+    clock = time.perf_counter()
+
+    def measure() -> dict[str, float] | None:
+        if probes is None:
+            return None
+        bar = _api._progress(len(stream.blocks), job.progress, "tfx: sensitivity")
+        try:
+            probes.put(len(stream.blocks), stream.hidden.get(stream.local[0]))
+            return block_sensitivities(
+                stream,
+                job.sites,
+                job.parts,
+                probes,
+                bases,
+                lambda k: _on_device(job, k),
+                bar,
+            )
+        finally:
+            probes.close()
+            if bar is not None:
+                bar.close()
+
+    found = measure() if job.ranks is None else job.ranks.exchange("sensitivity", measure)[0]
+    job.sensitivity = dict(found or {})
+    job.sensitivity_s = time.perf_counter() - clock
 
 
 def _suffix_tokens(stream: BlockStream, sites: Sequence[Site], members: Sequence[int]) -> None:
@@ -1027,13 +1102,6 @@ def factorize_sequential(
     from .passes._emit import Emit, tie_groups
     from .passes._pass import Compilation
 
-    if strategy == "sensitivity":
-        raise OptionError(
-            "strategy=\"sensitivity\" measures each layer's effect on the whole model's output, a "
-            "forward of the whole model per layer, which sequential mode does not make.\n"
-            'Fix: strategy="auto" (every layer\'s output error weighs the same), or '
-            "sequential=False."
-        )
     start = time.perf_counter()
     check_model(model)
     _api._check_names(forms, _api.FORMS, "form")
@@ -1075,6 +1143,8 @@ def factorize_sequential(
         device_profile,
         calibration is not None,
         ranks,
+        measure=calibration is not None and plan is None and strategy in ("auto", "sensitivity"),
+        progress=progress,
     )
     _agree_tokens(job, job.parts.prefix)
     groups = tied_groups(sites, kinds, skip, root)
@@ -1084,14 +1154,18 @@ def factorize_sequential(
         if plan is None:
             clock = time.perf_counter()
             options, kept, planned = _spectra(job, bar)
-            timings["candidates (spectra, block by block)"] = time.perf_counter() - clock
+            timings["candidates (spectra, block by block)"] = (
+                time.perf_counter() - clock - job.sensitivity_s
+            )
+            if job.measure:
+                timings["calibration (sensitivity)"] = job.sensitivity_s
             planned = [_api._tied_node(g, sites, forms, device_profile) for g in groups] + planned
             nodes = [
                 {
                     "itemsize": s.weight.element_size(),
                     "held": s.held_params,
                     "kept": k,
-                    "weight": 1.0,
+                    "weight": job.sensitivity.get(s.name, 1.0),
                 }
                 for s, k in zip(sites, kept, strict=True)
             ]
@@ -1112,6 +1186,8 @@ def factorize_sequential(
             # Every rank plans from the same candidates; the ranks check that they agree.
             the_plan = choose() if ranks is None else ranks.step("plan", choose, digest=plan_digest)
             timings["choose"] = time.perf_counter() - clock
+            for choice in the_plan.choices:
+                choice.sensitivity = job.sensitivity.get(choice.site)
         else:
             the_plan = copy.deepcopy(plan)
             _api._check_plan(the_plan, sites)
@@ -1128,9 +1204,14 @@ def factorize_sequential(
             stream.close()
     the_plan.capture, the_plan.emit = "sequential", "modules"
     n = len(batches) if batches is not None else 0
+    weighs = (
+        "each site's error weighted by its sensitivity, measured on the first batch (sens)"
+        if job.measure
+        else "every site weighs the same"
+    )
     note = f"sequential: {len(block_list)} blocks of {blocks_name!r} factorized one at a time" + (
         f", each calibrated on {n} batches as the factorized blocks before it give them "
-        "(errors are relative output errors on that data; every site weighs the same)"
+        f"(errors are relative output errors on that data; {weighs})"
         if calibration is not None
         else " from their weights (no calibration)"
     )
