@@ -17,7 +17,9 @@ soon as the part finishes, so a run cut short keeps the tables it finished:
 - ``quality``: benchmarks/quality.py, which writes benchmarks/results/quality.json and
   docs/img/quality*.png (its tables belong to the quality guide, not to this page);
 - ``scale``: benchmarks/scale.py, a 1.1B-parameter Llama decoder factorized in each mode
-  (about an hour on 2 cores); its table goes into docs/guide/large-models.md.
+  (about an hour on 2 cores); its table goes into docs/guide/large-models.md;
+- ``sequential-quality``: benchmarks/sequential_quality.py, sequential mode against one shot
+  on the pretrained MiniLM (a few minutes); its table goes into docs/guide/large-models.md.
 
 Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/run.py [--only layers,models] [--quick]
 [--docs FILE | --no-docs]. ``--quick`` passes each script's smoke-run option: rough numbers,
@@ -114,6 +116,12 @@ def _scale(quick: bool) -> None:
         scale.main(["--save"])
 
 
+def _sequential_quality(quick: bool) -> None:
+    import sequential_quality
+
+    sequential_quality.main([] if quick else ["--save"])
+
+
 def _quality(quick: bool) -> None:
     import quality
 
@@ -130,6 +138,11 @@ PARTS: dict[str, Part] = {
     "gpu": Part("benchmarks/gpu.py: linear layers on one GPU", _gpu),
     "quality": Part("benchmarks/quality.py: quality after factorization", _quality, False),
     "scale": Part("benchmarks/scale.py: a 1B decoder, time and peak memory", _scale, False),
+    "sequential-quality": Part(
+        "benchmarks/sequential_quality.py: sequential mode against one shot on MiniLM",
+        _sequential_quality,
+        False,
+    ),
 }
 
 

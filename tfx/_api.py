@@ -542,10 +542,12 @@ def factorize(
         sequential: factorize a model made of repeated blocks (``nn.ModuleList`` of layers, as
             every Hugging Face transformer) one block at a time, in bounded memory: ``True``
             finds the list, or name it (``"model.layers"``). Spectra are computed block by
-            block (one block's input statistics in memory), the budget is allocated once over
-            all of them, then each block is decomposed for the inputs the *factorized* blocks
-            before it give it. Runs on ``calibration`` batches (or ``example_inputs``); the
-            result is the model with its layers replaced (``emit="modules"``). With
+            block (one block's input statistics in memory), sensitivities (with
+            ``calibration``) in one backward pass of the first batch through the blocks, the
+            budget is allocated once over all of them, then each block is decomposed for the
+            inputs the *factorized* blocks before it give it. Runs on ``calibration`` batches
+            (or ``example_inputs``); the result is the model with its layers replaced
+            (``emit="modules"``). With
             ``inplace=True`` the peak memory stays near the model's own size. See the
             large-models guide.
         offload: with ``sequential``: where the blocks' inputs are kept between blocks:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -56,39 +57,68 @@ __all__ = ["block_sensitivities"]
 SEED = 1234
 
 
-def _norm2(t: torch.Tensor, keep: torch.Tensor | None) -> float:
+#: Rows of a tensor squared and summed in float64 at a time (no float64 copy of a whole
+#: activation: an LM head's logits are ``tokens x vocabulary``).
+_CHUNK = 1 << 20
+
+
+def _norm2(t: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """``|t|^2`` in float64 over the positions ``mask`` keeps (all of ``t`` without one)."""
     t = t.detach()
-    if keep is not None:
-        t = t * keep
-    return float(torch.linalg.vector_norm(t, dtype=torch.float64) ** 2)
+    if mask is not None and tuple(t.shape[: mask.dim()]) == tuple(mask.shape) and t.dim() > 1:
+        rows = t.reshape(mask.numel(), -1)[mask.reshape(-1).to(t.device)]
+    else:
+        rows = t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
+    step = max(1, _CHUNK // max(rows.shape[1], 1))
+    return float(sum(part.double().square().sum() for part in rows.split(step)))
 
 
-class _Leaves:
-    """Adds a zero leaf to each watched site's output while the model runs.
+@dataclasses.dataclass
+class _Call:
+    """One call of a watched site.
 
-    The gradient with respect to a leaf is the gradient with respect to that output (one per
-    call of the site), and the path through the output stays as it was.
+    Its output's ``|y|^2`` and ``n`` at the real positions, the zero leaf added to it (when
+    its output needs one) and its gradient's ``|g|^2``.
+    """
+
+    site: int
+    y2: float
+    n: int
+    leaf: torch.Tensor | None = None
+    g2: float = 0.0
+
+
+class _Watch:
+    """The gradient of each watched site's output while the model runs backward.
+
+    An output that requires a gradient (it depends on the differentiated input: the
+    parameters are frozen meanwhile) gets a tensor hook that sums ``|g|^2`` as the gradient
+    passes; one that does not (a lookup) gets a zero leaf added, whose gradient is asked for.
     """
 
     def __init__(self, mask: torch.Tensor | None) -> None:
         self.mask = mask
-        #: per call: site index, leaf, |y|^2 and n at the real positions, the mask over y
-        self.calls: list[tuple[int, torch.Tensor, float, int, torch.Tensor | None]] = []
+        self.calls: list[_Call] = []
 
     def hook(self, i: int) -> Callable[[nn.Module, Any, Any], Any]:
-        def add(_module: nn.Module, _args: Any, out: Any) -> Any:
+        def watch(_module: nn.Module, _args: Any, out: Any) -> Any:
             if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not out.numel():
                 return None
             keep = _positions_mask(self.mask, out)
-            if keep is not None:
-                n = int(keep.sum()) * (out.numel() // keep.numel())
-            else:
-                n = out.numel()
-            leaf = torch.zeros_like(out, requires_grad=True)
-            self.calls.append((i, leaf, _norm2(out, keep), n, keep))
-            return out + leaf
+            n = int(keep.sum()) * (out.numel() // keep.numel()) if keep is not None else out.numel()
+            call = _Call(i, _norm2(out, self.mask), n)
+            self.calls.append(call)
+            if out.requires_grad:
 
-        return add
+                def seen(g: torch.Tensor) -> None:
+                    call.g2 += _norm2(g, self.mask)
+
+                out.register_hook(seen)
+                return None
+            call.leaf = torch.zeros_like(out, requires_grad=True)
+            return out + call.leaf
+
+        return watch
 
     @contextlib.contextmanager
     def on(self, model: nn.Module, sites: Sequence[Site], indices: Sequence[int]) -> Iterator[None]:
@@ -102,15 +132,40 @@ class _Leaves:
             for handle in handles:
                 handle.remove()
 
+    def leaves(self) -> list[torch.Tensor]:
+        return [c.leaf for c in self.calls if c.leaf is not None]
+
     def add_to(
         self, values: dict[int, float], grads: Sequence[torch.Tensor | None], scale: float
     ) -> None:
-        """Add each call's ``|g|^2 |y|^2 / n * scale`` to its site's value."""
-        for (i, _leaf, y2, n, keep), g in zip(self.calls, grads, strict=True):
-            values[i] += 0.0 if g is None or not n else _norm2(g, keep) * y2 / n * scale
+        """Add each call's ``|g|^2 |y|^2 / n * scale`` to its site's value.
 
-    def leaves(self) -> list[torch.Tensor]:
-        return [leaf for _, leaf, *_ in self.calls]
+        ``grads``: the gradients of :meth:`leaves`, in order.
+        """
+        leaf_grads = iter(grads)
+        for call in self.calls:
+            if call.leaf is not None:
+                g = next(leaf_grads)
+                call.g2 += 0.0 if g is None else _norm2(g, self.mask)
+            values[call.site] += call.g2 * call.y2 / call.n * scale if call.n else 0.0
+        self.calls.clear()
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """The model's parameters without gradients for the duration (restored after).
+
+    Only the paths from the differentiated inputs are recorded, and no weight gradient is
+    computed.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def _grad(
@@ -172,23 +227,31 @@ def block_sensitivities(
     projection bases of embeddings before the blocks; ``on_device(k)`` puts block ``k`` where
     it runs. The probe batch is the stream's first local batch.
     """
+    with _frozen(stream.model):
+        return _measure(stream, sites, parts, probes, bases, on_device, progress)
+
+
+def _measure(
+    stream: BlockStream,
+    sites: Sequence[Site],
+    parts: _Parts,
+    probes: _Store,
+    bases: dict[str, torch.Tensor],
+    on_device: Callable[[int], contextlib.AbstractContextManager[None]],
+    progress: Any,
+) -> dict[str, float]:
     batch = stream.local[0]
     mask = stream.masks[batch]
     n_blocks = len(stream.blocks)
     values: dict[int, float] = collections.defaultdict(float)
-    leaves = _Leaves(mask)
+    watch = _Watch(mask)
 
     # The layers after the blocks: the output, the probe vector, the last block's cotangent.
     hidden = probes.get(n_blocks).detach().requires_grad_()
-    with leaves.on(stream.model, sites, parts.suffix), torch.enable_grad():
+    with watch.on(stream.model, sites, parts.suffix), torch.enable_grad():
         with stream.stubs("finish", last=hidden):
             outputs = _floating(stream._call(batch))
-        keeps = [_positions_mask(mask, t) for t in outputs]
-        reference = [
-            t.detach().double() * (k.double() if k is not None else 1.0)
-            for t, k in zip(outputs, keeps, strict=True)
-        ]
-        total = sum(float(r.square().sum()) for r in reference)
+        total = sum(_norm2(t, mask) for t in outputs)
         if total == 0.0:
             raise OptionError(
                 "the sensitivity of a layer is how much its error changes the model's floating "
@@ -198,13 +261,16 @@ def block_sensitivities(
                 "strategy='greedy'."
             )
         probe = []
-        for t, k in zip(outputs, keeps, strict=True):
-            gen = torch.Generator(device=t.device).manual_seed(SEED + len(probe))
+        for j, t in enumerate(outputs):
+            gen = torch.Generator(device=t.device).manual_seed(SEED + j)
             v = torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype)
-            probe.append(v * k if k is not None else v)
-        grads = _grad(outputs, [hidden, *leaves.leaves()], probe)
+            keep = _positions_mask(mask, t)
+            probe.append(v.mul_(keep) if keep is not None else v)
+        grads = _grad(outputs, [hidden, *watch.leaves()], probe)
+    # what the projected embeddings are compared with (the outputs' own storage, no copy)
+    reference = [t.detach() for t in outputs] if bases else []
     del outputs, probe
-    leaves.add_to(values, grads[1:], 1.0 / total)
+    watch.add_to(values, grads[1:], 1.0 / total)
     cotangent = grads[0] if grads[0] is not None else torch.zeros_like(hidden)
     del grads, hidden
 
@@ -212,21 +278,21 @@ def block_sensitivities(
     for k in reversed(range(n_blocks)):
         with on_device(k):
             x = probes.get(k).detach().requires_grad_()
-            with leaves.on(stream.model, sites, parts.blocks[k]), torch.enable_grad():
+            with watch.on(stream.model, sites, parts.blocks[k]), torch.enable_grad():
                 out = stream.run_block(k, batch, hidden=x)
-                grads = _grad([out], [x, *leaves.leaves()], [cotangent])
+                grads = _grad([out], [x, *watch.leaves()], [cotangent])
             del out
-        leaves.add_to(values, grads[1:], 1.0 / total)
+        watch.add_to(values, grads[1:], 1.0 / total)
         cotangent = grads[0] if grads[0] is not None else torch.zeros_like(x)
         del grads, x
         if progress is not None:
             progress.update(1)
 
     # The layers before the blocks: the first block's input is where their paths end.
-    with leaves.on(stream.model, sites, parts.prefix), torch.enable_grad():
+    with watch.on(stream.model, sites, parts.prefix), torch.enable_grad():
         first = _first_input(stream, batch)
-        grads = _grad([first] if first is not None else [], leaves.leaves(), [cotangent])
-    leaves.add_to(values, grads, 1.0 / total)
+        grads = _grad([first] if first is not None else [], watch.leaves(), [cotangent])
+    watch.add_to(values, grads, 1.0 / total)
     del cotangent, first, grads
 
     # Embeddings with a basis: the error their factorization makes, run through every block.
@@ -266,7 +332,5 @@ def _projected_change(
         outputs = _floating(stream._call(batch))
     change = 0.0
     for t, r in zip(outputs, reference, strict=True):
-        keep = _positions_mask(mask, t)
-        got = t.double() * (keep.double() if keep is not None else 1.0)
-        change += float((got - r).square().sum())
+        change += _norm2(t.sub_(r), mask)  # in place: the output is not needed after
     return change, project.error
