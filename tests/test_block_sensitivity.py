@@ -10,6 +10,7 @@ result: sequential mode's allocation follows the sensitivities.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -207,3 +208,17 @@ def test_outputs_without_floats_are_a_clear_error() -> None:
         model, 0.5, calibration=batches, sequential=True, strategy="greedy", progress=False
     )
     assert any(c.form != "dense" for c in result.tfx_plan.choices)
+
+
+def test_probe_inputs_kept_every_sqrt_blocks() -> None:
+    """The backward pass keeps about 2 sqrt(n) hidden states, not n (the inputs between two
+    kept ones are recomputed: the 4-block net above keeps blocks 0 and 2, and its values
+    equal the whole-model backward)."""
+    from tfx._block_sensitivity import checkpoint_every
+
+    for n in range(1, 200):
+        every = checkpoint_every(n)
+        kept = len(range(0, n, every))
+        assert every * every >= n  # a segment recomputes fewer than every blocks
+        assert kept + every <= 2 * math.isqrt(n) + 3
+    assert checkpoint_every(4) == 2 and checkpoint_every(16) == 4

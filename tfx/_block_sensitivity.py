@@ -26,9 +26,10 @@ their factorization makes: their lookups projected onto the basis and the result
 through every block.
 
 Cost: about three model forwards of the probe batch, plus one forward per projected embedding,
-whatever the number of sites; memory: one block's activations of the probe batch, and the
-probe batch's hidden state at each block's input (kept during the spectra pass, where
-``offload=`` says).
+whatever the number of sites, and at most one more forward of the blocks; memory: one
+block's activations of the probe batch, and the probe batch's hidden state at every
+``ceil(sqrt(blocks))``-th block's input (kept during the spectra pass, where ``offload=``
+says; the backward pass recomputes the inputs in between).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +189,16 @@ def _grad(
     )
 
 
+def checkpoint_every(n_blocks: int) -> int:
+    """Every how many blocks the probe batch's input is kept: ``ceil(sqrt(n_blocks))``.
+
+    The backward pass recomputes the inputs between two kept ones (at most one forward of the
+    blocks in all): about ``2 sqrt(n_blocks)`` of the batch's hidden states in memory at once,
+    not ``n_blocks``.
+    """
+    return max(1, math.isqrt(n_blocks - 1) + 1) if n_blocks > 1 else 1
+
+
 def _first_input(stream: BlockStream, batch: int) -> torch.Tensor | None:
     """The first block's hidden-state input on ``batch`` (the model called up to that block)."""
     from ._sequential import _Stop
@@ -222,8 +234,9 @@ def block_sensitivities(
 ) -> dict[str, float]:
     """Each factorizable site's sensitivity (see the module docstring), by name.
 
-    ``probes`` holds the probe batch's hidden state at each block's input (key ``k``) and the
-    last block's output (key ``len(blocks)``), all of the dense model; ``bases`` the
+    ``probes`` holds the probe batch's hidden state at the input of every
+    :func:`checkpoint_every`-th block (key ``k``) and the last block's output (key
+    ``len(blocks)``), all of the dense model; ``bases`` the
     projection bases of embeddings before the blocks; ``on_device(k)`` puts block ``k`` where
     it runs. The probe batch is the stream's first local batch.
     """
@@ -274,10 +287,19 @@ def _measure(
     cotangent = grads[0] if grads[0] is not None else torch.zeros_like(hidden)
     del grads, hidden
 
-    # The blocks, last to first.
+    # The blocks, last to first; each segment's inputs recomputed from its checkpoint.
+    every = checkpoint_every(n_blocks)
+    inputs: dict[int, torch.Tensor] = {}
     for k in reversed(range(n_blocks)):
+        if k not in inputs:
+            start = k - k % every
+            inputs[start] = probes.get(start)
+            with torch.no_grad():
+                for j in range(start, k):
+                    with on_device(j):
+                        inputs[j + 1] = stream.run_block(j, batch, hidden=inputs[j])
         with on_device(k):
-            x = probes.get(k).detach().requires_grad_()
+            x = inputs.pop(k).detach().requires_grad_()
             with watch.on(stream.model, sites, parts.blocks[k]), torch.enable_grad():
                 out = stream.run_block(k, batch, hidden=x)
                 grads = _grad([out], [x, *watch.leaves()], [cotangent])

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from ._block_sensitivity import checkpoint_every
 from ._distributed import Distributed, assign, group_cost, plan_digest, resolve, work_cost
 from ._errors import OptionError, TfxError
 from ._shared import SiblingGroup, group_options, member_energies
@@ -803,7 +804,9 @@ def _spectra(
             joint = job.calibrated and "svd" in job.forms
             sibs = [SiblingGroup(g, f"{sites[g[0]].name}+{len(g) - 1}") for g in groups]
             work_items = schedule(members, sibs if joint else ())
-            if probes is not None:  # the probe batch's input of this block, for the sensitivities
+            if probes is not None and k % checkpoint_every(len(job.parts.blocks)) == 0:
+                # the probe batch's input of this block, for the sensitivities (every few
+                # blocks: the backward pass recomputes the inputs in between)
                 probes.put(k, stream.hidden.get(stream.local[0]))  # type: ignore[union-attr]
             # The dense block's outputs are kept on the way: the next block's inputs.
             stats = (
