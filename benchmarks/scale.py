@@ -14,6 +14,10 @@ each mode, each in a fresh process so that its peak resident memory (``ru_maxrss
 - ``sequential-1thread``: the same on one torch thread;
 - ``sequential-2proc``: the same in 2 processes of one thread each (gloo), ``distributed=True``.
 
+``--device cuda`` moves each block to the GPU for its work in the sequential modes (the model
+stays in host memory) and the model to the GPU in one shot; the rows then add the peak GPU
+memory (``torch.cuda.max_memory_allocated``).
+
 Each row reports the stages' wall times (``plan.timings``), the peak RSS against the model's
 size, the parameters before and after, and the relative error of the logits on held-out
 sequences (not calibrated on) against the original's. ``--save`` merges the rows into
@@ -38,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODES = ("one-shot", "sequential", "sequential-1thread", "sequential-2proc")
 #: The settings that make a row's model and work: rows of other settings are kept beside it.
 _CONFIG = ("layers", "hidden", "intermediate", "heads", "vocab", "batches", "rows", "tokens")
-_CONFIG += ("budget", "forms")
+_CONFIG += ("budget", "forms", "device")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--forms", default="svd")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="sequential modes: the device each block moves to (e.g. cuda; the model stays on "
+        "the CPU); one-shot: the model and batches move there. Peak device memory is reported",
+    )
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--save", action="store_true")
     parser.add_argument(
@@ -137,15 +147,27 @@ def work(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         progress=False,
         verify=False,
     )
+    device = torch.device(args.device) if args.device else None
     if mode == "one-shot":
+        if device is not None:
+            model.to(device)
+            kwargs["calibration"] = calibration = _on(calibration, device)
         kwargs["example_inputs"] = calibration[0]
     else:
         kwargs.update(sequential=True, inplace=True)
+        if device is not None:
+            kwargs["device"] = device
     if distributed:
         kwargs["distributed"] = True
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     result = tfx.factorize(model, args.budget, **kwargs)
     total = time.perf_counter() - clock
     peak = _peak_rss()
+    peak_device = torch.cuda.max_memory_allocated(device) if cuda else None
+    if mode == "one-shot" and device is not None:
+        result.to("cpu")
     got = _logits(result, held)
     reference = torch.load(saved.name, weights_only=True)
     os.unlink(saved.name)
@@ -170,6 +192,7 @@ def work(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_build": built_rss,
         "peak_rss": peak,
         "peak_over_model": peak / size,
+        "peak_device": peak_device,
         "heldout_rel_error": error,
         "factorized_sites": sum(c.form != "dense" for c in plan.choices),
     }
@@ -178,6 +201,10 @@ def work(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
         dist.destroy_process_group()
     return row
+
+
+def _on(batches: list[dict[str, Any]], device: Any) -> list[dict[str, Any]]:
+    return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
 def _free_port() -> int:
@@ -233,6 +260,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         times = [v for k, v in r["timings"].items() if k.startswith("exchange")]
         return f"{sum(times):.1f}" if times else ""
 
+    on_device = any(r.get("peak_device") for r in rows)
     head = [
         "model",
         "tfx",
@@ -243,6 +271,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "exchanges s",
         "peak RSS GiB",
         "peak / model",
+        *(["peak device GiB"] if on_device else []),
         "params after",
         "held-out error",
     ]
@@ -259,6 +288,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             exchanges(r),
             gib(max(r.get("peak_rss_per_process", [r["peak_rss"]]))),
             f"{max(r.get('peak_rss_per_process', [r['peak_rss']])) / r['model_bytes']:.2f}",
+            *([gib(r["peak_device"]) if r.get("peak_device") else ""] if on_device else []),
             f"{r['params_after'] / r['params_before']:.3f} of {r['params_before'] / 1e9:.2f}B",
             f"{r['heldout_rel_error']:.4f}",
         ]
@@ -272,7 +302,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         f"{c['vocab']}, float32 weights, random init; budget {c['budget']}, forms {c['forms']}; "
         f"calibration {c['batches']} batches x {c['rows']} x {c['tokens']} tokens. Machine: "
         f"{machine(2)}, otherwise idle while measured. "
-        "Peak RSS is the process's (`ru_maxrss`, the largest rank's with 2 processes), the "
+        + (f"Blocks computed on {c['device']}. " if c.get("device") else "")
+        + "Peak RSS is the process's (`ru_maxrss`, the largest rank's with 2 processes), the "
         "Python interpreter and torch included; stage times are `plan.timings`.\n\n"
         + "\n".join(lines)
         + "\n"
@@ -288,7 +319,8 @@ def _merged(rows: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
         saved = []
 
     def key(r: dict[str, Any]) -> str:
-        return json.dumps([r.get("mode"), r.get("config")], sort_keys=True)
+        config = {"device": None, **r.get("config", {})}  # rows saved before --device
+        return json.dumps([r.get("mode"), config], sort_keys=True)
 
     new = {key(r) for r in rows}
     out = [r for r in saved if "config" in r and key(r) not in new] + rows
