@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ._errors import OptionError
-from .passes._calibrate import _PROBE_FLOOR, _Perturb, _positions_mask
+from .passes._calibrate import PROBE_FLOOR, Perturb, positions_mask
 
 if TYPE_CHECKING:
     from ._sequential import BlockStream, _Parts, _Store
@@ -106,7 +106,7 @@ class _Watch:
         def watch(_module: nn.Module, _args: Any, out: Any) -> Any:
             if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not out.numel():
                 return None
-            keep = _positions_mask(self.mask, out)
+            keep = positions_mask(self.mask, out)
             n = int(keep.sum()) * (out.numel() // keep.numel()) if keep is not None else out.numel()
             call = _Call(i, _norm2(out, self.mask), n)
             self.calls.append(call)
@@ -277,7 +277,7 @@ def _measure(
         for j, t in enumerate(outputs):
             gen = torch.Generator(device=t.device).manual_seed(SEED + j)
             v = torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype)
-            keep = _positions_mask(mask, t)
+            keep = positions_mask(mask, t)
             probe.append(v.mul_(keep) if keep is not None else v)
         grads = _grad(outputs, [hidden, *watch.leaves()], probe)
     # what the projected embeddings are compared with (the outputs' own storage, no copy)
@@ -321,7 +321,7 @@ def _measure(
     for name, basis in bases.items():
         i = next(j for j in parts.prefix if sites[j].name == name)
         change, error = _projected_change(stream, sites[i], basis, reference, on_device)
-        if error > _PROBE_FLOOR:
+        if error > PROBE_FLOOR:
             values[i] = change / total / error
     return {s.name: values[i] for i, s in enumerate(sites) if s.info.factorizable}
 
@@ -337,7 +337,7 @@ def _projected_change(
     """``|f' - f|^2`` with ``site``'s output projected onto ``basis``; the projection's error."""
     batch = stream.local[0]
     mask = stream.masks[batch]
-    project = _Perturb(mask, basis)
+    project = Perturb(mask, basis)
     project.scale = 1.0
     module = stream.model.get_submodule(site.name)
     handle = module.register_forward_hook(lambda _m, _a, out: project(out))

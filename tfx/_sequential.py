@@ -63,10 +63,10 @@ from .cost._whiten import InputStats
 from .passes import Site
 from .passes._analysis import check_model, check_weights, nothing_to_factorize
 from .passes._calibrate import (
-    _embedding_bases,
     attention_mask,
     calibration_batches,
     collect_statistics,
+    embedding_bases,
 )
 from .passes._capture import call_with, split_inputs
 from .passes._match import find_module_sites
@@ -790,7 +790,7 @@ def _spectra(
     )
     if stream is not None and not job.calibrated:
         stream.trace()
-    bases = _embedding_bases(prefix, stats) if job.probing else {}
+    bases = embedding_bases(prefix, stats) if job.probing else {}
     probes = _Store(stream.hidden.offload) if stream is not None and job.probing else None
     fill(work_items, stats)
     pending: list[tuple[SiblingGroup, Any]] = []

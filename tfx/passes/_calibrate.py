@@ -179,7 +179,7 @@ class _Observer(nn.Module):
         return x.reshape(-1, x.shape[-1])
 
 
-class _Perturb(nn.Module):
+class Perturb(nn.Module):
     """Adds Gaussian noise of relative size ``scale`` to its input when ``scale`` > 0.
 
     With a ``basis`` (orthonormal columns over the last dimension), it projects its input onto
@@ -205,7 +205,7 @@ class _Perturb(nn.Module):
             return self._project(y)
         gen = torch.Generator(device=y.device).manual_seed(self.seed)
         noise = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
-        keep = _positions_mask(self.mask, y)
+        keep = positions_mask(self.mask, y)
         if keep is not None:
             noise = noise * keep
             y_norm = (y * keep).norm()
@@ -217,7 +217,7 @@ class _Perturb(nn.Module):
         """``y`` with its rows projected onto the basis (on the real positions)."""
         basis = self.basis.to(y.device, y.dtype)  # type: ignore[union-attr]
         cut = y - (y @ basis) @ basis.mT
-        keep = _positions_mask(self.mask, y)
+        keep = positions_mask(self.mask, y)
         if keep is not None:
             cut = cut * keep
             y_norm2 = float((y * keep).square().sum())
@@ -235,7 +235,7 @@ EMBEDDING_PROBE = 0.25
 
 #: A projection removing less than this share of the lookups' energy measures nothing
 #: (rounding): the site is measured with noise instead.
-_PROBE_FLOOR = 1e-10
+PROBE_FLOOR = 1e-10
 
 
 def embedding_basis(
@@ -261,7 +261,7 @@ def embedding_basis(
     return vectors[:, -k:].flip(-1).contiguous()
 
 
-def _positions_mask(mask: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
+def positions_mask(mask: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
     """``mask`` broadcast over ``y``'s trailing dims when ``y`` starts with the mask's shape."""
     if mask is None or y.dim() <= mask.dim() or tuple(y.shape[: mask.dim()]) != tuple(mask.shape):
         return None
@@ -493,7 +493,7 @@ def _outputs(gm: nn.Module, batch: Any, mask: torch.Tensor | None = None) -> lis
     out = []
     for t in flat:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-            keep = _positions_mask(mask, t)
+            keep = positions_mask(mask, t)
             out.append(t.detach().double() * (keep.double() if keep is not None else 1.0))
     return out
 
@@ -527,7 +527,7 @@ def measure_sensitivity(
     """
     wanted = [s for s in sites if s.info.factorizable]
     bases = bases or {}
-    perturbs = {site.name: _Perturb(mask, bases.get(site.name)) for site in wanted}
+    perturbs = {site.name: Perturb(mask, bases.get(site.name)) for site in wanted}
     undo = _attach(gm, wanted, perturbs, after=True)
     out: dict[str, float] = {}
     try:
@@ -543,7 +543,7 @@ def measure_sensitivity(
                     "(not e.g. argmax indices), or use strategy='auto'."
                 )
 
-            def change(module: _Perturb, i: int) -> float:
+            def change(module: Perturb, i: int) -> float:
                 module.scale, module.seed = scale, 1234 + i
                 try:
                     got = _outputs(gm, batch, mask)
@@ -556,7 +556,7 @@ def measure_sensitivity(
             def measure(i: int) -> float:
                 module = perturbs[wanted[i].name]
                 changed = change(module, i)
-                if module.basis is not None and module.error > _PROBE_FLOOR:
+                if module.basis is not None and module.error > PROBE_FLOOR:
                     value = changed / ref_norm2 / module.error  # per the projection's error
                 else:  # no projection, or one that removed nothing from this batch: noise
                     module.basis = None
@@ -740,7 +740,7 @@ class Calibrated:
         return text
 
 
-def _embedding_bases(sites: Sequence[Site], stats: dict[str, Any]) -> dict[str, torch.Tensor]:
+def embedding_bases(sites: Sequence[Site], stats: dict[str, Any]) -> dict[str, torch.Tensor]:
     """:func:`embedding_basis` of every factorizable embedding with row counts."""
     out = {}
     for site in sites:
@@ -795,7 +795,7 @@ def calibrate(
             progress=bar,
             mask=mask(batches[0]) if mask else None,
             ranks=ranks,
-            bases=_embedding_bases(sites, stats),
+            bases=embedding_bases(sites, stats),
         )
         if bar is not None:
             bar.close()
