@@ -65,6 +65,23 @@ def save(text: str, out: str | None, echo: bool = True) -> str:
     return text
 
 
+def fill_block(page: str, name: str, table: str) -> None:
+    """Put ``table`` between ``<!-- NAME -->`` and ``<!-- /NAME -->`` of the file ``page``."""
+    import re
+
+    with open(page) as f:
+        text = f.read()
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = re.sub(
+        re.escape(start) + ".*?" + re.escape(end),
+        lambda _m: f"{start}\n{table}{end}",
+        text,
+        flags=re.DOTALL,
+    )
+    with open(page, "w") as f:
+        f.write(text)
+
+
 def tt_ranks(shape: Sequence[int], budget: int) -> tuple[int, ...]:
     """Largest uniform cap R with TT ranks ``min(R, unfolding bound)`` within ``budget`` params."""
     bounds = tt_rank_bounds(tuple(shape))

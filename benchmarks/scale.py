@@ -362,20 +362,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _fill_docs(table: str) -> None:
     """Put ``table`` between the markers of docs/guide/large-models.md."""
-    import re
+    sys.path.insert(0, HERE)
+    from _common import fill_block
 
-    page = os.path.join(HERE, "..", "docs", "guide", "large-models.md")
-    with open(page) as f:
-        text = f.read()
-    start, end = "<!-- scale:table -->", "<!-- /scale:table -->"
-    text = re.sub(
-        re.escape(start) + ".*?" + re.escape(end),
-        lambda _m: f"{start}\n{table}{end}",
-        text,
-        flags=re.DOTALL,
-    )
-    with open(page, "w") as f:
-        f.write(text)
+    fill_block(os.path.join(HERE, "..", "docs", "guide", "large-models.md"), "scale:table", table)
 
 
 if __name__ == "__main__":

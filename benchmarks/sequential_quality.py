@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from typing import Any
@@ -31,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import quality  # noqa: E402
-from _common import git_commit, machine, stamp  # noqa: E402
+from _common import fill_block, git_commit, machine, stamp  # noqa: E402
 
 import tfx  # noqa: E402
 
@@ -123,17 +122,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _fill_docs(table: str) -> None:
     page = os.path.join(HERE, "..", "docs", "guide", "large-models.md")
-    with open(page) as f:
-        text = f.read()
-    start, end = "<!-- sequential-quality:table -->", "<!-- /sequential-quality:table -->"
-    text = re.sub(
-        re.escape(start) + ".*?" + re.escape(end),
-        lambda _m: f"{start}\n{table}{end}",
-        text,
-        flags=re.DOTALL,
-    )
-    with open(page, "w") as f:
-        f.write(text)
+    fill_block(page, "sequential-quality:table", table)
 
 
 def main(argv: list[str] | None = None) -> None:

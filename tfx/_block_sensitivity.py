@@ -236,23 +236,34 @@ def block_sensitivities(
 
     ``probes`` holds the probe batch's hidden state at the input of every
     :func:`checkpoint_every`-th block (key ``k``) and the last block's output (key
-    ``len(blocks)``), all of the dense model; ``bases`` the
-    projection bases of embeddings before the blocks; ``on_device(k)`` puts block ``k`` where
-    it runs. The probe batch is the stream's first local batch.
+    ``len(blocks)``), all of the dense model; ``bases`` the projection bases of embeddings
+    before the blocks; ``on_device(k)`` puts block ``k`` where it runs. The probe batch is the
+    stream's first local batch.
     """
     with _frozen(stream.model):
-        return _measure(stream, sites, parts, probes, bases, on_device, progress)
+        values, total, reference = _backward(
+            stream, sites, parts, probes, on_device, progress, keep_outputs=bool(bases)
+        )
+    # Embeddings with a basis: the error their factorization makes, run through every block.
+    for name, basis in bases.items():
+        i = next(j for j in parts.prefix if sites[j].name == name)
+        change, error = _projected_change(stream, sites[i], basis, reference, on_device)
+        if error > PROBE_FLOOR:
+            values[i] = change / total / error
+    return {s.name: values[i] for i, s in enumerate(sites) if s.info.factorizable}
 
 
-def _measure(
+def _backward(
     stream: BlockStream,
     sites: Sequence[Site],
     parts: _Parts,
     probes: _Store,
-    bases: dict[str, torch.Tensor],
     on_device: Callable[[int], contextlib.AbstractContextManager[None]],
     progress: Any,
-) -> dict[str, float]:
+    *,
+    keep_outputs: bool,
+) -> tuple[dict[int, float], float, list[torch.Tensor]]:
+    """The backward pass: every site's value by index, ``|f|^2`` and (``keep_outputs``) ``f``."""
     batch = stream.local[0]
     mask = stream.masks[batch]
     n_blocks = len(stream.blocks)
@@ -281,7 +292,7 @@ def _measure(
             probe.append(v.mul_(keep) if keep is not None else v)
         grads = _grad(outputs, [hidden, *watch.leaves()], probe)
     # what the projected embeddings are compared with (the outputs' own storage, no copy)
-    reference = [t.detach() for t in outputs] if bases else []
+    reference = [t.detach() for t in outputs] if keep_outputs else []
     del outputs, probe
     watch.add_to(values, grads[1:], 1.0 / total)
     cotangent = grads[0] if grads[0] is not None else torch.zeros_like(hidden)
@@ -315,15 +326,7 @@ def _measure(
         first = _first_input(stream, batch)
         grads = _grad([first] if first is not None else [], watch.leaves(), [cotangent])
     watch.add_to(values, grads, 1.0 / total)
-    del cotangent, first, grads
-
-    # Embeddings with a basis: the error their factorization makes, run through every block.
-    for name, basis in bases.items():
-        i = next(j for j in parts.prefix if sites[j].name == name)
-        change, error = _projected_change(stream, sites[i], basis, reference, on_device)
-        if error > PROBE_FLOOR:
-            values[i] = change / total / error
-    return {s.name: values[i] for i, s in enumerate(sites) if s.info.factorizable}
+    return values, total, reference
 
 
 @torch.no_grad()
